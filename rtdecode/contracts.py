@@ -1,0 +1,148 @@
+"""Small frozen dataclasses that the pipeline stages exchange (DESIGN.md, "Contracts").
+
+Nothing here imports torch, pylsl or the server: every stage may import this module.
+Arrays are numpy; times are seconds. ``t_lsl``-style times are on the LSL clock of the
+source (already corrected to the local LSL clock), ``t_arrived`` is ``time.perf_counter``-
+independent local ``pylsl.local_clock()``-compatible time (seconds, monotonic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """One event from the marker stream.
+
+    Attributes
+    ----------
+    t_lsl : float
+        Event time on the (corrected) LSL clock.
+    value : dict
+        Parsed JSON payload, e.g. ``{"image_id": "cat_03", "trial_type": "exp"}``.
+        A marker that is not JSON is kept as ``{"raw": "<text>"}``.
+    sample : int | None
+        Absolute sample index in the data stream, when it could be mapped.
+    """
+
+    t_lsl: float
+    value: dict[str, Any]
+    sample: int | None = None
+
+    @property
+    def image_id(self) -> str | None:
+        v = self.value.get("image_id")
+        return None if v is None else str(v)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A slice of the stream, cut by absolute sample index.
+
+    Attributes
+    ----------
+    data : ndarray, float32, shape (n_channels, n_times)
+        Raw samples, including ``n_pad`` leading samples of history for the filters.
+    sfreq : float
+        Nominal sampling rate of ``data`` in Hz.
+    ch_names : tuple of str
+        Channel names, one per row of ``data``.
+    first_sample : int
+        Absolute stream index of ``data[:, 0]``.
+    t_first, t_last : float
+        LSL times (clock-corrected) of the first and last sample.
+    t_arrived : float
+        Local clock (``rtdecode.lsl.local_clock``) when the last sample was pulled.
+    n_pad : int
+        Leading samples that are filter history, not part of the window proper.
+    n_nonfinite : int
+        NaN/Inf values found in ``data`` (they are replaced by 0 before preprocessing).
+    n_gaps : int
+        Gaps (lost samples) detected inside this window.
+    marker : Marker | None
+        The event that this window is locked to (event-locked mode) or the latest event
+        whose onset lies inside or before the window (continuous mode).
+    """
+
+    data: np.ndarray
+    sfreq: float
+    ch_names: tuple[str, ...]
+    first_sample: int
+    t_first: float
+    t_last: float
+    t_arrived: float
+    n_pad: int = 0
+    n_nonfinite: int = 0
+    n_gaps: int = 0
+    marker: Marker | None = None
+
+    @property
+    def n_times(self) -> int:
+        return int(self.data.shape[1]) - self.n_pad
+
+    @property
+    def last_sample(self) -> int:
+        return self.first_sample + int(self.data.shape[1]) - 1
+
+    @property
+    def flagged(self) -> bool:
+        """True when the window holds non-finite values or a gap."""
+        return self.n_nonfinite > 0 or self.n_gaps > 0
+
+
+@dataclass(frozen=True, slots=True)
+class Embedding:
+    """What the brain encoder made of one window.
+
+    Attributes
+    ----------
+    window : Window
+    vector : ndarray, float32, shape (dim,) or (n_tokens, dim)
+    preprocess_ms, encode_ms : float
+    """
+
+    window: Window
+    vector: np.ndarray
+    preprocess_ms: float
+    encode_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded result, as pushed to viewers.
+
+    Attributes
+    ----------
+    seq : int
+        Increases by one per frame produced by the worker.
+    first_sample, t_first, t_last, t_arrived : window provenance
+    latencies_ms : dict
+        Per-stage latency in ms (``queue``, ``preprocess``, ``encode``, ``retrieve``,
+        ``generate``, ``encode_image``, ``total``).
+    topk : tuple of (gallery_id, score)
+    true_id : str | None
+        Stimulus shown, when the marker stream says so.
+    true_rank : int | None
+        Rank (1 = best) of ``true_id`` among the gallery, when known.
+    image : bytes | None
+        Encoded image (``mime``), or None when only retrieval ran for this frame.
+    """
+
+    seq: int
+    first_sample: int
+    t_first: float
+    t_last: float
+    t_arrived: float
+    latencies_ms: dict[str, float]
+    topk: tuple[tuple[str, float], ...]
+    true_id: str | None = None
+    true_rank: int | None = None
+    image: bytes | None = None
+    mime: str = "image/jpeg"
+    extra: dict[str, Any] = field(default_factory=dict)
