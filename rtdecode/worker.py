@@ -1,0 +1,344 @@
+"""DecodeWorker: the one thread that owns the models.
+
+Threading
+---------
+* The DecodeWorker thread owns the brain encoder, the retrieval index and the image
+  decoder (and therefore torch and the GPU). Nothing else calls them.
+* It takes the newest Window from a window source (latest-wins: the source counts what
+  it skipped), and hands each Frame to ``publish`` — a callable that must not block
+  (the server's Broadcaster only schedules the hand-off onto the asyncio loop).
+* Counters and latency samples are written by this thread only; ``stats()`` reads a
+  snapshot under a lock, from any thread.
+
+An exception while decoding one window skips that frame, is counted and logged, and the
+worker goes on; an exception while loading or warming up ends the thread and is kept in
+``error`` (surfaced on /health).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from rtdecode.contracts import Embedding, Frame, Window
+
+log = logging.getLogger(__name__)
+
+STAGES = ("queue", "preprocess", "encode", "retrieve", "generate", "encode_image", "total")
+
+
+class WindowSource(Protocol):
+    def next_window(self, timeout_s: float) -> Window | None: ...
+
+
+@dataclass
+class WorkerOptions:
+    """How the worker paces itself.
+
+    Attributes
+    ----------
+    topk : int
+        Gallery images returned per frame.
+    max_fps : float
+        Most generated images per second; windows in between get retrieval only.
+    diffusion_steps : int
+    seed : int
+        Seed of the decoder's noise (the same embedding gives the same image).
+    img2img_strength : float | None
+        When set, generation starts from the top retrieved image with this strength.
+    image_format : str
+        ``jpeg``, ``webp`` or ``png``.
+    stimulus_hold_s : float
+        A marker names the "true" image for windows ending up to this long after it.
+    latency_history : int
+        Samples kept per stage for the percentiles in ``stats()``.
+    """
+
+    topk: int = 5
+    max_fps: float = 10.0
+    diffusion_steps: int = 4
+    seed: int = 0
+    img2img_strength: float | None = None
+    image_format: str = "jpeg"
+    stimulus_hold_s: float = 1.0
+    latency_history: int = 2048
+
+
+class DecodeWorker(threading.Thread):
+    """Decode windows into Frames, in one background thread.
+
+    Parameters
+    ----------
+    windows : WindowSource
+        Gives the newest Window (``next_window(timeout_s)``).
+    preprocessor : rtdecode.signal.preprocess.Preprocessor
+    encoder : torch.nn.Module
+        A BrainModule in eval mode; its output dict has ``clip`` and ``mse`` heads.
+    retrieval : rtdecode.decoder.retrieval.Retrieval
+        Searched with the CLIP head's output.
+    decoder : ImageDecoder | None
+        Fed with the MSE head's output rescaled by ``target_stats``; None for retrieval only.
+    publish : callable(Frame) -> None
+        Called from this thread for every frame; must not block.
+    device : str
+        torch device string.
+    target_stats : dict | None
+        ``{"mean": (D,), "std": (D,)}`` of the training embeddings.
+    gallery : object | None
+        With ``image(id) -> PIL.Image``, used for the img2img start.
+    """
+
+    def __init__(
+        self,
+        windows: WindowSource,
+        preprocessor: Any,
+        encoder: Any,
+        retrieval: Any,
+        decoder: Any | None,
+        publish: Callable[[Frame], None],
+        *,
+        device: str = "cpu",
+        options: WorkerOptions | None = None,
+        target_stats: dict | None = None,
+        gallery: Any | None = None,
+        subject: int = 0,
+        window_shape: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__(name="rtdecode-worker", daemon=True)
+        self.windows = windows
+        self.preprocessor = preprocessor
+        self.encoder = encoder
+        self.retrieval = retrieval
+        self.decoder = decoder
+        self.publish = publish
+        self.device = device
+        self.options = options or WorkerOptions()
+        self.target_stats = target_stats
+        self.gallery = gallery
+        self.subject = subject
+        self.window_shape = window_shape
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self._stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._last_generate_t = -np.inf
+        self._counters = {
+            "windows": 0,
+            "frames": 0,
+            "images": 0,
+            "images_skipped": 0,
+            "frame_errors": 0,
+            "flagged_windows": 0,
+        }
+        self._latencies: dict[str, deque[float]] = {
+            s: deque(maxlen=self.options.latency_history) for s in STAGES
+        }
+        self._last_error_msg: str | None = None
+
+    # ------------------------------------------------------------------ public
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Ask the thread to finish and wait for it."""
+        self._stop_event.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout_s)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and latency percentiles (p50/p95/p99, ms) per stage."""
+        with self._lock:
+            counters = dict(self._counters)
+            lat = {k: np.asarray(v, dtype=float) for k, v in self._latencies.items()}
+            last_err = self._last_error_msg
+        pct = {}
+        for stage, arr in lat.items():
+            if arr.size:
+                p50, p95, p99 = np.percentile(arr, [50, 95, 99])
+                pct[stage] = {"p50": p50, "p95": p95, "p99": p99, "n": int(arr.size)}
+        return {
+            "counters": counters,
+            "latency_ms": pct,
+            "ready": self.ready.is_set(),
+            "error": None if self.error is None else repr(self.error),
+            "last_frame_error": last_err,
+        }
+
+    def latency_samples(self, stage: str) -> list[float]:
+        with self._lock:
+            return list(self._latencies[stage])
+
+    # ------------------------------------------------------------------ thread
+    def run(self) -> None:
+        try:
+            import torch
+
+            self._torch = torch
+            self.encoder.eval()
+            self._warm_up()
+        except BaseException as exc:  # surfaced on /health; the thread ends
+            log.exception("Decode worker failed while warming up.")
+            self.error = exc
+            return
+        self.ready.set()
+        while not self._stop_event.is_set():
+            try:
+                window = self.windows.next_window(timeout_s=0.2)
+            except BaseException as exc:
+                # The source failed (reader error); keep it for /health, wait and retry.
+                self._note_error(f"window source: {exc}")
+                self._stop_event.wait(0.2)
+                continue
+            if window is None:
+                continue
+            try:
+                self._process(window)
+            except Exception as exc:
+                log.exception("Decoding one window failed; the frame is skipped.")
+                with self._lock:
+                    self._counters["frame_errors"] += 1
+                self._note_error(f"{type(exc).__name__}: {exc}")
+
+    def _note_error(self, msg: str) -> None:
+        with self._lock:
+            self._last_error_msg = msg
+
+    def _warm_up(self) -> None:
+        """Run every model once so the first real frame pays no lazy-init cost."""
+        if self.window_shape is not None:
+            n_ch, n_t = self.window_shape
+            x = self._torch.zeros((1, n_ch, n_t), dtype=self._torch.float32, device=self.device)
+            out = self._encode_tensor(x)
+            vec = out["clip"][0].detach().cpu().numpy()
+            self.retrieval.topk(vec.reshape(-1)[: self.retrieval_dim], k=self.options.topk)
+            if self.decoder is not None:
+                mse = self._rescale(out["mse"][0].detach().cpu().numpy())
+                self.decoder.generate(mse, seed=self.options.seed, steps=self.options.diffusion_steps)
+
+    @property
+    def retrieval_dim(self) -> int:
+        return int(getattr(self.retrieval, "dim", 0)) or 10**9
+
+    def _encode_tensor(self, x):
+        torch = self._torch
+        subject = torch.full((x.shape[0],), self.subject, dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            return self.encoder(x, subject)
+
+    def _rescale(self, vec: np.ndarray) -> np.ndarray:
+        """z-score the prediction, then map it onto the training embeddings' statistics."""
+        if not self.target_stats:
+            return vec.astype(np.float32)
+        mean = np.asarray(self.target_stats["mean"], dtype=np.float32).reshape(vec.shape)
+        std = np.asarray(self.target_stats["std"], dtype=np.float32).reshape(vec.shape)
+        z = (vec - vec.mean()) / (vec.std() + 1e-8)
+        return (z * std + mean).astype(np.float32)
+
+    def _true_id(self, window: Window) -> str | None:
+        m = window.marker
+        if m is None or m.image_id is None:
+            return None
+        if m.sample is not None:
+            lag = (window.last_sample - m.sample) / window.sfreq
+        else:
+            lag = window.t_last - m.t_lsl
+        return m.image_id if 0.0 <= lag <= self.options.stimulus_hold_s else None
+
+    def _process(self, window: Window) -> None:
+        torch = self._torch
+        clock = time.perf_counter
+        from rtdecode.lsl.streams import local_clock
+
+        lat: dict[str, float] = {}
+        lat["queue"] = (local_clock() - window.t_arrived) * 1e3
+
+        t0 = clock()
+        x = self.preprocessor.transform_window(window)
+        t1 = clock()
+        out = self._encode_tensor(torch.from_numpy(x)[None].to(self.device))
+        clip_vec = out["clip"][0].detach().float().cpu().numpy()
+        mse_vec = out["mse"][0].detach().float().cpu().numpy()
+        t2 = clock()
+        lat["preprocess"] = (t1 - t0) * 1e3
+        lat["encode"] = (t2 - t1) * 1e3
+        emb = Embedding(window=window, vector=clip_vec, preprocess_ms=lat["preprocess"], encode_ms=lat["encode"])
+
+        query = emb.vector.reshape(-1) if emb.vector.ndim > 1 else emb.vector
+        topk = self.retrieval.topk(query, k=self.options.topk)
+        true_id = self._true_id(window)
+        true_rank = None
+        if true_id is not None:
+            try:
+                true_rank = int(self.retrieval.rank_of(query, true_id))
+            except KeyError:
+                true_rank = None
+        t3 = clock()
+        lat["retrieve"] = (t3 - t2) * 1e3
+
+        image_bytes = None
+        mime = f"image/{self.options.image_format}"
+        due = (t3 - self._last_generate_t) >= 1.0 / self.options.max_fps
+        if self.decoder is not None and due:
+            init = None
+            if self.options.img2img_strength is not None and self.gallery is not None and topk:
+                init = self.gallery.image(topk[0][0])
+            img = self.decoder.generate(
+                self._rescale(mse_vec),
+                seed=self.options.seed,
+                steps=self.options.diffusion_steps,
+                init_image=init,
+                strength=self.options.img2img_strength or 0.6,
+            )
+            t4 = clock()
+            image_bytes = encode_image(img, self.options.image_format)
+            t5 = clock()
+            lat["generate"] = (t4 - t3) * 1e3
+            lat["encode_image"] = (t5 - t4) * 1e3
+            self._last_generate_t = t3
+        lat["total"] = (local_clock() - window.t_arrived) * 1e3
+
+        frame = Frame(
+            seq=self._seq,
+            first_sample=window.first_sample,
+            t_first=window.t_first,
+            t_last=window.t_last,
+            t_arrived=window.t_arrived,
+            latencies_ms={k: round(v, 3) for k, v in lat.items()},
+            topk=tuple((str(i), float(s)) for i, s in topk),
+            true_id=true_id,
+            true_rank=true_rank,
+            image=image_bytes,
+            mime=mime,
+            extra={"flagged": window.flagged, "n_gaps": window.n_gaps},
+        )
+        with self._lock:
+            self._seq += 1
+            self._counters["windows"] += 1
+            self._counters["frames"] += 1
+            if window.flagged:
+                self._counters["flagged_windows"] += 1
+            if image_bytes is not None:
+                self._counters["images"] += 1
+            elif self.decoder is not None:
+                self._counters["images_skipped"] += 1
+            for k, v in lat.items():
+                self._latencies[k].append(v)
+        self.publish(frame)
+
+
+def encode_image(img: Any, fmt: str = "jpeg", quality: int = 85) -> bytes:
+    """Encode a PIL image to bytes in ``fmt`` (jpeg, webp or png)."""
+    buf = io.BytesIO()
+    pil_fmt = {"jpeg": "JPEG", "webp": "WEBP", "png": "PNG"}[fmt]
+    kwargs = {"quality": quality} if pil_fmt in {"JPEG", "WEBP"} else {}
+    img.convert("RGB").save(buf, format=pil_fmt, **kwargs)
+    return buf.getvalue()
+
+
+__all__ = ["DecodeWorker", "WorkerOptions", "encode_image", "STAGES"]
