@@ -1,0 +1,405 @@
+"""Image encoders: map PIL images onto the embedding space the brain encoder predicts.
+
+A registry by name (:func:`get_image_encoder`):
+
+``handcrafted``
+    The paper's human-engineered baseline: colour histogram + HOG + local binary
+    patterns (scikit-image), 492 dimensions, no weights.
+``dinov2``
+    A DINOv2 folder (``transformers`` ``AutoModel``) with its image processor.
+``clip-vision``
+    A CLIP vision tower with projection (``CLIPVisionModelWithProjection``): a folder
+    saved from ``CLIPModel``/``CLIPVisionModelWithProjection``, or a Stable unCLIP
+    pipeline folder (its ``image_encoder/`` and ``feature_extractor/`` are used).
+
+Weights are never downloaded: transformers encoders load from a local folder with
+``local_files_only=True``. torch and transformers are imported inside those classes
+only, so importing this module stays cheap.
+
+Threads: an encoder holds its model; call ``encode`` from one thread at a time (the
+DecodeWorker thread, or the thread building a gallery cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+READOUTS = ("cls", "mean", "grid")
+
+
+class ImageEncoder:
+    """What every image encoder provides.
+
+    Attributes
+    ----------
+    name : str
+        Unique identity of the encoder, its weights and its readout; galleries use it as
+        the embedding cache key.
+    dim : int
+        Feature size (last axis of :meth:`encode`'s output).
+    output_shape : tuple of int
+        Shape of one image's embedding: ``(dim,)``, or ``(n_tokens, dim)`` for the
+        ``grid`` readout.
+    readout : str
+        ``"cls"``, ``"mean"`` or ``"grid"``.
+    """
+
+    name: str
+    dim: int
+    output_shape: tuple[int, ...]
+    readout: str = "cls"
+
+    def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Embed images.
+
+        Parameters
+        ----------
+        images : sequence of PIL.Image
+            Any size and mode; they are converted to RGB.
+
+        Returns
+        -------
+        ndarray, float32, shape (n_images, *output_shape)
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, output_shape={self.output_shape})"
+
+
+_REGISTRY: dict[str, Callable[..., ImageEncoder]] = {}
+
+
+def register_image_encoder(
+    name: str,
+) -> Callable[[Callable[..., ImageEncoder]], Callable[..., ImageEncoder]]:
+    """Class decorator: make an encoder available to :func:`get_image_encoder` as ``name``.
+
+    The factory is called as ``factory(path=..., readout=..., device=...)``.
+    """
+
+    def deco(factory: Callable[..., ImageEncoder]) -> Callable[..., ImageEncoder]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def list_image_encoders() -> list[str]:
+    """Registered encoder names."""
+    return sorted(_REGISTRY)
+
+
+def get_image_encoder(
+    name: str, path: str | os.PathLike | None = None, readout: str = "cls", device: str = "cpu"
+) -> ImageEncoder:
+    """Build an image encoder by registry name.
+
+    Parameters
+    ----------
+    name : str
+        ``"handcrafted"``, ``"dinov2"`` or ``"clip-vision"`` (see :func:`list_image_encoders`).
+    path : path-like, optional
+        Local model folder, for encoders with weights.
+    readout : str
+        ``"cls"`` (one vector per image), ``"mean"`` (mean of the patch tokens) or
+        ``"grid"`` (every output token, shape ``(n_tokens, dim)``).
+    device : str
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when available).
+
+    Returns
+    -------
+    ImageEncoder
+    """
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown image encoder {name!r}; choose one of {list_image_encoders()}."
+        ) from None
+    if readout not in READOUTS:
+        raise ValueError(f"Unknown readout {readout!r}; choose one of {list(READOUTS)}.")
+    return factory(path=path, readout=readout, device=device)
+
+
+def _square(image: Image.Image, size: int) -> Image.Image:
+    """Centre-crop to a square and resize to ``size`` x ``size`` (RGB)."""
+    im = image.convert("RGB")
+    w, h = im.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return im.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + s, top + s))
+
+
+def _l2(v: np.ndarray) -> np.ndarray:
+    n = float(np.linalg.norm(v))
+    return v / n if n > 0 else v
+
+
+# ---------------------------------------------------------------------- handcrafted
+@register_image_encoder("handcrafted")
+class HandcraftedEncoder(ImageEncoder):
+    """Colour histogram + HOG + local binary patterns (the paper's engineered baseline).
+
+    Each image is centre-cropped to a square and resized to 64 x 64, then:
+
+    ============  =====  =======================================================
+    part          dims   parameters
+    ============  =====  =======================================================
+    colour        128    joint HSV histogram, 8 hue x 4 saturation x 4 value bins
+    HOG           324    9 orientations, 16 x 16 px cells, 2 x 2 cell blocks (L2-Hys)
+    LBP           40     uniform LBP (P=8, R=1; 10 codes) per image quadrant (2 x 2)
+    ============  =====  =======================================================
+
+    Each part is L2-normalised and the concatenation is divided by sqrt(3), so the three
+    parts weigh the same and an embedding has unit norm (a part that is all zero, such as
+    the HOG of a flat image, stays zero). Output dim: 492.
+    """
+
+    version = 1
+    image_size = 64
+    hsv_bins = (8, 4, 4)
+    hog_orientations = 9
+    hog_cell_px = 16
+    hog_block_cells = 2
+    lbp_points = 8
+    lbp_radius = 1
+    lbp_grid = 2
+
+    def __init__(self, path: Any = None, readout: str = "cls", device: str = "cpu") -> None:
+        if readout != "cls":
+            raise ValueError(
+                f"The handcrafted encoder gives one vector per image; readout={readout!r} is "
+                "not available. Use readout='cls'."
+            )
+        self.readout = readout
+        cells = self.image_size // self.hog_cell_px
+        blocks = cells - self.hog_block_cells + 1
+        self._dims = (
+            int(np.prod(self.hsv_bins)),
+            blocks * blocks * self.hog_block_cells**2 * self.hog_orientations,
+            (self.lbp_points + 2) * self.lbp_grid**2,
+        )
+        self.dim = int(sum(self._dims))
+        self.output_shape = (self.dim,)
+        self.name = f"handcrafted-v{self.version}"
+
+    def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
+        out = np.empty((len(images), self.dim), dtype=np.float32)
+        for i, im in enumerate(images):
+            out[i] = self._features(np.asarray(_square(im, self.image_size)))
+        return out
+
+    def _features(self, rgb: np.ndarray) -> np.ndarray:
+        from skimage.color import rgb2gray, rgb2hsv
+        from skimage.feature import hog, local_binary_pattern
+
+        hsv = rgb2hsv(rgb)
+        idx = np.zeros(hsv.shape[:2], dtype=np.int64)
+        for c, n in enumerate(self.hsv_bins):
+            idx = idx * n + np.minimum((hsv[..., c] * n).astype(np.int64), n - 1)
+        colour = np.bincount(idx.ravel(), minlength=self._dims[0]).astype(np.float64)
+
+        gray = rgb2gray(rgb)
+        hog_vec = hog(
+            gray,
+            orientations=self.hog_orientations,
+            pixels_per_cell=(self.hog_cell_px, self.hog_cell_px),
+            cells_per_block=(self.hog_block_cells, self.hog_block_cells),
+            block_norm="L2-Hys",
+            feature_vector=True,
+        )
+
+        codes = local_binary_pattern(
+            (gray * 255).astype(np.uint8), self.lbp_points, self.lbp_radius, method="uniform"
+        ).astype(np.int64)
+        n_codes = self.lbp_points + 2
+        step = self.image_size // self.lbp_grid
+        lbp = np.concatenate(
+            [
+                np.bincount(codes[r : r + step, c : c + step].ravel(), minlength=n_codes)[:n_codes]
+                for r in range(0, self.image_size, step)
+                for c in range(0, self.image_size, step)
+            ]
+        ).astype(np.float64)
+
+        vec = np.concatenate([_l2(colour), _l2(hog_vec), _l2(lbp)]) / math.sqrt(3.0)
+        return vec.astype(np.float32)
+
+
+# ---------------------------------------------------------------------- transformers
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _folder_identity(model_dir: Path) -> str:
+    """``<folder name>@<hash>``: the hash covers config.json and the weight files' names
+    and sizes, so two copies of the same weights share a cache and a retrained model does not."""
+    h = hashlib.sha1()
+    cfg = model_dir / "config.json"
+    if cfg.is_file():
+        h.update(cfg.read_bytes())
+    for p in sorted(model_dir.iterdir()):
+        if p.suffix in (".safetensors", ".bin", ".pt", ".pth"):
+            h.update(f"{p.name}:{p.stat().st_size}".encode())
+    return f"{model_dir.name}@{h.hexdigest()[:10]}"
+
+
+def _missing_weights(kind: str, path: Any, example: str) -> FileNotFoundError:
+    where = "no folder was given" if path is None else f"{path} is not a model folder"
+    return FileNotFoundError(
+        f"The {kind!r} image encoder needs local weights and {where}. Weights cannot be "
+        f"downloaded on this machine: give path= a local folder holding config.json, the "
+        f"weights and preprocessor_config.json (e.g. {example} saved with save_pretrained, "
+        f"or a Hugging Face snapshot copied here)."
+    )
+
+
+class _TransformersEncoder(ImageEncoder):
+    """Shared loading, batching and readouts for transformers vision models.
+
+    Subclasses set ``kind``, ``example`` and implement ``_load_model`` and ``_readout``.
+    The output shape is found by encoding one blank image at load time, which also
+    warms the model up.
+    """
+
+    kind = ""
+    example = ""
+    batch_size = 16
+
+    def __init__(self, path: Any = None, readout: str = "cls", device: str = "cpu") -> None:
+        import torch  # noqa: F401  (fail here, not halfway through loading)
+        from transformers import AutoImageProcessor
+
+        model_dir, processor_dir = self._resolve_dirs(path)
+        self.model_dir = model_dir
+        self.readout = readout
+        self.device = _resolve_device(device)
+        self.processor = AutoImageProcessor.from_pretrained(
+            str(processor_dir), local_files_only=True
+        )
+        self.model = self._load_model(model_dir).to(self.device).eval()
+        self.name = f"{self.kind}:{_folder_identity(model_dir)}:{readout}"
+        probe = self._forward([Image.new("RGB", (64, 64), (127, 127, 127))])
+        self.output_shape = tuple(int(s) for s in probe.shape[1:])
+        self.dim = self.output_shape[-1]
+
+    def _resolve_dirs(self, path: Any) -> tuple[Path, Path]:
+        if path is None:
+            raise _missing_weights(self.kind, path, self.example)
+        root = Path(path).expanduser()
+        if (root / "config.json").is_file():
+            return root, root
+        # A diffusers pipeline folder (Stable unCLIP) keeps the vision tower apart.
+        if (root / "image_encoder" / "config.json").is_file() and (
+            root / "feature_extractor" / "preprocessor_config.json"
+        ).is_file():
+            return root / "image_encoder", root / "feature_extractor"
+        raise _missing_weights(self.kind, path, self.example)
+
+    def _load_model(self, model_dir: Path):
+        raise NotImplementedError
+
+    def _readout(self, outputs) -> Any:
+        raise NotImplementedError
+
+    def _forward(self, images: Sequence[Image.Image]) -> np.ndarray:
+        import torch
+
+        batch = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
+        pixels = batch["pixel_values"].to(self.device, dtype=next(self.model.parameters()).dtype)
+        with torch.inference_mode():
+            out = self._readout(self.model(pixel_values=pixels))
+        return out.float().cpu().numpy()
+
+    def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if len(images) == 0:
+            return np.zeros((0, *self.output_shape), dtype=np.float32)
+        parts = [
+            self._forward(images[i : i + self.batch_size])
+            for i in range(0, len(images), self.batch_size)
+        ]
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    @staticmethod
+    def _n_prefix_tokens(model) -> int:
+        """Tokens before the patch tokens: CLS, plus register tokens if the model has them."""
+        return 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
+
+
+@register_image_encoder("dinov2")
+class Dinov2Encoder(_TransformersEncoder):
+    """DINOv2 from a local folder (``AutoModel``), readouts:
+
+    ``cls``  (hidden_size,)          ``pooler_output``: the layer-normed CLS token
+    ``mean`` (hidden_size,)          mean of the layer-normed patch tokens
+    ``grid`` (n_tokens, hidden_size) ``last_hidden_state``: CLS then the patch tokens,
+             n_tokens = 1 + (crop size / patch size)^2 (257 for ViT-B/14 at 224 px)
+    """
+
+    kind = "dinov2"
+    example = "facebook/dinov2-base"
+
+    def _load_model(self, model_dir: Path):
+        from transformers import AutoModel
+
+        return AutoModel.from_pretrained(str(model_dir), local_files_only=True)
+
+    def _readout(self, outputs):
+        h = outputs.last_hidden_state
+        if self.readout == "cls":
+            return outputs.pooler_output
+        if self.readout == "mean":
+            return h[:, self._n_prefix_tokens(self.model) :].mean(dim=1)
+        return h
+
+
+@register_image_encoder("clip-vision")
+class ClipVisionEncoder(_TransformersEncoder):
+    """CLIP vision tower with projection (``CLIPVisionModelWithProjection``), readouts:
+
+    ``cls``  (projection_dim,)       ``image_embeds``: the CLIP image embedding (what
+             Stable unCLIP is conditioned on)
+    ``mean`` (projection_dim,)       mean of the patch tokens, passed through the same
+             post-layernorm and projection as the CLS token
+    ``grid`` (n_tokens, hidden_size) ``last_hidden_state``: CLS then the patch tokens
+             (257 x 1024 for ViT-L/14 at 224 px; the paper's "CLIP-Vision 257 x 768"
+             is ViT-B/16's)
+    """
+
+    kind = "clip-vision"
+    example = "openai/clip-vit-large-patch14"
+
+    def _load_model(self, model_dir: Path):
+        from transformers import CLIPVisionModelWithProjection
+
+        cfg = json.loads((model_dir / "config.json").read_text())
+        if cfg.get("model_type") not in (None, "clip", "clip_vision_model"):
+            raise ValueError(
+                f"{model_dir} holds a {cfg.get('model_type')!r} model, not CLIP; use the "
+                "'clip-vision' encoder with a CLIP folder, or pick the matching encoder name."
+            )
+        return CLIPVisionModelWithProjection.from_pretrained(str(model_dir), local_files_only=True)
+
+    def _readout(self, outputs):
+        if self.readout == "cls":
+            return outputs.image_embeds
+        h = outputs.last_hidden_state
+        if self.readout == "mean":
+            tokens = h[:, self._n_prefix_tokens(self.model) :].mean(dim=1)
+            vm = self.model.vision_model
+            return self.model.visual_projection(vm.post_layernorm(tokens))
+        return h
