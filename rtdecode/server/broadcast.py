@@ -1,0 +1,379 @@
+"""Broadcaster: fan decoded frames out to every connected viewer.
+
+Threading
+---------
+* :meth:`Broadcaster.publish` runs on the producer's thread (the DecodeWorker). It
+  encodes the frame there (so the asyncio loop only moves bytes), appends it to a small
+  hand-off deque under a lock and, when no hand-off is pending already, schedules one
+  drain on the loop with ``loop.call_soon_threadsafe``. It never blocks on clients; a
+  loop that falls behind loses the oldest hand-offs, and those are counted.
+* Everything else (clients, their queues, their counters) belongs to the asyncio loop
+  and is touched only from it. ``stats()`` may be read from any thread: it copies ints.
+
+Each client has its own bounded queue (``client_queue`` frames). When a client reads
+too slowly its queue fills and its *oldest* frame is dropped and counted for that client
+alone; nobody else waits. Clients may ask for a lower rate (``set_rate``): frames above
+that rate are skipped for that client (counted as ``skipped``, not as dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rtdecode.contracts import Frame
+from rtdecode.server.protocol import encode_frame, text_message
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Broadcaster", "Client", "CloseRequest", "TooManyClients"]
+
+#: Control messages (hello, pong, errors, status) buffered per client; a client that
+#: floods requests without reading loses the oldest replies, never server memory.
+CONTROL_QUEUE = 32
+#: A frame passes the rate limit with 90% of a credit, so jitter in the producer's
+#: timing does not halve the rate a client asked for.
+_RATE_TOLERANCE = 0.9
+
+
+class TooManyClients(RuntimeError):
+    """Raised by :meth:`Broadcaster.add_client` when ``max_clients`` are connected."""
+
+
+@dataclass(frozen=True, slots=True)
+class CloseRequest:
+    """Returned by :meth:`Client.next_message` when the connection must be closed."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Encoded:
+    seq: int
+    message: bytes
+
+
+class Client:
+    """One connected viewer: a bounded frame queue, a control queue and counters.
+
+    Lives on the asyncio loop. The websocket handler calls :meth:`next_message` from its
+    single sender task and :meth:`send_control` / :meth:`set_rate` from its receiver.
+
+    Attributes
+    ----------
+    id : str
+        ``c1``, ``c2``... unique within the Broadcaster.
+    peer : str
+        Remote address, for logs and /api/status.
+    sent, dropped, skipped : int
+        Frames handed to the transport; frames lost because the queue was full
+        (oldest first); frames left out because of the client's ``max_fps``.
+    """
+
+    def __init__(self, client_id: str, peer: str, queue_size: int) -> None:
+        self.id = client_id
+        self.peer = peer
+        self.t_connected = time.monotonic()
+        self.max_fps: float | None = None
+        self.sent = 0
+        self.dropped = 0
+        self.skipped = 0
+        self.control_dropped = 0
+        self._frames: deque[_Encoded] = deque(maxlen=queue_size)
+        self._control: deque[str] = deque(maxlen=CONTROL_QUEUE)
+        self._wake = asyncio.Event()
+        self._unreported_drops = 0
+        self._credit = 1.0
+        self._t_last_offer: float | None = None
+        self._close: CloseRequest | None = None
+
+    # -- loop side, called by the Broadcaster -------------------------------------------
+    def offer(self, item: _Encoded, now: float) -> None:
+        """Queue a frame for this client, applying its rate limit and drop-oldest."""
+        if self._close is not None:
+            return
+        if self.max_fps is not None:
+            # Credit-based limiter: one credit per 1/max_fps seconds, at most one banked,
+            # so a stalled producer that bursts does not burst to this client.
+            if self._t_last_offer is not None:
+                self._credit = min(1.0, self._credit + (now - self._t_last_offer) * self.max_fps)
+            self._t_last_offer = now
+            if self._credit < _RATE_TOLERANCE:
+                self.skipped += 1
+                return
+            self._credit -= 1.0
+        if len(self._frames) == self._frames.maxlen:
+            self.dropped += 1
+            self._unreported_drops += 1
+        self._frames.append(item)  # a full deque drops its oldest entry
+        self._wake.set()
+
+    def send_control(self, text: str) -> None:
+        """Queue a JSON text message (sent before any queued frame)."""
+        if len(self._control) == self._control.maxlen:
+            self.control_dropped += 1
+        self._control.append(text)
+        self._wake.set()
+
+    def request_close(self, code: int, reason: str) -> None:
+        """Ask the sender to close the connection once queued control messages are out."""
+        if self._close is None:
+            self._close = CloseRequest(code, reason)
+            self._frames.clear()
+            self._wake.set()
+
+    def set_rate(self, max_fps: float | None) -> None:
+        """Limit this client to ``max_fps`` frames per second (None: the full rate)."""
+        self.max_fps = max_fps
+        self._credit = 1.0
+        self._t_last_offer = None
+
+    async def next_message(self) -> bytes | str | CloseRequest:
+        """Wait for the next thing to send: a control text, a gap notice, a frame
+        (bytes), or a :class:`CloseRequest` after which nothing else is returned."""
+        while True:
+            if self._control:
+                return self._control.popleft()
+            if self._close is not None:
+                return self._close
+            if self._frames:
+                if self._unreported_drops:
+                    n, self._unreported_drops = self._unreported_drops, 0
+                    return text_message(
+                        "gap",
+                        dropped=n,
+                        dropped_total=self.dropped,
+                        next_seq=self._frames[0].seq,
+                    )
+                self.sent += 1
+                return self._frames.popleft().message
+            self._wake.clear()
+            await self._wake.wait()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of this client (JSON-able)."""
+        return {
+            "id": self.id,
+            "peer": self.peer,
+            "connected_s": round(time.monotonic() - self.t_connected, 3),
+            "max_fps": self.max_fps,
+            "sent": self.sent,
+            "dropped": self.dropped,
+            "skipped": self.skipped,
+            "queued": len(self._frames),
+            "control_dropped": self.control_dropped,
+        }
+
+
+class Broadcaster:
+    """Fan frames out to clients, each with its own bounded queue.
+
+    Parameters
+    ----------
+    client_queue : int
+        Frames buffered per client before its oldest is dropped (``Settings.client_queue``).
+    max_clients : int
+        Connected clients allowed at once (``Settings.max_clients``).
+    handoff_size : int
+        Frames waiting between :meth:`publish` and the loop; more means the loop is
+        stalled, and the oldest are dropped (counted in ``handoff_dropped``).
+    on_frame : callable, optional
+        ``on_frame(frame)`` is called on the publishing thread for every frame (metrics);
+        its exceptions are logged, never raised into the producer.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_queue: int = 4,
+        max_clients: int = 16,
+        handoff_size: int = 8,
+        on_frame: Callable[[Frame], None] | None = None,
+    ) -> None:
+        if client_queue < 1 or max_clients < 1 or handoff_size < 1:
+            raise ValueError(
+                f"client_queue={client_queue}, max_clients={max_clients} and "
+                f"handoff_size={handoff_size} must all be at least 1."
+            )
+        self.client_queue = int(client_queue)
+        self.max_clients = int(max_clients)
+        self.on_frame = on_frame
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._handoff: deque[_Encoded] = deque(maxlen=handoff_size)
+        self._drain_scheduled = False
+        self._stopped = False
+        self._clients: dict[str, Client] = {}
+        self._all_gone = asyncio.Event()
+        self._all_gone.set()
+        self._next_id = 1
+        # Publisher-side counters (under _lock).
+        self.published = 0
+        self.handoff_dropped = 0
+        self.unserved = 0  # published while no loop was running (before start/after stop)
+        # Loop-side counters, including clients that have left.
+        self.connections = 0
+        self.rejected = 0
+        self._gone = {"sent": 0, "dropped": 0, "skipped": 0}
+
+    @classmethod
+    def from_settings(cls, settings: Any, **kwargs: Any) -> Broadcaster:
+        """Build from ``rtdecode.config.Settings`` (``client_queue``, ``max_clients``)."""
+        return cls(client_queue=settings.client_queue, max_clients=settings.max_clients, **kwargs)
+
+    # -- lifecycle (loop) ---------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Attach to the running loop (call from the loop, e.g. in the app's lifespan)."""
+        with self._lock:
+            self._loop = loop or asyncio.get_running_loop()
+            self._stopped = False
+
+    def stop(self) -> None:
+        """Detach from the loop: later :meth:`publish` calls are counted as unserved."""
+        with self._lock:
+            self._stopped = True
+            self._loop = None
+            self.unserved += len(self._handoff)
+            self._handoff.clear()
+
+    @property
+    def running(self) -> bool:
+        return self._loop is not None and not self._stopped
+
+    # -- producer side (any thread) -----------------------------------------------------
+    def publish(self, frame: Frame) -> bool:
+        """Hand one frame to every connected client; never blocks.
+
+        Parameters
+        ----------
+        frame : Frame
+
+        Returns
+        -------
+        bool
+            False when the server is not running (the frame reached nobody).
+        """
+        if self.on_frame is not None:
+            try:
+                self.on_frame(frame)
+            except Exception:  # metrics must never stop the producer
+                log.exception("on_frame observer failed for frame seq=%s", frame.seq)
+        item = _Encoded(int(frame.seq), encode_frame(frame))
+        with self._lock:
+            self.published += 1
+            loop = self._loop
+            if loop is None or self._stopped:
+                self.unserved += 1
+                return False
+            if len(self._handoff) == self._handoff.maxlen:
+                self.handoff_dropped += 1
+            self._handoff.append(item)
+            if self._drain_scheduled:
+                return True
+            self._drain_scheduled = True
+        try:
+            loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop closed between our check and the call
+            with self._lock:
+                self.unserved += len(self._handoff)
+                self._handoff.clear()
+                self._drain_scheduled = False
+            return False
+        return True
+
+    def _drain(self) -> None:
+        with self._lock:
+            items = list(self._handoff)
+            self._handoff.clear()
+            self._drain_scheduled = False
+        now = time.monotonic()
+        for item in items:
+            for client in self._clients.values():
+                client.offer(item, now)
+
+    # -- clients (loop) -----------------------------------------------------------------
+    def add_client(self, peer: str = "") -> Client:
+        """Register a client.
+
+        Raises
+        ------
+        TooManyClients
+            When ``max_clients`` clients are connected already.
+        """
+        if len(self._clients) >= self.max_clients:
+            self.rejected += 1
+            raise TooManyClients(
+                f"The server already has {len(self._clients)} viewers, its limit "
+                f"(max_clients={self.max_clients}); close another viewer or raise "
+                "RTDECODE_MAX_CLIENTS."
+            )
+        client = Client(f"c{self._next_id}", peer, self.client_queue)
+        self._next_id += 1
+        self._clients[client.id] = client
+        self._all_gone.clear()
+        self.connections += 1
+        return client
+
+    def remove_client(self, client: Client) -> None:
+        """Forget a client, keeping its counters in the totals."""
+        if self._clients.pop(client.id, None) is not None:
+            self._gone["sent"] += client.sent
+            self._gone["dropped"] += client.dropped
+            self._gone["skipped"] += client.skipped
+        if not self._clients:
+            self._all_gone.set()
+
+    @property
+    def clients(self) -> list[Client]:
+        return list(self._clients.values())
+
+    def broadcast_text(self, text: str) -> None:
+        """Queue one JSON text message to every client (loop)."""
+        for client in self._clients.values():
+            client.send_control(text)
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Ask every client's sender to close its connection with ``code`` (loop)."""
+        for client in self._clients.values():
+            client.request_close(code, reason)
+
+    async def wait_closed(self, timeout_s: float) -> bool:
+        """Wait until every client has been removed; True if they all left in time."""
+        try:
+            await asyncio.wait_for(self._all_gone.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        """Totals and per-client counters (JSON-able; safe to call from any thread)."""
+        clients = [c.stats() for c in list(self._clients.values())]
+        totals = {k: v + sum(c[k] for c in clients) for k, v in self._gone.items()}
+        with self._lock:
+            published, handoff_dropped, unserved = (
+                self.published,
+                self.handoff_dropped,
+                self.unserved,
+            )
+        return {
+            "running": self.running,
+            "published": published,
+            "handoff_dropped": handoff_dropped,
+            "unserved": unserved,
+            "n_clients": len(clients),
+            "max_clients": self.max_clients,
+            "client_queue": self.client_queue,
+            "connections": self.connections,
+            "rejected": self.rejected,
+            "sent": totals["sent"],
+            "dropped": totals["dropped"],
+            "skipped": totals["skipped"],
+            "clients": clients,
+        }
