@@ -215,7 +215,7 @@ def test_offline_epochs_match_online_windows(sfreq_hz):
         np.testing.assert_array_equal(live.transform_window(w2), online)
 
 
-def test_transform_epochs_equals_per_window_transform_and_chunking(monkeypatch):
+def test_transform_epochs_equals_per_window_transform_whatever_the_block_size(monkeypatch):
     fs = 1000.0
     p = make()
     n_pad = p.pad_samples(fs)
@@ -223,7 +223,7 @@ def test_transform_epochs_equals_per_window_transform_and_chunking(monkeypatch):
     stacked = p.transform_epochs(epochs, fs, CH, n_pad)
     one_by_one = np.stack([p.transform(e, fs, CH, n_pad) for e in epochs])
     np.testing.assert_array_equal(stacked, one_by_one)
-    monkeypatch.setattr(preprocess, "_CHUNK_VALUES", 2 * epochs.shape[1] * epochs.shape[2])
+    monkeypatch.setattr(preprocess, "_BLOCK_BYTES", 8 * 5 * epochs.shape[2])  # 5-row blocks
     np.testing.assert_array_equal(p.transform_epochs(epochs, fs, CH, n_pad), stacked)
 
 
@@ -324,3 +324,12 @@ def test_invalid_inputs_are_clear_errors():
         PreprocessConfig.from_dict({"ch_names": ["A"], "notch_hz": 50})
     with pytest.raises(ValueError, match="scale holds"):
         Preprocessor(PreprocessConfig(ch_names=CH), np.zeros(len(CH)), np.zeros(len(CH)))
+
+
+def test_frequency_response_reports_passband_and_delay():
+    p = make(baseline_s=(0.0, 0.1))
+    gain, delay_s = p.frequency_response(1200.0, [0.1, 10.0, 40.0, 59.0])
+    np.testing.assert_allclose(20 * np.log10(gain[[0, 2]]), -3.01, atol=0.05)
+    assert gain[1] == pytest.approx(1.0, abs=1e-3)
+    assert gain[3] < 0.25
+    assert 0.005 < delay_s[1] < 0.02  # order-4 Butterworth at 40 Hz: about 11 ms at 10 Hz

@@ -205,3 +205,23 @@ def apply_plan(x: np.ndarray, plan: ResamplePlan) -> np.ndarray:
     for j in range(1, 4):
         y += x[..., plan.index[:, j]] * plan.weight[:, j]
     return y
+
+
+def sos_response(sos: np.ndarray, freqs_hz: np.ndarray, sfreq_hz: float) -> tuple[np.ndarray, np.ndarray]:
+    """Complex response and group delay of a filter at given frequencies.
+
+    The group delay is ``-d(phase)/d(omega)`` by a centred difference, which stays
+    accurate for cut-offs close to 0 Hz where the transfer-function form is ill-conditioned.
+
+    Returns
+    -------
+    h : ndarray, complex, shape (n_freqs,)
+    group_delay_s : ndarray, float64, shape (n_freqs,)
+    """
+    freqs_hz = np.asarray(freqs_hz, dtype=np.float64)
+    df = 1e-4 * sfreq_hz / 2
+    grid = np.concatenate([freqs_hz - df / 2, freqs_hz, freqs_hz + df / 2])
+    _, h = sps.sosfreqz(sos, worN=grid, fs=sfreq_hz)
+    lo, mid, hi = np.split(h, 3)
+    dphase = np.angle(hi / lo)  # phase step over df, free of wrapping
+    return mid, -dphase / (2 * np.pi * df)

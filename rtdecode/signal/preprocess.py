@@ -37,9 +37,9 @@ from rtdecode.contracts import Window
 from rtdecode.signal import filters
 
 FORMAT_VERSION = 1
-# Epochs per chunk in transform_epochs/fit: bounds the float64 temporaries to a few
-# hundred MB for paper-sized epochs without changing any per-sample arithmetic.
-_CHUNK_VALUES = 16_000_000
+# Working-set size of one block of rows (float64 bytes): fits in a core's L2 cache and
+# bounds the temporaries, however many epochs are transformed at once.
+_BLOCK_BYTES = 1 << 20
 # Plans kept per Preprocessor: one per (input rate, history, window length) in use.
 _CACHE_SIZE = 16
 # A channel whose IQR is below this fraction of the largest IQR is treated as flat.
@@ -235,7 +235,7 @@ class Preprocessor:
             )
             self._zi_high = filters.steady_state(self._sos_high)
         self._plans: OrderedDict[tuple, _Plan] = OrderedDict()
-        self._picks: OrderedDict[tuple, np.ndarray | None] = OrderedDict()
+        self._picks: OrderedDict[tuple, np.ndarray] = OrderedDict()
 
     # -- properties ---------------------------------------------------------------------
 
@@ -357,7 +357,7 @@ class Preprocessor:
         -------
         out : ndarray, float32, shape (n_epochs, n_model_channels, n_times_out)
         """
-        return self._run_chunked(epochs, sfreq_hz, ch_names, n_pad, scaled=True)
+        return self._run(epochs, sfreq_hz, ch_names, n_pad, scaled=True)
 
     def fit(self, epochs: np.ndarray, sfreq_hz: float, ch_names: Sequence[str],
             n_pad: int) -> Preprocessor:
@@ -378,7 +378,7 @@ class Preprocessor:
         -------
         self
         """
-        unscaled = self._run_chunked(epochs, sfreq_hz, ch_names, n_pad, scaled=False)
+        unscaled = self._run(epochs, sfreq_hz, ch_names, n_pad, scaled=False)
         per_channel = np.moveaxis(unscaled, 1, 0).reshape(self.n_channels, -1)
         q25, q50, q75 = np.percentile(per_channel.astype(np.float64), [25, 50, 75], axis=1)
         iqr = q75 - q25
@@ -386,6 +386,38 @@ class Preprocessor:
         floor = _SCALE_FLOOR_REL * positive.max() if positive.size else 1.0
         self._set_stats(q50, np.maximum(iqr, floor))
         return self
+
+    def frequency_response(self, sfreq_in_hz: float,
+                           freqs_hz: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+        """Gain and group delay of the filter chain for data at ``sfreq_in_hz``.
+
+        The lowpass runs at the input rate and the highpass at the model rate; the cubic
+        interpolation between them adds (almost) no delay and is not included.
+
+        Parameters
+        ----------
+        sfreq_in_hz : float
+        freqs_hz : sequence of float, shape (n_freqs,)
+            Frequencies below the model rate's Nyquist frequency.
+
+        Returns
+        -------
+        gain : ndarray, float64, shape (n_freqs,)
+            Amplitude gain (1 = passed unchanged).
+        group_delay_s : ndarray, float64, shape (n_freqs,)
+            Seconds by which a narrow-band signal at each frequency comes out late.
+        """
+        freqs_hz = np.asarray(freqs_hz, dtype=np.float64)
+        h = np.ones(freqs_hz.shape, dtype=complex)
+        delay = np.zeros(freqs_hz.shape)
+        stages = [(self._lowpass(_positive(sfreq_in_hz, "sfreq_hz")), sfreq_in_hz)]
+        if self._config.highpass_hz is not None:
+            stages.append((self._sos_high, self._config.sfreq_model_hz))
+        for sos, fs in stages:
+            if sos is not None:
+                h_stage, d_stage = filters.sos_response(sos, freqs_hz, fs)
+                h, delay = h * h_stage, delay + d_stage
+        return np.abs(h), delay
 
     # -- serialisation ------------------------------------------------------------------
 
@@ -434,8 +466,8 @@ class Preprocessor:
             )
         self._center, self._scale = center, scale
 
-    def _pick(self, ch_names: Sequence[str], n_rows: int) -> np.ndarray | None:
-        """Row indices taking the data's channels to the model's order (None: identity)."""
+    def _pick(self, ch_names: Sequence[str], n_rows: int) -> np.ndarray:
+        """Row indices taking the data's channels to the model's order."""
         key = tuple(ch_names)
         if len(key) != n_rows:
             raise ValueError(
@@ -461,9 +493,21 @@ class Preprocessor:
                 f"model uses must appear once."
             )
         index = np.array([position[c] for c in model], dtype=np.intp)
-        pick = None if key == model else index
-        _remember(self._picks, key, pick)
-        return pick
+        _remember(self._picks, key, index)
+        return index
+
+    def _lowpass(self, sfreq_hz: float) -> np.ndarray | None:
+        """The anti-alias lowpass for input at ``sfreq_hz`` (None when configured off)."""
+        c = self._config
+        if c.lowpass_hz is not None:
+            return filters.design_lowpass(c.lowpass_hz, sfreq_hz, c.lowpass_order)
+        if sfreq_hz > c.sfreq_model_hz:
+            raise ValueError(
+                f"lowpass_hz is None but the input rate {sfreq_hz:g} Hz is above the model "
+                f"rate {c.sfreq_model_hz:g} Hz, so resampling would alias; set lowpass_hz "
+                f"(e.g. 40) to filter before resampling."
+            )
+        return None
 
     def _plan(self, sfreq_hz: float, n_pad: int, n_times: int) -> _Plan:
         key = (sfreq_hz, n_pad, n_times)
@@ -471,17 +515,8 @@ class Preprocessor:
         if plan is not None:
             return plan
         c = self._config
-        if c.lowpass_hz is not None:
-            sos_low = filters.design_lowpass(c.lowpass_hz, sfreq_hz, c.lowpass_order)
-            zi_low = filters.steady_state(sos_low)
-        elif sfreq_hz > c.sfreq_model_hz:
-            raise ValueError(
-                f"lowpass_hz is None but the input rate {sfreq_hz:g} Hz is above the model "
-                f"rate {c.sfreq_model_hz:g} Hz, so resampling would alias; set lowpass_hz "
-                f"(e.g. 40) to filter before resampling."
-            )
-        else:
-            sos_low = zi_low = None
+        sos_low = self._lowpass(sfreq_hz)
+        zi_low = None if sos_low is None else filters.steady_state(sos_low)
         n_out = filters.n_samples_out(n_times, sfreq_hz, c.sfreq_model_hz)
         resample = filters.resample_plan(n_pad + n_times, n_out, sfreq_hz, c.sfreq_model_hz)
         baseline = None
@@ -520,52 +555,64 @@ class Preprocessor:
             )
         return sfreq_hz, n_pad - need, need
 
-    def _run_chunked(self, epochs: np.ndarray, sfreq_hz: float, ch_names: Sequence[str],
-                     n_pad: int, *, scaled: bool) -> np.ndarray:
-        epochs = np.asarray(epochs)
-        if epochs.ndim != 3:
-            raise ValueError(
-                f"epochs has shape {epochs.shape}; give (n_epochs, n_channels, n_times) "
-                f"(use transform for a single window)."
-            )
-        per_epoch = max(1, epochs.shape[1] * epochs.shape[2])
-        step = max(1, _CHUNK_VALUES // per_epoch)
-        if epochs.shape[0] <= step:
-            return self._run(epochs, sfreq_hz, ch_names, n_pad, scaled=scaled)
-        parts = [
-            self._run(epochs[i:i + step], sfreq_hz, ch_names, n_pad, scaled=scaled)
-            for i in range(0, epochs.shape[0], step)
-        ]
-        return np.concatenate(parts, axis=0)
-
     def _run(self, x: np.ndarray, sfreq_hz: float, ch_names: Sequence[str], n_pad: int,
              *, scaled: bool) -> np.ndarray:
-        """The one code path. x: (n_epochs, n_channels_in, n_pad + n_times)."""
+        """The one code path: (n_epochs, n_channels_in, n_pad + n_times) -> float32
+        (n_epochs, n_model_channels, n_times_out). Rows (epoch x channel) go through
+        :meth:`_rows` in blocks of a fixed byte size, so one window and a thousand
+        epochs see the same per-row arithmetic."""
+        x = np.asarray(x)
+        if x.ndim != 3:
+            raise ValueError(
+                f"epochs has shape {x.shape}; give (n_epochs, n_channels, n_times) "
+                f"(use transform for a single window)."
+            )
         sfreq_hz, skip, n_hist = self._check_layout(x.shape, sfreq_hz, n_pad)
         pick = self._pick(ch_names, x.shape[1])
-        if skip:
-            x = x[..., skip:]  # history beyond what the filters need is ignored
-        y = (x if pick is None else np.take(x, pick, axis=1)).astype(np.float64)
+        n_epochs, n_in_ch, n_all = x.shape
+        n_model = self.n_channels
+        plan = self._plan(sfreq_hz, n_hist, n_all - skip - n_hist)
+        flat = x.reshape(n_epochs * n_in_ch, n_all)
+        channel = np.tile(pick, n_epochs)  # input row of each output row, within its epoch
+        source = np.repeat(np.arange(n_epochs) * n_in_ch, n_model) + channel
+        stats = None
+        if scaled and self._scale is not None:
+            stats = (np.tile(self._center, n_epochs), np.tile(self._scale, n_epochs))
+        out = np.empty((source.size, plan.resample.n_out), dtype=np.float32)
+        # Blocks of about _BLOCK_BYTES of float64: fresh multi-MB temporaries cost page
+        # faults on every call (glibc maps and unmaps them), small ones are reused.
+        step = max(1, _BLOCK_BYTES // (8 * (n_all - skip)))
+        for i in range(0, source.size, step):
+            rows = slice(i, i + step)
+            out[rows] = self._rows(
+                flat[source[rows], skip:], plan, n_hist,
+                None if stats is None else (stats[0][rows], stats[1][rows]),
+            )
+        return out.reshape(n_epochs, n_model, plan.resample.n_out)
+
+    def _rows(self, raw: np.ndarray, plan: _Plan, n_hist: int,
+              stats: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+        """Per-row arithmetic. raw: (n_rows, n_hist + n_times) -> (n_rows, n_times_out)."""
+        y = raw.astype(np.float64)
         finite = np.isfinite(y)
         if not finite.all():
             y[~finite] = 0.0
-        plan = self._plan(sfreq_hz, n_hist, y.shape[-1] - n_hist)
         # Filters start in the steady state of the history's mean (of the first sample
         # without history): one sample's noise would otherwise become an offset.
-        level = y[..., :n_hist].mean(axis=-1) if n_hist else y[..., 0].copy()
+        level = y[:, :n_hist].mean(axis=-1) if n_hist else y[:, 0].copy()
         if plan.sos_low is not None:
             y = filters.causal_filter(y, plan.sos_low, plan.zi_low, level)
         y = filters.apply_plan(y, plan.resample)
         if self._config.highpass_hz is not None:
             y = filters.causal_filter(y, self._sos_high, self._zi_high, level)
-        y = y[..., plan.resample.n_pad_out:]
+        y = y[:, plan.resample.n_pad_out:]
         if plan.baseline is not None:
-            y = y - y[..., plan.baseline].mean(axis=-1, keepdims=True)
-        if scaled and self._scale is not None:
-            y = (y - self._center[:, None]) / self._scale[:, None]
+            y = y - y[:, plan.baseline].mean(axis=-1, keepdims=True)
+        if stats is not None:
+            y = (y - stats[0][:, None]) / stats[1][:, None]
             if self._config.clamp is not None:
                 np.clip(y, -self._config.clamp, self._config.clamp, out=y)
-        return y.astype(np.float32)
+        return y
 
 
 def _remember(cache: OrderedDict, key: Any, value: Any) -> None:
