@@ -333,3 +333,19 @@ def test_frequency_response_reports_passband_and_delay():
     assert gain[1] == pytest.approx(1.0, abs=1e-3)
     assert gain[3] < 0.25
     assert 0.005 < delay_s[1] < 0.02  # order-4 Butterworth at 40 Hz: about 11 ms at 10 Hz
+
+
+@pytest.mark.parametrize("sfreq_hz", RATES_HZ)
+def test_output_times_are_end_aligned(sfreq_hz):
+    p = make(highpass_hz=None, sfreq_model_hz=sfreq_hz / 3)
+    n_pad = p.pad_samples(sfreq_hz)
+    n_times = p.window_samples(0.5, sfreq_hz)
+    times = p.times_s(n_times, sfreq_hz)
+    assert times[-1] == pytest.approx((n_times - 1) / sfreq_hz)
+    np.testing.assert_allclose(np.diff(times), 3 / sfreq_hz)
+    assert 0 <= times[0] < 3 / sfreq_hz
+    # A ramp comes out as the ramp read at those times, late by the lowpass's delay.
+    _, (delay_s,) = p.frequency_response(sfreq_hz, [1e-3])
+    ramp = np.tile(np.arange(n_pad + n_times) / sfreq_hz, (len(CH), 1))
+    out = p.transform(ramp, sfreq_hz, CH, n_pad)
+    np.testing.assert_allclose(out[0], times + n_pad / sfreq_hz - delay_s, atol=1e-5)

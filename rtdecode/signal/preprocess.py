@@ -303,6 +303,29 @@ class Preprocessor:
             _positive(window_s, "window_s") * self._config.sfreq_model_hz
         ))
 
+    def times_s(self, n_times: int, sfreq_in_hz: float) -> np.ndarray:
+        """Times of the output samples, in seconds from the window's first sample.
+
+        The grid is aligned to the window's END: the last output sample is the newest
+        input sample, ``(n_times - 1) / sfreq_in_hz``, and outputs are ``1 /
+        sfreq_model_hz`` apart before it (so the first output usually sits a fraction of
+        a model sample after the window's start, e.g. 7.5 ms at 1200 -> 120 Hz).
+
+        Parameters
+        ----------
+        n_times : int
+            Input samples in the window proper (without history).
+        sfreq_in_hz : float
+
+        Returns
+        -------
+        times_s : ndarray, float64, shape (n_times_out,)
+        """
+        fs_in = _positive(sfreq_in_hz, "sfreq_hz")
+        fs_model = self._config.sfreq_model_hz
+        n_out = filters.n_samples_out(int(n_times), fs_in, fs_model)
+        return (n_times - 1) / fs_in - np.arange(n_out - 1, -1, -1) / fs_model
+
     # -- transforms ---------------------------------------------------------------------
 
     def transform(self, data: np.ndarray, sfreq_hz: float, ch_names: Sequence[str],
