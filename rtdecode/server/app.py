@@ -62,6 +62,9 @@ STATIC_DIR = Path(__file__).with_name("static")
 STATUS_INTERVAL_S = 1.0
 #: Seconds the shutdown waits for viewers to acknowledge their close.
 CLOSE_TIMEOUT_S = 3.0
+#: A viewer whose socket accepts no data for this long is dropped (its slot is freed):
+#: a frozen browser or a suspended laptop must not hold one of ``max_clients`` forever.
+SEND_TIMEOUT_S = 20.0
 
 
 class FrameSource(Protocol):
@@ -285,12 +288,23 @@ async def _send_loop(websocket: WebSocket, client: Client) -> None:
         while True:
             message = await client.next_message()
             if isinstance(message, CloseRequest):
-                await websocket.close(message.code, message.reason)
+                await asyncio.wait_for(
+                    websocket.close(message.code, message.reason), SEND_TIMEOUT_S
+                )
                 return
             if isinstance(message, bytes):
-                await websocket.send_bytes(message)
+                send = websocket.send_bytes(message)
             else:
-                await websocket.send_text(message)
+                send = websocket.send_text(message)
+            # uvicorn's send waits while the socket is full; only a dead peer waits this long.
+            await asyncio.wait_for(send, SEND_TIMEOUT_S)
+    except TimeoutError:
+        log.warning(
+            "Viewer %s (%s) accepted no data for %.0f s; dropping it.",
+            client.id,
+            client.peer,
+            SEND_TIMEOUT_S,
+        )
     except (WebSocketDisconnect, RuntimeError, OSError) as exc:
         log.debug("viewer %s: send ended: %r", client.id, exc)
 

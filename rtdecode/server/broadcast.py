@@ -32,7 +32,7 @@ from rtdecode.server.protocol import encode_frame, text_message
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Broadcaster", "Client", "CloseRequest", "TooManyClients"]
+__all__ = ["Broadcaster", "Client", "CloseRequest", "EncodedFrame", "TooManyClients"]
 
 #: Control messages (hello, pong, errors, status) buffered per client; a client that
 #: floods requests without reading loses the oldest replies, never server memory.
@@ -55,7 +55,9 @@ class CloseRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class _Encoded:
+class EncodedFrame:
+    """A frame as sent: its ``seq`` and the binary websocket message."""
+
     seq: int
     message: bytes
 
@@ -86,7 +88,7 @@ class Client:
         self.dropped = 0
         self.skipped = 0
         self.control_dropped = 0
-        self._frames: deque[_Encoded] = deque(maxlen=queue_size)
+        self._frames: deque[EncodedFrame] = deque(maxlen=queue_size)
         self._control: deque[str] = deque(maxlen=CONTROL_QUEUE)
         self._wake = asyncio.Event()
         self._unreported_drops = 0
@@ -95,7 +97,7 @@ class Client:
         self._close: CloseRequest | None = None
 
     # -- loop side, called by the Broadcaster -------------------------------------------
-    def offer(self, item: _Encoded, now: float) -> None:
+    def offer(self, item: EncodedFrame, now: float) -> None:
         """Queue a frame for this client, applying its rate limit and drop-oldest."""
         if self._close is not None:
             return
@@ -207,7 +209,7 @@ class Broadcaster:
         self.on_frame = on_frame
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
-        self._handoff: deque[_Encoded] = deque(maxlen=handoff_size)
+        self._handoff: deque[EncodedFrame] = deque(maxlen=handoff_size)
         self._drain_scheduled = False
         self._stopped = False
         self._clients: dict[str, Client] = {}
@@ -265,7 +267,7 @@ class Broadcaster:
                 self.on_frame(frame)
             except Exception:  # metrics must never stop the producer
                 log.exception("on_frame observer failed for frame seq=%s", frame.seq)
-        item = _Encoded(int(frame.seq), encode_frame(frame))
+        item = EncodedFrame(int(frame.seq), encode_frame(frame))
         with self._lock:
             self.published += 1
             loop = self._loop
