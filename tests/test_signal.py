@@ -97,6 +97,7 @@ def test_n_times_out_rule():
     assert p.window_samples(0.25, 600.614) == 150
     assert p.pad_samples(1200.0) == 600
     assert p.pad_samples(600.614) == 300
+    assert p.pad_samples(1001.0) == 500  # floor: windows cut with round() or ceil() suffice
 
 
 @pytest.mark.parametrize("sfreq_hz", RATES_HZ)
@@ -225,6 +226,12 @@ def test_transform_epochs_equals_per_window_transform_whatever_the_block_size(mo
     np.testing.assert_array_equal(stacked, one_by_one)
     monkeypatch.setattr(preprocess, "_BLOCK_BYTES", 8 * 5 * epochs.shape[2])  # 5-row blocks
     np.testing.assert_array_equal(p.transform_epochs(epochs, fs, CH, n_pad), stacked)
+    # Epochs as a strided view into a larger array (as cut from a recording) work the same.
+    larger = np.zeros(epochs.shape[:2] + (epochs.shape[2] + 9,), dtype=np.float32)
+    larger[..., 4:-5] = epochs
+    view = larger[..., 4:-5]
+    assert not view.flags.c_contiguous
+    np.testing.assert_array_equal(p.transform_epochs(view, fs, CH, n_pad), stacked)
 
 
 # -- scaling, clamp, non-finite values --------------------------------------------------------

@@ -278,10 +278,11 @@ class Preprocessor:
     def pad_samples(self, sfreq_in_hz: float) -> int:
         """Leading history samples a window must carry at ``sfreq_in_hz``.
 
-        ``round(pad_s * sfreq_in_hz)`` (halves up). Windows may carry more (the extra,
-        oldest, samples are ignored) but not fewer.
+        ``floor(pad_s * sfreq_in_hz)``, so that a cut made with any rounding of
+        ``pad_s * sfreq`` (round, ceil) carries enough. Windows may carry more (the extra,
+        oldest, samples are ignored and the output is unchanged) but not fewer.
         """
-        return filters.round_half_up(self._config.pad_s * _positive(sfreq_in_hz, "sfreq_hz"))
+        return int(math.floor(self._config.pad_s * _positive(sfreq_in_hz, "sfreq_hz") + 1e-9))
 
     def window_samples(self, window_s: float, sfreq_in_hz: float) -> int:
         """Input samples of a window of ``window_s`` seconds: ``round(window_s * sfreq)``."""
@@ -402,8 +403,11 @@ class Preprocessor:
         self
         """
         unscaled = self._run(epochs, sfreq_hz, ch_names, n_pad, scaled=False)
-        per_channel = np.moveaxis(unscaled, 1, 0).reshape(self.n_channels, -1)
-        q25, q50, q75 = np.percentile(per_channel.astype(np.float64), [25, 50, 75], axis=1)
+        # One channel at a time: a float64 copy of all channels at once can be GBs.
+        q25, q50, q75 = np.array([
+            np.percentile(unscaled[:, c].astype(np.float64), [25, 50, 75])
+            for c in range(self.n_channels)
+        ]).T
         iqr = q75 - q25
         positive = iqr[iqr > 0]
         floor = _SCALE_FLOOR_REL * positive.max() if positive.size else 1.0
@@ -592,23 +596,24 @@ class Preprocessor:
             )
         sfreq_hz, skip, n_hist = self._check_layout(x.shape, sfreq_hz, n_pad)
         pick = self._pick(ch_names, x.shape[1])
-        n_epochs, n_in_ch, n_all = x.shape
+        n_epochs, _, n_all = x.shape
         n_model = self.n_channels
         plan = self._plan(sfreq_hz, n_hist, n_all - skip - n_hist)
-        flat = x.reshape(n_epochs * n_in_ch, n_all)
-        channel = np.tile(pick, n_epochs)  # input row of each output row, within its epoch
-        source = np.repeat(np.arange(n_epochs) * n_in_ch, n_model) + channel
+        # Output row r is epoch r // n_model, input channel pick[r % n_model]. Indexing x
+        # with both (not a reshaped copy) keeps views of a large recording uncopied.
+        epoch_of = np.repeat(np.arange(n_epochs), n_model)
+        channel_of = np.tile(pick, n_epochs)
         stats = None
         if scaled and self._scale is not None:
             stats = (np.tile(self._center, n_epochs), np.tile(self._scale, n_epochs))
-        out = np.empty((source.size, plan.resample.n_out), dtype=np.float32)
+        out = np.empty((epoch_of.size, plan.resample.n_out), dtype=np.float32)
         # Blocks of about _BLOCK_BYTES of float64: fresh multi-MB temporaries cost page
         # faults on every call (glibc maps and unmaps them), small ones are reused.
         step = max(1, _BLOCK_BYTES // (8 * (n_all - skip)))
-        for i in range(0, source.size, step):
+        for i in range(0, epoch_of.size, step):
             rows = slice(i, i + step)
             out[rows] = self._rows(
-                flat[source[rows], skip:], plan, n_hist,
+                x[epoch_of[rows], channel_of[rows], skip:], plan, n_hist,
                 None if stats is None else (stats[0][rows], stats[1][rows]),
             )
         return out.reshape(n_epochs, n_model, plan.resample.n_out)
