@@ -111,7 +111,8 @@ class Retrieval:
         n = s.shape[1]
         k = min(int(k), n)
         if k < n:
-            part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+            # Partition on the scores themselves: negating would copy an (B, N) array.
+            part = np.argpartition(s, n - k, axis=1)[:, n - k :]
         else:
             part = np.broadcast_to(np.arange(n), (s.shape[0], n))
         top = np.take_along_axis(s, part, axis=1)
