@@ -16,7 +16,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import signal as sps
+
+# scipy.signal takes seconds to import on a loaded machine; it is imported by the
+# functions that need it (a dictionary lookup after the first time), so that
+# `import rtdecode.signal` stays cheap for code that only needs the config.
 
 # Ratios of sample counts are computed in floating point; this keeps e.g. 89.9999999999
 # from being floored to 89 when the exact value is 90.
@@ -45,6 +48,8 @@ def design_lowpass(lowpass_hz: float, sfreq_hz: float, order: int) -> np.ndarray
     -------
     sos : ndarray, float64, shape (n_sections, 6)
     """
+    from scipy import signal as sps
+
     if not 0 < lowpass_hz < sfreq_hz / 2:
         raise ValueError(
             f"lowpass_hz={lowpass_hz} must lie between 0 and the Nyquist frequency "
@@ -56,6 +61,8 @@ def design_lowpass(lowpass_hz: float, sfreq_hz: float, order: int) -> np.ndarray
 
 def design_highpass(highpass_hz: float, sfreq_hz: float, order: int) -> np.ndarray:
     """Butterworth highpass as second-order sections; see :func:`design_lowpass`."""
+    from scipy import signal as sps
+
     if not 0 < highpass_hz < sfreq_hz / 2:
         raise ValueError(
             f"highpass_hz={highpass_hz} must lie between 0 and the Nyquist frequency "
@@ -71,6 +78,8 @@ def steady_state(sos: np.ndarray) -> np.ndarray:
     -------
     zi : ndarray, float64, shape (n_sections, 2)
     """
+    from scipy import signal as sps
+
     return sps.sosfilt_zi(sos)
 
 
@@ -94,6 +103,8 @@ def causal_filter(x: np.ndarray, sos: np.ndarray, zi_unit: np.ndarray,
     -------
     y : ndarray, float64, same shape as ``x``
     """
+    from scipy import signal as sps
+
     lead = (slice(None),) + (None,) * level.ndim + (slice(None),)
     zi = zi_unit[lead] * level[None, ..., None]
     y, _ = sps.sosfilt(sos, x, axis=-1, zi=zi)
@@ -218,6 +229,8 @@ def sos_response(sos: np.ndarray, freqs_hz: np.ndarray, sfreq_hz: float) -> tupl
     h : ndarray, complex, shape (n_freqs,)
     group_delay_s : ndarray, float64, shape (n_freqs,)
     """
+    from scipy import signal as sps
+
     freqs_hz = np.asarray(freqs_hz, dtype=np.float64)
     df = 1e-4 * sfreq_hz / 2
     grid = np.concatenate([freqs_hz - df / 2, freqs_hz, freqs_hz + df / 2])

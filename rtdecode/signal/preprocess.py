@@ -621,7 +621,7 @@ class Preprocessor:
     def _rows(self, raw: np.ndarray, plan: _Plan, n_hist: int,
               stats: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
         """Per-row arithmetic. raw: (n_rows, n_hist + n_times) -> (n_rows, n_times_out)."""
-        y = raw.astype(np.float64)
+        y = raw.astype(np.float64, copy=False)  # raw is already a fresh copy
         finite = np.isfinite(y)
         if not finite.all():
             y[~finite] = 0.0
