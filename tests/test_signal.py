@@ -216,6 +216,28 @@ def test_offline_epochs_match_online_windows(sfreq_hz):
         np.testing.assert_array_equal(live.transform_window(w2), online)
 
 
+def test_history_pad_makes_windowed_lowpass_match_a_continuous_filter():
+    """Independent reference: one causal lowpass over the whole recording, read at the
+    window's output samples (1200 -> 120 Hz keeps every 10th sample). The 0.5 s history
+    is enough for the windowed filter to forget how it started."""
+    fs = 1200.0
+    p = make(highpass_hz=None)
+    n_total = int(4 * fs)
+    t = np.arange(n_total) / fs
+    x = (np.tile(sines(t, [1.5, 9.0, 31.0, 75.0]), (len(CH), 1))
+         + noise((len(CH), n_total), seed=9, scale=0.3)).astype(np.float32)
+    sos = filters.design_lowpass(40.0, fs, 4)
+    continuous = sps.sosfilt(sos, x.astype(np.float64), axis=-1,
+                             zi=sps.sosfilt_zi(sos)[:, None, :] * x[None, :, :1])[0]
+    n_pad = p.pad_samples(fs)
+    n_times = p.window_samples(0.25, fs)
+    for last in (n_pad + n_times + 123, 2500, n_total - 1):
+        first = last + 1 - n_times
+        out = p.transform(x[:, first - n_pad:last + 1], fs, CH, n_pad)
+        expected = continuous[:, last - 10 * (out.shape[1] - 1):last + 1:10]
+        np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
 def test_transform_epochs_equals_per_window_transform_whatever_the_block_size(monkeypatch):
     fs = 1000.0
     p = make()
