@@ -47,8 +47,9 @@ def test_preallocated_arrays_are_reused_not_grown():
     arrays = [ring.data, ring.t_lsl, ring.t_arrived, ring.n_nonfinite, ring.n_lost_before]
     ids = [id(a) for a in arrays]
     fill(ring, 10_000, chunk=13)
-    assert [id(a) for a in (ring.data, ring.t_lsl, ring.t_arrived, ring.n_nonfinite,
-                            ring.n_lost_before)] == ids
+    assert [
+        id(a) for a in (ring.data, ring.t_lsl, ring.t_arrived, ring.n_nonfinite, ring.n_lost_before)
+    ] == ids
     assert ring.data.shape == (4, 64)
 
 
@@ -62,8 +63,13 @@ def test_transposed_pull_buffer_and_oversized_block():
 
 def test_per_sample_bookkeeping():
     ring = RingBuffer(1, 8)
-    ring.write(np.zeros((1, 4)), np.arange(4.0), 1.0, n_nonfinite=np.array([0, 2, 0, 0]),
-               n_lost_before=np.array([0, 0, 5, 0]))
+    ring.write(
+        np.zeros((1, 4)),
+        np.arange(4.0),
+        1.0,
+        n_nonfinite=np.array([0, 2, 0, 0]),
+        n_lost_before=np.array([0, 0, 5, 0]),
+    )
     assert ring.read_meta("n_nonfinite", 0, 4).tolist() == [0, 2, 0, 0]
     assert ring.read_meta("n_lost_before", 0, 4).tolist() == [0, 0, 5, 0]
     with pytest.raises(ValueError, match="Unknown per-sample array"):
@@ -106,7 +112,7 @@ def test_concurrent_reads_are_exact_or_raise():
         np.testing.assert_array_equal(out, block(start, stop - start))
         n_ok += 1
     t.join()
-    print(f'{n_ok} exact reads, {n_overwritten} overwritten during the copy')
+    print(f"{n_ok} exact reads, {n_overwritten} overwritten during the copy")
     assert n_ok > 0
 
 

@@ -71,7 +71,8 @@ class RingBuffer:
         # Written only by the writer, after the arrays: readers see either the old or
         # the new count, never a count ahead of the data.
         self._n_written = 0
-        self._n_reserved = 0  # >= _n_written; columns of [_n_written, _n_reserved) are being written
+        # >= _n_written; the columns of samples [_n_written, _n_reserved) are being written.
+        self._n_reserved = 0
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
 

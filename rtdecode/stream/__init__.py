@@ -1,0 +1,45 @@
+"""Live input: LSL stream → RingBuffer → Windows (see DESIGN.md, "Data flow").
+
+- ring.py     RingBuffer: preallocated samples by absolute index, one writer.
+- reader.py   StreamReader: the thread that owns the LSL inlet and writes the ring.
+- markers.py  MarkerReader: event markers with corrected LSL times.
+- windows.py  Windower: continuous or event-locked windows, cut by sample index.
+
+Names are imported on first use, so ``import rtdecode.stream`` does not load liblsl.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "RingBuffer": "ring",
+    "OverwrittenError": "ring",
+    "NotYetWrittenError": "ring",
+    "StreamReader": "reader",
+    "StreamStats": "reader",
+    "Gap": "reader",
+    "StreamError": "reader",
+    "StreamFormatError": "reader",
+    "ChannelMismatchError": "reader",
+    "StreamNotFoundError": "reader",
+    "MarkerReader": "markers",
+    "parse_marker": "markers",
+    "Windower": "windows",
+    "WindowerStats": "windows",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rtdecode.stream' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,696 @@
+"""StreamReader: one background thread that pulls an LSL data stream into a RingBuffer.
+
+Threads
+-------
+- The reader thread (``rtdecode-reader-<name>``) owns every pylsl object: it resolves the
+  stream, opens the inlet, pulls chunks, and is the ring's only writer. It reconnects
+  when the source disappears and comes back, and stores any error in ``.error`` before
+  ending (never silently): ``wait_ready`` and ``Windower.next_window`` re-raise it.
+- Any thread may read ``.ring`` (see ring.py), ``.stats`` (a snapshot taken under a
+  small lock), ``.description``, ``.gaps()`` and ``.error``.
+
+What is checked per chunk
+-------------------------
+- Timestamps (clock-corrected by liblsl, ``proc_clocksync``) going backwards: counted.
+- A jump of more than ``gap_factor`` sample periods past the newest timestamp so far: a
+  gap, with ``round(jump * sfreq) - 1`` lost samples. When the stream carries the
+  sample-counter channel (``COUNTER_CHANNEL``), the counter decides instead (exact).
+- NaN/Inf values: counted per sample (the Windower flags and zeroes them).
+- An inlet backlog that reached the inlet's buffer: an overflow (liblsl dropped data).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import threading
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from rtdecode.lsl import streams as lsl
+from rtdecode.stream.ring import RingBuffer
+
+__all__ = [
+    "StreamReader",
+    "StreamStats",
+    "Gap",
+    "StreamError",
+    "StreamFormatError",
+    "ChannelMismatchError",
+    "StreamNotFoundError",
+]
+
+StreamNotFoundError = lsl.StreamNotFoundError
+
+
+class StreamError(RuntimeError):
+    """The reader cannot (or can no longer) deliver this stream."""
+
+
+class StreamFormatError(StreamError):
+    """The stream is not something windows can be cut from (strings, irregular rate,
+    no channel names)."""
+
+
+class ChannelMismatchError(StreamFormatError):
+    """The channels differ from what was expected (given, or seen before a reconnect)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Samples missing before ``sample``.
+
+    Attributes
+    ----------
+    sample : int
+        Absolute ring index of the first sample after the gap.
+    n_lost : int
+        Samples missing (from the counter when the stream has one, else from time).
+    duration_s : float
+        Time no sample covers: ``t_after - t_before - 1 / sfreq``.
+    t_before, t_after : float
+        LSL times of the samples on either side.
+    reconnect : bool
+        True when the source was lost and this gap spans the reconnection.
+    detected_by : str
+        ``"counter"`` or ``"timestamps"``.
+    """
+
+    sample: int
+    n_lost: int
+    duration_s: float
+    t_before: float
+    t_after: float
+    reconnect: bool = False
+    detected_by: str = "timestamps"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStats:
+    """Counters of a StreamReader (a snapshot; take a new one to see changes).
+
+    Attributes
+    ----------
+    samples, chunks : int
+        Samples and chunks received.
+    gaps, lost_samples : int
+        Gaps detected and samples missing in them (reconnections included).
+    repeated_samples : int
+        Samples whose counter did not advance (sent twice, or the counter went back).
+    backwards_timestamps : int
+        Samples whose timestamp is earlier than the previous sample's.
+    timestamp_jumps : int
+        Timestamp jumps that the counter shows were not gaps (jitter at the source).
+    nonfinite_values, nonfinite_samples : int
+        NaN/Inf values, and samples holding at least one.
+    overflow : int
+        Times the inlet's backlog reached its buffer, so liblsl dropped old samples.
+    reconnects : int
+        Times the source was lost and found again.
+    connected, stalled : bool
+        Connected to a source; no sample for ``stall_s`` while connected.
+    last_gap : Gap | None
+    clock_offset_s : float
+        Latest LSL time correction (source clock to local clock).
+    cpu_s : float
+        CPU time the reader thread has used (``time.thread_time``).
+    t_last_pull : float
+        Local clock of the last chunk received (0 before the first).
+    """
+
+    samples: int = 0
+    chunks: int = 0
+    gaps: int = 0
+    lost_samples: int = 0
+    repeated_samples: int = 0
+    backwards_timestamps: int = 0
+    timestamp_jumps: int = 0
+    nonfinite_values: int = 0
+    nonfinite_samples: int = 0
+    overflow: int = 0
+    reconnects: int = 0
+    connected: bool = False
+    stalled: bool = False
+    last_gap: Gap | None = None
+    clock_offset_s: float = 0.0
+    cpu_s: float = 0.0
+    t_last_pull: float = 0.0
+
+    def as_dict(self) -> dict:
+        d = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        d["last_gap"] = (
+            None
+            if self.last_gap is None
+            else {f: getattr(self.last_gap, f) for f in Gap.__dataclass_fields__}
+        )
+        return d
+
+
+class _InletThread:
+    """Resolve a stream, keep an inlet open in a background thread, reconnect when the
+    source is lost, and never die silently. Subclasses validate and pull.
+
+    The thread owns the pylsl objects; other threads see ``description``, ``error``,
+    ``stats`` and whatever the subclass publishes.
+    """
+
+    kind = "stream"
+
+    def __init__(
+        self,
+        name: str | None = None,
+        stype: str | None = None,
+        source_id: str | None = None,
+        *,
+        resolve_timeout_s: float = 10.0,
+        reconnect: bool = True,
+        max_buflen_s: int = 30,
+        pull_timeout_s: float = 0.1,
+    ):
+        if not (name or stype or source_id):
+            raise ValueError(
+                f"{type(self).__name__} needs a stream name, stype or source_id to look for."
+            )
+        self.name, self.stype, self.source_id = name, stype, source_id
+        self.resolve_timeout_s = float(resolve_timeout_s)
+        self.reconnect = bool(reconnect)
+        self.max_buflen_s = int(max_buflen_s)
+        self.pull_timeout_s = float(pull_timeout_s)
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._description: lsl.StreamDescription | None = None
+        self._uid = ""  # of the outlet connected to (reader thread)
+        self._lock = threading.Lock()
+        self._stats = StreamStats()
+
+    # --------------------------------------------------------------- public API
+    def __repr__(self) -> str:
+        what = self.name or self.stype or self.source_id
+        return f"<{type(self).__name__} {what!r} alive={self.is_alive} error={self._error!r}>"
+
+    def start(self):
+        """Start the background thread (once). Returns self."""
+        if self._thread is not None:
+            raise RuntimeError(f"{self!r} was already started; make a new one.")
+        what = self.name or self.stype or self.source_id
+        self._thread = threading.Thread(
+            target=self._run, name=f"rtdecode-{self.kind}-{what}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Ask the thread to end and wait for it (at most ``timeout_s``)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def error(self) -> BaseException | None:
+        """The exception that ended the thread, or None."""
+        return self._error
+
+    @property
+    def description(self) -> lsl.StreamDescription | None:
+        """The connected stream's description (None before the first connection)."""
+        return self._description
+
+    @property
+    def stats(self) -> StreamStats:
+        """A consistent snapshot of the counters."""
+        with self._lock:
+            return self._stats
+
+    def raise_if_failed(self) -> None:
+        """Re-raise the background thread's error, if there is one."""
+        if self._error is not None:
+            raise self._error
+
+    def wait_ready(self, timeout_s: float = 10.0) -> lsl.StreamDescription:
+        """Block until connected (stream found, validated, subscribed).
+
+        Raises
+        ------
+        Exception
+            The background thread's error (e.g. StreamNotFoundError, StreamFormatError).
+        TimeoutError
+            When not ready within ``timeout_s``.
+        """
+        if self._thread is None:
+            raise RuntimeError(f"Call start() on {self!r} before wait_ready().")
+        self._ready.wait(timeout_s)
+        self.raise_if_failed()
+        if not self._ready.is_set():
+            raise TimeoutError(
+                f"{type(self).__name__} found no stream matching {self._query()} within "
+                f"{timeout_s:g} s; is the source running? (wait longer with timeout_s)"
+            )
+        return self._description
+
+    # ----------------------------------------------------------- to override
+    def _validate(self, desc: lsl.StreamDescription, first: bool) -> None:
+        """Raise when this stream cannot be read; set up state on the first call."""
+
+    def _pull(self, inlet) -> int:
+        """Pull once (blocking up to pull_timeout_s); return the samples received."""
+        raise NotImplementedError
+
+    def _on_lost(self) -> None:
+        """The source is gone; a reconnection may follow."""
+
+    def _finish(self) -> None:
+        """The thread is ending (normally or with an error)."""
+
+    # ------------------------------------------------------------------ thread
+    def _query(self) -> str:
+        parts = [
+            f"{k}={v!r}"
+            for k, v in (("name", self.name), ("type", self.stype), ("source_id", self.source_id))
+            if v
+        ]
+        return ", ".join(parts)
+
+    def _update(self, **changes) -> None:
+        with self._lock:
+            self._stats = replace(self._stats, **changes)
+
+    def _find(self, timeout_s: float | None, source_id: str | None, exclude_uids=()):
+        """Resolve until found, ``timeout_s`` passes (None: no limit) or stop()."""
+        return lsl.find(
+            self.name,
+            self.stype,
+            source_id,
+            timeout_s,
+            exclude_uids=exclude_uids,
+            should_stop=self._stop.is_set,
+        )
+
+    def _connect(self, info, first: bool):
+        inlet = lsl.open_inlet(info, max_buflen_s=self.max_buflen_s, recover=False)
+        desc = lsl.inlet_description(inlet, timeout_s=5.0)
+        self._validate(desc, first)
+        inlet.open_stream(5.0)
+        offset = inlet.time_correction(5.0)
+        if first:
+            self._description = desc
+        self._uid = info.uid()
+        with self._lock:
+            self._stats = replace(
+                self._stats,
+                connected=True,
+                stalled=False,
+                clock_offset_s=float(offset),
+                reconnects=self._stats.reconnects + (0 if first else 1),
+            )
+        return inlet
+
+    def _run(self) -> None:
+        inlet = None
+        try:
+            info = self._find(self.resolve_timeout_s, self.source_id)
+            if info is None:
+                if self._stop.is_set():
+                    return
+                raise lsl.not_found_error(
+                    self.name, self.stype, self.source_id, self.resolve_timeout_s
+                )
+            inlet = self._connect(info, first=True)
+            # Reconnect to the same source only (its source_id), when it has one.
+            source_id = self.source_id or self._description.source_id or None
+            self._ready.set()
+            while not self._stop.is_set():
+                try:
+                    self._pull(inlet)
+                except lsl.LostError:
+                    inlet = None
+                    self._update(connected=False)
+                    self._on_lost()
+                    if not self.reconnect:
+                        raise StreamError(
+                            f"The source of stream {self._description.name!r} was lost and "
+                            "reconnect=False; restart the source and the reader."
+                        ) from None
+                    inlet = self._reconnect(source_id)
+                    if inlet is None:  # stopped while waiting
+                        break
+        except BaseException as exc:  # noqa: BLE001 - stored and re-raised by consumers
+            self._error = exc
+        finally:
+            inlet = None  # pylsl closes the inlet in this thread
+            self._update(connected=False)
+            self._ready.set()  # wake wait_ready, which then raises the error if any
+            self._finish()
+
+    def _reconnect(self, source_id: str | None):
+        """Wait for the source to come back (a new outlet, same source_id) and connect.
+
+        The resolver remembers the vanished outlet for a few seconds, so its uid (and
+        that of any outlet that vanishes while we connect) is skipped.
+        """
+        gone = {self._uid}
+        while not self._stop.is_set():
+            info = self._find(None, source_id, exclude_uids=gone)
+            if info is None:
+                return None
+            try:
+                return self._connect(info, first=False)
+            except (lsl.LostError, lsl.LslTimeoutError, TimeoutError):
+                gone.add(info.uid())
+        return None
+
+
+class StreamReader(_InletThread):
+    """Pull one LSL data stream into a :class:`RingBuffer` in a background thread.
+
+    Parameters
+    ----------
+    name, stype, source_id : str, optional
+        What to resolve (at least one). Reconnections match the source_id seen first.
+    buffer_s : float
+        Ring length in seconds.
+    ch_names : sequence of str, optional
+        Channel names for a stream that sends no channel description (required then);
+        for a described stream they must match its labels.
+    n_channels : int, optional
+        Expected channel count (checked on connect and every reconnect).
+    resolve_timeout_s : float
+        How long the first resolution may take before ``.error`` is set.
+    reconnect : bool
+        Wait for the source (same source_id) to come back after it is lost.
+    gap_factor : float
+        Timestamp jumps above this many sample periods are gaps.
+    stall_s : float
+        No sample for this long while connected sets ``stats.stalled``.
+    max_chunk : int, optional
+        Samples per pull (default: 0.1 s of data, at least 32).
+    max_gaps : int
+        Gaps kept in ``gaps()`` (older ones only stay counted).
+
+    Attributes
+    ----------
+    ring : RingBuffer | None
+        Created on the first connection, shape (n_channels, buffer_s * sfreq).
+    """
+
+    kind = "reader"
+
+    def __init__(
+        self,
+        name: str | None = None,
+        stype: str | None = None,
+        source_id: str | None = None,
+        buffer_s: float = 30.0,
+        ch_names=None,
+        *,
+        n_channels: int | None = None,
+        resolve_timeout_s: float = 10.0,
+        reconnect: bool = True,
+        gap_factor: float = 1.5,
+        stall_s: float = 1.0,
+        max_chunk: int | None = None,
+        max_buflen_s: int = 30,
+        max_gaps: int = 1000,
+        pull_timeout_s: float = 0.1,
+    ):
+        super().__init__(
+            name,
+            stype,
+            source_id,
+            resolve_timeout_s=resolve_timeout_s,
+            reconnect=reconnect,
+            max_buflen_s=max_buflen_s,
+            pull_timeout_s=pull_timeout_s,
+        )
+        if buffer_s <= 0:
+            raise ValueError(f"buffer_s={buffer_s} must be positive (seconds of data kept).")
+        self.buffer_s = float(buffer_s)
+        self.expected_ch_names = None if ch_names is None else tuple(str(c) for c in ch_names)
+        if n_channels is None and self.expected_ch_names is not None:
+            n_channels = len(self.expected_ch_names)
+        self.expected_n_channels = n_channels
+        self.gap_factor = float(gap_factor)
+        self.stall_s = float(stall_s)
+        self.max_chunk = max_chunk
+        self.ring: RingBuffer | None = None
+        self.ch_names: tuple[str, ...] = ()
+        self.sfreq: float = 0.0
+        self._gaps: collections.deque[Gap] = collections.deque(maxlen=max_gaps)
+        # Writer-thread state (touched only by the reader thread).
+        self._dest: np.ndarray | None = None
+        self._counter_idx: int | None = None
+        self._last_t: float | None = None
+        self._max_t: float | None = None
+        self._last_counter: int | None = None
+        self._lost_at_t: float | None = None  # last timestamp before the source was lost
+        self._in_overflow = False
+        self._t_last_data = 0.0
+
+    @property
+    def n_channels(self) -> int:
+        return 0 if self.ring is None else self.ring.n_channels
+
+    def gaps(self) -> list[Gap]:
+        """The most recent gaps (up to ``max_gaps``), oldest first."""
+        with self._lock:
+            return list(self._gaps)
+
+    # --------------------------------------------------------------- checking
+    def _validate(self, desc: lsl.StreamDescription, first: bool) -> None:
+        where = f"Stream {desc.name!r} (source_id {desc.source_id!r})"
+        if desc.channel_format not in lsl.DTYPES:
+            raise StreamFormatError(
+                f"{where} carries {desc.channel_format!r} values, not numeric samples; it is "
+                "probably a marker stream. Give the data stream's name to StreamReader and "
+                "read markers with MarkerReader."
+            )
+        if not desc.sfreq > 0:
+            raise StreamFormatError(
+                f"{where} has an irregular sampling rate (nominal rate {desc.sfreq:g} Hz), so "
+                "windows cannot be cut by sample index. Give a regularly sampled data stream."
+            )
+        names = desc.ch_names
+        expected = self.expected_ch_names
+        if not first:
+            if desc.n_channels != self.n_channels:
+                raise ChannelMismatchError(
+                    f"{where} came back with {desc.n_channels} channels but had "
+                    f"{self.n_channels} before the reconnection: the source changed. "
+                    "Check the montage and restart the reader to go on."
+                )
+            if desc.sfreq != self.sfreq or (desc.has_description and names != self.ch_names):
+                raise ChannelMismatchError(
+                    f"{where} came back with a different rate or channel names "
+                    f"({desc.sfreq:g} Hz, was {self.sfreq:g} Hz); restart the reader."
+                )
+            self._setup_pull(desc)
+            return
+        if expected is not None and len(expected) != desc.n_channels:
+            raise ChannelMismatchError(
+                f"{len(expected)} ch_names were given but {where} has {desc.n_channels} "
+                "channels; give one name per channel."
+            )
+        if self.expected_n_channels is not None and desc.n_channels != self.expected_n_channels:
+            raise ChannelMismatchError(
+                f"{where} has {desc.n_channels} channels but n_channels="
+                f"{self.expected_n_channels} was expected; check the stream name."
+            )
+        if not desc.has_description:
+            if expected is None:
+                raise StreamFormatError(
+                    f"{where} sends no channel description (no <channels> block with "
+                    f"labels for its {desc.n_channels} channels). Pass its channel names: "
+                    "StreamReader(..., ch_names=[...]) or RTDECODE_CH_NAMES."
+                )
+            names = expected
+        elif expected is not None and names != expected:
+            diff = [
+                f"{i}: {a!r} != {b!r}"
+                for i, (a, b) in enumerate(zip(names, expected, strict=True))
+                if a != b
+            ][:5]
+            raise ChannelMismatchError(
+                f"{where} labels its channels differently from the ch_names given "
+                f"(first differences: {diff}). Drop ch_names to use the stream's own "
+                "labels, or fix them."
+            )
+        self.sfreq = float(desc.sfreq)
+        self.ch_names = tuple(names)
+        self._counter_idx = (
+            self.ch_names.index(lsl.COUNTER_CHANNEL)
+            if lsl.COUNTER_CHANNEL in self.ch_names
+            else None
+        )
+        capacity = max(2, int(math.ceil(self.buffer_s * self.sfreq)))
+        self.ring = RingBuffer(desc.n_channels, capacity)
+        self._setup_pull(desc)
+
+    def _setup_pull(self, desc: lsl.StreamDescription) -> None:
+        n = self.max_chunk or max(32, int(math.ceil(0.1 * desc.sfreq)))
+        self._max_chunk = int(n)
+        # One pull buffer, reused for every chunk: (samples, channels) as liblsl writes.
+        self._dest = np.empty(
+            (self._max_chunk, desc.n_channels), dtype=lsl.DTYPES[desc.channel_format]
+        )
+        self._inlet_capacity = int(self.max_buflen_s * desc.sfreq)
+
+    # ------------------------------------------------------------------ pulling
+    def _pull(self, inlet) -> int:
+        _, ts = inlet.pull_chunk(
+            timeout=self.pull_timeout_s,
+            max_samples=self._max_chunk,
+            dest_obj=self._dest,
+            min_samples=1,
+            as_numpy=True,
+        )
+        t_arrived = lsl.local_clock()
+        n = int(ts.size)
+        if n == 0:
+            if (
+                self._t_last_data
+                and t_arrived - self._t_last_data > self.stall_s
+                and not self._stats.stalled
+            ):
+                self._update(stalled=True)
+            return 0
+        backlog = inlet.samples_available() if n == self._max_chunk else 0
+        self._ingest(self._dest[:n], ts, t_arrived, backlog)
+        return n
+
+    def _on_lost(self) -> None:
+        self._lost_at_t = self._last_t
+        self._last_counter = None
+
+    def _finish(self) -> None:
+        if self.ring is not None:
+            self.ring.close()
+
+    def _ingest(self, block: np.ndarray, ts: np.ndarray, t_arrived: float, backlog: int) -> None:
+        """Check one chunk and write it to the ring (reader thread only).
+
+        block : (n, n_channels) view of the pull buffer; ts : (n,) float64.
+        """
+        n = ts.size
+        period = 1.0 / self.sfreq
+        ring = self.ring
+        first_index = ring.n_written
+        lost_before = np.zeros(n, dtype=np.int32)
+        new_gaps: list[Gap] = []
+        reconnect_gap = self._lost_at_t is not None
+
+        # Timestamps against the previous sample (backwards) and against the newest
+        # timestamp so far (jumps), so a clock step back is one event, not a gap after.
+        prev_t = ts[0] if self._last_t is None else self._last_t
+        prev_max = ts[0] if self._max_t is None else self._max_t
+        if reconnect_gap:
+            prev_t = prev_max = ts[0]  # the reconnection gap is handled below
+        steps = np.diff(ts, prepend=prev_t)
+        n_back = int(np.count_nonzero(steps < 0))
+        run_max = np.maximum.accumulate(np.concatenate(([prev_max], ts)))
+        jumps = ts - run_max[:-1]
+        jump_idx = np.flatnonzero(jumps > self.gap_factor * period)
+
+        n_jumps_ok = 0
+        n_repeated = 0
+        if self._counter_idx is not None:
+            counter = np.rint(block[:, self._counter_idx]).astype(np.int64)
+            prev_c = counter[0] - 1 if self._last_counter is None else self._last_counter
+            dc = np.diff(counter, prepend=prev_c) % lsl.COUNTER_MODULUS
+            bad = np.flatnonzero(dc != 1)
+            for i in bad:
+                d = int(dc[i])
+                if 1 < d < lsl.COUNTER_MODULUS // 2:
+                    lost_before[i] = d - 1
+                    new_gaps.append(self._gap(first_index + i, d - 1, ts, i, "counter"))
+                else:  # 0: sent twice; a big step: the counter went back
+                    n_repeated += 1
+            n_jumps_ok = int(np.count_nonzero(lost_before[jump_idx] == 0))
+            self._last_counter = int(counter[-1])
+        else:
+            for i in jump_idx:
+                k = max(1, int(round(float(jumps[i]) * self.sfreq)) - 1)
+                lost_before[i] = k
+                new_gaps.append(self._gap(first_index + i, k, ts, i, "timestamps"))
+
+        if reconnect_gap:
+            gap_s = float(ts[0] - self._lost_at_t)
+            k = max(0, int(round(gap_s * self.sfreq)) - 1)
+            lost_before[0] += k
+            new_gaps.insert(
+                0,
+                Gap(
+                    sample=first_index,
+                    n_lost=k,
+                    duration_s=max(0.0, gap_s - period),
+                    t_before=float(self._lost_at_t),
+                    t_after=float(ts[0]),
+                    reconnect=True,
+                    detected_by="timestamps",
+                ),
+            )
+            self._lost_at_t = None
+
+        n_nonfinite = None
+        n_bad_values = n_bad_samples = 0
+        if block.dtype.kind == "f":
+            finite = np.isfinite(block)
+            n_bad_values = block.size - int(np.count_nonzero(finite))
+            if n_bad_values:
+                n_nonfinite = (block.shape[1] - finite.sum(axis=1)).astype(np.int32)
+                n_bad_samples = int(np.count_nonzero(n_nonfinite))
+
+        ring.write(block.T, ts, t_arrived, n_nonfinite, lost_before)
+
+        self._last_t = float(ts[-1])
+        self._max_t = float(run_max[-1])
+        self._t_last_data = t_arrived
+        overflow = backlog >= self._inlet_capacity - self._max_chunk
+        new_overflow = overflow and not self._in_overflow
+        self._in_overflow = overflow
+        with self._lock:
+            s = self._stats
+            if new_gaps:
+                self._gaps.extend(new_gaps)
+            self._stats = replace(
+                s,
+                samples=s.samples + n,
+                chunks=s.chunks + 1,
+                gaps=s.gaps + len(new_gaps),
+                lost_samples=s.lost_samples + sum(g.n_lost for g in new_gaps),
+                repeated_samples=s.repeated_samples + n_repeated,
+                backwards_timestamps=s.backwards_timestamps + n_back,
+                timestamp_jumps=s.timestamp_jumps + n_jumps_ok,
+                nonfinite_values=s.nonfinite_values + n_bad_values,
+                nonfinite_samples=s.nonfinite_samples + n_bad_samples,
+                overflow=s.overflow + int(new_overflow),
+                stalled=False,
+                last_gap=new_gaps[-1] if new_gaps else s.last_gap,
+                cpu_s=time.thread_time(),
+                t_last_pull=t_arrived,
+            )
+
+    def _gap(self, sample: int, n_lost: int, ts: np.ndarray, i: int, how: str) -> Gap:
+        t_after = float(ts[i])
+        t_before = float(ts[i - 1]) if i > 0 else float(self._last_t)
+        return Gap(
+            sample=sample,
+            n_lost=int(n_lost),
+            duration_s=max(0.0, t_after - t_before - 1.0 / self.sfreq),
+            t_before=t_before,
+            t_after=t_after,
+            reconnect=False,
+            detected_by=how,
+        )
