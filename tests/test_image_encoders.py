@@ -163,6 +163,13 @@ def test_missing_weights_is_a_clear_error(name, tmp_path):
         get_image_encoder(name, path=tmp_path / "absent")
 
 
+def test_folder_without_image_processor_is_a_clear_error(tmp_path):
+    folder = _tiny_model("dinov2", tmp_path / "no-processor")
+    (folder / "preprocessor_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="preprocessor_config.json"):
+        get_image_encoder("dinov2", folder)
+
+
 def test_clip_encoder_rejects_a_dinov2_folder(model_dirs):
     with pytest.raises(ValueError, match="not CLIP"):
         get_image_encoder("clip-vision", model_dirs["dinov2"])

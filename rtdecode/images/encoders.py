@@ -242,6 +242,11 @@ def _resolve_device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device={device!r} was asked for but torch sees no CUDA device; use "
+            "device='cpu' or 'auto'."
+        )
     return device
 
 
@@ -302,6 +307,12 @@ class _TransformersEncoder(ImageEncoder):
             raise _missing_weights(self.kind, path, self.example)
         root = Path(path).expanduser()
         if (root / "config.json").is_file():
+            if not (root / "preprocessor_config.json").is_file():
+                raise FileNotFoundError(
+                    f"{root} has a model but no preprocessor_config.json; save the model's "
+                    "image processor there too (AutoImageProcessor.save_pretrained), so images "
+                    "are resized and normalised as the model was trained."
+                )
             return root, root
         # A diffusers pipeline folder (Stable unCLIP) keeps the vision tower apart.
         if (root / "image_encoder" / "config.json").is_file() and (
