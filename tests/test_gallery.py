@@ -118,6 +118,37 @@ def test_corrupt_file_is_skipped_with_a_warning_and_counted(folder):
     assert {p.name for p, _ in g.skipped} == {"broken.png", "truncated.png"}
 
 
+def test_rescan_decodes_only_new_or_changed_files(folder, monkeypatch):
+    from rtdecode.images import gallery as gallery_module
+
+    decoded = []
+    real_check = gallery_module._check_readable
+
+    def counting_check(path):
+        decoded.append(path.name)
+        return real_check(path)
+
+    monkeypatch.setattr(gallery_module, "_check_readable", counting_check)
+    Gallery.from_folder(folder)
+    assert len(decoded) == 4
+    decoded.clear()
+    Gallery.from_folder(folder)
+    assert decoded == []
+    _save(folder / "dogs" / "dog_01.png", (0, 0, 0))
+    _touch_later(folder / "dogs" / "dog_01.png")
+    (folder / "cars" / "car_01.png").write_bytes(b"now broken")
+    with pytest.warns(GalleryWarning, match="car_01.png"):
+        g = Gallery.from_folder(folder)
+    assert sorted(decoded) == ["car_01.png", "dog_01.png"]
+    assert g.n_skipped == 1
+
+
+def test_duplicate_ids_are_a_clear_error(folder):
+    (folder / "gallery.csv").write_text("file,id\ncars/car_01.png,dog_01\n")
+    with pytest.raises(ValueError, match="dog_01"):
+        Gallery.from_folder(folder)
+
+
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Gallery.from_folder(tmp_path / "nowhere")

@@ -24,6 +24,7 @@ import re
 import tempfile
 import threading
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ CSV_NAME = "gallery.csv"
 CACHE_DIRNAME = ".rtdecode-cache"
 CACHE_FORMAT = "rtdecode-gallery-embeddings/1"
 UNCATEGORIZED = "uncategorized"
+CHECKED_NAME = "readable.json"
 
 
 class GalleryWarning(UserWarning):
@@ -79,6 +81,24 @@ def _check_readable(path: Path) -> str | None:
 def _file_key(root: Path, path: Path) -> str:
     st = path.stat()
     return f"{path.relative_to(root).as_posix()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _read_checked(cache_dir: Path) -> set[str]:
+    """File keys that decoded at an earlier scan: a rescan of a large gallery only stats."""
+    try:
+        return set(json.loads((cache_dir / CHECKED_NAME).read_text()))
+    except (OSError, ValueError, TypeError):
+        return set()
+
+
+def _write_checked(cache_dir: Path, keys: list[str]) -> None:
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache_dir / (CHECKED_NAME + ".tmp")
+        tmp.write_text(json.dumps(keys))
+        os.replace(tmp, cache_dir / CHECKED_NAME)
+    except OSError:
+        pass  # only an optimisation: the next scan decodes every file again
 
 
 def _slug(text: str) -> str:
@@ -141,7 +161,11 @@ class Gallery:
                 "categories; give one of each per image."
             )
         if len(set(ids)) != len(ids):
-            raise ValueError("Gallery ids must be unique; two images share an id.")
+            dupes = sorted(i for i, n in Counter(ids).items() if n > 1)[:5]
+            raise ValueError(
+                f"Gallery ids must be unique but {dupes} name several images; give each "
+                "image its own id (file stem, or the 'id' column of gallery.csv)."
+            )
         self.root = Path(root)
         self.ids = list(ids)
         self.paths = [Path(p) for p in paths]
@@ -192,10 +216,13 @@ class Gallery:
             ),
             key=lambda p: p.relative_to(root).as_posix(),
         )
+        cache = Path(cache_dir) if cache_dir is not None else root / CACHE_DIRNAME
+        keys = {p: _file_key(root, p) for p in files}
+        checked = _read_checked(cache)
         good: list[Path] = []
         skipped: list[tuple[Path, str]] = []
         for p in files:
-            reason = _check_readable(p)
+            reason = None if keys[p] in checked else _check_readable(p)
             if reason is None:
                 good.append(p)
             else:
@@ -221,7 +248,12 @@ class Gallery:
             warnings.warn(
                 f"Gallery folder {root} holds no readable images.", GalleryWarning, stacklevel=2
             )
-        return cls(root, ids, good, categories, info, skipped, cache_dir)
+        good_keys = [keys[p] for p in good]
+        if set(good_keys) != checked:
+            _write_checked(cache, good_keys)
+        gallery = cls(root, ids, good, categories, info, skipped, cache)
+        gallery._keys = good_keys
+        return gallery
 
     @staticmethod
     def _assign_ids(
