@@ -267,11 +267,19 @@ class Broadcaster:
                 self.on_frame(frame)
             except Exception:  # metrics must never stop the producer
                 log.exception("on_frame observer failed for frame seq=%s", frame.seq)
-        item = EncodedFrame(int(frame.seq), encode_frame(frame))
         with self._lock:
             self.published += 1
+            if self._loop is None or self._stopped:
+                self.unserved += 1
+                return False
+        if not self._clients:
+            # Nobody to send to: skip the encoding (a client connecting right now simply
+            # starts with the next frame). Reading the dict's size from here is safe.
+            return True
+        item = EncodedFrame(int(frame.seq), encode_frame(frame))  # outside the lock
+        with self._lock:
             loop = self._loop
-            if loop is None or self._stopped:
+            if loop is None or self._stopped:  # stopped while we were encoding
                 self.unserved += 1
                 return False
             if len(self._handoff) == self._handoff.maxlen:
