@@ -1,0 +1,432 @@
+"""Epochs for training and evaluation: raw continuous MEG cut around every image.
+
+:func:`load_epochs` reads a THINGS-like BIDS tree (or a folder of recordings, or one
+recording), cuts ``[tmin_s, tmax_s)`` around every image onset plus ``pad_s`` of earlier
+history, and returns an :class:`EpochSet`. The samples are *raw*: the preprocessing
+(:class:`rtdecode.signal.preprocess.Preprocessor`) is applied by the trainer and the
+evaluator with the very code the live service runs, using the history for its filters.
+
+What is dropped is counted in ``EpochSet.drop_log``: catch trials, epochs with
+non-finite samples, epochs that do not fit inside their recording, events without an
+image, and training trials of a test category (zero-shot split, see
+:func:`rtdecode.data.things.zero_shot_split`).
+
+Threads: plain functions and a dataclass, used by the caller's thread.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rtdecode.data.things import (
+    find_recordings,
+    resolve_image_root,
+    subject_of,
+    trial_from_value,
+    zero_shot_split,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import mne
+
+__all__ = ["EpochSet", "cut_window", "load_epochs"]
+
+DROP_REASONS = (
+    "catch",
+    "no_image",
+    "out_of_bounds",
+    "nonfinite",
+    "train_in_test_category",
+)
+
+
+@dataclass
+class EpochSet:
+    """Raw epochs with everything needed to train, evaluate and plot.
+
+    Attributes
+    ----------
+    X : ndarray, float32, shape (n_epochs, n_channels, n_pad + n_times)
+        Raw samples (T, T/m) from ``tmin_s - pad_s`` to ``tmax_s`` around each onset.
+    n_pad : int
+        Leading samples of filter history (before ``tmin_s``).
+    sfreq_hz : float
+        Sampling rate of ``X``.
+    tmin_s : float
+        Time of ``X[:, :, n_pad]`` relative to image onset.
+    ch_names : tuple of str
+        Channel names, one per row of ``X``.
+    ch_types : tuple of str
+        ``"mag"``, ``"grad"`` or ``"eeg"`` per channel.
+    positions_2d : ndarray, float32, shape (n_channels, 2)
+        MNE layout coordinates (``mne.channels.find_layout``; projected 3D positions when
+        no layout fits), rescaled per axis to [0, 1].
+    positions_3d : ndarray, float32, shape (n_channels, 3)
+        Sensor positions in head coordinates (m), from the first recording.
+    image_ids, image_paths, categories, trial_types : ndarray of str, shape (n_epochs,)
+        Per-epoch stimulus. ``image_paths`` are relative to ``image_root``.
+    subjects : tuple of str
+        Subject names (``sub-01`` ...); ``subject_index`` indexes them.
+    subject_index : ndarray, int64, shape (n_epochs,)
+    recordings : tuple of str
+        Recording paths; ``recording_index`` indexes them.
+    recording_index : ndarray, int64, shape (n_epochs,)
+    onsets_s : ndarray, float64, shape (n_epochs,)
+        Image onset in seconds from the start of its recording.
+    train_mask, test_mask : ndarray of bool, shape (n_epochs,)
+        Zero-shot split: no test category appears in the training epochs.
+    image_root : Path or None
+        Folder the ``image_paths`` are relative to (None if the images were not found).
+    gallery_root : Path or None
+        Folder to open with ``rtdecode.images.Gallery.from_folder``.
+    drop_log : dict of str to int
+        Events not in ``X`` (or not in the training set), by reason.
+    """
+
+    X: np.ndarray
+    n_pad: int
+    sfreq_hz: float
+    tmin_s: float
+    ch_names: tuple[str, ...]
+    ch_types: tuple[str, ...]
+    positions_2d: np.ndarray
+    positions_3d: np.ndarray
+    image_ids: np.ndarray
+    image_paths: np.ndarray
+    categories: np.ndarray
+    trial_types: np.ndarray
+    subjects: tuple[str, ...]
+    subject_index: np.ndarray
+    recordings: tuple[str, ...]
+    recording_index: np.ndarray
+    onsets_s: np.ndarray
+    train_mask: np.ndarray
+    test_mask: np.ndarray
+    image_root: Path | None = None
+    gallery_root: Path | None = None
+    drop_log: dict[str, int] = field(default_factory=dict)
+
+    _PER_EPOCH = (
+        "X",
+        "image_ids",
+        "image_paths",
+        "categories",
+        "trial_types",
+        "subject_index",
+        "recording_index",
+        "onsets_s",
+        "train_mask",
+        "test_mask",
+    )
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def n_times(self) -> int:
+        """Samples per epoch after the history (``X.shape[-1] - n_pad``)."""
+        return int(self.X.shape[-1] - self.n_pad)
+
+    @property
+    def times_s(self) -> np.ndarray:
+        """Time of each sample after the history, relative to onset, shape (n_times,)."""
+        return self.tmin_s + np.arange(self.n_times) / self.sfreq_hz
+
+    def select(self, mask: np.ndarray | Sequence[int]) -> EpochSet:
+        """A new EpochSet with the epochs ``mask`` selects (bool mask or indices)."""
+        idx = np.asarray(mask)
+        return replace(self, **{k: getattr(self, k)[idx] for k in self._PER_EPOCH})
+
+    @property
+    def train(self) -> EpochSet:
+        """The training epochs."""
+        return self.select(self.train_mask)
+
+    @property
+    def test(self) -> EpochSet:
+        """The (zero-shot) test epochs."""
+        return self.select(self.test_mask)
+
+    def window(self, offset_s: float, window_s: float = 0.25) -> np.ndarray:
+        """Cut a sub-window of every epoch, with ``n_pad`` samples of history before it.
+
+        See :func:`cut_window`. Returns float32, shape (n_epochs, n_channels,
+        n_pad + round(window_s * sfreq_hz)).
+        """
+        return cut_window(self.X, self.sfreq_hz, self.n_pad, self.tmin_s, offset_s, window_s)
+
+
+def cut_window(
+    X: np.ndarray,
+    sfreq_hz: float,
+    n_pad: int,
+    tmin_s: float,
+    offset_s: float,
+    window_s: float = 0.25,
+) -> np.ndarray:
+    """Sub-window of epochs for time-resolved decoding.
+
+    Parameters
+    ----------
+    X : ndarray, shape (n_epochs, n_channels, n_pad + n_times)
+        Epochs whose sample ``n_pad`` is at ``tmin_s``.
+    sfreq_hz : float
+    n_pad : int
+        History samples to keep before the window (the preprocessing's filter history).
+    tmin_s : float
+        Time of ``X[..., n_pad]`` relative to onset.
+    offset_s : float
+        Window start relative to onset (e.g. 0.0, 0.05, ...).
+    window_s : float
+        Window length (the paper's 250 ms).
+
+    Returns
+    -------
+    ndarray, shape (n_epochs, n_channels, n_pad + round(window_s * sfreq_hz))
+        A view into ``X``: ``n_pad`` samples of history, then the window.
+    """
+    start = n_pad + int(round((offset_s - tmin_s) * sfreq_hz))
+    n_win = int(round(window_s * sfreq_hz))
+    if start - n_pad < 0 or start + n_win > X.shape[-1]:
+        t_end = tmin_s + (X.shape[-1] - n_pad) / sfreq_hz
+        raise ValueError(
+            f"A {window_s} s window at offset {offset_s} s needs the epochs to cover "
+            f"[{offset_s - n_pad / sfreq_hz:.3f}, {offset_s + window_s:.3f}] s, but they cover "
+            f"[{tmin_s - n_pad / sfreq_hz:.3f}, {t_end:.3f}] s; choose an offset in "
+            f"[{tmin_s}, {t_end - window_s:.3f}] s or load longer epochs."
+        )
+    return X[..., start - n_pad : start + n_win]
+
+
+def _data_channels(info: mne.Info) -> list[str]:
+    """MEG channels (no reference sensors) of a recording; EEG when it has no MEG."""
+    import mne
+
+    picks = mne.pick_types(info, meg=True, ref_meg=False, exclude=())
+    if len(picks) == 0:
+        picks = mne.pick_types(info, eeg=True, exclude=())
+    return [info["ch_names"][i] for i in picks]
+
+
+def _positions(
+    info: mne.Info, ch_names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """2D layout positions in [0, 1], 3D head positions, channel types."""
+    import mne
+    from mne.channels.layout import _find_topomap_coords
+
+    picked = mne.pick_info(info, [info["ch_names"].index(c) for c in ch_names])
+    types = tuple(picked.get_channel_types())
+    pos2 = None
+    try:
+        layout = mne.channels.find_layout(picked)
+        lay = {n.replace(" ", ""): i for i, n in enumerate(layout.names)}
+        rows = [lay.get(c.replace(" ", "")) for c in ch_names]
+        if all(r is not None for r in rows):
+            box = layout.pos[rows]
+            pos2 = box[:, :2] + box[:, 2:4] / 2.0  # box centres
+    except Exception:  # no layout for this system: project the 3D positions instead
+        pos2 = None
+    if pos2 is None:
+        pos2 = _find_topomap_coords(picked, picks=list(range(len(ch_names))), ignore_overlap=True)
+    pos2 = np.asarray(pos2, dtype=np.float64)
+    span = np.ptp(pos2, axis=0)
+    pos2 = (pos2 - pos2.min(axis=0)) / np.where(span > 0, span, 1.0)
+    loc = np.array([ch["loc"][:3] for ch in picked["chs"]], dtype=np.float64)
+    if picked["dev_head_t"] is not None and types and types[0] in ("mag", "grad"):
+        loc = mne.transforms.apply_trans(picked["dev_head_t"], loc)
+    return pos2.astype(np.float32), loc.astype(np.float32), types
+
+
+def _resample(x: np.ndarray, sfreq_in: float, sfreq_out: float) -> np.ndarray:
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+
+    ratio = Fraction(sfreq_out / sfreq_in).limit_denominator(1000)
+    return resample_poly(x, ratio.numerator, ratio.denominator, axis=-1)
+
+
+def load_epochs(
+    data_dir: str | Path,
+    *,
+    tmin_s: float = -0.5,
+    tmax_s: float = 1.0,
+    pad_s: float = 0.5,
+    subjects: Iterable[str] | None = None,
+    progress: bool = True,
+    ch_names: Sequence[str] | None = None,
+    image_root: str | Path | None = None,
+) -> EpochSet:
+    """Read every recording of a dataset and cut raw epochs around the images.
+
+    Parameters
+    ----------
+    data_dir : path-like
+        A THINGS-like BIDS folder (``sub-*/ses-*/meg/*_meg.<ext>`` + ``*_events.tsv``; the
+        simulated subject), a folder of recordings, or one recording. Events come from
+        ``events.tsv``, annotations or the stim channel
+        (:func:`rtdecode.data.recordings.read_recording`) and must name images.
+    tmin_s, tmax_s : float
+        Epoch ``[tmin_s, tmax_s)`` relative to image onset.
+    pad_s : float
+        History kept before ``tmin_s`` for the preprocessing filters.
+    subjects : iterable of str, optional
+        Only these subjects (``"01"`` or ``"sub-01"``).
+    progress : bool
+        Show a progress bar over recordings.
+    ch_names : sequence of str, optional
+        Channels to use, in this order. Default: the MEG channels of the first recording
+        (reference sensors excluded, channels marked bad in any recording dropped).
+    image_root : path-like, optional
+        Folder the events' ``image_path`` values are relative to (the THINGS image
+        folder). Default: found next to the data (see
+        :func:`rtdecode.data.things.resolve_image_root`).
+
+    Returns
+    -------
+    EpochSet
+        Recordings at different rates are resampled to the lowest one.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``data_dir`` (or ``image_root``) does not exist.
+    ValueError
+        No recordings; a recording's events name no images; a recording lacks channels
+        the others (or ``ch_names``) have; no epoch is left.
+    """
+    from tqdm.auto import tqdm
+
+    from rtdecode.data.recordings import read_recording
+
+    if not tmax_s > tmin_s or pad_s < 0:
+        raise ValueError(
+            f"Epochs need tmax_s > tmin_s and pad_s >= 0; got tmin_s={tmin_s}, "
+            f"tmax_s={tmax_s}, pad_s={pad_s}."
+        )
+    paths = find_recordings(data_dir, subjects)
+    recs = [read_recording(p) for p in paths]
+    for rec in recs:
+        if not any(trial_from_value(e.value).image_id for e in rec.events):
+            raise ValueError(
+                f"The events of {str(rec.path)!r} (from {rec.events_source}) name no images: "
+                "give an events.tsv next to it with image_path (or image_id) per row, as in "
+                "THINGS-MEG, or annotations whose descriptions are JSON with an image_id."
+            )
+
+    if ch_names is None:
+        bads = {b for rec in recs for b in rec.raw.info["bads"]}
+        ch_names = [c for c in _data_channels(recs[0].raw.info) if c not in bads]
+        if not ch_names:
+            raise ValueError(
+                f"The recording {str(recs[0].path)!r} has no MEG (or EEG) channels to decode."
+            )
+    ch_names = list(ch_names)
+    for rec in recs:
+        missing = [c for c in ch_names if c not in rec.raw.ch_names]
+        if missing:
+            shown = ", ".join(repr(c) for c in missing[:20])
+            more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+            raise ValueError(
+                f"The recording {str(rec.path)!r} lacks {len(missing)} of the {len(ch_names)} "
+                f"channels the dataset uses: {shown}{more}. Leave it out (subjects=...), "
+                "or pass ch_names= with the channels every recording has."
+            )
+
+    sfreq = min(rec.sfreq for rec in recs)
+    n_pad = int(round(pad_s * sfreq))
+    n_times = int(round((tmax_s - tmin_s) * sfreq))
+    drop = dict.fromkeys(DROP_REASONS, 0)
+    chunks: list[np.ndarray] = []
+    meta: dict[str, list] = {
+        k: [] for k in ("ids", "paths", "cats", "types", "subj", "rec", "onset")
+    }
+    subject_names = sorted({subject_of(p) for p in paths})
+
+    for r, rec in enumerate(tqdm(recs, desc="loading epochs", unit="rec", disable=not progress)):
+        fs = rec.sfreq
+        # cut at the recording's own rate, with a margin for resampling edges
+        margin = 0 if fs == sfreq else int(math.ceil(0.05 * fs))
+        pad_r = int(round(pad_s * fs)) + margin
+        n_r = int(round((tmax_s - tmin_s) * fs)) + margin
+        picks = [rec.raw.ch_names.index(c) for c in ch_names]
+        keep = []
+        for ev in rec.events:
+            trial = trial_from_value(ev.value)
+            if trial.trial_type == "catch":
+                drop["catch"] += 1
+                continue
+            if trial.image_id is None:
+                drop["no_image"] += 1
+                continue
+            start = ev.sample + int(round(tmin_s * fs)) - pad_r
+            if start < 0 or start + pad_r + n_r > rec.n_times:
+                drop["out_of_bounds"] += 1
+                continue
+            keep.append((start, ev, trial))
+        if not keep:
+            continue
+        data = rec.raw.get_data(picks=picks).astype(np.float32, copy=False)
+        ep = np.stack([data[:, s : s + pad_r + n_r] for s, _, _ in keep])
+        del data
+        if margin:
+            ep = _resample(ep.astype(np.float64), fs, sfreq).astype(np.float32)
+            m_out = int(round(margin * sfreq / fs))
+            ep = ep[..., m_out : m_out + n_pad + n_times]
+        finite = np.isfinite(ep).all(axis=(1, 2))
+        drop["nonfinite"] += int((~finite).sum())
+        chunks.append(ep[finite])
+        for (_, ev, trial), ok in zip(keep, finite, strict=True):
+            if not ok:
+                continue
+            meta["ids"].append(trial.image_id)
+            meta["paths"].append(trial.image_path or "")
+            meta["cats"].append(trial.category or trial.image_id)
+            meta["types"].append(trial.trial_type)
+            meta["subj"].append(subject_names.index(subject_of(rec.path)))
+            meta["rec"].append(r)
+            meta["onset"].append(ev.onset_s)
+
+    if not chunks:
+        raise ValueError(
+            f"No epoch of {str(data_dir)!r} is left (dropped: {drop}); check that the events "
+            "fall inside the recordings and that tmin_s/tmax_s/pad_s fit."
+        )
+    X = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+    types = np.array(meta["types"], dtype=object)
+    cats = np.array(meta["cats"], dtype=object)
+    train, test, n_left_out = zero_shot_split(types, cats)
+    drop["train_in_test_category"] = n_left_out
+    root, gallery = resolve_image_root(data_dir, meta["paths"], image_root)
+    pos2, pos3, ch_types = _positions(recs[0].raw.info, ch_names)
+    return EpochSet(
+        X=X,
+        n_pad=n_pad,
+        sfreq_hz=float(sfreq),
+        tmin_s=float(tmin_s),
+        ch_names=tuple(ch_names),
+        ch_types=ch_types,
+        positions_2d=pos2,
+        positions_3d=pos3,
+        image_ids=np.array(meta["ids"], dtype=object),
+        image_paths=np.array(meta["paths"], dtype=object),
+        categories=cats,
+        trial_types=types,
+        subjects=tuple(subject_names),
+        subject_index=np.array(meta["subj"], dtype=np.int64),
+        recordings=tuple(str(p) for p in paths),
+        recording_index=np.array(meta["rec"], dtype=np.int64),
+        onsets_s=np.array(meta["onset"], dtype=np.float64),
+        train_mask=train,
+        test_mask=test,
+        image_root=root,
+        gallery_root=gallery,
+        drop_log=drop,
+    )
