@@ -175,7 +175,7 @@ class Service:
         return ("degraded", reasons) if reasons else ("ready", [])
 
     def gallery_thumbnail(self, image_id: str) -> tuple[bytes, str] | None:
-        if self.gallery is None or image_id not in self.gallery.index:
+        if self.gallery is None or image_id not in self.gallery:
             return None
         if image_id not in self._thumb_cache:
             from rtdecode.worker import encode_image
