@@ -11,8 +11,10 @@ Threading
 * Each websocket has two tasks: a receiver (client requests) and a single sender (the
   only one that writes to that socket).
 
-Shutdown order (``ServerHandle.stop`` and the lifespan's exit): stop accepting viewers,
-close every viewer with 1001, stop the Broadcaster, then let uvicorn stop.
+Shutdown order (``ServerHandle.stop``): stop accepting viewers, close every viewer with
+1001, stop the Broadcaster, then let uvicorn stop. The lifespan's exit runs the same
+steps; under a plain ``uvicorn`` command, uvicorn itself has closed the websockets
+(code 1012) by then.
 """
 
 from __future__ import annotations
