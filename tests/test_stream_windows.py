@@ -40,27 +40,39 @@ def collect(windower: Windower, src: SourceProcess, n_samples: int, on_window=No
     return windows
 
 
-def test_continuous_windows_every_hop_with_padding_flags_and_markers(unique_name):
-    n_samples = int(2.5 * SFREQ)
-    returned_at = []
+def run_with_markers(name: str, window_options: dict, on_window=None, **source_options):
+    """2.5 s of a counter source with a marker every 0.5 s from 0.3 s, read by a
+    StreamReader, a MarkerReader and a Windower; (windows, windower, marker history)."""
     with SourceProcess(
-        unique_name,
-        n_channels=16,
+        name,
         counter=True,
         duration=2.5,
-        nan_at=[1500],
         markers_every_s=0.5,
         markers_first_s=0.3,
+        **source_options,
     ) as src:
         with (
-            StreamReader(unique_name) as reader,
-            MarkerReader(f"{unique_name}-markers", data=reader) as markers,
+            StreamReader(name) as reader,
+            MarkerReader(f"{name}-markers", data=reader) as markers,
         ):
             reader.wait_ready(15.0)
             markers.wait_ready(15.0)
-            win = Windower(reader, window_s=0.25, hop_s=0.05, pad_s=0.05, markers=markers)
-            windows = collect(win, src, n_samples, lambda w: returned_at.append(local_clock()))
+            win = Windower(reader, markers=markers, **window_options)
+            windows = collect(win, src, int(2.5 * SFREQ), on_window)
+            history = markers.markers()
     assert reader.error is None and markers.error is None
+    return windows, win, history
+
+
+def test_continuous_windows_every_hop_with_padding_flags_and_markers(unique_name):
+    returned_at = []
+    windows, win, history = run_with_markers(
+        unique_name,
+        dict(window_s=0.25, hop_s=0.05, pad_s=0.05),
+        lambda w: returned_at.append(local_clock()),
+        n_channels=16,
+        nan_at=[1500],
+    )
     assert win.n_pad == 60 and win.n_times == 300 and win.n_hop == 60
     assert len(windows) >= 30
     n_latest = 0
@@ -145,32 +157,11 @@ def test_same_windows_at_1x_and_10x_speed(unique_name):
 
 
 def test_event_locked_windows_at_marker_plus_offset(unique_name):
-    with SourceProcess(
+    windows, win, history = run_with_markers(
         unique_name,
+        dict(window_s=0.4, pad_s=0.05, mode="event", offset_s=-0.1, latest_wins=False),
         n_channels=8,
-        counter=True,
-        duration=2.5,
-        markers_every_s=0.5,
-        markers_first_s=0.3,
-    ) as src:
-        with (
-            StreamReader(unique_name) as reader,
-            MarkerReader(f"{unique_name}-markers", data=reader) as markers,
-        ):
-            reader.wait_ready(15.0)
-            markers.wait_ready(15.0)
-            win = Windower(
-                reader,
-                window_s=0.4,
-                pad_s=0.05,
-                mode="event",
-                offset_s=-0.1,
-                markers=markers,
-                latest_wins=False,
-            )
-            windows = collect(win, src, int(2.5 * SFREQ))
-            history = markers.markers()
-    assert reader.error is None and markers.error is None
+    )
     marker_samples = [360, 960, 1560, 2160]  # 2760's window would end after the stream
     assert [m.value["sample"] for m in history] == [*marker_samples, 2760]
     assert [m.sample for m in history] == [*marker_samples, 2760]  # mapped onto the data
