@@ -1,0 +1,562 @@
+"""Publish a recording as a live LSL stream, at real-time pace (``rtdecode replay``).
+
+Two outlets are made: the data stream (type ``MEG`` when the file has MEG channels, else
+``EEG``; float32 in the file's SI units, Tesla, T/m, Volt) and an irregular-rate string
+marker stream ``<name>-markers`` carrying one JSON object per event.
+
+Pacing never accumulates sleep errors: sample ``i`` (counted from the start of the replay,
+across loops) has the LSL timestamp ``t0 + i / (sfreq * speed)``, and each chunk is pushed
+once the clock has reached its last sample's timestamp. A late wake-up makes that one
+chunk late; it never shifts the ones after it.
+
+Threads: everything here runs in the thread that calls ``replay_file`` (the outlets are
+made and used there); a ``threading.Event`` passed as ``stop_event`` (or Ctrl-C, or
+SIGTERM when called from the main thread) ends it cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rtdecode.lsl.streams import (
+    COUNTER_CHANNEL,
+    COUNTER_MODULUS,
+    local_clock,
+    make_info,
+    make_outlet,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import mne
+
+    from rtdecode.data.recordings import Event, Recording
+
+__all__ = [
+    "COUNTER_MODULUS",
+    "Pacer",
+    "ProgressLine",
+    "ReplayStats",
+    "counter_values",
+    "replay_file",
+    "unwrap_counter",
+]
+
+MARKER_STREAM_TYPE = "Markers"
+
+# FIFF unit codes -> the SI unit strings put in the stream description.
+_UNIT_NAMES = {107: "V", 112: "T", 201: "T/m", 202: "Am", 114: "C", 6: "M", -1: ""}
+
+# mne-lsl's names for the 12 values of a channel's ``loc`` in the description.
+LOC_NAMES = ("R0x", "R0y", "R0z", "Exx", "Exy", "Exz", "Eyx", "Eyy", "Eyz", "Ezx", "Ezy", "Ezz")
+FIFF_INT_KEYS = ("kind", "coil_type", "coord_frame")
+
+
+# ---------------------------------------------------------------- counter
+
+
+def counter_values(first_sample: int, n: int) -> np.ndarray:
+    """Counter channel values for ``n`` samples starting at absolute index ``first_sample``.
+
+    Returns
+    -------
+    ndarray, float32, shape (n,)
+        ``(first_sample + arange(n)) % COUNTER_MODULUS``, exact in float32.
+    """
+    idx = (first_sample + np.arange(n, dtype=np.int64)) % COUNTER_MODULUS
+    return idx.astype(np.float32)
+
+
+def unwrap_counter(values: np.ndarray, reference: int | None = None) -> np.ndarray:
+    """Absolute sample indices from received counter values (which wrap at 2**24).
+
+    Parameters
+    ----------
+    values : ndarray, shape (n,)
+        Counter channel values in arrival order (float32 or any numeric type).
+    reference : int | None
+        An absolute index at or before ``values[0]`` and less than 2**24 samples before
+        it, e.g. the last index seen in the previous chunk. ``None``: ``values[0]`` is
+        taken as absolute (true for the first 2**24 samples of a replay).
+
+    Returns
+    -------
+    ndarray, int64, shape (n,)
+        Assumes the counter only moves forward, by less than 2**24 between two values.
+    """
+    wrapped = np.asarray(values, dtype=np.float64).astype(np.int64)
+    out = np.empty(wrapped.shape, dtype=np.int64)
+    if wrapped.size == 0:
+        return out
+    first = int(wrapped[0])
+    if reference is not None:
+        first = int(reference) + (first - int(reference)) % COUNTER_MODULUS
+    out[0] = first
+    out[1:] = first + np.cumsum(np.diff(wrapped) % COUNTER_MODULUS)
+    return out
+
+
+# ---------------------------------------------------------------- pacing
+
+
+class Pacer:
+    """Due times computed from the start time and the sample index.
+
+    Parameters
+    ----------
+    sfreq_hz : float
+        The recording's sampling rate.
+    speed : float
+        1 = real time; 10 = ten times faster (timestamps are 10x closer too).
+    t0 : float | None
+        LSL time of sample 0 (default: ``clock()`` now).
+    clock : callable
+        Returns the current LSL time in seconds (default ``rtdecode.lsl.streams.local_clock``).
+    wait : callable
+        ``wait(delay_s) -> bool`` sleeps up to ``delay_s`` and returns True when asked to
+        stop (``threading.Event().wait`` by default).
+    """
+
+    def __init__(
+        self,
+        sfreq_hz: float,
+        speed: float = 1.0,
+        *,
+        t0: float | None = None,
+        clock: Callable[[], float] | None = None,
+        wait: Callable[[float], bool] | None = None,
+    ) -> None:
+        clock = local_clock if clock is None else clock
+        self.rate_hz = float(sfreq_hz) * float(speed)
+        self.clock = clock
+        self.wait = wait if wait is not None else threading.Event().wait
+        self.t0 = float(clock() if t0 is None else t0)
+
+    def t_of(self, sample: int) -> float:
+        """LSL timestamp of absolute sample ``sample``."""
+        return self.t0 + sample / self.rate_hz
+
+    def timestamps(self, first_sample: int, n: int) -> np.ndarray:
+        """Timestamps of ``n`` samples from ``first_sample``, float64 shape (n,)."""
+        return self.t0 + (first_sample + np.arange(n, dtype=np.float64)) / self.rate_hz
+
+    def wait_until(self, t_due: float) -> tuple[float, bool]:
+        """Sleep until ``t_due``; return (lag_s, stopped).
+
+        ``lag_s`` is how late the clock is past ``t_due`` on return (>= 0 when the wait
+        completed). Nothing is carried over to the next call: no drift.
+        """
+        delay = t_due - self.clock()
+        if delay > 0 and self.wait(delay):
+            return 0.0, True
+        return self.clock() - t_due, False
+
+
+# ---------------------------------------------------------------- progress, signals
+
+
+class ProgressLine:
+    """One self-updating progress line on stderr (tqdm), or nothing when disabled."""
+
+    def __init__(self, desc: str, total: int | None, enabled: bool, unit: str = "sample"):
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=total,
+                desc=desc,
+                unit=unit,
+                unit_scale=True,
+                file=sys.stderr,
+                mininterval=0.5,
+                dynamic_ncols=True,
+                # tqdm puts ", " before the postfix text.
+                bar_format="{desc} [{bar:16}] {percentage:3.0f}%{postfix}"
+                if total
+                else "{desc}{postfix}",
+            )
+
+    def update(self, n: int, text: str) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=False)
+            self._bar.update(n)
+
+    def reset(self) -> None:
+        if self._bar is not None:
+            self._bar.reset()
+
+    def write(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text, file=sys.stderr)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+@contextlib.contextmanager
+def stop_on_sigterm(stop_event: threading.Event) -> Iterator[None]:
+    """SIGTERM (``docker stop``) sets ``stop_event`` while inside; main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ---------------------------------------------------------------- stream description
+
+
+def stream_type_for(ch_types: list[str]) -> str:
+    """``"MEG"`` when any channel is a magnetometer or gradiometer, else ``"EEG"``."""
+    return "MEG" if {"mag", "grad"} & set(ch_types) else "EEG"
+
+
+def _add_fiff_details(lsl_info: Any, raw_info: mne.Info) -> None:
+    """Add mne-lsl's per-channel FIFF fields (kind, coil_type, coord_frame, loc) and the
+    filter band, so that mne-lsl (and ``rtdecode record``) rebuild the full ``mne.Info``.
+    Channels past ``raw_info``'s (the counter) are left without them."""
+    desc = lsl_info.desc()
+    ch = desc.child("channels").child("channel")
+    for chan in raw_info["chs"]:
+        for key in FIFF_INT_KEYS:
+            ch.append_child_value(key, str(int(chan[key])))
+        loc = ch.append_child("loc")
+        for key, value in zip(LOC_NAMES, chan["loc"], strict=True):
+            loc.append_child_value(key, repr(float(value)))
+        ch = ch.next_sibling()
+    filters = desc.append_child("filters")
+    filters.append_child_value("highpass", repr(float(raw_info["highpass"])))
+    filters.append_child_value("lowpass", repr(float(raw_info["lowpass"])))
+
+
+def read_fiff_details(lsl_info: Any) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Per-channel FIFF fields and the filter band from a stream description.
+
+    Returns
+    -------
+    chs : list of dict
+        One dict per ``<channel>``, with the keys that were present among ``kind``,
+        ``coil_type``, ``coord_frame`` (int) and ``loc`` (float ndarray, shape (12,)).
+    filters : dict
+        ``highpass``/``lowpass`` in Hz where present.
+    """
+    desc = lsl_info.desc()
+    chs: list[dict[str, Any]] = []
+    ch = desc.child("channels").child("channel")
+    while not ch.empty():
+        d: dict[str, Any] = {}
+        for key in FIFF_INT_KEYS:
+            text = ch.child_value(key)
+            with contextlib.suppress(ValueError):
+                d[key] = int(text)
+        loc = ch.child("loc")
+        if not loc.empty():
+            with contextlib.suppress(ValueError):
+                d["loc"] = np.array([float(loc.child_value(k)) for k in LOC_NAMES])
+        chs.append(d)
+        ch = ch.next_sibling()
+    filters: dict[str, float] = {}
+    node = desc.child("filters")
+    for key in ("highpass", "lowpass"):
+        with contextlib.suppress(ValueError):
+            filters[key] = float(node.child_value(key))
+    return chs, filters
+
+
+def build_stream_infos(
+    rec: Recording, name: str, source_id: str, *, counter: bool
+) -> tuple[Any, Any]:
+    """The data and marker StreamInfos for a recording.
+
+    The data stream lists every channel (label, MNE type, SI unit, position =
+    ``loc[:3]`` in the channel's coordinate frame, plus mne-lsl's FIFF fields) and, with
+    ``counter``, a last ``COUNTER_CHANNEL`` of type ``misc``.
+    """
+    info = rec.raw.info
+    ch_names = list(info["ch_names"])
+    ch_types = rec.raw.get_channel_types(unique=False)
+    units = [_UNIT_NAMES.get(int(ch["unit"]), "") for ch in info["chs"]]
+    positions = np.array([ch["loc"][:3] for ch in info["chs"]], dtype=float).reshape(-1, 3)
+    if counter:
+        if COUNTER_CHANNEL in ch_names:
+            raise ValueError(
+                f"The recording already has a channel named {COUNTER_CHANNEL!r}; replay it "
+                "without --counter (its own counter channel is streamed as is)."
+            )
+        ch_names.append(COUNTER_CHANNEL)
+        ch_types.append("misc")
+        units.append("")
+        positions = np.vstack([positions, np.full((1, 3), np.nan)])
+    data_info = make_info(
+        name,
+        stream_type_for(ch_types),
+        rec.sfreq,
+        ch_names,
+        ch_types=ch_types,
+        units=units,
+        positions=positions,
+        source_id=source_id,
+        channel_format="float32",
+    )
+    _add_fiff_details(data_info, info)
+    marker_info = make_info(
+        f"{name}-markers",
+        MARKER_STREAM_TYPE,
+        0.0,
+        ["marker"],
+        ch_types=["stim"],
+        source_id=f"{source_id}-markers",
+        channel_format="string",
+    )
+    return data_info, marker_info
+
+
+# ---------------------------------------------------------------- replay
+
+
+@dataclass
+class ReplayStats:
+    """What a replay did.
+
+    Attributes
+    ----------
+    name : str
+        Data stream name (markers: ``name + "-markers"``).
+    samples_sent : int
+    markers_sent : int
+    passes_completed : int
+        Full passes over the file (``--loop`` starts a new one at the end).
+    t0_lsl : float
+        LSL timestamp of sample 0.
+    wall_s : float
+        Seconds from sample 0's due time to the last push.
+    max_lag_ms : float
+        Largest delay of a push past its due time.
+    stopped : bool
+        True when a stop request (stop_event, SIGTERM, max_duration_s) ended it early.
+    """
+
+    name: str
+    samples_sent: int = 0
+    markers_sent: int = 0
+    passes_completed: int = 0
+    t0_lsl: float = 0.0
+    wall_s: float = 0.0
+    max_lag_ms: float = 0.0
+    stopped: bool = False
+
+
+def default_stream_name(path: Path) -> str:
+    """The file's name without its extension (``sub-01_meg.fif.gz`` -> ``sub-01_meg``)."""
+    name = path.name
+    for ext in (".fif.gz", ".gz"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)].rsplit(".", 1)[0]
+    return Path(name).stem or name
+
+
+def _marker_payload(event: Event) -> dict[str, Any]:
+    payload = {"image_id": None, "trial_type": None, "sample": None, "value": None}
+    payload.update(_json_safe(event.value))
+    payload["file_sample"] = int(event.sample)
+    return payload
+
+
+def _json_safe(obj: Any) -> Any:
+    """numpy scalars and arrays (e.g. from mne) as plain JSON types."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _wait_for_consumer(outlet: Any, timeout_s: float, stop: threading.Event, name: str) -> None:
+    deadline = local_clock() + timeout_s
+    while not outlet.wait_for_consumers(0.05):
+        if stop.is_set():
+            return
+        if local_clock() > deadline:
+            raise RuntimeError(
+                f"No consumer connected to stream {name!r} within {timeout_s:g} s; start "
+                "the reader first or replay without waiting for one."
+            )
+
+
+def replay_file(
+    path: str | Path,
+    *,
+    name: str | None = None,
+    source_id: str | None = None,
+    speed: float = 1.0,
+    loop: bool = False,
+    chunk_ms: float = 10.0,
+    counter: bool = False,
+    progress: bool = True,
+    stop_event: threading.Event | None = None,
+    max_duration_s: float | None = None,
+    wait_for_consumer_s: float | None = None,
+    block_s: float = 1.0,
+    linger_s: float = 0.5,
+) -> ReplayStats:
+    """Publish a recording on LSL at real-time pace (``rtdecode replay``).
+
+    Parameters
+    ----------
+    path : str | Path
+        Anything ``rtdecode.data.recordings.read_recording`` reads.
+    name : str | None
+        Data stream name (default: the file's stem); the markers go to
+        ``<name>-markers``.
+    source_id : str | None
+        LSL source id (default ``rtdecode-replay-<name>``); markers use
+        ``<source_id>-markers``.
+    speed : float
+        Pace relative to real time (> 0); timestamps are scaled by the same factor.
+    loop : bool
+        Start over at the end of the file; sample indices, timestamps and the counter
+        keep increasing across passes.
+    chunk_ms : float
+        Samples per push, in ms of recording (at least one sample).
+    counter : bool
+        Add a last channel ``COUNTER_CHANNEL`` holding the absolute sample index modulo
+        ``COUNTER_MODULUS`` (exact in float32).
+    progress : bool
+        Show a progress line on stderr (stream seconds sent / total, samples, lag).
+    stop_event : threading.Event | None
+        Set it to stop the replay from another thread.
+    max_duration_s : float | None
+        Stop after this many seconds of recording were sent (across passes).
+    wait_for_consumer_s : float | None
+        Before sending, wait up to this long for a data consumer (so that a recorder
+        started first gets every sample); RuntimeError when none comes.
+    block_s : float
+        Seconds of the file read from disk at a time.
+    linger_s : float
+        After the last sample, keep the outlets open this long so that consumers
+        receive the last chunk (closing an outlet drops what it has not sent yet).
+
+    Returns
+    -------
+    ReplayStats
+    """
+    from rtdecode.data.recordings import read_recording
+
+    if not speed > 0 or not math.isfinite(speed):
+        raise ValueError(f"--speed must be a positive number, got {speed!r}; 1 is real time.")
+    if not chunk_ms > 0 or not math.isfinite(chunk_ms):
+        raise ValueError(f"--chunk-ms must be a positive number of ms, got {chunk_ms!r}.")
+    if max_duration_s is not None and not max_duration_s > 0:
+        raise ValueError(f"max_duration_s must be positive, got {max_duration_s!r}.")
+
+    rec = read_recording(path)
+    name = name or default_stream_name(rec.path)
+    source_id = source_id or f"rtdecode-replay-{name}"
+    stop = stop_event if stop_event is not None else threading.Event()
+
+    sfreq = rec.sfreq
+    n_file = rec.n_times
+    n_ch = len(rec.raw.ch_names)
+    n_chunk = max(1, round(chunk_ms * 1e-3 * sfreq))
+    n_block = n_chunk * max(1, round(block_s * sfreq / n_chunk))
+    n_limit = None if loop else n_file
+    if max_duration_s is not None:
+        n_max = round(max_duration_s * sfreq)
+        n_limit = n_max if n_limit is None else min(n_limit, n_max)
+
+    events = rec.events
+    ev_samples = np.array([e.sample for e in events], dtype=np.int64)
+    payloads = [_marker_payload(e) for e in events]
+
+    data_info, marker_info = build_stream_infos(rec, name, source_id, counter=counter)
+    outlet = make_outlet(data_info, chunk_size=0, max_buffered=360)
+    marker_outlet = make_outlet(marker_info, chunk_size=0, max_buffered=360)
+    stats = ReplayStats(name=name)
+    block = np.empty((n_block, n_ch + int(counter)), dtype=np.float32)
+    bar = ProgressLine(f"replay {name}", n_limit or n_file, progress)
+    t_start = None
+    try:
+        with stop_on_sigterm(stop):
+            if wait_for_consumer_s is not None:
+                _wait_for_consumer(outlet, wait_for_consumer_s, stop, name)
+            pacer = Pacer(sfreq, speed, wait=stop.wait)
+            stats.t0_lsl = t_start = pacer.t0
+            abs_i = 0
+            while not stop.is_set() and (n_limit is None or abs_i < n_limit):
+                file_i = abs_i % n_file
+                if file_i == 0 and abs_i > 0 and n_limit is None:
+                    bar.reset()  # an endless loop shows the progress of each pass
+                n = min(n_block, n_file - file_i)
+                if n_limit is not None:
+                    n = min(n, n_limit - abs_i)
+                blk = block[:n]
+                blk[:, :n_ch] = rec.raw.get_data(start=file_i, stop=file_i + n).T
+                if counter:
+                    blk[:, n_ch] = counter_values(abs_i, n)
+                stamps = pacer.timestamps(abs_i, n)
+                for j in range(0, n, n_chunk):
+                    k = min(n_chunk, n - j)
+                    lag_s, stopped = pacer.wait_until(stamps[j + k - 1])
+                    if stopped:
+                        break
+                    outlet.push_chunk(blk[j : j + k], stamps[j : j + k])
+                    # Markers go out with the chunk that holds their sample.
+                    lo, hi = np.searchsorted(ev_samples, [file_i + j, file_i + j + k])
+                    for e in range(lo, hi):
+                        sample = abs_i + int(ev_samples[e]) - file_i
+                        payload = dict(payloads[e], sample=sample)
+                        marker_outlet.push_sample([json.dumps(payload)], pacer.t_of(sample))
+                    stats.markers_sent += int(hi - lo)
+                    stats.samples_sent += k
+                    stats.max_lag_ms = max(stats.max_lag_ms, float(lag_s) * 1e3)
+                    sent_s = stats.samples_sent / sfreq
+                    where = (
+                        f"{sent_s:.1f}/{n_limit / sfreq:.1f} s"
+                        if n_limit
+                        else f"{sent_s:.1f} s (pass {abs_i // n_file + 1})"
+                    )
+                    bar.update(
+                        k,
+                        f"{where}, {stats.samples_sent} samples, lag {lag_s * 1e3:.1f} ms, "
+                        f"{stats.markers_sent} markers",
+                    )
+                abs_i += n
+            stats.wall_s = local_clock() - t_start
+            if stats.samples_sent and not stop.is_set():
+                time.sleep(linger_s)
+    finally:
+        stats.passes_completed = stats.samples_sent // n_file
+        stats.stopped = stop.is_set() or loop or stats.samples_sent < n_file
+        if t_start is not None and not stats.wall_s:
+            stats.wall_s = local_clock() - t_start
+        bar.close()
+        if progress:
+            print(
+                f"replay {name}: sent {stats.samples_sent} samples "
+                f"({stats.samples_sent / sfreq:.1f} s of recording) and "
+                f"{stats.markers_sent} markers in {stats.wall_s:.1f} s; "
+                f"max lag {stats.max_lag_ms:.1f} ms.",
+                file=sys.stderr,
+            )
+        del outlet, marker_outlet
+    return stats
