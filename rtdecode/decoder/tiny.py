@@ -1,0 +1,638 @@
+"""The project's own small embedding-conditioned image decoder (64 x 64 RGB, pixel space).
+
+Architecture (:class:`TinyDecoderNet`): the 64 x 64 image is folded into a 16 x 16 grid of
+4 x 4 patches (``pixel_unshuffle``: 48 channels), denoised by a diffusers ``UNet2DModel``
+without cross-attention, and unfolded again. The embedding is standardised with the
+training statistics and passed through a small MLP that conditions the UNet twice:
+
+- globally, added to the timestep embedding (``class_embed_type="identity"``), which the
+  ResNet blocks apply as a per-channel scale and shift;
+- spatially, as a few low-resolution feature maps concatenated to the UNet input, so that
+  layout information in the embedding (e.g. HOG cells) has a place to go.
+
+Training predicts v (v-prediction) under a cosine noise schedule; sampling uses diffusers'
+DDIMScheduler with "trailing" timesteps so that 4 steps start from pure noise. A learned
+"null" embedding, seen 10 % of the time during training, allows classifier-free guidance
+(off by default: it doubles the cost of a step).
+
+A decoder folder holds ``config.json`` (``_class_name`` ``RtdecodeTinyDecoder``),
+``model.safetensors`` (EMA weights), ``scheduler/scheduler_config.json``,
+``embedding_normalizer.json`` and, while training, ``training_state/`` (raw weights,
+optimizer state and RNG state as safetensors, step count in JSON; never pickle).
+
+Threads: :class:`TinyDecoder` belongs to the thread that owns the models;
+:func:`train_decoder` runs in the caller's thread.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, UNet2DModel
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from rtdecode.decoder.diffusion import (
+    NORMALIZER_FILE,
+    TINY_CLASS_NAME,
+    BaseDecoder,
+    img2img_timesteps,
+    load_normalizer,
+    pil_to_tensor,
+    resolve_device,
+    tensor_to_pil,
+)
+from rtdecode.decoder.normalize import EmbeddingNormalizer
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+SCHEDULER_DIR = "scheduler"
+STATE_DIR = "training_state"
+DEFAULT_MAX_STEPS = 2000
+
+
+@dataclass
+class TinyDecoderConfig:
+    """Hyper-parameters of :class:`TinyDecoderNet` and of its noise schedule."""
+
+    embed_dim: int
+    image_size: int = 64
+    patch: int = 4
+    block_out_channels: tuple[int, ...] = (64, 128)
+    layers_per_block: int = 1
+    norm_num_groups: int = 16
+    attention_head_dim: int = 32
+    mid_attention: bool = True
+    cond_hidden: int = 512
+    cond_map_channels: int = 8
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "v_prediction"
+    guidance_scale: float = 1.0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TinyDecoderConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown tiny decoder architecture keys {unknown}; known keys: {sorted(known)}."
+            )
+        d = dict(d)
+        if "block_out_channels" in d:
+            d["block_out_channels"] = tuple(d["block_out_channels"])
+        return cls(**d)
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch
+
+    def scheduler(self) -> DDIMScheduler:
+        """The sampling scheduler: DDIM, trailing timesteps, x0 clipped to the pixel range."""
+        return DDIMScheduler(
+            num_train_timesteps=self.num_train_timesteps,
+            beta_schedule=self.beta_schedule,
+            prediction_type=self.prediction_type,
+            timestep_spacing="trailing",
+            clip_sample=True,
+            clip_sample_range=1.0,
+            set_alpha_to_one=True,
+        )
+
+
+class TinyDecoderNet(nn.Module):
+    """Denoiser ``v = net(x_t, t, condition(embedding))``.
+
+    Shapes: images ``(B, 3, S, S)`` in [-1, 1] with ``S = config.image_size``;
+    embeddings ``(B, D)`` in the image encoder's raw units.
+    """
+
+    def __init__(self, config: TinyDecoderConfig) -> None:
+        super().__init__()
+        c = config
+        if c.image_size % c.patch or c.grid % 2 ** (len(c.block_out_channels) - 1):
+            raise ValueError(
+                f"image_size={c.image_size} must be divisible by patch={c.patch}, and the "
+                f"{c.grid} x {c.grid} grid by 2 ** {len(c.block_out_channels) - 1} (UNet levels)."
+            )
+        self.config = c
+        time_embed_dim = c.block_out_channels[0] * 4
+        self.register_buffer("emb_mean", torch.zeros(c.embed_dim))
+        self.register_buffer("emb_std", torch.ones(c.embed_dim))
+        # Learned stand-in for "no embedding" (classifier-free guidance), in standard units.
+        self.null_embedding = nn.Parameter(torch.zeros(c.embed_dim))
+        self.cond_mlp = nn.Sequential(
+            nn.Linear(c.embed_dim, c.cond_hidden),
+            nn.SiLU(),
+            nn.Linear(c.cond_hidden, c.cond_hidden),
+            nn.SiLU(),
+        )
+        self.to_global = nn.Linear(c.cond_hidden, time_embed_dim)
+        self.to_map = nn.Linear(c.cond_hidden, c.cond_map_channels * c.grid * c.grid)
+        n_levels = len(c.block_out_channels)
+        self.unet = UNet2DModel(
+            sample_size=c.grid,
+            in_channels=3 * c.patch**2 + c.cond_map_channels,
+            out_channels=3 * c.patch**2,
+            block_out_channels=tuple(c.block_out_channels),
+            down_block_types=("DownBlock2D",) * n_levels,
+            up_block_types=("UpBlock2D",) * n_levels,
+            layers_per_block=c.layers_per_block,
+            norm_num_groups=c.norm_num_groups,
+            attention_head_dim=c.attention_head_dim,
+            add_attention=c.mid_attention,
+            class_embed_type="identity",
+            resnet_time_scale_shift="scale_shift",
+        )
+
+    def condition(
+        self, embeddings: torch.Tensor, drop: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conditioning tensors for :meth:`forward`.
+
+        Parameters
+        ----------
+        embeddings : Tensor, shape (B, D)
+        drop : BoolTensor, shape (B,), optional
+            Rows to replace by the null embedding (unconditional).
+
+        Returns
+        -------
+        (global (B, 4 * C0), maps (B, cond_map_channels, S / patch, S / patch))
+        """
+        z = (embeddings - self.emb_mean) / self.emb_std
+        if drop is not None:
+            z = torch.where(drop[:, None], self.null_embedding.to(z.dtype), z)
+        h = self.cond_mlp(z)
+        g = self.config.grid
+        return self.to_global(h), self.to_map(h).view(-1, self.config.cond_map_channels, g, g)
+
+    def null_condition(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.null_embedding[None].expand(batch, -1)
+        return self.condition(z * self.emb_std + self.emb_mean)
+
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """Model output (v) of shape (B, 3, S, S) for noisy images ``x_t`` at timesteps ``t``."""
+        glob, maps = cond
+        u = F.pixel_unshuffle(x_t, self.config.patch)
+        u = torch.cat([u, maps.to(u.dtype)], dim=1).contiguous(memory_format=torch.channels_last)
+        out = self.unet(u, t, class_labels=glob, return_dict=False)[0]
+        return F.pixel_shuffle(out, self.config.patch)
+
+
+# ----------------------------------------------------------------- inference
+class TinyDecoder(BaseDecoder):
+    """:class:`~rtdecode.decoder.diffusion.ImageDecoder` over a trained :class:`TinyDecoderNet`.
+
+    Build with :meth:`from_folder` (or :func:`rtdecode.decoder.diffusion.load_decoder`).
+    """
+
+    def __init__(
+        self,
+        net: TinyDecoderNet,
+        scheduler: DDIMScheduler,
+        *,
+        name: str = "tiny",
+        image_encoder: str | None = None,
+        normalizer: EmbeddingNormalizer | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        guidance_scale: float | None = None,
+        compile: bool = False,
+    ) -> None:
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.net = net.eval().requires_grad_(False)
+        self.net.to(device=self.device, dtype=dtype, memory_format=torch.channels_last)
+        if compile and self.device.type == "cuda":
+            self.net.unet = torch.compile(self.net.unet, fullgraph=False)
+        self.scheduler = scheduler
+        self.name = name
+        self.embed_dim = net.config.embed_dim
+        self.image_size = net.config.image_size
+        self.image_encoder = image_encoder
+        self.normalizer = normalizer
+        self.guidance_scale = float(
+            net.config.guidance_scale if guidance_scale is None else guidance_scale
+        )
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: str | Path,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        compile: bool = False,
+        guidance_scale: float | None = None,
+    ) -> TinyDecoder:
+        folder = Path(folder)
+        cfg = json.loads((folder / CONFIG_FILE).read_text())
+        net = TinyDecoderNet(TinyDecoderConfig.from_dict(cfg["architecture"]))
+        net.load_state_dict(load_file(folder / MODEL_FILE))
+        scheduler = DDIMScheduler.from_pretrained(folder, subfolder=SCHEDULER_DIR)
+        return cls(
+            net,
+            scheduler,
+            name=cfg.get("name", f"tiny:{folder.name}"),
+            image_encoder=cfg.get("image_encoder", {}).get("name"),
+            normalizer=load_normalizer(folder),
+            device=device,
+            dtype=dtype,
+            guidance_scale=guidance_scale,
+            compile=compile,
+        )
+
+    def _sample(
+        self,
+        vec: np.ndarray,
+        gen: torch.Generator,
+        *,
+        steps: int,
+        init_image: Image.Image | None,
+        strength: float,
+        scale: float,
+    ) -> Image.Image:
+        size = self.image_size
+        noise = torch.randn((1, 3, size, size), generator=gen).to(self.device, self.dtype)
+        self.scheduler.set_timesteps(steps, device=self.device)
+        timesteps = self.scheduler.timesteps
+        if init_image is not None:
+            timesteps = img2img_timesteps(timesteps, strength)
+            x0 = pil_to_tensor([init_image], size).to(self.device, self.dtype)
+            x = self.scheduler.add_noise(x0, noise, timesteps[:1])
+        else:
+            x = noise
+        cond = self.net.condition(torch.from_numpy(vec)[None].to(self.device, self.dtype))
+        if scale != 1.0:
+            null = self.net.null_condition(1)
+            cond = (torch.cat([null[0], cond[0]]), torch.cat([null[1], cond[1]]))
+        for t in timesteps:
+            tt = t.reshape(1).to(self.device)
+            if scale != 1.0:
+                out_u, out_c = self.net(torch.cat([x, x]), tt.expand(2), cond).chunk(2)
+                out = out_u + scale * (out_c - out_u)
+            else:
+                out = self.net(x, tt, cond)
+            x = self.scheduler.step(out.float(), t, x.float(), eta=0.0).prev_sample
+            x = x.to(self.dtype)
+        return tensor_to_pil(x)[0]
+
+
+# ------------------------------------------------------------ checkpoint I/O
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    """Split an optimizer state_dict into flat tensors (safetensors) and JSON param groups."""
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"{idx}.{key}"] = t
+    return tensors, sd["param_groups"]
+
+
+def optimizer_from_tensors(tensors: dict[str, torch.Tensor], param_groups: list) -> dict:
+    """Inverse of :func:`optimizer_to_tensors`: a state_dict for ``load_state_dict``."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": param_groups}
+
+
+def save_decoder_folder(
+    out_dir: Path,
+    net: TinyDecoderNet,
+    normalizer: EmbeddingNormalizer,
+    meta: dict[str, Any],
+) -> None:
+    """Write the inference part of a decoder folder (config, weights, scheduler, stats)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_save_tensors(net.state_dict(), out_dir / MODEL_FILE)
+    net.config.scheduler().save_pretrained(out_dir / SCHEDULER_DIR)
+    _atomic_write_text(out_dir / NORMALIZER_FILE, json.dumps(normalizer.to_dict()))
+    config = {
+        "_class_name": TINY_CLASS_NAME,
+        "format_version": FORMAT_VERSION,
+        "architecture": asdict(net.config),
+        **meta,
+    }
+    _atomic_write_text(out_dir / CONFIG_FILE, json.dumps(config, indent=2))
+
+
+# ------------------------------------------------------------------ training
+@dataclass
+class _TrainingData:
+    images: torch.Tensor  # (N, 3, S, S) in [-1, 1]
+    embeddings: torch.Tensor  # (N, D) of the images as they are
+    flipped_embeddings: torch.Tensor  # (N, D) of the left-right mirrored images
+    encoder_name: str
+    registry_name: str
+    gallery: dict[str, Any] = field(default_factory=dict)
+
+
+def _load_training_data(gallery_dir: Path, image_encoder: str, image_size: int) -> _TrainingData:
+    """Gallery images at ``image_size`` plus embeddings of each image and of its mirror.
+
+    Mirrored images are encoded too (rather than reusing the original's embedding) so that
+    flip augmentation never pairs an image with an embedding it does not have.
+    """
+    from rtdecode.images import Gallery, get_image_encoder
+
+    gallery = Gallery.from_folder(gallery_dir)
+    if len(gallery) < 2:
+        raise ValueError(
+            f"Gallery {gallery_dir} has {len(gallery)} usable images; the decoder needs at least 2."
+        )
+    encoder = get_image_encoder(image_encoder)
+    emb = np.array(gallery.embeddings(encoder), dtype=np.float32).reshape(len(gallery), -1)
+    originals = gallery.images()
+    mirrored = [im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in originals]
+    flipped = np.concatenate(
+        [
+            np.asarray(encoder.encode(mirrored[i : i + 64]), dtype=np.float32).reshape(
+                len(mirrored[i : i + 64]), -1
+            )
+            for i in range(0, len(mirrored), 64)
+        ]
+    )
+    return _TrainingData(
+        images=pil_to_tensor(originals, image_size),
+        embeddings=torch.from_numpy(emb),
+        flipped_embeddings=torch.from_numpy(flipped),
+        encoder_name=encoder.name,
+        registry_name=image_encoder,
+        gallery={
+            "path": str(Path(gallery_dir)),
+            "n_images": len(gallery),
+            "n_categories": len(set(gallery.categories)),
+            "fingerprint": gallery.fingerprint,
+        },
+    )
+
+
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        ema_p = [p for p in ema.parameters()]
+        model_p = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema_p, model_p, 1.0 - decay)
+        for eb, mb in zip(ema.buffers(), model.buffers(), strict=True):
+            eb.copy_(mb)
+
+
+def train_decoder(
+    gallery_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    image_encoder: str = "handcrafted",
+    max_steps: int | None = None,
+    device: str = "auto",
+    resume: bool = False,
+    seed: int = 0,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    warmup_steps: int = 100,
+    ema_decay: float = 0.999,
+    p_uncond: float = 0.1,
+    save_every: int = 250,
+    architecture: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train the small decoder on a gallery and save it as a decoder folder.
+
+    Parameters
+    ----------
+    gallery_dir : str or Path
+        An image folder readable by ``rtdecode.images.Gallery.from_folder``.
+    out_dir : str or Path
+        Folder to write (see the module docstring for its layout).
+    image_encoder : str
+        Registry name of the image encoder whose embeddings condition the decoder.
+    max_steps : int, optional
+        Total optimisation steps (counted across resumes); default 2000.
+    device : str
+        ``"auto"``, ``"cpu"`` or ``"cuda"``. On CUDA the forward pass runs in bfloat16.
+    resume : bool
+        Continue from ``out_dir/training_state``. Without it, an ``out_dir`` that already
+        holds a training state is an error (nothing is overwritten by accident).
+    seed : int
+        Seeds weights, batches, noise and flips; a resumed run continues the same stream.
+    batch_size, lr, warmup_steps, ema_decay, p_uncond, save_every : training options
+    architecture : dict, optional
+        Overrides of :class:`TinyDecoderConfig` fields (e.g. a tiny network for tests).
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    Path
+        ``out_dir``, loadable with :func:`rtdecode.decoder.diffusion.load_decoder`.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    state_dir = out / STATE_DIR
+    has_state = (state_dir / "state.json").is_file()
+    if has_state and not resume:
+        raise FileExistsError(
+            f"{out} already holds a decoder training state; pass resume=True (--resume) to "
+            "continue it, or choose another output folder."
+        )
+    max_steps = DEFAULT_MAX_STEPS if max_steps is None else int(max_steps)
+    if max_steps < 1:
+        raise ValueError(f"max_steps={max_steps} must be at least 1.")
+    dev = resolve_device(device)
+
+    saved_config = json.loads((out / CONFIG_FILE).read_text()) if has_state else None
+    if saved_config is not None:
+        image_encoder = saved_config["image_encoder"]["registry_name"]
+    data = _load_training_data(
+        Path(gallery_dir),
+        image_encoder,
+        int((architecture or {}).get("image_size", TinyDecoderConfig.image_size)),
+    )
+    n_images, embed_dim = data.embeddings.shape
+
+    if saved_config is not None:
+        config = TinyDecoderConfig.from_dict(saved_config["architecture"])
+        if config.embed_dim != embed_dim:
+            raise ValueError(
+                f"The saved decoder in {out} takes {config.embed_dim}-dim embeddings but "
+                f"encoder {image_encoder!r} now gives {embed_dim}; train into a new folder."
+            )
+    else:
+        config = TinyDecoderConfig.from_dict({**(architecture or {}), "embed_dim": embed_dim})
+
+    normalizer = EmbeddingNormalizer().fit(
+        torch.cat([data.embeddings, data.flipped_embeddings]).numpy()
+    )
+    torch.manual_seed(seed)
+    net = TinyDecoderNet(config)
+    net.emb_mean.copy_(torch.from_numpy(normalizer.mean))
+    net.emb_std.copy_(torch.from_numpy(normalizer.std))
+    ema = copy.deepcopy(net).requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    step = 0
+    if has_state:
+        state = json.loads((state_dir / "state.json").read_text())
+        net.load_state_dict(load_file(state_dir / MODEL_FILE))
+        ema.load_state_dict(load_file(out / MODEL_FILE))
+        opt.load_state_dict(
+            optimizer_from_tensors(load_file(state_dir / "optimizer.safetensors"), state["param_groups"])
+        )
+        gen.set_state(load_file(state_dir / "rng.safetensors")["generator"])
+        step = int(state["step"])
+
+    net.to(dev).train()
+    ema.to(dev).eval()
+    train_sched = config.scheduler()
+    alphas = train_sched.alphas_cumprod.to(dev)
+    images = data.images.to(dev)
+    emb = data.embeddings.to(dev)
+    emb_flip = data.flipped_embeddings.to(dev)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
+
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""
+    meta = {
+        "name": f"tiny:{out.name}",
+        "embed_dim": embed_dim,
+        "image_size": config.image_size,
+        "image_encoder": {
+            "name": data.encoder_name,
+            "registry_name": data.registry_name,
+            "dim": embed_dim,
+        },
+        "default_steps": 4,
+    }
+
+    previous = dict((saved_config or {}).get("training", {}))
+    t_run = time.perf_counter()
+
+    def save(step_now: int) -> None:
+        training = dict(previous)
+        training.update(
+            {
+                "gallery": data.gallery,
+                "steps": step_now,
+                "batch_size": batch_size,
+                "lr": lr,
+                "warmup_steps": warmup_steps,
+                "ema_decay": ema_decay,
+                "p_uncond": p_uncond,
+                "seed": seed,
+                "device": str(dev),
+                "torch": torch.__version__,
+                "train_seconds": round(
+                    previous.get("train_seconds", 0.0) + time.perf_counter() - t_run, 1
+                ),
+                "last_command": command,
+            }
+        )
+        save_decoder_folder(out, ema, normalizer, {**meta, "training": training})
+        state_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_save_tensors(net.state_dict(), state_dir / MODEL_FILE)
+        tensors, groups = optimizer_to_tensors(opt)
+        _atomic_save_tensors(tensors, state_dir / "optimizer.safetensors")
+        _atomic_save_tensors({"generator": gen.get_state()}, state_dir / "rng.safetensors")
+        _atomic_write_text(
+            state_dir / "state.json",
+            json.dumps({"step": step_now, "param_groups": groups, "seed": seed}, indent=2),
+        )
+
+    last_saved = step
+    loss_avg = None
+    bar = tqdm(
+        total=max_steps, initial=step, desc="train-decoder", unit="step", disable=not progress
+    )
+    try:
+        while step < max_steps:
+            idx = torch.randint(0, n_images, (batch_size,), generator=gen)
+            flip = torch.rand(batch_size, generator=gen) < 0.5
+            drop = torch.rand(batch_size, generator=gen) < p_uncond
+            t = torch.randint(0, config.num_train_timesteps, (batch_size,), generator=gen)
+            noise = torch.randn((batch_size, *images.shape[1:]), generator=gen)
+            idx, flip, drop, t, noise = (v.to(dev) for v in (idx, flip, drop, t, noise))
+
+            x0 = torch.where(flip[:, None, None, None], images[idx].flip(-1), images[idx])
+            e = torch.where(flip[:, None], emb_flip[idx], emb[idx])
+            a = alphas[t].view(-1, 1, 1, 1)
+            x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v
+            for g in opt.param_groups:
+                g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup_steps))
+            with autocast:
+                pred = net(x_t, t, net.condition(e, drop))
+            loss = F.mse_loss(pred.float(), target)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"The decoder's training loss became {loss.item()} at step {step}; lower lr "
+                    f"(now {lr}) or resume from the last saved state."
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            step += 1
+            _ema_update(ema, net, min(ema_decay, (1 + step) / (10 + step)))
+
+            loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_avg:.4f}")
+            if step - last_saved >= save_every or step == max_steps:
+                save(step)
+                last_saved = step
+    except KeyboardInterrupt:
+        if step > last_saved:
+            save(step)
+        raise
+    finally:
+        bar.close()
+    return out
+
+
+def parameter_count(folder_or_config: str | Path | TinyDecoderConfig) -> int:
+    """Number of parameters of a decoder folder's (or a config's) network."""
+    if isinstance(folder_or_config, TinyDecoderConfig):
+        config = folder_or_config
+    else:
+        cfg = json.loads((Path(folder_or_config) / CONFIG_FILE).read_text())
+        config = TinyDecoderConfig.from_dict(cfg["architecture"])
+    return sum(p.numel() for p in TinyDecoderNet(config).parameters())
+
+
+__all__ = [
+    "TinyDecoder",
+    "TinyDecoderConfig",
+    "TinyDecoderNet",
+    "train_decoder",
+    "parameter_count",
+    "DEFAULT_MAX_STEPS",
+]
