@@ -1,0 +1,232 @@
+"""Retrieval metrics (numpy only: cheap to import, no torch).
+
+A prediction retrieves its image among a *retrieval set* of candidate embeddings by
+cosine similarity. The rank of the true image (1 = best) gives top-k accuracy and the
+relative median rank of Benchetrit et al. (2024): ``median(rank) / n_candidates``
+(chance ~0.5, perfect ``1 / n_candidates``).
+
+Ties count against the prediction: the rank is one plus the number of *other*
+candidates scoring at least as high as the true one, so a constant prediction gets the
+worst rank, never the best.
+
+Used by ``rtdecode evaluate``, by training's validation and by the retrieval index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+EPS = 1e-8
+
+
+def _as_2d(x: np.ndarray) -> np.ndarray:
+    """(B, D) or (B, N, D) -> (B, N*D) float64 (token grids compare as one vector)."""
+    x = np.asarray(x)
+    return x.reshape(x.shape[0], -1).astype(np.float64, copy=False)
+
+
+def standardize(embeddings: np.ndarray, target_stats: dict[str, Any] | None) -> np.ndarray:
+    """z-score embeddings with a checkpoint's ``target_stats`` ({mean, std}).
+
+    The encoder is trained against standardised image embeddings, so the retrieval set
+    must be standardised the same way before its cosine similarity with the CLIP head.
+
+    Parameters
+    ----------
+    embeddings : array, shape (N, D) or (N, T, D)
+    target_stats : dict or None
+        ``{"mean": (D,) or (T, D), "std": same}``; None returns a float32 copy.
+
+    Returns
+    -------
+    ndarray, float32, same shape
+    """
+    e = np.asarray(embeddings, dtype=np.float32)
+    if not target_stats:
+        return e.copy()
+    mean = np.asarray(target_stats["mean"], dtype=np.float32)
+    std = np.asarray(target_stats["std"], dtype=np.float32)
+    if mean.shape != e.shape[1:] or std.shape != e.shape[1:]:
+        raise ValueError(
+            f"target_stats have shape {mean.shape} but the embeddings are {e.shape[1:]} per "
+            "image; use the image encoder the checkpoint was trained with."
+        )
+    return ((e - mean) / np.maximum(std, EPS)).astype(np.float32)
+
+
+def destandardize(z: np.ndarray, target_stats: dict[str, Any] | None) -> np.ndarray:
+    """Inverse of :func:`standardize`: map predictions back to embedding units."""
+    z = np.asarray(z, dtype=np.float32)
+    if not target_stats:
+        return z.copy()
+    mean = np.asarray(target_stats["mean"], dtype=np.float32)
+    std = np.asarray(target_stats["std"], dtype=np.float32)
+    return (z * std + mean).astype(np.float32)
+
+
+def fit_target_stats(y: np.ndarray) -> dict[str, list]:
+    """Per-dimension mean and std of training embeddings y (N, ...), JSON-able."""
+    y = np.asarray(y, dtype=np.float64)
+    std = y.std(axis=0)
+    std = np.where(std > EPS, std, 1.0)  # constant dimensions: leave them unscaled
+    return {"mean": y.mean(axis=0).tolist(), "std": std.tolist()}
+
+
+def cosine_similarity(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Cosine similarity of every query with every candidate.
+
+    Parameters
+    ----------
+    queries : array, shape (B, D) or (B, N, D)
+    candidates : array, shape (M, D) or (M, N, D)
+
+    Returns
+    -------
+    ndarray, float64, shape (B, M)
+    """
+    q = _as_2d(queries)
+    c = _as_2d(candidates)
+    if q.shape[1] != c.shape[1]:
+        raise ValueError(
+            f"Queries have {q.shape[1]} dims but candidates have {c.shape[1]}; they must "
+            "live in the same embedding space."
+        )
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), EPS)
+    c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), EPS)
+    return q @ c.T
+
+
+def ranks_from_scores(scores: np.ndarray, true_index: np.ndarray) -> np.ndarray:
+    """Rank (1 = best) of each row's true candidate; ties count against it.
+
+    Parameters
+    ----------
+    scores : array, shape (B, M)
+    true_index : array of int, shape (B,)
+        Column of the true candidate for each row.
+
+    Returns
+    -------
+    ndarray of int, shape (B,)
+    """
+    scores = np.asarray(scores)
+    true_index = np.asarray(true_index, dtype=np.int64)
+    if true_index.shape != (scores.shape[0],):
+        raise ValueError(
+            f"true_index has shape {true_index.shape}; expected ({scores.shape[0]},)."
+        )
+    if np.any(true_index < 0) or np.any(true_index >= scores.shape[1]):
+        raise ValueError(f"true_index must lie in 0..{scores.shape[1] - 1}.")
+    true = scores[np.arange(scores.shape[0]), true_index]
+    at_least = (scores >= true[:, None]).sum(axis=1)  # includes the true one itself
+    return at_least.astype(np.int64)
+
+
+def retrieval_ranks(pred: np.ndarray, candidates: np.ndarray, true_index: np.ndarray) -> np.ndarray:
+    """Ranks of the true candidates by cosine similarity (see :func:`ranks_from_scores`).
+
+    Parameters
+    ----------
+    pred : array, shape (B, D)
+    candidates : array, shape (M, D)
+    true_index : array of int, shape (B,)
+    """
+    return ranks_from_scores(cosine_similarity(pred, candidates), true_index)
+
+
+def topk_accuracy(ranks: np.ndarray, k: int) -> float:
+    """Fraction of ranks <= k."""
+    ranks = np.asarray(ranks)
+    return float(np.mean(ranks <= k)) if ranks.size else float("nan")
+
+
+def relative_median_rank(ranks: np.ndarray, n_candidates: int) -> float:
+    """median(rank) / n_candidates (Benchetrit et al., 2024)."""
+    ranks = np.asarray(ranks)
+    return float(np.median(ranks) / n_candidates) if ranks.size else float("nan")
+
+
+def average_by_group(
+    values: np.ndarray, groups: Sequence[Any]
+) -> tuple[np.ndarray, list[Any], np.ndarray]:
+    """Average rows that share a group label (repeated presentations of one image).
+
+    Parameters
+    ----------
+    values : array, shape (B, ...)
+    groups : sequence of hashable, length B
+
+    Returns
+    -------
+    means : ndarray, shape (G, ...), in order of first appearance
+    labels : list, length G
+    counts : ndarray of int, shape (G,)
+    """
+    values = np.asarray(values)
+    groups = list(groups)
+    if len(groups) != values.shape[0]:
+        raise ValueError(f"{len(groups)} group labels for {values.shape[0]} rows.")
+    labels: list[Any] = []
+    index: dict[Any, int] = {}
+    member = np.empty(len(groups), dtype=np.int64)
+    for i, g in enumerate(groups):
+        if g not in index:
+            index[g] = len(labels)
+            labels.append(g)
+        member[i] = index[g]
+    sums = np.zeros((len(labels),) + values.shape[1:], dtype=np.float64)
+    np.add.at(sums, member, values)
+    counts = np.bincount(member, minlength=len(labels))
+    means = sums / counts.reshape((-1,) + (1,) * (values.ndim - 1))
+    return means.astype(values.dtype if values.dtype.kind == "f" else np.float64), labels, counts
+
+
+def retrieval_metrics(
+    pred: np.ndarray,
+    candidates: np.ndarray,
+    true_index: np.ndarray,
+    ks: Sequence[int] = (1, 5),
+) -> dict[str, float]:
+    """Top-k accuracies, median rank and relative median rank, with chance levels.
+
+    Parameters
+    ----------
+    pred : array, shape (B, D)
+    candidates : array, shape (M, D)
+    true_index : array of int, shape (B,)
+    ks : the k of each top-k accuracy
+
+    Returns
+    -------
+    dict
+        ``top1``, ``top5`` (one per k), ``chance_top1``..., ``median_rank``,
+        ``relative_median_rank``, ``n_queries``, ``n_candidates``.
+    """
+    ranks = retrieval_ranks(pred, candidates, true_index)
+    m = int(np.asarray(candidates).shape[0])
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"top{k}"] = topk_accuracy(ranks, k)
+        out[f"chance_top{k}"] = min(k, m) / m
+    out["median_rank"] = float(np.median(ranks)) if ranks.size else float("nan")
+    out["relative_median_rank"] = relative_median_rank(ranks, m)
+    out["n_queries"] = int(ranks.size)
+    out["n_candidates"] = m
+    return out
+
+
+__all__ = [
+    "average_by_group",
+    "cosine_similarity",
+    "destandardize",
+    "fit_target_stats",
+    "ranks_from_scores",
+    "relative_median_rank",
+    "retrieval_metrics",
+    "retrieval_ranks",
+    "standardize",
+    "topk_accuracy",
+]

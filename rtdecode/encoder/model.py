@@ -1,0 +1,489 @@
+"""The brain module: MEG window -> image-embedding predictions (CLIP and MSE heads).
+
+Architecture after Défossez et al. (2023), as adapted by Benchetrit, Banville & King
+(ICLR 2024); docs/encoder.md explains each choice.
+
+    x (B, C, T)
+      -> SpatialAttention      C sensors -> 270 virtual channels (softmax over sensors,
+                               queries built from Fourier features of 2D positions)
+      -> 1x1 conv
+      -> SubjectLayers         one learned (270, 270) matrix per subject
+      -> blocks                residual dilated convs (BN, GELU) + a GLU gate per block
+      -> 1x1 projection to 2048 channels
+      -> temporal aggregation  affine (T -> 1) | attention | average
+      -> heads                 LayerNorm -> GELU -> Linear, "clip" and "mse"
+
+Threading: a BrainModule is used by one thread at a time (the DecodeWorker in the
+service, the training loop offline). In eval mode with autograd off, the spatial
+attention weights are computed once and cached; training or a weight change
+(optimizer step, ``load_state_dict``) invalidates the cache.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from rtdecode.encoder.presets import BrainConfig, get_preset
+
+
+def _world_size() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+def channel_mix(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply the same (C_out, C_in) matrix at every time step: x (B, C_in, T) -> (B, C_out, T).
+
+    Computed as one (B*T, C_in) x (C_in, C_out) product: on CPU this is several times
+    faster than ``matmul(weight, x)`` (which copies the weight once per batch item) and
+    than torch's 1x1 convolution at these sizes.
+    """
+    return F.linear(x.transpose(1, 2), weight, bias).transpose(1, 2)
+
+
+def normalize_positions(positions: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Scale 2D sensor positions to [0, 1] per axis; unknown (NaN) rows stay NaN.
+
+    Parameters
+    ----------
+    positions : array, shape (C, 2)
+        Layout coordinates in any unit; rows with a NaN are unknown sensors.
+
+    Returns
+    -------
+    Tensor, float32, shape (C, 2)
+    """
+    pos = torch.as_tensor(np.asarray(positions, dtype=np.float32)).clone()
+    if pos.ndim != 2 or pos.shape[1] != 2:
+        raise ValueError(
+            f"Sensor positions must have shape (n_channels, 2); got {tuple(pos.shape)}."
+        )
+    valid = torch.isfinite(pos).all(dim=1)
+    if not bool(valid.any()):
+        raise ValueError(
+            "No sensor has a known 2D position (all are NaN); give the MNE layout "
+            "positions of at least one channel."
+        )
+    lo = pos[valid].min(dim=0).values
+    span = pos[valid].max(dim=0).values - lo
+    # A single sensor (or a line of sensors) has no extent on an axis: centre it.
+    safe_span = torch.where(span > 0, span, torch.ones_like(span))
+    out = torch.where(span > 0, (pos - lo) / safe_span, torch.full_like(pos, 0.5))
+    out[~valid] = float("nan")
+    return out
+
+
+def fourier_features(positions: torch.Tensor, harmonics: int, margin: float) -> torch.Tensor:
+    """Fourier embedding of 2D positions in [0, 1]: cos and sin of 2π(k x + l y)/width.
+
+    ``k, l`` run over ``0..harmonics-1`` and ``width = 1 + 2 * margin``: the margin keeps
+    the left and right (top and bottom) edges of the layout from being the same point of
+    the periodic basis.
+
+    Parameters
+    ----------
+    positions : Tensor, shape (C, 2), finite
+    harmonics : int
+    margin : float
+
+    Returns
+    -------
+    Tensor, shape (C, 2 * harmonics**2)
+    """
+    k = torch.arange(harmonics, dtype=positions.dtype, device=positions.device)
+    width = 1.0 + 2.0 * margin
+    shifted = positions + margin
+    phase = (2 * math.pi / width) * (
+        shifted[:, 0, None, None] * k[:, None] + shifted[:, 1, None, None] * k[None, :]
+    )
+    phase = phase.reshape(positions.shape[0], -1)
+    return torch.cat([torch.cos(phase), torch.sin(phase)], dim=1)
+
+
+class SpatialAttention(nn.Module):
+    """Sensors -> virtual channels, each a softmax-weighted sum of the sensors.
+
+    Each output channel j has a learned query ``q_j`` over the Fourier features ``f(p_c)``
+    of sensor positions; its weights are ``softmax_c(q_j . f(p_c))``. Unknown positions are
+    excluded from the softmax. During training, sensors within ``dropout_radius`` of a
+    random point of the unit square are excluded too (one point per batch, drawn from
+    the module's own generator so that every DDP rank draws the same point).
+
+    Parameters
+    ----------
+    positions : array, shape (C, 2)
+    n_out : int
+    harmonics : int
+    margin : float
+    dropout_radius : float
+    seed : int
+    """
+
+    def __init__(
+        self,
+        positions: np.ndarray | torch.Tensor,
+        n_out: int,
+        harmonics: int,
+        margin: float,
+        dropout_radius: float,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        pos = normalize_positions(positions)
+        valid = torch.isfinite(pos).all(dim=1)
+        features = fourier_features(torch.nan_to_num(pos, nan=0.0), harmonics, margin)
+        # Zero rows for unknown sensors: their scores are masked anyway, and finite
+        # features keep NaN out of the gradient of the queries.
+        features[~valid] = 0.0
+        self.register_buffer("positions", pos)
+        self.register_buffer("valid", valid, persistent=False)
+        self.register_buffer("features", features, persistent=False)
+        n_features = features.shape[1]
+        self.queries = nn.Parameter(torch.randn(n_out, n_features) / math.sqrt(n_features))
+        self.dropout_radius = float(dropout_radius)
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self._cache: tuple[tuple, torch.Tensor] | None = None
+
+    def _masked_scores(self, banned: torch.Tensor | None) -> torch.Tensor:
+        scores = self.queries @ self.features.T
+        mask = ~self.valid
+        if banned is not None:
+            mask = mask | banned
+        return torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
+
+    def _banned_sensors(self) -> torch.Tensor | None:
+        if not (self.training and self.dropout_radius > 0):
+            return None
+        center = torch.rand(2, generator=self.generator).to(self.positions.device)
+        dist = torch.linalg.vector_norm(self.positions - center, dim=1)
+        banned = dist <= self.dropout_radius  # NaN distance compares False
+        if not bool((self.valid & ~banned).any()):
+            return None  # never remove every sensor
+        return banned
+
+    def weights(self) -> torch.Tensor:
+        """Attention weights, shape (n_out, C); rows sum to 1."""
+        if self.training or torch.is_grad_enabled():
+            self._cache = None
+            return self._masked_scores(self._banned_sensors())
+        key = (self.queries._version, self.queries.data_ptr(), self.queries.device)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._masked_scores(None))
+        return self._cache[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, T) -> (B, n_out, T)."""
+        return channel_mix(x, self.weights())
+
+
+class SubjectLayers(nn.Module):
+    """One (C, C) linear map per subject, chosen by subject index.
+
+    Initialised to the identity, so every subject starts from the shared spatial
+    mapping and the layer learns only what differs between subjects.
+    """
+
+    def __init__(self, channels: int, n_subjects: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.eye(channels).repeat(n_subjects, 1, 1))
+
+    def forward(self, x: torch.Tensor, subject: torch.Tensor | None) -> torch.Tensor:
+        """x (B, C, T), subject (B,) long or None (one subject) -> (B, C, T)."""
+        if subject is None:
+            return channel_mix(x, self.weight[0].T)
+        w = self.weight[subject]  # (B, C_in, C_out)
+        return torch.bmm(w.transpose(1, 2), x)
+
+
+class BatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose batch statistics span every DDP rank while training.
+
+    torch's SyncBatchNorm is GPU-only; this one also runs on CPU (gloo), which is what
+    makes a 2-process run match a 1-process run with the same global batch. Without a
+    process group (or in eval mode) it is exactly ``nn.BatchNorm1d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or _world_size() == 1:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        c = x.shape[1]
+        count = torch.tensor([x.shape[0] * x.shape[2]], dtype=x.dtype, device=x.device)
+        stats = torch.cat([x.sum(dim=(0, 2)), (x * x).sum(dim=(0, 2)), count])
+        stats = all_reduce(stats)  # differentiable sum over ranks
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0.0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(m * mean)
+                self.running_var.mul_(1 - m).add_(m * var * n / (n - 1).clamp_min(1.0))
+        y = (x - mean[None, :, None]) * torch.rsqrt(var + self.eps)[None, :, None]
+        if self.affine:
+            y = y * self.weight[None, :, None] + self.bias[None, :, None]
+        return y
+
+
+class Conv1d(nn.Conv1d):
+    """A 'same'-padded Conv1d; dilated ones on CPU run as one matrix product.
+
+    torch's CPU kernel for dilated 1D convolutions is a slow fallback (about 3x the time
+    of an undilated one at 320 channels x 30 samples). Stacking the ``k`` shifted copies
+    of the input and multiplying by the (C_out, k*C_in) weight matrix computes the same
+    thing with one GEMM, which matters for the 5 ms single-window budget. 1x1
+    convolutions take the same GEMM path.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, d = self.kernel_size[0], self.dilation[0]
+        if x.device.type != "cpu" or (d == 1 and k > 1):
+            return super().forward(x)
+        n_times = x.shape[-1]
+        xp = F.pad(x, (self.padding[0], self.padding[0]))
+        cols = torch.cat([xp[:, :, i * d : i * d + n_times] for i in range(k)], dim=1)
+        return channel_mix(cols, self.weight.permute(0, 2, 1).reshape(self.out_channels, -1), self.bias)
+
+
+class ConvLayer(nn.Module):
+    """Dilated 'same' convolution -> BatchNorm -> GELU, with a residual skip when the
+    input and output channel counts match."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, dilation: int, batch_norm: bool):
+        super().__init__()
+        self.conv = Conv1d(c_in, c_out, kernel, padding=dilation * (kernel // 2), dilation=dilation)
+        self.norm = BatchNorm1d(c_out) if batch_norm else nn.Identity()
+        self.residual = c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.gelu(self.norm(self.conv(x)))
+        return x + y if self.residual else y
+
+
+class GLUGate(nn.Module):
+    """Convolution to twice the channels, halved again by a gated linear unit."""
+
+    def __init__(self, channels: int, kernel: int, dilation: int) -> None:
+        super().__init__()
+        self.conv = Conv1d(
+            channels, 2 * channels, kernel, padding=dilation * (kernel // 2), dilation=dilation
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.glu(self.conv(x), dim=1)
+
+
+class Head(nn.Module):
+    """LayerNorm -> GELU -> Linear, reshaped to the target shape."""
+
+    def __init__(self, dim_in: int, target_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.target_shape = tuple(target_shape)
+        self.norm = nn.LayerNorm(dim_in)
+        self.linear = nn.Linear(dim_in, int(np.prod(self.target_shape)))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        y = self.linear(F.gelu(self.norm(z)))
+        return y.reshape(z.shape[0], *self.target_shape)
+
+
+class TemporalAggregation(nn.Module):
+    """Projection (1x1 conv, hidden -> P) followed by aggregation over time.
+
+    Both the projection and the aggregation are linear in the time axis, so the module
+    aggregates the hidden features first and projects once: the result equals
+    "project every time step, then aggregate" up to rounding, at 1/T of the cost
+    (the 2048-channel projection dominates inference time otherwise). The attention
+    scores of the projected features are computed through the folded weights too.
+    """
+
+    def __init__(self, hidden: int, projection_dim: int, n_times: int, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.projection = nn.Conv1d(hidden, projection_dim, 1)
+        if mode == "affine":
+            # Start as the average over time, which is a sensible aggregation already.
+            self.time = nn.Linear(n_times, 1)
+            nn.init.constant_(self.time.weight, 1.0 / n_times)
+            nn.init.zeros_(self.time.bias)
+        elif mode == "attention":
+            self.score = nn.Linear(projection_dim, 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h (B, H, T) -> (B, P)."""
+        w_proj = self.projection.weight[:, :, 0]  # (P, H)
+        b_proj = self.projection.bias
+        if self.mode == "affine":
+            w_t = self.time.weight[0]  # (T,)
+            pooled = torch.matmul(h, w_t)  # (B, H)
+            return F.linear(pooled, w_proj, b_proj * w_t.sum()) + self.time.bias
+        if self.mode == "attention":
+            w_score = self.score.weight @ w_proj  # (1, H)
+            b_score = self.score.weight @ b_proj + self.score.bias  # (1,)
+            logits = torch.matmul(w_score, h)[:, 0] + b_score  # (B, T)
+            alpha = torch.softmax(logits, dim=-1)
+            pooled = torch.matmul(h, alpha[:, :, None])[:, :, 0]
+            return F.linear(pooled, w_proj, b_proj)
+        return F.linear(h.mean(dim=-1), w_proj, b_proj)
+
+
+class BrainModule(nn.Module):
+    """Brain encoder: MEG window -> predicted image embedding (two heads).
+
+    Parameters
+    ----------
+    config : BrainConfig
+    positions : array, shape (config.n_channels, 2)
+        2D sensor positions (e.g. MNE layout ``pos[:, :2]``); NaN rows are unknown
+        sensors, excluded by the spatial attention.
+    """
+
+    def __init__(self, config: BrainConfig, positions: np.ndarray | torch.Tensor) -> None:
+        super().__init__()
+        pos = np.asarray(positions, dtype=np.float32)
+        if pos.shape != (config.n_channels, 2):
+            raise ValueError(
+                f"positions has shape {pos.shape} but the model has {config.n_channels} "
+                f"channels; give one (x, y) row per channel, shape ({config.n_channels}, 2)."
+            )
+        self.config = config
+        c = config
+        self.spatial = SpatialAttention(
+            pos, c.spatial_channels, c.fourier_harmonics, c.fourier_margin,
+            c.spatial_dropout_radius, c.seed,
+        )
+        self.merge = Conv1d(c.spatial_channels, c.spatial_channels, 1)
+        self.subject_layers = SubjectLayers(c.spatial_channels, c.n_subjects) if c.subject_layers else None
+        layers: list[nn.Module] = []
+        c_in = c.spatial_channels
+        index = 0
+        for _ in range(c.n_blocks):
+            for _ in range(c.layers_per_block):
+                dilation = 2 ** (index % c.dilation_period)
+                layers.append(ConvLayer(c_in, c.hidden, c.kernel_size, dilation, c.batch_norm))
+                c_in = c.hidden
+                index += 1
+            layers.append(GLUGate(c.hidden, c.glu_kernel_size, c.glu_dilation))
+        self.blocks = nn.Sequential(*layers)
+        self.aggregate = TemporalAggregation(c_in, c.projection_dim, c.n_times, c.aggregation)
+        self.heads = nn.ModuleDict(
+            {name: Head(c.projection_dim, c.target_shape) for name in ("clip", "mse")}
+        )
+
+    def _check_inputs(self, x: torch.Tensor, subject: torch.Tensor | None) -> torch.Tensor | None:
+        c = self.config
+        if x.ndim != 3 or x.shape[1] != c.n_channels or x.shape[2] != c.n_times:
+            raise ValueError(
+                f"The encoder expects windows of shape (batch, {c.n_channels}, {c.n_times}) "
+                f"(channels, samples at the model rate); got {tuple(x.shape)}. Preprocess "
+                "with the checkpoint's Preprocessor and window length."
+            )
+        if subject is None:
+            if self.subject_layers is not None and c.n_subjects > 1:
+                raise ValueError(
+                    f"This encoder was trained on {c.n_subjects} subjects; pass subject "
+                    "indices (B,) to forward()."
+                )
+            return None
+        if subject.ndim != 1 or subject.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"subject must have shape ({x.shape[0]},); got {tuple(subject.shape)}."
+            )
+        if subject.device.type == "cpu" and subject.numel():
+            lo, hi = int(subject.min()), int(subject.max())
+            if lo < 0 or hi >= c.n_subjects:
+                raise ValueError(
+                    f"Subject index {hi if hi >= c.n_subjects else lo} is out of range; this "
+                    f"encoder knows subjects 0..{c.n_subjects - 1}."
+                )
+        return subject.long()
+
+    def encode(self, x: torch.Tensor, subject: torch.Tensor | None = None) -> torch.Tensor:
+        """The shared trunk: x (B, C, T) -> aggregated features (B, projection_dim)."""
+        subject = self._check_inputs(x, subject)
+        h = self.merge(self.spatial(x))
+        if self.subject_layers is not None:
+            h = self.subject_layers(h, subject)
+        h = self.blocks(h)
+        return self.aggregate(h)
+
+    def forward(
+        self, x: torch.Tensor, subject: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Predict the image embedding of each window.
+
+        Parameters
+        ----------
+        x : Tensor, float32, shape (B, n_channels, n_times)
+            Preprocessed MEG windows.
+        subject : Tensor, long, shape (B,), optional
+            Subject indices; may be omitted for a single-subject model.
+
+        Returns
+        -------
+        dict
+            ``"clip"`` and ``"mse"``: Tensors of shape (B, D) or (B, N, D) (token grid).
+        """
+        z = self.encode(x, subject)
+        return {name: head(z) for name, head in self.heads.items()}
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+
+def build_model(
+    preset_or_config: str | BrainConfig | None,
+    n_channels: int,
+    n_times: int,
+    positions: np.ndarray,
+    n_subjects: int = 1,
+    target_dim: int | Sequence[int] | None = None,
+    **overrides,
+) -> BrainModule:
+    """Build a BrainModule for data of the given sizes.
+
+    Parameters
+    ----------
+    preset_or_config : str or BrainConfig or None
+        Preset name (``PRESETS``), a config, or None for ``"paper"``.
+    n_channels, n_times : int
+        Window shape at the model rate.
+    positions : array, shape (n_channels, 2)
+    n_subjects : int
+    target_dim : int or (N, D), optional
+        Embedding size; the preset's when None.
+    **overrides
+        Other BrainConfig fields to change (e.g. ``aggregation="attention"``).
+    """
+    if preset_or_config is None:
+        preset_or_config = "paper"
+    base = get_preset(preset_or_config) if isinstance(preset_or_config, str) else preset_or_config
+    changes = dict(n_channels=int(n_channels), n_times=int(n_times), n_subjects=int(n_subjects))
+    if target_dim is not None:
+        changes["target_shape"] = (
+            (int(target_dim),) if np.ndim(target_dim) == 0 else tuple(int(v) for v in target_dim)
+        )
+    changes.update(overrides)
+    return BrainModule(base.replace(**changes), positions)
+
+
+__all__ = [
+    "BrainModule",
+    "SpatialAttention",
+    "SubjectLayers",
+    "build_model",
+    "count_parameters",
+    "fourier_features",
+    "normalize_positions",
+]
