@@ -122,6 +122,28 @@ def test_slow_consumer_gets_the_latest_window_and_skips_are_counted(unique_name)
     assert win.stats.overflow == 0
 
 
+def test_windows_the_ring_overwrote_before_they_were_taken_are_counted(unique_name):
+    """In-order mode (latest_wins=False) with a 0.5 s ring and a consumer that stalls
+    for 0.8 s once: the windows lost meanwhile are counted as overflow."""
+    with SourceProcess(unique_name, n_channels=4, counter=True, duration=2.0) as src:
+        with StreamReader(unique_name, buffer_s=0.5) as reader:
+            reader.wait_ready(15.0)
+            win = Windower(reader, window_s=0.25, hop_s=0.05, latest_wins=False)
+            stalled = []
+
+            def stall_once(w):
+                if not stalled:
+                    stalled.append(w)
+                    time.sleep(0.8)
+
+            windows = collect(win, src, 2 * SFREQ, stall_once)
+    ends = [w.last_sample + 1 for w in windows]
+    assert win.stats.overflow > 0 and win.stats.skipped == 0
+    # Returned or lost, every grid window from the first to the last is accounted for.
+    assert win.stats.overflow + len(windows) == (ends[-1] - 300) // 60 + 1
+    assert all(e % 60 == 0 for e in ends)
+
+
 def test_parse_marker_keeps_non_json_as_raw():
     assert parse_marker('{"image_id": "cat_03", "trial_type": "exp"}') == {
         "image_id": "cat_03",

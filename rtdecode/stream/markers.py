@@ -103,8 +103,8 @@ class MarkerReader(_InletThread):
         with self._cond:
             self._history.extend(new)
             self._n_received += len(new)
-            s = self._stats
-            self._stats = replace(s, samples=s.samples + len(new), chunks=s.chunks + 1)
+            self._counts["samples"] += len(new)
+            self._counts["chunks"] += 1
             self._cond.notify_all()
         return len(new)
 

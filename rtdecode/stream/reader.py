@@ -25,7 +25,7 @@ import collections
 import math
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -148,6 +148,10 @@ class StreamStats:
         return d
 
 
+_NO_STATS = StreamStats()
+_NO_INDEX = np.empty(0, dtype=np.intp)
+
+
 class _InletThread:
     """Resolve a stream, keep an inlet open in a background thread, reconnect when the
     source is lost, and never die silently. Subclasses validate and pull.
@@ -185,7 +189,9 @@ class _InletThread:
         self._description: lsl.StreamDescription | None = None
         self._uid = ""  # of the outlet connected to (reader thread)
         self._lock = threading.Lock()
-        self._stats = StreamStats()
+        # Mutable counters, written by the thread under the lock; ``stats`` copies them
+        # into a frozen StreamStats (cheaper per chunk than rebuilding a dataclass).
+        self._counts = {f: getattr(_NO_STATS, f) for f in StreamStats.__dataclass_fields__}
 
     # --------------------------------------------------------------- public API
     def __repr__(self) -> str:
@@ -233,7 +239,7 @@ class _InletThread:
     def stats(self) -> StreamStats:
         """A consistent snapshot of the counters."""
         with self._lock:
-            return self._stats
+            return StreamStats(**self._counts)
 
     def raise_if_failed(self) -> None:
         """Re-raise the background thread's error, if there is one."""
@@ -286,7 +292,13 @@ class _InletThread:
 
     def _update(self, **changes) -> None:
         with self._lock:
-            self._stats = replace(self._stats, **changes)
+            self._counts.update(changes)
+
+    def _add(self, **increments: int) -> None:
+        with self._lock:
+            c = self._counts
+            for key, value in increments.items():
+                c[key] += value
 
     def _find(self, timeout_s: float | None, source_id: str | None, exclude_uids=()):
         """Resolve until found, ``timeout_s`` passes (None: no limit) or stop()."""
@@ -309,13 +321,8 @@ class _InletThread:
             self._description = desc
         self._uid = info.uid()
         with self._lock:
-            self._stats = replace(
-                self._stats,
-                connected=True,
-                stalled=False,
-                clock_offset_s=float(offset),
-                reconnects=self._stats.reconnects + (0 if first else 1),
-            )
+            self._counts.update(connected=True, stalled=False, clock_offset_s=float(offset))
+            self._counts["reconnects"] += 0 if first else 1
         return inlet
 
     def _run(self) -> None:
@@ -454,7 +461,7 @@ class StreamReader(_InletThread):
         self._counter_idx: int | None = None
         self._last_t: float | None = None
         self._max_t: float | None = None
-        self._last_counter: int | None = None
+        self._last_counter: float | None = None
         self._lost_at_t: float | None = None  # last timestamp before the source was lost
         self._in_overflow = False
         self._t_last_data = 0.0
@@ -545,6 +552,9 @@ class StreamReader(_InletThread):
         self._dest = np.empty(
             (self._max_chunk, desc.n_channels), dtype=lsl.DTYPES[desc.channel_format]
         )
+        # Scratch rows for the per-chunk checks: the previous value, then the chunk's.
+        self._ext_t = np.empty(self._max_chunk + 1, dtype=np.float64)
+        self._ext_c = np.empty(self._max_chunk + 1, dtype=np.float64)
         self._inlet_capacity = int(self.max_buflen_s * desc.sfreq)
 
     # ------------------------------------------------------------------ pulling
@@ -562,7 +572,7 @@ class StreamReader(_InletThread):
             if (
                 self._t_last_data
                 and t_arrived - self._t_last_data > self.stall_s
-                and not self._stats.stalled
+                and not self._counts["stalled"]
             ):
                 self._update(stalled=True)
             return 0
@@ -578,55 +588,88 @@ class StreamReader(_InletThread):
         if self.ring is not None:
             self.ring.close()
 
+    def _check_timestamps(self, ts: np.ndarray) -> tuple[int, np.ndarray, np.ndarray, float]:
+        """Backwards steps and forward jumps of one chunk's timestamps.
+
+        Steps are taken against the previous sample (backwards) and jumps against the
+        newest timestamp so far, so a clock step back is one event, not a gap after it.
+
+        Returns (n_backwards, jump_idx, jumps (n,), newest timestamp so far).
+        """
+        n = ts.size
+        prev_t, prev_max = self._last_t, self._max_t
+        if prev_t is None or self._lost_at_t is not None:
+            prev_t = prev_max = float(ts[0])  # a reconnection gap is measured apart
+        ext = self._ext_t[: n + 1]
+        ext[0] = prev_max
+        ext[1:] = ts
+        steps = ext[1:] - ext[:-1]
+        threshold = self.gap_factor / self.sfreq
+        if prev_t == prev_max and steps.min() >= 0:  # monotonic: the usual case
+            idx = _NO_INDEX if steps.max() <= threshold else np.flatnonzero(steps > threshold)
+            return 0, idx, steps, float(ts[-1])
+        ext[0] = prev_t
+        n_back = int(np.count_nonzero(ext[1:] < ext[:-1]))
+        ext[0] = prev_max
+        run_max = np.maximum.accumulate(ext)
+        jumps = ts - run_max[:-1]
+        return n_back, np.flatnonzero(jumps > threshold), jumps, float(run_max[-1])
+
+    def _check_counter(
+        self,
+        block: np.ndarray,
+        ts: np.ndarray,
+        first_index: int,
+        lost_before: np.ndarray,
+        gaps: list[Gap],
+    ) -> int:
+        """Gaps from the sample counter (into ``lost_before``/``gaps``); returns the
+        samples whose counter did not advance."""
+        n = ts.size
+        counter = block[:, self._counter_idx]
+        ext = self._ext_c[: n + 1]
+        ext[1:] = counter  # float32 -> float64 is exact for integers below 2**24
+        ext[0] = ext[1] - 1 if self._last_counter is None else self._last_counter
+        self._last_counter = float(ext[-1])
+        steps = ext[1:] - ext[:-1]
+        if (steps == 1).all():
+            return 0
+        n_repeated = 0
+        steps = np.rint(steps).astype(np.int64) % lsl.COUNTER_MODULUS
+        for i in np.flatnonzero(steps != 1):
+            d = int(steps[i])
+            if 1 < d < lsl.COUNTER_MODULUS // 2:
+                lost_before[i] = d - 1
+                gaps.append(self._gap(first_index + i, d - 1, ts, i, "counter"))
+            else:  # 0: sent twice; a big step: the counter went back
+                n_repeated += 1
+        return n_repeated
+
     def _ingest(self, block: np.ndarray, ts: np.ndarray, t_arrived: float, backlog: int) -> None:
         """Check one chunk and write it to the ring (reader thread only).
 
         block : (n, n_channels) view of the pull buffer; ts : (n,) float64.
         """
         n = ts.size
-        period = 1.0 / self.sfreq
-        ring = self.ring
-        first_index = ring.n_written
+        first_index = self.ring.n_written
         lost_before = np.zeros(n, dtype=np.int32)
         new_gaps: list[Gap] = []
-        reconnect_gap = self._lost_at_t is not None
+        n_back, jump_idx, jumps, newest_t = self._check_timestamps(ts)
 
-        # Timestamps against the previous sample (backwards) and against the newest
-        # timestamp so far (jumps), so a clock step back is one event, not a gap after.
-        prev_t = ts[0] if self._last_t is None else self._last_t
-        prev_max = ts[0] if self._max_t is None else self._max_t
-        if reconnect_gap:
-            prev_t = prev_max = ts[0]  # the reconnection gap is handled below
-        steps = np.diff(ts, prepend=prev_t)
-        n_back = int(np.count_nonzero(steps < 0))
-        run_max = np.maximum.accumulate(np.concatenate(([prev_max], ts)))
-        jumps = ts - run_max[:-1]
-        jump_idx = np.flatnonzero(jumps > self.gap_factor * period)
-
-        n_jumps_ok = 0
-        n_repeated = 0
+        n_jumps_ok = n_repeated = 0
         if self._counter_idx is not None:
-            counter = np.rint(block[:, self._counter_idx]).astype(np.int64)
-            prev_c = counter[0] - 1 if self._last_counter is None else self._last_counter
-            dc = np.diff(counter, prepend=prev_c) % lsl.COUNTER_MODULUS
-            bad = np.flatnonzero(dc != 1)
-            for i in bad:
-                d = int(dc[i])
-                if 1 < d < lsl.COUNTER_MODULUS // 2:
-                    lost_before[i] = d - 1
-                    new_gaps.append(self._gap(first_index + i, d - 1, ts, i, "counter"))
-                else:  # 0: sent twice; a big step: the counter went back
-                    n_repeated += 1
-            n_jumps_ok = int(np.count_nonzero(lost_before[jump_idx] == 0))
-            self._last_counter = int(counter[-1])
+            # The counter is exact: timestamp jumps it does not confirm are jitter.
+            n_repeated = self._check_counter(block, ts, first_index, lost_before, new_gaps)
+            if jump_idx.size:
+                n_jumps_ok = int(np.count_nonzero(lost_before[jump_idx] == 0))
         else:
             for i in jump_idx:
                 k = max(1, int(round(float(jumps[i]) * self.sfreq)) - 1)
                 lost_before[i] = k
                 new_gaps.append(self._gap(first_index + i, k, ts, i, "timestamps"))
 
-        if reconnect_gap:
-            gap_s = float(ts[0] - self._lost_at_t)
+        if self._lost_at_t is not None:  # first chunk after a reconnection
+            gap_s = float(ts[0]) - self._lost_at_t
             k = max(0, int(round(gap_s * self.sfreq)) - 1)
             lost_before[0] += k
             new_gaps.insert(
@@ -634,8 +677,8 @@ class StreamReader(_InletThread):
                 Gap(
                     sample=first_index,
                     n_lost=k,
-                    duration_s=max(0.0, gap_s - period),
-                    t_before=float(self._lost_at_t),
+                    duration_s=max(0.0, gap_s - 1.0 / self.sfreq),
+                    t_before=self._lost_at_t,
                     t_after=float(ts[0]),
                     reconnect=True,
                     detected_by="timestamps",
@@ -652,35 +695,33 @@ class StreamReader(_InletThread):
                 n_nonfinite = (block.shape[1] - finite.sum(axis=1)).astype(np.int32)
                 n_bad_samples = int(np.count_nonzero(n_nonfinite))
 
-        ring.write(block.T, ts, t_arrived, n_nonfinite, lost_before)
+        self.ring.write(block.T, ts, t_arrived, n_nonfinite, lost_before)
 
         self._last_t = float(ts[-1])
-        self._max_t = float(run_max[-1])
+        self._max_t = newest_t
         self._t_last_data = t_arrived
         overflow = backlog >= self._inlet_capacity - self._max_chunk
         new_overflow = overflow and not self._in_overflow
         self._in_overflow = overflow
+        cpu_s = time.thread_time()
         with self._lock:
-            s = self._stats
+            c = self._counts
+            c["samples"] += n
+            c["chunks"] += 1
+            c["backwards_timestamps"] += n_back
+            c["timestamp_jumps"] += n_jumps_ok
+            c["repeated_samples"] += n_repeated
+            c["nonfinite_values"] += n_bad_values
+            c["nonfinite_samples"] += n_bad_samples
+            c["overflow"] += int(new_overflow)
+            c["stalled"] = False
+            c["cpu_s"] = cpu_s
+            c["t_last_pull"] = t_arrived
             if new_gaps:
                 self._gaps.extend(new_gaps)
-            self._stats = replace(
-                s,
-                samples=s.samples + n,
-                chunks=s.chunks + 1,
-                gaps=s.gaps + len(new_gaps),
-                lost_samples=s.lost_samples + sum(g.n_lost for g in new_gaps),
-                repeated_samples=s.repeated_samples + n_repeated,
-                backwards_timestamps=s.backwards_timestamps + n_back,
-                timestamp_jumps=s.timestamp_jumps + n_jumps_ok,
-                nonfinite_values=s.nonfinite_values + n_bad_values,
-                nonfinite_samples=s.nonfinite_samples + n_bad_samples,
-                overflow=s.overflow + int(new_overflow),
-                stalled=False,
-                last_gap=new_gaps[-1] if new_gaps else s.last_gap,
-                cpu_s=time.thread_time(),
-                t_last_pull=t_arrived,
-            )
+                c["gaps"] += len(new_gaps)
+                c["lost_samples"] += sum(g.n_lost for g in new_gaps)
+                c["last_gap"] = new_gaps[-1]
 
     def _gap(self, sample: int, n_lost: int, ts: np.ndarray, i: int, how: str) -> Gap:
         t_after = float(ts[i])

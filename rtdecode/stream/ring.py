@@ -8,6 +8,11 @@ publishes the block by advancing ``n_written``; every read checks, after its own
 that the writer has not reserved the columns it copied, so a reader either gets exactly
 the samples it asked for or :class:`OverwrittenError`.
 
+Waiting: :meth:`RingBuffer.wait_for` blocks on a condition variable; the writer notifies
+only when the newest sample reaches the smallest index a waiter asked for (or on
+``close``/``wake``), so a consumer waiting for a window's last sample wakes once, not
+once per chunk.
+
 Memory is allocated once, in the constructor: ``data`` (n_channels, capacity) float32,
 ``t_lsl`` and ``t_arrived`` (capacity,) float64, ``n_nonfinite`` and ``n_lost_before``
 (capacity,) int32. Nothing grows per chunk.
@@ -16,10 +21,14 @@ Memory is allocated once, in the constructor: ``data`` (n_channels, capacity) fl
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 
 __all__ = ["RingBuffer", "OverwrittenError", "NotYetWrittenError"]
+
+
+_NEVER = 2**63
 
 
 class OverwrittenError(IndexError):
@@ -74,6 +83,7 @@ class RingBuffer:
         # >= _n_written; the columns of samples [_n_written, _n_reserved) are being written.
         self._n_reserved = 0
         self._cond = threading.Condition(threading.Lock())
+        self._wake_at = _NEVER  # smallest n_written a waiter needs (under _cond)
         self._closed = False
 
     # ------------------------------------------------------------------ indices
@@ -158,7 +168,9 @@ class RingBuffer:
             self.n_lost_before[dst] = 0 if n_lost_before is None else n_lost_before[src]
         with self._cond:
             self._n_written = first + n
-            self._cond.notify_all()
+            if self._n_written >= self._wake_at:
+                self._wake_at = _NEVER
+                self._cond.notify_all()
         return first
 
     def close(self) -> None:
@@ -166,11 +178,6 @@ class RingBuffer:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-
-    def reopen(self) -> None:
-        """Undo :meth:`close` (the writer reconnected)."""
-        with self._cond:
-            self._closed = False
 
     def wake(self) -> None:
         """Wake every waiter without new data (e.g. the writer stored an error)."""
@@ -195,8 +202,15 @@ class RingBuffer:
                 or (predicate is not None and predicate())
             )
 
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._cond:
-            self._cond.wait_for(ready, timeout_s)
+            while not ready():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                # Ask the writer to wake us only once our sample is in, not per chunk.
+                self._wake_at = min(self._wake_at, n_written)
+                self._cond.wait(remaining)
         return self._n_written >= n_written
 
     def _columns(self, start: int, stop: int) -> tuple[slice, slice | None]:
@@ -265,19 +279,26 @@ class RingBuffer:
         """LSL timestamps of samples [start, stop), float64 (stop - start,)."""
         return self._gather(self.t_lsl, start, stop)
 
-    def read_meta(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Copy of one per-sample array (``t_lsl``, ``t_arrived``, ``n_nonfinite``,
-        ``n_lost_before``) over samples [start, stop)."""
+    def _meta(self, name: str) -> np.ndarray:
         if name not in ("t_lsl", "t_arrived", "n_nonfinite", "n_lost_before"):
             raise ValueError(
                 f"Unknown per-sample array {name!r}; use t_lsl, t_arrived, n_nonfinite "
                 "or n_lost_before."
             )
-        return self._gather(getattr(self, name), start, stop)
+        return getattr(self, name)
+
+    def read_meta(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Copy of one per-sample array (``t_lsl``, ``t_arrived``, ``n_nonfinite``,
+        ``n_lost_before``) over samples [start, stop)."""
+        return self._gather(self._meta(name), start, stop)
 
     def sample_at(self, name: str, index: int):
         """One per-sample value (e.g. ``sample_at("t_lsl", k)``) as a Python scalar."""
-        return self.read_meta(name, index, index + 1)[0].item()
+        arr = self._meta(name)
+        self._columns(index, index + 1)  # raises when not held
+        value = arr[index % self.capacity].item()
+        self._check_retained(index)
+        return value
 
     def index_of_time(self, t_lsl: float, tolerance_s: float = 0.0) -> int | None:
         """Absolute index of the first held sample with ``t_lsl >= t - tolerance_s``.
