@@ -34,6 +34,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -50,8 +51,10 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __all__ = [
     "SIZES",
     "SimulationSize",
+    "data_fingerprint",
     "neuromag_info",
     "simulate_subject",
+    "source_patterns",
 ]
 
 SFREQ_TRAIN_HZ = 200.0  # stored rate of the THINGS-like runs (a lab's downsampled copy)
@@ -120,6 +123,8 @@ class SimulationSize:
         Use only part of the gallery (``tiny``); None uses all of it.
     test_fraction : float
         Share of categories held out for the (zero-shot) test set.
+    noise_probe_s : float
+        Length of the noise-only stretch simulated to measure the SNR in simulation.json.
     """
 
     name: str
@@ -131,10 +136,13 @@ class SimulationSize:
     max_categories: int | None = None
     max_images_per_category: int | None = None
     test_fraction: float = 0.2
+    noise_probe_s: float = 120.0
 
 
 SIZES: dict[str, SimulationSize] = {
-    "tiny": SimulationSize("tiny", 2, 1, 12, 1, 8.0, max_categories=3, max_images_per_category=4),
+    "tiny": SimulationSize(
+        "tiny", 3, 6, 48, 1, 8.0, max_categories=3, max_images_per_category=4, noise_probe_s=20.0
+    ),
     "small": SimulationSize("small", 4, 2, 400, 2, 60.0),
     "full": SimulationSize("full", 8, 5, 1200, 4, 90.0),
 }
@@ -695,11 +703,11 @@ def _information_curve(
     }
 
 
-def _snr(subject: _Subject, latents: np.ndarray) -> dict[str, float]:
-    """Signal-to-noise ratios in the 1-40 Hz band, measured on a simulated stretch."""
+def _snr(subject: _Subject, latents: np.ndarray, probe_s: float) -> dict[str, float]:
+    """Signal-to-noise ratios in the 1-40 Hz band, measured on a simulated noise stretch."""
     rng = np.random.default_rng(12345)
     sfreq = SFREQ_TRAIN_HZ
-    n_times = int(120 * sfreq)
+    n_times = int(probe_s * sfreq)
     noise = _simulate_run(subject, latents[:0], np.zeros(0, int), n_times, sfreq, rng)
     f = np.fft.rfftfreq(n_times, 1 / sfreq)
     band = (f >= 1.0) & (f <= 40.0)
@@ -746,9 +754,10 @@ def simulate_subject(
     seed : int
         Everything (gallery, feature projection, sources, design, noise) follows from it.
     size : {"full", "small", "tiny"}
-        ``full``: 8 sessions, ~1500 trials, a 90 s replay file (< 2 min on 2 cores).
-        ``small``: 4 sessions, ~500 trials, 60 s replay. ``tiny``: 2 sessions, ~20 trials,
-        8 s replay, for tests (a few seconds).
+        ``full``: 8 sessions, 1352 trials, a 90 s replay file (< 2 min on 2 cores).
+        ``small``: 4 sessions, 568 trials, 60 s replay. ``tiny``: 3 sessions, 39 trials
+        from 3 categories, 8 s replay, for tests (seconds). Counts are for the 240-image
+        demo gallery.
     progress : bool
         Show a progress bar.
 
@@ -766,6 +775,9 @@ def simulate_subject(
         raise ValueError(f"Unknown simulation size {size!r}; use one of {sorted(SIZES)}.")
     spec = SIZES[size]
     out = Path(out_dir).expanduser()
+    if (out / "simulation.json").is_file():
+        # an earlier simulation: its sessions may outnumber this one's, drop them all
+        shutil.rmtree(out / f"sub-{SUBJECT}", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     # independent streams, so that e.g. a longer replay file leaves the sessions unchanged
@@ -883,7 +895,7 @@ def simulate_subject(
                 "line_mag_fT": _LINE_MAG_T * 1e15,
                 "drift_mag_fT": _DRIFT_MAG_T * 1e15,
             },
-            "snr": _snr(subject, latents),
+            "snr": _snr(subject, latents, spec.noise_probe_s),
             "information": _information_curve(subject, latents),
             "split": {
                 "train_categories": design.train_categories,
@@ -941,6 +953,32 @@ def _write_bids_sidecars(out: Path, seed: int, size: str) -> None:
 
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
+def source_patterns(truth: dict[str, Any] | str | Path) -> tuple[list[str], np.ndarray]:
+    """Sensor patterns of the simulated sources, to check data against the ground truth.
+
+    Parameters
+    ----------
+    truth : dict or path-like
+        ``simulation.json`` (or its path, or the simulation folder).
+
+    Returns
+    -------
+    ch_names : list of str
+        The 306 MEG channels.
+    patterns : ndarray, float64, shape (306, n_sources)
+        Field of each source at unit moment (T or T/m per A*m), in ``truth["sources"]``
+        order.
+    """
+    if not isinstance(truth, dict):
+        path = Path(truth)
+        path = path / "simulation.json" if path.is_dir() else path
+        truth = json.loads(path.read_text(encoding="utf-8"))
+    info = neuromag_info(SFREQ_TRAIN_HZ, stim=False)
+    pos = np.array([s["pos_m"] for s in truth["sources"]])
+    ori = np.array([s["ori"] for s in truth["sources"]])
+    return list(info["ch_names"]), _gain_matrix(info, pos, ori)
 
 
 def data_fingerprint(path: str | Path) -> str:

@@ -35,6 +35,7 @@ import numpy as np
 __all__ = [
     "TRIAL_TYPES",
     "Trial",
+    "category_of_path",
     "find_recordings",
     "resolve_image_root",
     "subject_of",
@@ -46,6 +47,9 @@ TRIAL_TYPES = ("exp", "test", "catch")
 _SKIP_DIRS = {"derivatives", "sourcedata", "code", "stimuli", ".git"}
 _SUBJECT_RE = re.compile(r"(?:^|_)sub-([A-Za-z0-9]+)")
 _LATER_SPLIT_RE = re.compile(r"_split-0*(?:[2-9]|\d{2,})_")
+# THINGS-MEG keeps test and catch images in flat folders, the concept only in the name.
+_FLAT_IMAGE_DIRS = {"images_test_meg", "images_catch_meg"}
+_EXEMPLAR_RE = re.compile(r"^(.+?)_\d+[a-z]?$")
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,8 @@ class Trial:
     image_path : str | None
         Path as written in the events, relative to the image folder.
     category : str | None
-        The ``category`` the events give, else the folder of ``image_path``.
+        The ``category`` the events give, else what ``image_path`` implies
+        (:func:`category_of_path`).
     """
 
     trial_type: str
@@ -90,14 +95,28 @@ def trial_from_value(value: dict[str, Any]) -> Trial:
     path = str(path).replace("\\", "/") if path not in (None, "") else None
     category = value.get("category")
     if category in (None, "") and path is not None:
-        parent = PurePosixPath(path).parent.name
-        category = parent or None
+        category = category_of_path(path)
     return Trial(
         trial_type=ttype,
         image_id=None if image_id in (None, "") else str(image_id),
         image_path=path,
         category=None if category in (None, "") else str(category),
     )
+
+
+def category_of_path(image_path: str) -> str | None:
+    """The category (THINGS concept) an image path implies.
+
+    ``images_meg/coat_rack/coat_rack_01b.jpg`` -> ``coat_rack`` (the folder). Images in a
+    flat folder (THINGS-MEG's ``images_test_meg/coat_rack_13s.jpg``, or no folder) name it
+    in the file: the stem without its trailing ``_<number><letter>`` -> ``coat_rack``.
+    """
+    p = PurePosixPath(image_path.replace("\\", "/"))
+    parent = p.parent.name
+    if parent and parent not in _FLAT_IMAGE_DIRS:
+        return parent
+    m = _EXEMPLAR_RE.match(p.stem)
+    return m.group(1) if m else (p.stem or None)
 
 
 def _recording_files(folder: Path) -> list[Path]:
