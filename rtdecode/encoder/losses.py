@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from rtdecode.encoder.model import all_gather_rows
+
 CLIP_INIT_TEMPERATURE = 0.07  # CLIP's initial temperature (logit scale log(1/0.07))
 CLIP_MAX_LOGIT_SCALE = 100.0  # CLIP clamps the learned scale at 100
 
@@ -70,18 +72,6 @@ def mse_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(pred, target)
 
 
-def gather_across_ranks(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from every DDP rank along dim 0 (differentiable); identity
-    without a process group."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return x
-    if torch.distributed.get_world_size() == 1:
-        return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x.contiguous()), dim=0)
-
-
 class CombinedLoss(nn.Module):
     """``lam * clip_loss(out["clip"], y) + (1 - lam) * mse_loss(out["mse"], y)``.
 
@@ -123,7 +113,11 @@ class CombinedLoss(nn.Module):
         return self.log_logit_scale.exp().clamp(max=CLIP_MAX_LOGIT_SCALE)
 
     def forward(
-        self, outputs: dict[str, torch.Tensor], target: torch.Tensor
+        self,
+        outputs: dict[str, torch.Tensor],
+        target: torch.Tensor,
+        *,
+        gather: bool | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of a batch.
 
@@ -133,6 +127,9 @@ class CombinedLoss(nn.Module):
             ``{"clip": (B, ...), "mse": (B, ...)}`` from :class:`BrainModule`.
         target : Tensor, shape (B, D) or (B, N, D)
             Standardised image embeddings.
+        gather : bool, optional
+            Override ``self.gather`` (validation on a set every rank holds whole
+            must not gather).
 
         Returns
         -------
@@ -143,8 +140,8 @@ class CombinedLoss(nn.Module):
         clip = zero
         if self.lam > 0:
             pred, tgt = outputs["clip"], target
-            if self.gather:
-                pred, tgt = gather_across_ranks(pred), gather_across_ranks(tgt)
+            if self.gather if gather is None else gather:
+                pred, tgt = all_gather_rows(pred), all_gather_rows(tgt)
             clip = clip_loss(pred, tgt, self.logit_scale)
         mse = mse_loss(outputs["mse"], target) if self.lam < 1 else zero
         loss = self.lam * clip + (1.0 - self.lam) * mse
@@ -156,4 +153,4 @@ class CombinedLoss(nn.Module):
         return loss, parts
 
 
-__all__ = ["CombinedLoss", "clip_loss", "mse_loss", "gather_across_ranks"]
+__all__ = ["CombinedLoss", "clip_loss", "mse_loss"]

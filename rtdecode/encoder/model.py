@@ -32,10 +32,58 @@ from torch.nn import functional as F
 from rtdecode.encoder.presets import BrainConfig, get_preset
 
 
-def _world_size() -> int:
+def world_size() -> int:
+    """Processes in the default DDP group (1 without one)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size()
     return 1
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; the gradient of every rank's input is the sum of the incoming
+    gradients of all ranks (each rank's loss depends on every input)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = x.clone()
+        torch.distributed.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        g = grad.clone()
+        torch.distributed.all_reduce(g)
+        return g
+
+
+class _AllGather(torch.autograd.Function):
+    """Concatenate every rank's rows; backward sums the gradients of all ranks and keeps
+    this rank's rows (a reduce-scatter, written with all_reduce, which gloo has)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        parts = [torch.empty_like(x) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(parts, x.contiguous())
+        ctx.rows = x.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        g = grad.contiguous().clone()
+        torch.distributed.all_reduce(g)
+        start = torch.distributed.get_rank() * ctx.rows
+        return g[start : start + ctx.rows]
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Differentiable sum of ``x`` over DDP ranks (identity without a process group)."""
+    return _AllReduceSum.apply(x) if world_size() > 1 else x
+
+
+def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Differentiable concatenation of every rank's ``x`` along dim 0 (same row count on
+    every rank); identity without a process group."""
+    return _AllGather.apply(x) if world_size() > 1 else x
 
 
 def channel_mix(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -211,14 +259,12 @@ class BatchNorm1d(nn.BatchNorm1d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or _world_size() == 1:
+        if not self.training or world_size() == 1:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         c = x.shape[1]
         count = torch.tensor([x.shape[0] * x.shape[2]], dtype=x.dtype, device=x.device)
         stats = torch.cat([x.sum(dim=(0, 2)), (x * x).sum(dim=(0, 2)), count])
-        stats = all_reduce(stats)  # differentiable sum over ranks
+        stats = all_reduce_sum(stats)
         n = stats[-1]
         mean = stats[:c] / n
         var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0.0)
@@ -250,8 +296,11 @@ class Conv1d(nn.Conv1d):
             return super().forward(x)
         n_times = x.shape[-1]
         xp = F.pad(x, (self.padding[0], self.padding[0]))
-        cols = torch.cat([xp[:, :, i * d : i * d + n_times] for i in range(k)], dim=1)
-        return channel_mix(cols, self.weight.permute(0, 2, 1).reshape(self.out_channels, -1), self.bias)
+        # (B, C_in, k, T) -> (B, C_in*k, T), matching weight.reshape(C_out, C_in*k), so
+        # the weight's gradient keeps its layout (DDP's buckets expect that).
+        cols = torch.stack([xp[:, :, i * d : i * d + n_times] for i in range(k)], dim=2)
+        cols = cols.reshape(x.shape[0], -1, n_times)
+        return channel_mix(cols, self.weight.reshape(self.out_channels, -1), self.bias)
 
 
 class ConvLayer(nn.Module):
@@ -260,7 +309,11 @@ class ConvLayer(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, kernel: int, dilation: int, batch_norm: bool):
         super().__init__()
-        self.conv = Conv1d(c_in, c_out, kernel, padding=dilation * (kernel // 2), dilation=dilation)
+        # No bias before BatchNorm: BN removes it, so it would only get a zero gradient.
+        self.conv = Conv1d(
+            c_in, c_out, kernel, padding=dilation * (kernel // 2), dilation=dilation,
+            bias=not batch_norm,
+        )
         self.norm = BatchNorm1d(c_out) if batch_norm else nn.Identity()
         self.residual = c_in == c_out
 

@@ -1,0 +1,781 @@
+"""Train the brain encoder: ``rtdecode train --data DIR --out CKPT_DIR``.
+
+Two entry points:
+
+* :func:`train` reads a dataset folder (THINGS-like BIDS tree, e.g. the simulated
+  subject), cuts the training window around every training image, fits the
+  :class:`~rtdecode.signal.Preprocessor` statistics on it and runs it (the very code the
+  live service runs), looks up the image embeddings in the gallery, trains, and writes a
+  checkpoint folder.
+* :func:`train_arrays` trains on arrays that are already preprocessed: windows ``X``
+  and image embeddings ``Y``. :func:`train` wraps it; tests call it directly.
+
+Optimisation follows Benchetrit et al. (2024): Adam (lr 3e-4), batches of 128,
+``0.75 * CLIP + 0.25 * MSE`` against standardised embeddings, early stopping with
+patience on a validation split drawn from the training data (whole images go to one
+side, so repeated presentations never straddle the split). After every epoch the last
+state goes to ``<out>/training/`` (safetensors + JSON, no pickle) for ``--resume``; the
+best model so far is the checkpoint in ``<out>``.
+
+Multi-GPU / multi-node: launch with ``torchrun``. When ``WORLD_SIZE > 1`` the process
+group is initialised (NCCL on CUDA, gloo on CPU), each rank reads its share of every
+global batch through a DistributedSampler, BatchNorm statistics and the contrastive
+loss span the global batch, and only rank 0 writes files. ``batch_size`` is the global
+batch, so a run on N processes follows the same trajectory as one process.
+
+Threading: everything runs in the calling thread (DataLoader workers, when asked for,
+are processes of torch's own).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import inspect
+import math
+import os
+import platform
+import time
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rtdecode.encoder.checkpoint import (
+    TRAINING_DIR,
+    WEIGHTS_FILE,
+    load_training_state,
+    resolve_device,
+    save_checkpoint,
+    save_training_state,
+)
+from rtdecode.encoder.losses import CombinedLoss, clip_loss, mse_loss
+from rtdecode.encoder.metrics import fit_target_stats, retrieval_metrics, standardize
+from rtdecode.encoder.model import BrainModule, build_model
+
+__all__ = [
+    "Recipe",
+    "TrainResult",
+    "image_targets",
+    "load_recipe",
+    "predict",
+    "preprocess_windows",
+    "train",
+    "train_arrays",
+]
+
+_OPTIONAL_FLOATS = ("highpass_hz", "lowpass_hz", "clamp")
+MONITORS = {"val_loss": "min", "val_top5": "max"}
+
+
+# --------------------------------------------------------------------------- recipe
+@dataclass
+class Recipe:
+    """Everything a training run is configured with (``--config RECIPE.toml``).
+
+    A TOML recipe sets any of these keys at top level (or under ``[train]``); the
+    ``[model]`` table overrides architecture fields of the preset (e.g.
+    ``aggregation = "attention"``). ``highpass_hz``, ``lowpass_hz`` and ``clamp`` take
+    ``false`` to switch the step off. Command-line flags win over the file.
+    """
+
+    preset: str = "paper"
+    model: dict[str, Any] = field(default_factory=dict)
+    # image targets
+    image_encoder: str = "handcrafted"
+    image_encoder_path: str | None = None
+    image_readout: str = "cls"
+    # windows and preprocessing (the live service reuses all of these via the checkpoint)
+    window_s: float = 0.25
+    window_start_s: float = 0.1
+    sfreq_model_hz: float = 120.0
+    highpass_hz: float | None = 0.1
+    lowpass_hz: float | None = 40.0
+    pad_s: float = 0.5
+    baseline_s: tuple[float, float] | None = None
+    clamp: float | None = 20.0
+    subjects: list[str] | None = None
+    # optimisation
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    max_epochs: int = 100
+    patience: int = 10
+    monitor: str = "val_loss"
+    val_fraction: float = 0.2
+    lam: float = 0.75
+    seed: int = 0
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        for name in _OPTIONAL_FLOATS:
+            if getattr(self, name) is False:
+                setattr(self, name, None)
+        if self.baseline_s is not None and self.baseline_s is not False:
+            self.baseline_s = tuple(float(v) for v in self.baseline_s)
+        else:
+            self.baseline_s = None
+        if self.monitor not in MONITORS:
+            raise ValueError(f"monitor={self.monitor!r} is unknown; use one of {sorted(MONITORS)}.")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction={self.val_fraction} must lie in [0, 1).")
+        for name in ("batch_size", "max_epochs", "patience"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer.")
+        if self.lr <= 0:
+            raise ValueError(f"lr={self.lr} must be positive.")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["baseline_s"] = None if self.baseline_s is None else list(self.baseline_s)
+        return d
+
+
+def load_recipe(recipe: str | Path | dict | Recipe | None = None, **overrides: Any) -> Recipe:
+    """A Recipe from a TOML file, a dict or a Recipe, with ``overrides`` (None ignored).
+
+    Unknown keys are an error that lists the known ones.
+    """
+    if isinstance(recipe, Recipe):
+        values = recipe.to_dict()
+    elif isinstance(recipe, dict):
+        values = dict(recipe)
+    elif recipe is None:
+        values = {}
+    else:
+        path = Path(recipe)
+        if not path.is_file():
+            raise FileNotFoundError(f"Recipe {path} does not exist; give the path of a TOML file.")
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"Recipe {path} is not valid TOML: {exc}") from None
+        values = {k: v for k, v in data.items() if k != "train"}
+        values.update(data.get("train", {}))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(Recipe)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"Unknown recipe option(s) {unknown}; known options are {sorted(known)}.")
+    return Recipe(**values)
+
+
+# --------------------------------------------------------------------------- distributed
+@dataclass
+class _Dist:
+    world: int
+    rank: int
+    device: torch.device
+    created: bool
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed(device: str | torch.device) -> _Dist:
+    """Initialise the process group when torchrun says there are several processes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = resolve_device(device)
+    if world <= 1:
+        return _Dist(1, 0, dev, False)
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    created = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        created = True
+    return _Dist(dist.get_world_size(), dist.get_rank(), dev, created)
+
+
+def _broadcast_flag(flag: bool, dist_info: _Dist) -> bool:
+    """Rank 0's decision, on every rank (early stopping must stop everyone together)."""
+    if dist_info.world == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0], device=dist_info.device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+# --------------------------------------------------------------------------- helpers
+class _TrainStep(nn.Module):
+    """Model + loss in one module, so DDP averages the temperature's gradient too."""
+
+    def __init__(self, model: BrainModule, loss: CombinedLoss) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(self, x, subject, y):
+        return self.loss(self.model(x, subject), y)
+
+
+def predict(
+    model: BrainModule,
+    X: np.ndarray,
+    subject_index: np.ndarray | None = None,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> dict[str, np.ndarray]:
+    """Run the model over preprocessed windows, in eval mode, without gradients.
+
+    Parameters
+    ----------
+    X : ndarray, float32, shape (n, C, T)
+    subject_index : ndarray of int, shape (n,), optional
+    batch_size : int
+    device : torch device, optional (default: the model's)
+
+    Returns
+    -------
+    dict
+        ``"clip"`` and ``"mse"``: float32 arrays of shape (n, D) or (n, N, D).
+    """
+    dev = next(model.parameters()).device if device is None else torch.device(device)
+    was_training = model.training
+    model.eval()
+    outs: dict[str, list[np.ndarray]] = {"clip": [], "mse": []}
+    try:
+        with torch.no_grad():
+            for i in range(0, len(X), batch_size):
+                xb = torch.from_numpy(np.ascontiguousarray(X[i : i + batch_size])).to(dev)
+                sb = None
+                if subject_index is not None:
+                    sb = torch.from_numpy(np.asarray(subject_index[i : i + batch_size], dtype=np.int64))
+                    sb = sb.to(dev)
+                out = model(xb, sb)
+                for k in outs:
+                    outs[k].append(out[k].float().cpu().numpy())
+    finally:
+        model.train(was_training)
+    d = model.config.target_shape
+    return {k: np.concatenate(v) if v else np.zeros((0, *d), np.float32) for k, v in outs.items()}
+
+
+def _split_groups(groups: Sequence[Any], val_fraction: float, seed: int) -> np.ndarray:
+    """Boolean validation mask: a seeded random ``val_fraction`` of the groups."""
+    labels = np.asarray([str(g) for g in groups])
+    uniq = np.unique(labels)
+    n_val = int(round(val_fraction * len(uniq)))
+    if val_fraction > 0 and len(uniq) >= 4:
+        n_val = min(max(n_val, 2), len(uniq) - 2)
+    else:
+        n_val = 0
+    chosen = np.random.default_rng(seed).permutation(uniq)[:n_val]
+    return np.isin(labels, chosen)
+
+
+def _finite_rows(*arrays: np.ndarray) -> np.ndarray:
+    ok = np.ones(len(arrays[0]), dtype=bool)
+    for a in arrays:
+        ok &= np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+    return ok
+
+
+def _validate(
+    model: BrainModule,
+    loss_fn: CombinedLoss,
+    X: np.ndarray,
+    S: np.ndarray,
+    Y: np.ndarray,
+    ids: np.ndarray,
+    batch_size: int,
+) -> dict[str, float]:
+    """Validation loss (same batches every epoch) and single-trial retrieval among the
+    validation images."""
+    out = predict(model, X, S, batch_size=batch_size)
+    lam = loss_fn.lam
+    scale = float(loss_fn.logit_scale.detach())
+    losses, weights = [], []
+    for i in range(0, len(X), batch_size):
+        sl = slice(i, i + batch_size)
+        if sl.stop - i < 2 and i > 0:
+            continue
+        clip = clip_loss(torch.from_numpy(out["clip"][sl]), torch.from_numpy(Y[sl]), scale)
+        mse = mse_loss(torch.from_numpy(out["mse"][sl]), torch.from_numpy(Y[sl]))
+        losses.append(float(lam * clip + (1 - lam) * mse))
+        weights.append(len(X[sl]))
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    first = np.array([np.flatnonzero(inverse == k)[0] for k in range(len(uniq))])
+    metrics = retrieval_metrics(out["clip"], Y[first], inverse)
+    return {
+        "val_loss": float(np.average(losses, weights=weights)),
+        "val_top1": metrics["top1"],
+        "val_top5": metrics["top5"],
+        "val_chance_top5": metrics["chance_top5"],
+        "val_n_images": int(len(uniq)),
+    }
+
+
+def _better(score: float, best: float | None, mode: str) -> bool:
+    if best is None or not math.isfinite(best):
+        return math.isfinite(score)
+    return score < best if mode == "min" else score > best
+
+
+# --------------------------------------------------------------------------- training
+@dataclass
+class TrainResult:
+    """What :func:`train_arrays` returns.
+
+    Attributes
+    ----------
+    model : BrainModule
+        With the best weights (lowest validation loss, or per ``monitor``), eval mode.
+    history : list of dict
+        One entry per epoch: losses, validation metrics, seconds.
+    best_epoch : int
+    target_stats : dict
+        ``{"mean", "std"}`` of the training embeddings (lists).
+    n_train, n_val : int
+        Windows used for training and for validation.
+    n_dropped_nonfinite : int
+        Windows dropped because ``X`` or ``Y`` held NaN/Inf.
+    stopped_early : bool
+    ckpt_dir : Path or None
+    """
+
+    model: BrainModule
+    history: list[dict[str, Any]]
+    best_epoch: int
+    target_stats: dict[str, Any]
+    n_train: int
+    n_val: int
+    n_dropped_nonfinite: int
+    stopped_early: bool
+    ckpt_dir: Path | None = None
+
+
+def train_arrays(
+    X: np.ndarray,
+    Y: np.ndarray,
+    *,
+    positions: np.ndarray,
+    subject_index: np.ndarray | None = None,
+    n_subjects: int | None = None,
+    groups: Sequence[Any] | None = None,
+    recipe: Recipe | dict | str | Path | None = None,
+    out_dir: str | Path | None = None,
+    meta: dict[str, Any] | None = None,
+    device: str | torch.device = "auto",
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a BrainModule on preprocessed windows and their image embeddings.
+
+    Parameters
+    ----------
+    X : ndarray, float32, shape (n, C, T)
+        Preprocessed windows (model channels, model rate).
+    Y : ndarray, float32, shape (n, D) or (n, N, D)
+        Image embedding of each window's stimulus (not standardised: this function
+        standardises with the statistics of the training part and stores them).
+    positions : ndarray, shape (C, 2)
+        2D sensor positions (NaN = unknown).
+    subject_index : ndarray of int, shape (n,), optional
+        Subject of each window (default: all 0).
+    n_subjects : int, optional
+        Subject-layer rows (default: ``max(subject_index) + 1``).
+    groups : sequence, length n, optional
+        Image id of each window: the validation split keeps groups whole. Default: one
+        group per window.
+    recipe : Recipe, dict, TOML path or None
+    out_dir : path, optional
+        Where to write the checkpoint (best model) and ``training/`` (last state).
+        Only rank 0 writes.
+    meta : dict, optional
+        Checkpoint metadata (ch_names, preprocess, ...); ``target_stats`` and
+        ``provenance`` are filled in here.
+    device : str
+        ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+    resume : bool
+        Continue from ``out_dir/training/`` (same recipe and data).
+    progress : bool
+        Show a progress bar (rank 0).
+
+    Returns
+    -------
+    TrainResult
+    """
+    rc = load_recipe(recipe)
+    X = np.asarray(X, dtype=np.float32)
+    Y = np.asarray(Y, dtype=np.float32)
+    if X.ndim != 3 or len(Y) != len(X):
+        raise ValueError(
+            f"X must be (n, channels, times) and Y (n, ...) with the same n; got X {X.shape} "
+            f"and Y {Y.shape}."
+        )
+    n_all = len(X)
+    S = np.zeros(n_all, np.int64) if subject_index is None else np.asarray(subject_index, np.int64)
+    G = np.arange(n_all).astype(str) if groups is None else np.asarray([str(g) for g in groups])
+    if len(S) != n_all or len(G) != n_all:
+        raise ValueError(
+            f"subject_index ({len(S)}) and groups ({len(G)}) need one entry per window ({n_all})."
+        )
+    n_subj = int(n_subjects) if n_subjects is not None else int(S.max(initial=0)) + 1
+    ok = _finite_rows(X, Y)
+    n_dropped = int((~ok).sum())
+    X, Y, S, G = X[ok], Y[ok], S[ok], G[ok]
+    val_mask = _split_groups(G, rc.val_fraction, rc.seed)
+    Xt, Yt, St = X[~val_mask], Y[~val_mask], S[~val_mask]
+    Xv, Yv, Sv, Gv = X[val_mask], Y[val_mask], S[val_mask], G[val_mask]
+    if len(Xt) < 2:
+        raise ValueError(
+            f"Only {len(Xt)} finite training windows are left (of {n_all}; {n_dropped} had "
+            "NaN/Inf); training needs at least 2."
+        )
+    target_stats = fit_target_stats(Yt)
+    Yt_z, Yv_z = standardize(Yt, target_stats), standardize(Yv, target_stats)
+
+    dist_info = _setup_distributed(device)
+    dev = dist_info.device
+    try:
+        return _fit(
+            rc, dist_info, dev, Xt, Yt_z, St, Xv, Yv_z, Sv, Gv, positions, n_subj,
+            target_stats, n_dropped, out_dir, meta, resume, progress,
+        )
+    finally:
+        if dist_info.created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _fit(rc, dist_info, dev, Xt, Yt, St, Xv, Yv, Sv, Gv, positions, n_subj, target_stats,
+         n_dropped, out_dir, meta, resume, progress) -> TrainResult:
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+    from tqdm.auto import tqdm
+
+    world = dist_info.world
+    torch.manual_seed(rc.seed)
+    model = build_model(
+        rc.preset, Xt.shape[1], Xt.shape[2], positions, n_subjects=n_subj,
+        target_dim=Yt.shape[1:], seed=rc.seed, **rc.model,
+    ).to(dev)
+    loss_fn = CombinedLoss(rc.lam).to(dev)
+    step = _TrainStep(model, loss_fn)
+    opt = torch.optim.Adam(step.parameters(), lr=rc.lr, weight_decay=rc.weight_decay)
+    runner: nn.Module = step
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # Buffers need no broadcast before each forward: BatchNorm statistics are
+        # reduced over all ranks, so they stay identical everywhere.
+        no_sync = (
+            {"forward_sync_buffers": False}
+            if "forward_sync_buffers" in inspect.signature(DDP).parameters
+            else {"broadcast_buffers": False}
+        )
+        runner = DDP(
+            step,
+            device_ids=[dev.index] if dev.type == "cuda" else None,
+            find_unused_parameters=rc.lam in (0.0, 1.0),
+            **no_sync,
+        )
+
+    # The global batch, split evenly over ranks; a small data set shrinks it.
+    global_batch = min(rc.batch_size, (len(Xt) // world) * world)
+    per_rank = global_batch // world
+    if per_rank < 1 or global_batch < 2:
+        raise ValueError(
+            f"{len(Xt)} training windows cannot fill a batch of 2 on {world} processes; "
+            "give more data or fewer processes."
+        )
+    dataset = TensorDataset(torch.from_numpy(Xt), torch.from_numpy(St), torch.from_numpy(Yt))
+    sampler = DistributedSampler(
+        dataset, num_replicas=world, rank=dist_info.rank, shuffle=True, seed=rc.seed, drop_last=True
+    )
+    loader = DataLoader(
+        dataset, batch_size=per_rank, sampler=sampler, drop_last=True,
+        num_workers=rc.num_workers, pin_memory=dev.type == "cuda",
+    )
+    mode = MONITORS[rc.monitor]
+    has_val = len(np.unique(Gv)) >= 2
+    history: list[dict[str, Any]] = []
+    best_score: float | None = None
+    best_epoch = 0
+    bad_epochs = 0
+    start_epoch = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    out = Path(out_dir) if out_dir is not None else None
+
+    if resume:
+        if out is None:
+            raise ValueError("resume=True needs out_dir, the folder of the run to continue.")
+        state = load_training_state(out, {"model": model, "loss": loss_fn}, opt)
+        saved = {k: v for k, v in state.get("recipe", {}).items() if k != "max_epochs"}
+        now = {k: v for k, v in rc.to_dict().items() if k != "max_epochs"}
+        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        if diff:
+            raise ValueError(
+                f"The run in {out} used a different recipe ({diff} differ); resume with the "
+                "same recipe (only max_epochs may change), or start a new run."
+            )
+        if "spatial_rng" in state["tensors"]:
+            model.spatial.generator.set_state(state["tensors"]["spatial_rng"])
+        start_epoch = int(state["epoch"])
+        history = list(state["history"])
+        best_score, best_epoch = state.get("best_score"), int(state.get("best_epoch", 0))
+        bad_epochs = int(state.get("bad_epochs", 0))
+        if (out / WEIGHTS_FILE).is_file():
+            from safetensors.torch import load_file
+
+            best_state = load_file(out / WEIGHTS_FILE)
+
+    provenance = {
+        "recipe": rc.to_dict(),
+        "n_train": int(len(Xt)),
+        "n_val": int(len(Xv)),
+        "n_dropped_nonfinite": n_dropped,
+        "world_size": world,
+        "device": str(dev),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+
+    def write_checkpoint(epoch: int) -> None:
+        full = dict(meta or {})
+        full.setdefault("ch_names", [f"ch{i:03d}" for i in range(Xt.shape[1])])
+        full.setdefault("positions", np.asarray(positions))
+        full["target_stats"] = target_stats
+        full["provenance"] = {**(full.get("provenance") or {}), **provenance,
+                              "best_epoch": epoch, "history": history}
+        save_checkpoint(out, model, full)
+
+    bar = tqdm(
+        total=rc.max_epochs, initial=min(start_epoch, rc.max_epochs), unit="epoch",
+        desc="training", disable=not (progress and dist_info.main),
+    )
+    stopped_early = False
+    try:
+        for epoch in range(start_epoch + 1, rc.max_epochs + 1):
+            t0 = time.perf_counter()
+            sampler.set_epoch(epoch)
+            step.train()
+            sums = {"loss": 0.0, "clip": 0.0, "mse": 0.0}
+            n_batches = 0
+            for xb, sb, yb in loader:
+                xb, sb, yb = xb.to(dev, non_blocking=True), sb.to(dev), yb.to(dev)
+                loss, parts = runner(xb, sb, yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                n_batches += 1
+                sums["loss"] += float(loss.detach())
+                sums["clip"] += float(parts["clip"])
+                sums["mse"] += float(parts["mse"])
+                bar.set_postfix(loss=f"{sums['loss'] / n_batches:.3f}", refresh=False)
+            record: dict[str, Any] = {"epoch": epoch}
+            record.update({f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()})
+            record["logit_scale"] = float(loss_fn.logit_scale.detach())
+            if has_val:
+                record.update(_validate(model, loss_fn, Xv, Sv, Yv, Gv, global_batch))
+                score = record[rc.monitor]
+            else:
+                score = -record["train_loss"] if mode == "max" else record["train_loss"]
+            record["seconds"] = round(time.perf_counter() - t0, 3)
+            history.append(record)
+            improved = _better(score, best_score, mode)
+            if improved:
+                best_score, best_epoch, bad_epochs = score, epoch, 0
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                if out is not None and dist_info.main:
+                    write_checkpoint(epoch)
+            else:
+                bad_epochs += 1
+            stop = _broadcast_flag(bad_epochs >= rc.patience, dist_info)
+            if out is not None and dist_info.main:
+                save_training_state(
+                    out, {"model": model, "loss": loss_fn}, opt,
+                    {"epoch": epoch, "best_score": best_score, "best_epoch": best_epoch,
+                     "bad_epochs": bad_epochs, "history": history, "recipe": rc.to_dict(),
+                     "tensors": {"spatial_rng": model.spatial.generator.get_state()}},
+                )
+            bar.update(1)
+            post = {"loss": f"{record['train_loss']:.3f}"}
+            if has_val:
+                post.update(val_loss=f"{record['val_loss']:.3f}", val_top5=f"{record['val_top5']:.2f}")
+            bar.set_postfix(post)
+            if stop:
+                stopped_early = True
+                break
+    finally:
+        bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    if out is not None and dist_info.main and not (out / WEIGHTS_FILE).is_file():
+        write_checkpoint(best_epoch)
+    return TrainResult(
+        model=model,
+        history=history,
+        best_epoch=best_epoch,
+        target_stats=target_stats,
+        n_train=int(len(Xt)),
+        n_val=int(len(Xv)),
+        n_dropped_nonfinite=n_dropped,
+        stopped_early=stopped_early,
+        ckpt_dir=out,
+    )
+
+
+# --------------------------------------------------------------------------- data
+def preprocess_windows(epochs: Any, preprocessor: Any, window_start_s: float, window_s: float) -> np.ndarray:
+    """Cut ``[window_start_s, + window_s)`` (with filter history) from every epoch of an
+    EpochSet and run the Preprocessor on it: the same arithmetic as the live service.
+
+    Returns
+    -------
+    ndarray, float32, shape (n_epochs, n_model_channels, n_times_out)
+    """
+    raw = epochs.window(window_start_s, window_s)
+    return preprocessor.transform_epochs(raw, epochs.sfreq_hz, epochs.ch_names, epochs.n_pad)
+
+
+def image_targets(gallery: Any, encoder: Any, image_ids: Sequence[str], progress: bool = True) -> np.ndarray:
+    """Embedding of each image id (rows of ``gallery.embeddings(encoder)``).
+
+    Raises
+    ------
+    ValueError
+        Names the ids the gallery lacks.
+    """
+    emb = gallery.embeddings(encoder, progress=progress)
+    missing = sorted({str(i) for i in image_ids if str(i) not in gallery})
+    if missing:
+        raise ValueError(
+            f"The gallery {gallery.root} lacks {len(missing)} image(s) the data shows, e.g. "
+            f"{missing[:5]}; point the data at the gallery its events were made with."
+        )
+    return np.ascontiguousarray(emb[[gallery.index(str(i)) for i in image_ids]])
+
+
+def _image_encoder(rc_or_target: Any):
+    from rtdecode.images import get_image_encoder
+
+    if isinstance(rc_or_target, Recipe):
+        name, path, readout = rc_or_target.image_encoder, rc_or_target.image_encoder_path, rc_or_target.image_readout
+    else:
+        name, path, readout = rc_or_target["encoder"], rc_or_target.get("encoder_path"), rc_or_target.get("readout", "cls")
+    return get_image_encoder(name, path=path, readout=readout)
+
+
+def _preprocessor(rc: Recipe, ch_names: Sequence[str]):
+    from rtdecode.signal import PreprocessConfig, Preprocessor
+
+    return Preprocessor(PreprocessConfig(
+        ch_names=tuple(ch_names), sfreq_model_hz=rc.sfreq_model_hz, highpass_hz=rc.highpass_hz,
+        lowpass_hz=rc.lowpass_hz, pad_s=rc.pad_s, baseline_s=rc.baseline_s, clamp=rc.clamp,
+    ))
+
+
+def train(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    preset: str | None = None,
+    recipe: str | Path | dict | Recipe | None = None,
+    max_epochs: int | None = None,
+    device: str = "auto",
+    resume: bool = False,
+    seed: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train an encoder on a dataset folder and write its checkpoint.
+
+    Parameters
+    ----------
+    data_dir : path
+        A THINGS-like dataset (``rtdecode simulate`` writes one).
+    out_dir : path
+        Checkpoint folder to write (``model.safetensors``, ``config.json``,
+        ``training/``).
+    preset : str, optional
+        Architecture preset (default: the recipe's, ``paper``).
+    recipe : TOML path, dict or Recipe, optional
+    max_epochs, seed : optional overrides of the recipe
+    device : str
+        ``"auto"`` uses CUDA when present.
+    resume : bool
+        Continue the run in ``out_dir``.
+    progress : bool
+
+    Returns
+    -------
+    Path
+        ``out_dir``.
+    """
+    from rtdecode.data.datasets import load_epochs
+    from rtdecode.images import Gallery
+
+    rc = load_recipe(recipe, preset=preset, max_epochs=max_epochs, seed=seed)
+    out = Path(out_dir)
+    if out.exists() and (out / TRAINING_DIR).exists() and not resume:
+        raise ValueError(
+            f"{out} already holds a training run; pass --resume to continue it or choose "
+            "another --out."
+        )
+    es = load_epochs(
+        data_dir, tmin_s=rc.window_start_s, tmax_s=rc.window_start_s + rc.window_s,
+        pad_s=rc.pad_s, subjects=rc.subjects, progress=progress,
+    )
+    es_train = es.train
+    if len(es_train) == 0:
+        raise ValueError(f"{data_dir} has no training epochs (trial_type 'exp'); nothing to train on.")
+    if es.gallery_root is None:
+        raise ValueError(
+            f"The images of {data_dir} were not found, so there are no targets; put the "
+            "image folder next to the data."
+        )
+    preprocessor = _preprocessor(rc, es.ch_names)
+    raw = es_train.window(rc.window_start_s, rc.window_s)
+    preprocessor.fit(raw, es.sfreq_hz, es.ch_names, es.n_pad)
+    X = preprocessor.transform_epochs(raw, es.sfreq_hz, es.ch_names, es.n_pad)
+    del raw
+    encoder = _image_encoder(rc)
+    gallery = Gallery.from_folder(es.gallery_root)
+    Y = image_targets(gallery, encoder, es_train.image_ids, progress=progress)
+    meta = {
+        "ch_names": list(es.ch_names),
+        "positions": es.positions_2d,
+        "positions_3d": es.positions_3d,
+        "ch_types": list(es.ch_types),
+        "sfreq_in_hz": es.sfreq_hz,
+        "sfreq_model_hz": rc.sfreq_model_hz,
+        "window_s": rc.window_s,
+        "offsets": {"window_start_s": rc.window_start_s},
+        "preprocess": preprocessor.to_dict(),
+        "clamp": rc.clamp,
+        "target": {
+            "name": encoder.name, "encoder": rc.image_encoder,
+            "encoder_path": rc.image_encoder_path, "readout": rc.image_readout,
+        },
+        "subjects": list(es.subjects),
+        "provenance": {
+            "data_dir": str(Path(data_dir).resolve()),
+            "recordings": [str(r) for r in es.recordings],
+            "gallery": str(es.gallery_root),
+            "drop_log": dict(es.drop_log),
+        },
+    }
+    train_arrays(
+        X, Y, positions=es.positions_2d, subject_index=es_train.subject_index,
+        n_subjects=len(es.subjects), groups=es_train.image_ids, recipe=rc, out_dir=out,
+        meta=meta, device=device, resume=resume, progress=progress,
+    )
+    return out
+
