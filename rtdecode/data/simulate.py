@@ -10,9 +10,9 @@ subject is simulated (DESIGN.md, "What is real here, and what is simulated"):
   from ``mne.make_forward_solution`` (MNE's accurate coil definitions);
 - brain: eight dipoles in occipital and temporal cortex, each with an early (100-200 ms)
   and a late (400-600 ms) response whose amplitudes are nonlinear functions (tanh,
-  softplus) of a few latent image features; the latent features are a fixed random
-  projection of the ``handcrafted`` image embedding of each picture, so the information is
-  in the pictures, not in their labels;
+  softplus) of eight latent image features; the latents are a seeded random rotation of
+  the leading principal components of each picture's ``handcrafted`` embedding, so the
+  information is in the pictures, not in their labels;
 - noise: pink (1/f) background activity from 48 random cortical dipoles, an alpha rhythm,
   white sensor noise (Vectorview specifications), 50 Hz line interference and slow drifts;
 - paradigm: THINGS-MEG timing (images on for 500 ms, one every 1.5 +/- 0.2 s), training
@@ -345,7 +345,6 @@ class _Subject:
     gain_signal: np.ndarray  # (306, n_sources)
     gain_background: np.ndarray  # (306, n_background)
     gain_alpha: np.ndarray  # (306, 2)
-    background_pos_m: np.ndarray
     is_grad: np.ndarray  # (306,) bool
     line_phase: np.ndarray  # (306,)
     line_amp: np.ndarray  # (306,)
@@ -371,7 +370,6 @@ def _make_subject(rng: np.random.Generator, info: mne.Info) -> _Subject:
         gain_signal=gain[:, :n_s],
         gain_background=gain[:, n_s : n_s + n_b],
         gain_alpha=gain[:, n_s + n_b :],
-        background_pos_m=bg_pos,
         is_grad=is_grad,
         line_phase=rng.uniform(0, 2 * np.pi, len(is_grad)),
         line_amp=line_amp,
@@ -457,7 +455,8 @@ def _simulate_run(
     data = sig + subject.gain_background @ (bg * (_BACKGROUND_NAM * 1e-9))
     del bg, sig
     alpha = _colored_noise(rng, 2, n_times, sfreq_hz, "alpha")
-    envelope = 0.5 + _colored_noise(rng, 1, n_times, sfreq_hz, "drift") ** 2
+    # alpha waxes and wanes over seconds; the envelope has mean 1
+    envelope = (0.5 + _colored_noise(rng, 1, n_times, sfreq_hz, "drift") ** 2) / 1.5
     data += subject.gain_alpha @ (alpha * envelope * (_ALPHA_NAM * 1e-9))
     white = np.where(subject.is_grad, _GRAD_NOISE_T_M, _MAG_NOISE_T) * np.sqrt(sfreq_hz / 2.0)
     data += rng.standard_normal(data.shape) * white[:, None]
@@ -670,75 +669,74 @@ def _latents(features: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray
 
 
 # --------------------------------------------------------------------------- ground truth
-def _information_curve(
-    subject: _Subject, latents: np.ndarray, sfreq_hz: float = 200.0
-) -> dict[str, Any]:
-    """Between-image variance of the noise-free sensor signal over time (per noise power)."""
-    n_win = int(sfreq_hz)
-    t = np.arange(n_win) / sfreq_hz
+def _noise_free(subject: _Subject, latents: np.ndarray, sfreq_hz: float) -> np.ndarray:
+    """Sensor responses without noise or trial variability, shape (n_images, 306, 1 s)."""
+    t = np.arange(int(sfreq_hz)) / sfreq_hz
     amps = _amplitudes(subject.sources, latents)
-    moments = np.zeros((len(latents), len(subject.sources), n_win))
+    moments = np.zeros((len(latents), len(subject.sources), len(t)))
     for k, s in enumerate(subject.sources):
         bumps = np.stack(
             [np.exp(-0.5 * ((t - c.latency_s) / c.width_s) ** 2) for c in s.components]
         )
         moments[:, k] = amps[k] @ bumps
-    sensors = np.einsum("cs,nst->nct", subject.gain_signal, moments * 1e-9)
-    white = np.where(subject.is_grad, _GRAD_NOISE_T_M, _MAG_NOISE_T) ** 2 * 40.0
-    bg = (subject.gain_background**2).sum(1) * (_BACKGROUND_NAM * 1e-9) ** 2
-    noise_var = white + bg
-    info_t = (sensors.var(axis=0) / noise_var[:, None]).sum(axis=0)
-    evoked_t = ((sensors.mean(axis=0) ** 2) / noise_var[:, None]).sum(axis=0)
-    win = int(round(0.25 * sfreq_hz))
+    return np.einsum("cs,nst->nct", subject.gain_signal, moments * 1e-9)
+
+
+def _noise_variance(subject: _Subject, probe_s: float, sfreq_hz: float) -> np.ndarray:
+    """Per-channel variance of the simulated noise in the 1-40 Hz band, shape (306,)."""
+    n_times = int(probe_s * sfreq_hz)
+    empty = np.zeros((0, N_LATENT))
+    noise = _simulate_run(
+        subject, empty, np.zeros(0, int), n_times, sfreq_hz, np.random.default_rng(12345)
+    )
+    spec = np.fft.rfft(noise, axis=1)
+    f = np.fft.rfftfreq(n_times, 1 / sfreq_hz)
+    spec[:, (f < 1.0) | (f > 40.0)] = 0
+    return np.fft.irfft(spec, n=n_times, axis=1).var(axis=1)
+
+
+def _ground_truth_numbers(
+    subject: _Subject, latents: np.ndarray, probe_s: float
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """SNR figures and the time course of image information, over all gallery images.
+
+    Information at time t is the between-image variance of the noise-free response, per
+    channel in units of that channel's noise variance, summed over channels.
+    """
+    sfreq = SFREQ_TRAIN_HZ
+    noise_var = _noise_variance(subject, probe_s, sfreq)
+    resp = _noise_free(subject, latents, sfreq)
+    t = np.arange(resp.shape[-1]) / sfreq
+    mean = resp.mean(axis=0)
+    evoked_snr = mean**2 / noise_var[:, None]
+    mags = ~subject.is_grad
+    early = t < 0.8
+    snr = {
+        "band_hz": [1.0, 40.0],
+        "noise_rms_mag_fT": float(np.sqrt(noise_var[mags]).mean() * 1e15),
+        "noise_rms_grad_fT_per_cm": float(np.sqrt(noise_var[~mags]).mean() * 1e13),
+        "evoked_peak_mag_fT": float(np.abs(mean[mags]).max() * 1e15),
+        "evoked_peak_grad_fT_per_cm": float(np.abs(mean[~mags]).max() * 1e13),
+        "single_trial_peak_snr_db_best_sensor": float(10 * np.log10(evoked_snr.max())),
+        "single_trial_snr_db_all_sensors_0_800ms": float(
+            10 * np.log10(evoked_snr[:, early].mean())
+        ),
+        "image_information_fraction": float(resp.var(axis=0).sum() / (mean**2).sum()),
+    }
+    info_t = (resp.var(axis=0) / noise_var[:, None]).sum(axis=0)
+    win = int(round(0.25 * sfreq))
     win_curve = np.convolve(info_t, np.ones(win) / win, mode="valid")
-    step = int(round(0.01 * sfreq_hz))
-    return {
+    step = int(round(0.01 * sfreq))
+    info = {
         "times_ms": [round(1000 * x, 1) for x in t[::step]],
         "information": [float(x) for x in info_t[::step] / info_t.max()],
-        "evoked_power": [float(x) for x in evoked_t[::step] / evoked_t.max()],
+        "evoked_power": [float(x) for x in evoked_snr.sum(0)[::step] / evoked_snr.sum(0).max()],
         "peak_information_ms": float(1000 * t[int(np.argmax(info_t))]),
         "window_250ms_offsets_ms": [round(1000 * x, 1) for x in t[: len(win_curve)][::step]],
         "window_250ms_information": [float(x) for x in win_curve[::step] / win_curve.max()],
         "best_window_250ms_offset_ms": float(1000 * t[int(np.argmax(win_curve))]),
     }
-
-
-def _snr(subject: _Subject, latents: np.ndarray, probe_s: float) -> dict[str, float]:
-    """Signal-to-noise ratios in the 1-40 Hz band, measured on a simulated noise stretch."""
-    rng = np.random.default_rng(12345)
-    sfreq = SFREQ_TRAIN_HZ
-    n_times = int(probe_s * sfreq)
-    noise = _simulate_run(subject, latents[:0], np.zeros(0, int), n_times, sfreq, rng)
-    f = np.fft.rfftfreq(n_times, 1 / sfreq)
-    band = (f >= 1.0) & (f <= 40.0)
-    spec = np.fft.rfft(noise, axis=1)
-    spec[:, ~band] = 0
-    noise_bp = np.fft.irfft(spec, n=n_times, axis=1)
-    noise_var = noise_bp.var(axis=1)
-    onsets = np.array([0])
-    n_win = int(0.8 * sfreq)
-    evoked = np.stack(
-        [
-            subject.gain_signal
-            @ _source_activity(
-                subject.sources, latents[i : i + 1], onsets, n_win, sfreq, np.random.default_rng(i)
-            )
-            for i in range(min(len(latents), 50))
-        ]
-    )
-    mean_evoked = evoked.mean(0)
-    peak = mean_evoked**2 / noise_var[:, None]
-    mags = ~subject.is_grad
-    best = int(np.argmax(peak.max(axis=1)))
-    return {
-        "noise_rms_mag_fT": float(np.sqrt(noise_var[mags]).mean() * 1e15),
-        "noise_rms_grad_fT_per_cm": float(np.sqrt(noise_var[~mags]).mean() * 1e13),
-        "evoked_peak_mag_fT": float(np.abs(mean_evoked[mags]).max() * 1e15),
-        "evoked_peak_grad_fT_per_cm": float(np.abs(mean_evoked[~mags]).max() * 1e13),
-        "single_trial_peak_snr_db_best_sensor": float(10 * np.log10(peak[best].max())),
-        "single_trial_snr_db_all_sensors_0_800ms": float(10 * np.log10(peak.mean())),
-        "image_information_fraction": float(evoked.var(0).sum() / (mean_evoked**2).sum()),
-    }
+    return snr, info
 
 
 # --------------------------------------------------------------------------- entry point
@@ -855,6 +853,7 @@ def simulate_subject(
         bar.update()
 
         bar.set_postfix_str("ground truth")
+        snr, information = _ground_truth_numbers(subject, latents, spec.noise_probe_s)
         truth = {
             "format": "rtdecode-simulation/1",
             "seed": seed,
@@ -895,8 +894,8 @@ def simulate_subject(
                 "line_mag_fT": _LINE_MAG_T * 1e15,
                 "drift_mag_fT": _DRIFT_MAG_T * 1e15,
             },
-            "snr": _snr(subject, latents, spec.noise_probe_s),
-            "information": _information_curve(subject, latents),
+            "snr": snr,
+            "information": information,
             "split": {
                 "train_categories": design.train_categories,
                 "test_categories": design.test_categories,
