@@ -1,0 +1,344 @@
+"""Score an encoder checkpoint: ``rtdecode evaluate CKPT_DIR --data DIR``.
+
+On the dataset's (zero-shot) test trials, with the checkpoint's own preprocessing and
+window:
+
+* retrieval by the CLIP head: top-1 / top-5 accuracy and relative median rank, on
+  single trials and on the average of the predictions for the repeated presentations of
+  each image, among two retrieval sets: ``test`` (the test images) and ``gallery``
+  (the test images plus every other gallery image as distractors);
+* the linear baseline of Benchetrit et al.: scikit-learn's RidgeCV from the flattened
+  preprocessed window to the standardised embedding, fitted on the training trials;
+* time-resolved retrieval: 250 ms windows slid across the epoch; at each shift, a ridge
+  fitted for that shift and the deep model (trained at one shift) are scored, plotted to
+  ``time_resolved.png``;
+* ``examples.png``: the top-5 retrieved images of sample test images.
+
+All numbers go into the returned dict (and ``--json``). Threading: runs in the caller's
+thread.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtdecode.encoder.metrics import (
+    average_by_group,
+    cosine_similarity,
+    retrieval_metrics,
+    standardize,
+)
+
+__all__ = ["evaluate", "retrieval_scores", "ridge_baseline"]
+
+RIDGE_ALPHAS = tuple(10.0 ** np.arange(-1, 7))
+CURVE_RANGE_S = (-0.2, 1.0)
+
+
+def retrieval_scores(
+    pred: np.ndarray,
+    image_ids: Sequence[str],
+    candidate_ids: Sequence[str],
+    candidates: np.ndarray,
+) -> dict[str, dict[str, float]]:
+    """Retrieval metrics on single trials and on per-image averages of the predictions.
+
+    Parameters
+    ----------
+    pred : array, shape (n_trials, D)
+        Predictions (standardised space).
+    image_ids : sequence of str, length n_trials
+        True image of each trial; every one must be in ``candidate_ids``.
+    candidate_ids : sequence of str, length M
+    candidates : array, shape (M, D)
+        Standardised embeddings of the retrieval set.
+
+    Returns
+    -------
+    dict
+        ``{"single": metrics, "average": metrics}`` (see
+        :func:`rtdecode.encoder.metrics.retrieval_metrics`); ``average`` also has
+        ``n_repetitions_mean``.
+    """
+    index = {c: i for i, c in enumerate(candidate_ids)}
+    missing = sorted({i for i in image_ids if i not in index})
+    if missing:
+        raise ValueError(f"Images {missing[:5]} are not in the retrieval set.")
+    true = np.array([index[i] for i in image_ids])
+    single = retrieval_metrics(pred, candidates, true)
+    means, labels, counts = average_by_group(pred, list(image_ids))
+    average = retrieval_metrics(means, candidates, np.array([index[i] for i in labels]))
+    average["n_repetitions_mean"] = float(np.mean(counts))
+    return {"single": single, "average": average}
+
+
+def ridge_baseline(X_train: np.ndarray, Y_train: np.ndarray, X_test: np.ndarray,
+                   alphas: Sequence[float] = RIDGE_ALPHAS) -> tuple[np.ndarray, float]:
+    """Fit RidgeCV on flattened windows and predict the test windows.
+
+    Parameters
+    ----------
+    X_train : array, shape (n, C, T)
+    Y_train : array, shape (n, D) or (n, N, D)
+        Standardised targets.
+    X_test : array, shape (m, C, T)
+
+    Returns
+    -------
+    pred : ndarray, float32, shape (m, ...) like ``Y_train``
+    alpha : float
+        The regularisation RidgeCV chose (efficient leave-one-out).
+    """
+    from sklearn.linear_model import RidgeCV
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler()
+    a = scaler.fit_transform(X_train.reshape(len(X_train), -1))
+    b = scaler.transform(X_test.reshape(len(X_test), -1))
+    ridge = RidgeCV(alphas=list(alphas)).fit(a, Y_train.reshape(len(Y_train), -1))
+    pred = ridge.predict(b).astype(np.float32).reshape((len(X_test),) + Y_train.shape[1:])
+    return pred, float(ridge.alpha_)
+
+
+def _subject_indices(meta: dict[str, Any], epochs: Any) -> np.ndarray:
+    """Map the data's subjects onto the model's subject layers."""
+    known = list(meta.get("subjects") or [])
+    names = [epochs.subjects[i] for i in epochs.subject_index]
+    if len(known) <= 1:
+        return np.zeros(len(names), dtype=np.int64)
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(
+            f"The data has subjects {unknown} the checkpoint was not trained on (it knows "
+            f"{known}); evaluate on its subjects."
+        )
+    return np.array([known.index(n) for n in names], dtype=np.int64)
+
+
+def evaluate(
+    ckpt_dir: str | Path,
+    data_dir: str | Path,
+    *,
+    json_out: str | Path | None = None,
+    plots_dir: str | Path | None = None,
+    device: str = "auto",
+    time_resolved: bool = True,
+    hop_s: float = 0.05,
+    curve_range_s: tuple[float, float] = CURVE_RANGE_S,
+    n_examples: int = 6,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on a dataset's test trials.
+
+    Parameters
+    ----------
+    ckpt_dir : path
+        Encoder checkpoint folder.
+    data_dir : path
+        Dataset folder (as for ``rtdecode train``).
+    json_out : path, optional
+        Write the metrics there as JSON.
+    plots_dir : path, optional
+        Write ``time_resolved.png`` and ``examples.png`` there.
+    device : str
+        Device for the deep model (``"auto"``: CUDA when present).
+    time_resolved : bool
+        Slide the window across ``curve_range_s`` (ridge per shift + the model).
+    hop_s : float
+        Step between window starts for the time-resolved curve.
+    curve_range_s : (float, float)
+        Epoch span the sliding windows cover, relative to image onset.
+    n_examples : int
+        Test images shown in ``examples.png``.
+    progress : bool
+
+    Returns
+    -------
+    dict
+        ``summary`` (the headline numbers), ``retrieval`` (model and ridge, per retrieval
+        set, single and averaged), ``time_resolved``, counts and plot paths.
+    """
+    from tqdm.auto import tqdm
+
+    from rtdecode.data.datasets import load_epochs
+    from rtdecode.encoder.checkpoint import load_checkpoint
+    from rtdecode.images import Gallery
+    from rtdecode.signal import Preprocessor
+    from rtdecode.train import _image_encoder, image_targets, predict, preprocess_windows
+
+    model, meta = load_checkpoint(ckpt_dir, device=device)
+    pre = Preprocessor.from_dict(meta["preprocess"])
+    window_s = float(meta["window_s"])
+    start_s = float((meta.get("offsets") or {}).get("window_start_s", 0.0))
+    tmin, tmax = start_s, start_s + window_s
+    if time_resolved:
+        tmin, tmax = min(tmin, curve_range_s[0]), max(tmax, curve_range_s[1])
+    es = load_epochs(data_dir, tmin_s=tmin, tmax_s=tmax, pad_s=pre.config.pad_s,
+                     ch_names=meta["ch_names"], progress=progress)
+    test, train = es.test, es.train
+    if len(test) == 0:
+        raise ValueError(f"{data_dir} has no test trials (trial_type 'test'); nothing to evaluate.")
+    if es.gallery_root is None:
+        raise ValueError(f"The images of {data_dir} were not found; retrieval needs the gallery.")
+    encoder = _image_encoder(meta["target"])
+    if meta["target"].get("name") not in (None, encoder.name):
+        raise ValueError(
+            f"The checkpoint was trained on {meta['target']['name']!r} embeddings but the "
+            f"image encoder here is {encoder.name!r}; use the same image encoder."
+        )
+    gallery = Gallery.from_folder(es.gallery_root)
+    stats = meta.get("target_stats")
+    gallery_z = standardize(gallery.embeddings(encoder, progress=progress), stats)
+    test_ids = [str(i) for i in test.image_ids]
+    test_images = list(dict.fromkeys(test_ids))
+    image_targets(gallery, encoder, test_images, progress=False)  # names missing ids
+    sets = {
+        "test": (test_images, gallery_z[[gallery.index(i) for i in test_images]]),
+        "gallery": (list(gallery.ids), gallery_z),
+    }
+    s_test, s_train = _subject_indices(meta, test), _subject_indices(meta, train)
+
+    def score(pred: np.ndarray) -> dict[str, Any]:
+        return {name: retrieval_scores(pred, test_ids, ids, emb) for name, (ids, emb) in sets.items()}
+
+    X_test = preprocess_windows(test, pre, start_s, window_s)
+    pred_model = predict(model, X_test, s_test)["clip"]
+    results: dict[str, Any] = {"model": score(pred_model)}
+    have_ridge = len(train) >= 2
+    if have_ridge:
+        X_train = preprocess_windows(train, pre, start_s, window_s)
+        Y_train = standardize(image_targets(gallery, encoder, train.image_ids, progress=False), stats)
+        pred_ridge, alpha = ridge_baseline(X_train, Y_train, X_test)
+        results["ridge"] = score(pred_ridge)
+        results["ridge"]["alpha"] = alpha
+        del X_train
+
+    curve = None
+    if time_resolved:
+        offsets = np.round(np.arange(tmin, tmax - window_s + 1e-9, hop_s), 6) + 0.0  # no -0.0
+        curve = {"window_s": window_s, "hop_s": hop_s, "offsets_s": offsets.tolist(),
+                 "chance_top5": min(5, len(test_images)) / len(test_images),
+                 "model": {"single_top5": [], "average_top5": []},
+                 "ridge": {"single_top5": [], "average_top5": []}}
+        for off in tqdm(offsets, desc="time-resolved", unit="window", disable=not progress):
+            xt = preprocess_windows(test, pre, float(off), window_s)
+            preds = {"model": predict(model, xt, s_test)["clip"]}
+            if have_ridge:
+                xr = preprocess_windows(train, pre, float(off), window_s)
+                preds["ridge"] = ridge_baseline(xr, Y_train, xt)[0]
+            for name, p in preds.items():
+                r = retrieval_scores(p, test_ids, *sets["test"])
+                curve[name]["single_top5"].append(r["single"]["top5"])
+                curve[name]["average_top5"].append(r["average"]["top5"])
+        if not have_ridge:
+            del curve["ridge"]
+
+    report: dict[str, Any] = {
+        "checkpoint": str(Path(ckpt_dir).resolve()),
+        "data": str(Path(data_dir).resolve()),
+        "window_s": window_s,
+        "window_start_s": start_s,
+        "target": meta["target"].get("name"),
+        "n_train_trials": len(train),
+        "n_test_trials": len(test),
+        "n_test_images": len(test_images),
+        "n_gallery_images": len(gallery),
+        "drop_log": dict(es.drop_log),
+        "retrieval": results,
+        "time_resolved": curve,
+    }
+    report["summary"] = _summary(results)
+    if plots_dir is not None:
+        plots = Path(plots_dir)
+        plots.mkdir(parents=True, exist_ok=True)
+        report["plots"] = {}
+        if curve is not None:
+            report["plots"]["time_resolved"] = str(_plot_curve(curve, start_s, plots / "time_resolved.png"))
+        report["plots"]["examples"] = str(
+            _plot_examples(pred_model, test_ids, gallery, gallery_z, n_examples, plots / "examples.png")
+        )
+    if json_out is not None:
+        path = Path(json_out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _summary(results: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for method, by_set in results.items():
+        for set_name, by_mode in by_set.items():
+            if not isinstance(by_mode, dict):
+                continue
+            for mode, m in by_mode.items():
+                key = f"{method}_{set_name}_{mode}"
+                out[f"{key}_top1"] = m["top1"]
+                out[f"{key}_top5"] = m["top5"]
+                out[f"{key}_relative_median_rank"] = m["relative_median_rank"]
+    return out
+
+
+def _plot_curve(curve: dict[str, Any], start_s: float, path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    t_ms = (np.asarray(curve["offsets_s"]) + curve["window_s"] / 2) * 1e3
+    fig = Figure(figsize=(7.5, 4.2), dpi=110)
+    ax = fig.add_subplot()
+    styles = {"model": "tab:blue", "ridge": "tab:orange"}
+    for name, color in styles.items():
+        if name not in curve:
+            continue
+        ax.plot(t_ms, 100 * np.asarray(curve[name]["single_top5"]), color=color, lw=1.5,
+                label=f"{name}, single trial")
+        ax.plot(t_ms, 100 * np.asarray(curve[name]["average_top5"]), color=color, lw=1.5, ls="--",
+                label=f"{name}, averaged repetitions")
+    ax.axhline(100 * curve["chance_top5"], color="grey", lw=1, ls=":", label="chance")
+    ax.axvspan(start_s * 1e3, (start_s + curve["window_s"]) * 1e3, color="tab:blue", alpha=0.08,
+               label="model's training window")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("window centre relative to image onset (ms)")
+    ax.set_ylabel("top-5 accuracy, test images (%)")
+    ax.set_title(f"Time-resolved retrieval ({curve['window_s'] * 1e3:.0f} ms windows)")
+    ax.legend(fontsize=7, loc="upper right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def _plot_examples(pred, test_ids, gallery, gallery_z, n_examples, path: Path, k: int = 5) -> Path:
+    """A grid: each row is a test image (left) and the top-k gallery images retrieved from
+    the average of its predictions, with cosine scores; correct ones framed in green."""
+    from matplotlib.figure import Figure
+
+    means, labels, _ = average_by_group(pred, test_ids)
+    rows = min(n_examples, len(labels))
+    sims = cosine_similarity(means[:rows], gallery_z)
+    fig = Figure(figsize=(1.6 * (k + 1), 1.75 * rows), dpi=100)
+    axes = fig.subplots(rows, k + 1, squeeze=False)
+    for r in range(rows):
+        order = np.argsort(-sims[r])[:k]
+        true_id = labels[r]
+        cells = [(true_id, None)] + [(gallery.ids[j], sims[r, j]) for j in order]
+        for c, (image_id, s) in enumerate(cells):
+            ax = axes[r, c]
+            ax.imshow(gallery.image(image_id).resize((96, 96)))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if s is None:
+                ax.set_title(f"shown: {image_id}", fontsize=6)
+            else:
+                ax.set_title(f"{image_id}\n{s:.2f}", fontsize=6)
+                if image_id == true_id:
+                    for spine in ax.spines.values():
+                        spine.set_edgecolor("tab:green")
+                        spine.set_linewidth(3)
+    fig.suptitle("Top-5 retrieved images (averaged repetitions)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
