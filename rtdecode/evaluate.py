@@ -201,7 +201,7 @@ def evaluate(
         "test": (test_images, gallery_z[[gallery.index(i) for i in test_images]]),
         "gallery": (list(gallery.ids), gallery_z),
     }
-    s_test, s_train = _subject_indices(meta, test), _subject_indices(meta, train)
+    s_test = _subject_indices(meta, test)
 
     def score(pred: np.ndarray) -> dict[str, Any]:
         return {name: retrieval_scores(pred, test_ids, ids, emb) for name, (ids, emb) in sets.items()}
