@@ -36,29 +36,41 @@ FIRST_ONSET_S = 2.0
 SOA_S = 1.5
 
 
-def _raw(n_times: int, seed: int, info: mne.Info | None = None) -> mne.io.RawArray:
+def _raw(
+    n_times: int, seed: int, info: mne.Info | None = None, *, sine: bool = False
+) -> mne.io.RawArray:
     info = neuromag_info(SFREQ) if info is None else info
     rng = np.random.default_rng(seed)
     data = rng.standard_normal((len(info["ch_names"]), n_times)) * 1e-12
+    if sine:  # a slow sine instead of noise, to check resampling
+        t = np.arange(n_times) / info["sfreq"]
+        data = np.tile(1e-12 * np.sin(2 * np.pi * 3.0 * t), (len(info["ch_names"]), 1))
     return mne.io.RawArray(data, info, verbose=False)
 
 
 def _write_things(
-    root: Path, subject: str = "01", rows=ROWS, *, images: bool = True, seed: int = 0
+    root: Path,
+    subject: str = "01",
+    rows=ROWS,
+    *,
+    images: bool = True,
+    seed: int = 0,
+    sfreq: float = SFREQ,
+    sine: bool = False,
 ) -> Path:
     """One run of a THINGS-MEG-like BIDS tree; returns the FIF path."""
     meg = root / f"sub-{subject}" / "ses-01" / "meg"
     meg.mkdir(parents=True)
     stem = f"sub-{subject}_ses-01_task-main_run-01"
-    n_times = int((FIRST_ONSET_S + SOA_S * len(rows) + 2.0) * SFREQ)
-    raw = _raw(n_times, seed)
+    n_times = int((FIRST_ONSET_S + SOA_S * len(rows) + 2.0) * sfreq)
+    raw = _raw(n_times, seed, neuromag_info(sfreq), sine=sine)
     raw.save(meg / f"{stem}_meg.fif", verbose=False)
     lines = ["onset\tduration\ttrial_type\tvalue\tsample\timage_nr\timage_path"]
     for i, (ttype, path) in enumerate(rows):
         onset = FIRST_ONSET_S + SOA_S * i
         value = "n/a" if ttype == "catch" else str(i + 1)
         lines.append(
-            f"{onset}\t0.5\t{ttype}\t{value}\t{int(round(onset * SFREQ))}\t{value}\t{path}"
+            f"{onset}\t0.5\t{ttype}\t{value}\t{int(round(onset * sfreq))}\t{value}\t{path}"
         )
     (meg / f"{stem}_events.tsv").write_text("\n".join(lines) + "\n")
     (root / "dataset_description.json").write_text(
@@ -165,6 +177,15 @@ def test_subjects_are_indexed_and_selectable(tmp_path):
     assert only.subjects == ("sub-02",) and len(only) == 10
     with pytest.raises(ValueError, match="sub-03"):
         load_epochs(tmp_path, subjects=["sub-03"], progress=False)
+
+
+def test_recordings_at_different_rates_are_resampled_to_the_lowest(tmp_path):
+    _write_things(tmp_path, "01", images=False, sine=True, sfreq=SFREQ)
+    _write_things(tmp_path, "02", images=False, sine=True, sfreq=4 * SFREQ)
+    es = load_epochs(tmp_path, tmin_s=-0.2, tmax_s=0.5, pad_s=0.3, progress=False)
+    assert es.sfreq_hz == SFREQ and es.X.shape == (20, 306, 100)
+    slow, fast = es.X[es.subject_index == 0], es.X[es.subject_index == 1]
+    assert np.allclose(fast, slow, atol=0.02e-12)  # the same 3 Hz sine, sampled alike
 
 
 def test_generic_recording_with_json_annotations(tmp_path):

@@ -344,19 +344,16 @@ def load_epochs(
     n_pad = int(round(pad_s * sfreq))
     n_times = int(round((tmax_s - tmin_s) * sfreq))
     drop = dict.fromkeys(DROP_REASONS, 0)
-    chunks: list[np.ndarray] = []
-    meta: dict[str, list] = {
-        k: [] for k in ("ids", "paths", "cats", "types", "subj", "rec", "onset")
-    }
     subject_names = sorted({subject_of(p) for p in paths})
 
-    for r, rec in enumerate(tqdm(recs, desc="loading epochs", unit="rec", disable=not progress)):
+    # first pass, events only: which epochs can be cut, so X is allocated once
+    plans = []
+    for rec in recs:
         fs = rec.sfreq
-        # cut at the recording's own rate, with a margin for resampling edges
+        # cut at the recording's own rate, with a margin for the resampling edges
         margin = 0 if fs == sfreq else int(math.ceil(0.05 * fs))
         pad_r = int(round(pad_s * fs)) + margin
         n_r = int(round((tmax_s - tmin_s) * fs)) + margin
-        picks = [rec.raw.ch_names.index(c) for c in ch_names]
         keep = []
         for ev in rec.events:
             trial = trial_from_value(ev.value)
@@ -371,35 +368,52 @@ def load_epochs(
                 drop["out_of_bounds"] += 1
                 continue
             keep.append((start, ev, trial))
-        if not keep:
-            continue
-        data = rec.raw.get_data(picks=picks).astype(np.float32, copy=False)
-        ep = np.stack([data[:, s : s + pad_r + n_r] for s, _, _ in keep])
-        del data
-        if margin:
-            ep = _resample(ep.astype(np.float64), fs, sfreq).astype(np.float32)
-            m_out = int(round(margin * sfreq / fs))
-            ep = ep[..., m_out : m_out + n_pad + n_times]
-        finite = np.isfinite(ep).all(axis=(1, 2))
-        drop["nonfinite"] += int((~finite).sum())
-        chunks.append(ep[finite])
-        for (_, ev, trial), ok in zip(keep, finite, strict=True):
-            if not ok:
-                continue
-            meta["ids"].append(trial.image_id)
-            meta["paths"].append(trial.image_path or "")
-            meta["cats"].append(trial.category or trial.image_id)
-            meta["types"].append(trial.trial_type)
-            meta["subj"].append(subject_names.index(subject_of(rec.path)))
-            meta["rec"].append(r)
-            meta["onset"].append(ev.onset_s)
-
-    if not chunks:
+        plans.append((margin, pad_r + n_r, keep))
+    n_max = sum(len(keep) for _, _, keep in plans)
+    if n_max == 0:
         raise ValueError(
             f"No epoch of {str(data_dir)!r} is left (dropped: {drop}); check that the events "
             "fall inside the recordings and that tmin_s/tmax_s/pad_s fit."
         )
-    X = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+
+    X = np.empty((n_max, len(ch_names), n_pad + n_times), dtype=np.float32)
+    meta: dict[str, list] = {
+        k: [] for k in ("ids", "paths", "cats", "types", "subj", "rec", "onset")
+    }
+    n = 0
+    bar = tqdm(total=len(recs), desc="loading epochs", unit="rec", disable=not progress)
+    with bar:
+        for r, (rec, (margin, n_cut, keep)) in enumerate(zip(recs, plans, strict=True)):
+            bar.update()
+            if not keep:
+                continue
+            picks = [rec.raw.ch_names.index(c) for c in ch_names]
+            data = rec.raw.get_data(picks=picks)
+            for start, ev, trial in keep:
+                ep = data[:, start : start + n_cut]
+                if margin:
+                    ep = _resample(ep, rec.sfreq, sfreq)
+                    m_out = int(round(margin * sfreq / rec.sfreq))
+                    ep = ep[:, m_out : m_out + n_pad + n_times]
+                if not np.isfinite(ep).all():
+                    drop["nonfinite"] += 1
+                    continue
+                X[n] = ep
+                n += 1
+                meta["ids"].append(trial.image_id)
+                meta["paths"].append(trial.image_path or "")
+                meta["cats"].append(trial.category or trial.image_id)
+                meta["types"].append(trial.trial_type)
+                meta["subj"].append(subject_names.index(subject_of(rec.path)))
+                meta["rec"].append(r)
+                meta["onset"].append(ev.onset_s)
+            del data
+    if n == 0:
+        raise ValueError(
+            f"No epoch of {str(data_dir)!r} is left (dropped: {drop}); every epoch held "
+            "non-finite samples."
+        )
+    X = X[:n]  # a view: trimming the few dropped rows is not worth copying X
     types = np.array(meta["types"], dtype=object)
     cats = np.array(meta["cats"], dtype=object)
     train, test, n_left_out = zero_shot_split(types, cats)
