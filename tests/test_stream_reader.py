@@ -1,5 +1,6 @@
 """StreamReader against real LSL outlets (tests/lsl_source.py in a subprocess, loopback)."""
 
+import json
 import time
 
 import numpy as np
@@ -61,7 +62,7 @@ def test_reconnects_after_the_source_is_killed_and_reports_the_gap(unique_name):
         reader.wait_ready(15.0)
         poll(lambda: reader.stats.samples > 600, 10.0, "0.5 s of data")
         src.kill()
-        poll(lambda: not reader.stats.connected, 10.0, "the reader to notice the loss")
+        poll(lambda: not reader.connected, 10.0, "the reader to notice the loss")
         n_before = reader.stats.samples
         t_lost = time.monotonic()
         with SourceProcess(unique_name, **opts) as src2:
@@ -126,6 +127,8 @@ def test_nonfinite_and_lost_samples_are_counted_from_the_counter(unique_name):
     assert gap.detected_by == "counter" and gap.sample == 1200 and not gap.reconnect
     assert gap.duration_s == pytest.approx(30 / 1200, abs=1e-6)
     assert reader.ring.read_meta("n_nonfinite", 299, 302).tolist() == [0, 1, 1]
+    report = json.loads(json.dumps(reader.stats_dict()))  # JSON-able, for /api/status
+    assert report["lost_samples"] == 30 and report["last_gap"]["n_lost"] == 30
 
 
 def test_backwards_timestamps_are_counted_and_gaps_found_from_time(unique_name):

@@ -53,7 +53,7 @@ def run_with_markers(name: str, window_options: dict, on_window=None, **source_o
     ) as src:
         with (
             StreamReader(name) as reader,
-            MarkerReader(f"{name}-markers", data=reader) as markers,
+            MarkerReader(f"{name}-markers", reader=reader) as markers,
         ):
             reader.wait_ready(15.0)
             markers.wait_ready(15.0)
@@ -122,6 +122,7 @@ def test_slow_consumer_gets_the_latest_window_and_skips_are_counted(unique_name)
     # Every grid window from the first (ending at 300) to the last is returned or counted.
     assert win.stats.skipped + len(windows) == (ends[-1] - 300) // 60 + 1
     assert win.stats.skipped >= len(windows) // 2
+    assert win.stats_dict()["skipped"] == win.stats.skipped
     assert win.stats.overflow == 0
 
 

@@ -53,8 +53,8 @@ class MarkerReader(_InletThread):
     ----------
     name, stype, source_id : str, optional
         What to resolve (at least one), e.g. ``"<data stream>-markers"``.
-    data : StreamReader, optional
-        The data stream whose ring maps marker times to sample indices.
+    reader : StreamReader, optional
+        The data stream's reader, whose ring maps marker times to sample indices.
     history : int
         Markers kept (oldest dropped first; ``n_dropped`` counts them).
     **options
@@ -70,7 +70,7 @@ class MarkerReader(_InletThread):
         stype: str | None = None,
         source_id: str | None = None,
         *,
-        data: StreamReader | None = None,
+        reader: StreamReader | None = None,
         history: int = 1000,
         **options,
     ):
@@ -79,7 +79,7 @@ class MarkerReader(_InletThread):
         super().__init__(name, stype, source_id, **options)
         if history < 1:
             raise ValueError(f"history={history} must keep at least one marker.")
-        self.data = data
+        self.reader = reader
         self._history: collections.deque[Marker] = collections.deque(maxlen=int(history))
         self._n_received = 0
         self._cond = threading.Condition(self._lock)
@@ -189,10 +189,11 @@ class MarkerReader(_InletThread):
         Unchanged when there is no data reader, the data has not arrived yet, or it has
         left the ring.
         """
-        if marker.sample is not None or self.data is None or self.data.ring is None:
+        data = self.reader
+        if marker.sample is not None or data is None or data.ring is None:
             return marker
         try:
-            k = self.data.ring.index_of_time(marker.t_lsl, tolerance_s=0.5 / self.data.sfreq)
+            k = data.ring.index_of_time(marker.t_lsl, tolerance_s=0.5 / data.sfreq)
         except OverwrittenError:
             return marker
         return marker if k is None else replace(marker, sample=k)

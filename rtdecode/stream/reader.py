@@ -226,6 +226,12 @@ class _InletThread:
         return self._thread is not None and self._thread.is_alive()
 
     @property
+    def connected(self) -> bool:
+        """Connected to a source now (False before, while reconnecting, after the end)."""
+        with self._lock:
+            return bool(self._counts["connected"])
+
+    @property
     def error(self) -> BaseException | None:
         """The exception that ended the thread, or None."""
         return self._error
@@ -240,6 +246,10 @@ class _InletThread:
         """A consistent snapshot of the counters."""
         with self._lock:
             return StreamStats(**self._counts)
+
+    def stats_dict(self) -> dict:
+        """``stats`` as a JSON-able dict (for /api/status and /metrics)."""
+        return self.stats.as_dict()
 
     def raise_if_failed(self) -> None:
         """Re-raise the background thread's error, if there is one."""
@@ -727,7 +737,7 @@ class StreamReader(_InletThread):
         t_after = float(ts[i])
         t_before = float(ts[i - 1]) if i > 0 else float(self._last_t)
         return Gap(
-            sample=sample,
+            sample=int(sample),
             n_lost=int(n_lost),
             duration_s=max(0.0, t_after - t_before - 1.0 / self.sfreq),
             t_before=t_before,

@@ -127,7 +127,12 @@ class Windower:
     # ----------------------------------------------------------------- helpers
     @property
     def stats(self) -> WindowerStats:
+        """Counters (a frozen snapshot)."""
         return self._stats
+
+    def stats_dict(self) -> dict:
+        """``stats`` as a JSON-able dict (for /api/status and /metrics)."""
+        return {f: getattr(self._stats, f) for f in WindowerStats.__dataclass_fields__}
 
     def _count(self, **inc: int) -> None:
         s = self._stats
