@@ -753,7 +753,7 @@ def simulate_subject(
         Everything (gallery, feature projection, sources, design, noise) follows from it.
     size : {"full", "small", "tiny"}
         ``full``: 8 sessions, 1352 trials, a 90 s replay file (< 2 min on 2 cores).
-        ``small``: 4 sessions, 568 trials, 60 s replay. ``tiny``: 3 sessions, 39 trials
+        ``small``: 4 sessions, 568 trials, 60 s replay. ``tiny``: 3 sessions, 63 trials
         from 3 categories, 8 s replay, for tests (seconds). Counts are for the 240-image
         demo gallery.
     progress : bool
