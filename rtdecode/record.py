@@ -425,29 +425,56 @@ class _SpoolRaw(mne.io.BaseRaw):
 
     def _read_segment_file(self, data, idx, fi, start, stop, cals, mult):
         extra = self._raw_extras[fi]
-        spool = np.memmap(
-            self.filenames[fi],
-            dtype=extra["dtype"],
-            mode="r",
-            shape=(extra["n_times"], extra["n_ch"]),
-        )
-        one = np.asarray(spool[start : start + data.shape[1]], dtype=np.float64).T
-        if mult is not None:
-            data[:] = mult @ one[idx]
-        else:
-            data[:] = one[idx] * cals
+        # In blocks: a long request (get_data of one channel) must not convert every
+        # channel of the whole span to float64 at once.
+        for a, b in _blocks(data.shape[1], extra["n_ch"]):
+            one = _read_spool(
+                self.filenames[fi], extra["dtype"], extra["n_ch"], start + a, start + b
+            )
+            one = one.astype(np.float64).T
+            if mult is not None:
+                data[:, a:b] = mult @ one[idx]
+            else:
+                data[:, a:b] = one[idx] * cals
 
 
-def _counter_check(raw: mne.io.BaseRaw, index: int) -> dict[str, int]:
+def _read_spool(path, dtype, n_ch: int, start: int, stop: int) -> np.ndarray:
+    """Samples [start, stop) of the sample-major spool file, shape (stop - start, n_ch).
+
+    Plain reads, not a memmap: mapped pages would count as resident memory for the whole
+    recording."""
+    itemsize = np.dtype(dtype).itemsize
+    values = np.fromfile(
+        path, dtype=dtype, count=(stop - start) * n_ch, offset=start * n_ch * itemsize
+    )
+    return values.reshape(-1, n_ch)
+
+
+def _blocks(n: int, n_ch: int, max_values: int = 2**22):
+    """(start, stop) ranges over ``n`` samples of about ``max_values`` values each."""
+    step = max(1, max_values // max(1, n_ch))
+    return [(a, min(n, a + step)) for a in range(0, n, step)]
+
+
+def _counter_check(
+    path, dtype, n_total: int, n_ch: int, index: int, max_values: int = 2**22
+) -> dict[str, int]:
     """Samples lost or repeated, from the counter channel (which wraps at 2**24)."""
-    values = raw.get_data(picks=[index])[0]
-    absolute = unwrap_counter(values)
-    steps = np.diff(absolute)
+    lost = repeated = 0
+    first = last = None
+    for a, b in _blocks(n_total, n_ch, max_values):
+        values = _read_spool(path, dtype, n_ch, a, b)[:, index]
+        absolute = unwrap_counter(values, reference=last)
+        steps = np.diff(absolute if last is None else np.r_[last, absolute])
+        lost += int(np.sum(steps[steps > 1] - 1))
+        repeated += int(np.sum(steps < 1))
+        first = int(absolute[0]) if first is None else first
+        last = int(absolute[-1])
     return {
-        "first": int(absolute[0]),
-        "last": int(absolute[-1]),
-        "lost": int(np.sum(steps[steps > 1] - 1)),
-        "repeated": int(np.sum(steps < 1)),
+        "first": first,
+        "last": last,
+        "lost": lost,
+        "repeated": repeated,
         "modulus": COUNTER_MODULUS,
     }
 
@@ -502,7 +529,13 @@ def _write_fif(
         "counter": None,
     }
     if COUNTER_CHANNEL in raw.ch_names:
-        summary["counter"] = _counter_check(raw, raw.ch_names.index(COUNTER_CHANNEL))
+        summary["counter"] = _counter_check(
+            tmp_dir / "data.spool",
+            spool_dtype,
+            n_total,
+            info["nchan"],
+            raw.ch_names.index(COUNTER_CHANNEL),
+        )
     raw.info["description"] = json.dumps(summary)
 
     # Write under the final name inside the private folder (split parts name each

@@ -492,6 +492,16 @@ def replay_file(
     outlet = make_outlet(data_info, chunk_size=0, max_buffered=360)
     marker_outlet = make_outlet(marker_info, chunk_size=0, max_buffered=360)
     stats = ReplayStats(name=name)
+    if progress:
+        print(
+            f"replay {name}: {rec.path.name}, {n_ch} channels at {sfreq:g} Hz, "
+            f"{rec.duration_s:.1f} s, {len(events)} events ({rec.events_source}) -> LSL "
+            f"streams {name!r} and {marker_info.name()!r}"
+            f"{' (waiting for a consumer)' if wait_for_consumer_s else ''}.",
+            file=sys.stderr,
+        )
+        for note in rec.notes:
+            print(f"replay {name}: note: {note}.", file=sys.stderr)
     block = np.empty((n_block, n_ch + int(counter)), dtype=np.float32)
     bar = ProgressLine(f"replay {name}", n_limit or n_file, progress)
     t_start = None

@@ -199,6 +199,25 @@ def test_counter_is_exact_in_float32_and_unwraps():
     np.testing.assert_array_equal(unwrap_counter(counter_values(10, 5)), 10 + np.arange(5))
 
 
+def test_record_counter_check_across_blocks_and_the_wrap(tmp_path):
+    from rtdecode.record import _counter_check
+
+    counter = counter_values(COUNTER_MODULUS - 5, 12)
+    counter = np.delete(counter, [3, 4, 9])  # 3 lost, one of them at the wrap
+    counter = np.insert(counter, 6, counter[5])  # 1 repeated
+    spool = np.zeros((len(counter), 3), dtype=np.float32)
+    spool[:, 1] = counter
+    spool.tofile(tmp_path / "data.spool")
+    check = _counter_check(tmp_path / "data.spool", np.float32, len(counter), 3, 1, max_values=9)
+    assert check == {
+        "first": 2**24 - 5,
+        "last": 2**24 + 6,
+        "lost": 3,
+        "repeated": 1,
+        "modulus": COUNTER_MODULUS,
+    }
+
+
 def test_pacer_never_accumulates_lag():
     """10 minutes of 10 ms chunks with a wait that oversleeps 0-2 ms every time and 0.3 ms
     of work per chunk: every push stays within one oversleep of its due time."""
