@@ -18,7 +18,8 @@ It prints one JSON line per event on stdout (``ready``, ``started``, ``done``), 
 outlets open ``--linger-s`` seconds after the last sample, then exits. The caller must
 set ``LSLAPICFG`` (the tests' conftest does; children inherit it).
 
-Tests start it with :class:`SourceProcess` (``from lsl_source import SourceProcess``).
+Tests start it with :class:`SourceProcess` (``from lsl_source import SourceProcess``)
+and wait for things with :func:`poll`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,18 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def poll(condition, timeout_s: float, what: str):
+    """Wait for ``condition()`` to be truthy, checking every 10 ms, up to a deadline;
+    returns its value (AssertionError naming ``what`` on timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"Timed out after {timeout_s} s waiting for {what}.")
 
 
 class SourceProcess:

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 import pytest
-from lsl_source import SourceProcess
+from lsl_source import SourceProcess, poll
 
 from rtdecode.lsl.streams import COUNTER_CHANNEL
 from rtdecode.stream import (
@@ -14,17 +14,6 @@ from rtdecode.stream import (
     StreamNotFoundError,
     StreamReader,
 )
-
-
-def poll(condition, timeout_s: float, what: str):
-    """Wait for ``condition()`` to be truthy, checking every 10 ms, up to a deadline."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"Timed out after {timeout_s} s waiting for {what}.")
 
 
 def counter_of(reader: StreamReader, start: int, stop: int) -> np.ndarray:

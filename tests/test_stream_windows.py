@@ -4,12 +4,13 @@ import time
 
 import numpy as np
 import pytest
-from lsl_source import SourceProcess
+from lsl_source import SourceProcess, poll
 
 from rtdecode.lsl.streams import COUNTER_CHANNEL, local_clock
 from rtdecode.stream import (
     MarkerReader,
     StreamFormatError,
+    StreamNotFoundError,
     StreamReader,
     Windower,
     parse_marker,
@@ -199,6 +200,23 @@ def test_event_locked_windows_at_marker_plus_offset(unique_name):
         np.testing.assert_array_equal(counter_rows(w), np.arange(w.first_sample, w.last_sample + 1))
         assert w.t_first + (120 + 60) / SFREQ == pytest.approx(w.marker.t_lsl, abs=2e-4)
     assert win.stats.markers_missed == 0
+
+
+def test_a_missing_marker_stream_does_not_stop_continuous_windows(unique_name):
+    with SourceProcess(unique_name, n_channels=4, duration=1.0) as src:
+        with (
+            StreamReader(unique_name) as reader,
+            MarkerReader(f"{unique_name}-none", reader=reader, resolve_timeout_s=0.5) as absent,
+            MarkerReader(f"{unique_name}-later", resolve_timeout_s=None) as patient,
+        ):
+            reader.wait_ready(15.0)
+            windows = collect(Windower(reader, markers=absent), src, SFREQ)
+            poll(lambda: absent.error, 10.0, "the marker reader to give up")
+            assert isinstance(absent.error, StreamNotFoundError)
+            # resolve_timeout_s=None: still waiting for its stream, no error.
+            assert patient.is_alive and patient.error is None
+        assert not patient.is_alive  # stop() ends the wait
+    assert len(windows) >= 5 and all(w.marker is None for w in windows)
 
 
 def test_next_window_reraises_the_reader_error(unique_name):

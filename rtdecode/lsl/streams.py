@@ -257,7 +257,7 @@ def not_found_error(
     timeout_s: float = 0.0,
 ) -> StreamNotFoundError:
     """The error for a failed resolution; its message lists the streams visible now."""
-    seen = visible_streams(0.5)
+    seen = visible_streams(1.0)
     listing = (
         ", ".join(f"{s.name!r} (type {s.stype!r}, source_id {s.source_id!r})" for s in seen)
         or "none"

@@ -168,7 +168,7 @@ class _InletThread:
         stype: str | None = None,
         source_id: str | None = None,
         *,
-        resolve_timeout_s: float = 10.0,
+        resolve_timeout_s: float | None = 10.0,
         reconnect: bool = True,
         max_buflen_s: int = 30,
         pull_timeout_s: float = 0.1,
@@ -178,7 +178,8 @@ class _InletThread:
                 f"{type(self).__name__} needs a stream name, stype or source_id to look for."
             )
         self.name, self.stype, self.source_id = name, stype, source_id
-        self.resolve_timeout_s = float(resolve_timeout_s)
+        # None: wait for the stream until stop() (e.g. an optional marker stream).
+        self.resolve_timeout_s = None if resolve_timeout_s is None else float(resolve_timeout_s)
         self.reconnect = bool(reconnect)
         self.max_buflen_s = int(max_buflen_s)
         self.pull_timeout_s = float(pull_timeout_s)
@@ -404,8 +405,9 @@ class StreamReader(_InletThread):
         for a described stream they must match its labels.
     n_channels : int, optional
         Expected channel count (checked on connect and every reconnect).
-    resolve_timeout_s : float
-        How long the first resolution may take before ``.error`` is set.
+    resolve_timeout_s : float | None
+        How long the first resolution may take before ``.error`` is set (None: wait
+        until the stream appears or ``stop()``).
     reconnect : bool
         Wait for the source (same source_id) to come back after it is lost.
     gap_factor : float
@@ -434,7 +436,7 @@ class StreamReader(_InletThread):
         ch_names=None,
         *,
         n_channels: int | None = None,
-        resolve_timeout_s: float = 10.0,
+        resolve_timeout_s: float | None = 10.0,
         reconnect: bool = True,
         gap_factor: float = 1.5,
         stall_s: float = 1.0,

@@ -79,8 +79,9 @@ class Windower:
     offset_s : float
         Event mode: window start relative to the marker's time (may be negative).
     markers : MarkerReader, optional
-        Required in event mode; in continuous mode the latest marker at or before the
-        window's last sample is attached to each window.
+        Required in event mode (its error is raised like the reader's); in continuous
+        mode the latest marker at or before the window's last sample is attached to each
+        window, and a marker reader that failed leaves windows without markers.
     latest_wins : bool
         Skip (and count) older ready windows when the consumer falls behind.
     zero_nonfinite : bool
@@ -172,12 +173,14 @@ class Windower:
 
     def _failed(self) -> bool:
         return self.reader.error is not None or (
-            self.markers is not None and self.markers.error is not None
+            self.mode == "event" and self.markers.error is not None
         )
 
     def _raise_if_failed(self) -> None:
         self.reader.raise_if_failed()
-        if self.markers is not None:
+        # Markers are what event mode cuts by; in continuous mode they only annotate
+        # windows, so a missing marker stream (see markers.error) must not stop them.
+        if self.mode == "event":
             self.markers.raise_if_failed()
 
     # --------------------------------------------------------------- cutting
