@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "TRIAL_TYPES",
     "Trial",
     "category_of_path",
     "find_recordings",
@@ -43,7 +42,6 @@ __all__ = [
     "zero_shot_split",
 ]
 
-TRIAL_TYPES = ("exp", "test", "catch")
 _SKIP_DIRS = {"derivatives", "sourcedata", "code", "stimuli", ".git"}
 _SUBJECT_RE = re.compile(r"(?:^|_)sub-([A-Za-z0-9]+)")
 _LATER_SPLIT_RE = re.compile(r"_split-0*(?:[2-9]|\d{2,})_")
