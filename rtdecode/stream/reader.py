@@ -305,12 +305,6 @@ class _InletThread:
         with self._lock:
             self._counts.update(changes)
 
-    def _add(self, **increments: int) -> None:
-        with self._lock:
-            c = self._counts
-            for key, value in increments.items():
-                c[key] += value
-
     def _find(self, timeout_s: float | None, source_id: str | None, exclude_uids=()):
         """Resolve until found, ``timeout_s`` passes (None: no limit) or stop()."""
         return lsl.find(

@@ -236,24 +236,25 @@ class Windower:
         self._next_end = end + self.n_hop
         return window
 
-    def _event_span(self, marker: Marker) -> tuple[int, int] | None:
-        """[start, stop) of the marker's window; None while its sample is unknown.
+    def _locate(self, marker: Marker) -> Marker | None:
+        """``marker`` with its data sample set; None while the data has not arrived.
 
-        Raises OverwrittenError when the marker cannot get a window.
+        Raises OverwrittenError when the marker cannot get a window (its time is
+        before the stream, inside a gap, or no longer held).
         """
         ring = self.reader.ring
         period = 1.0 / self.reader.sfreq
-        sample = ring.index_of_time(marker.t_lsl, tolerance_s=0.5 * period)
+        sample = marker.sample
         if sample is None:
-            return None
+            sample = ring.index_of_time(marker.t_lsl, tolerance_s=0.5 * period)
+            if sample is None:
+                return None
+            marker = replace(marker, sample=sample)
         if ring.sample_at("t_lsl", sample) - marker.t_lsl > 1.5 * period:
             raise OverwrittenError(
                 f"No sample at marker time {marker.t_lsl:.4f} (before the stream or in a gap)."
             )
-        start = sample + self.n_offset - self.n_pad
-        if start < ring.oldest:
-            raise OverwrittenError(f"Samples from {start} on are no longer held.")
-        return start, start + self.n_total
+        return marker
 
     def _try_event(self) -> Window | None:
         items, self._marker_seq, missed = self.markers.since(self._marker_seq)
@@ -261,31 +262,33 @@ class Windower:
             self._count(markers_missed=missed)
         self._pending.extend(items)
         ring = self.reader.ring
-        ready: list[tuple[int, int, Marker]] = []
-        keep: list[Marker] = []
+        ready: list[tuple[int, Marker]] = []
+        waiting: list[Marker] = []
         for i, marker in enumerate(self._pending):
             try:
-                span = self._event_span(marker)
+                located = self._locate(marker)
+                start = None if located is None else located.sample + self.n_offset - self.n_pad
+                if start is not None and start < ring.oldest:
+                    raise OverwrittenError(f"Samples from {start} on are no longer held.")
             except OverwrittenError:
                 self._count(markers_missed=1)
                 continue
-            if span is None or span[1] > ring.n_written:
-                keep.extend(self._pending[i:])  # later markers end later still
+            if located is None or start + self.n_total > ring.n_written:
+                # Later markers end later still; keep the located ones located.
+                waiting = [marker if located is None else located, *self._pending[i + 1 :]]
                 break
-            ready.append((*span, marker))
-        self._pending = keep
-        if not ready:
-            return None
+            ready.append((start, located))
         if self.latest_wins:
-            self._count(skipped=len(ready) - 1)
+            self._count(skipped=max(0, len(ready) - 1))
             ready = ready[-1:]
         else:
-            self._pending = [m for _, _, m in ready[1:]] + self._pending
-        start, stop, marker = ready[0]
-        if marker.sample is None:
-            marker = replace(marker, sample=start + self.n_pad - self.n_offset)
+            waiting = [m for _, m in ready[1:]] + waiting
+        self._pending = waiting
+        if not ready:
+            return None
+        start, marker = ready[0]
         try:
-            return self._cut(start, stop, marker)
+            return self._cut(start, start + self.n_total, marker)
         except OverwrittenError:
             self._count(markers_missed=1)
             return None
