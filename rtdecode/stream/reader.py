@@ -561,6 +561,7 @@ class StreamReader(_InletThread):
         # Scratch rows for the per-chunk checks: the previous value, then the chunk's.
         self._ext_t = np.empty(self._max_chunk + 1, dtype=np.float64)
         self._ext_c = np.empty(self._max_chunk + 1, dtype=np.float64)
+        self._lost_scratch = np.empty(self._max_chunk, dtype=np.int32)
         self._inlet_capacity = int(self.max_buflen_s * desc.sfreq)
 
     # ------------------------------------------------------------------ pulling
@@ -658,7 +659,8 @@ class StreamReader(_InletThread):
         """
         n = ts.size
         first_index = self.ring.n_written
-        lost_before = np.zeros(n, dtype=np.int32)
+        lost_before = self._lost_scratch[:n]
+        lost_before[:] = 0
         new_gaps: list[Gap] = []
         n_back, jump_idx, jumps, newest_t = self._check_timestamps(ts)
 
