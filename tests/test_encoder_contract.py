@@ -257,12 +257,23 @@ def test_aggregation_equals_project_then_aggregate(mode):
     assert torch.allclose(agg(h), ref, atol=1e-4)
 
 
-def test_batchnorm_is_torch_batchnorm_without_process_group():
+def test_batchnorm_running_statistics_are_debiased():
     torch.manual_seed(0)
     ours, ref = BatchNorm1d(4), torch.nn.BatchNorm1d(4)
-    x = torch.randn(5, 4, 11) * 3 + 1
-    assert torch.allclose(ours(x), ref(x))
-    assert torch.allclose(ours.running_var, ref.running_var)
+    batches = [torch.randn(5, 4, 11) * 0.03 + 1 for _ in range(30)]
+    assert torch.allclose(ours(batches[0]), ref(batches[0]))  # same normalisation
+    # After one batch the running statistics are that batch's, not 90% of the init.
+    assert torch.allclose(ours.running_mean, batches[0].mean(dim=(0, 2)), atol=1e-6)
+    assert torch.allclose(ours.running_var, batches[0].var(dim=(0, 2)), rtol=1e-4)
+    for b in batches[1:]:
+        ours(b)
+    # Past 1/momentum updates it is torch's exponential average again.
+    assert ours._debias_done and int(ours.num_batches_tracked) == 30
+    assert torch.allclose(ours.running_var, torch.full((4,), 9e-4), rtol=0.3)
+    ours.eval()
+    ref.load_state_dict(ours.state_dict())
+    ref.eval()
+    assert torch.equal(ours(batches[0]), ref(batches[0]))
 
 
 def test_torch_compile_agrees_on_tiny_preset():

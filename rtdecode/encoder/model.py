@@ -251,16 +251,45 @@ class SubjectLayers(nn.Module):
 
 
 class BatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm1d whose batch statistics span every DDP rank while training.
+    """BatchNorm1d with debiased running statistics and, under DDP, batch statistics
+    that span every rank.
 
-    torch's SyncBatchNorm is GPU-only; this one also runs on CPU (gloo), which is what
-    makes a 2-process run match a 1-process run with the same global batch. Without a
-    process group (or in eval mode) it is exactly ``nn.BatchNorm1d``.
+    * Running statistics: the n-th update uses momentum ``max(momentum, 1/n)``, i.e. a
+      plain average of the first ``1/momentum`` batches and then torch's usual
+      exponential average. torch starts from mean 0 / variance 1 and needs ~60 updates
+      to forget that; after spatial attention the activations have a variance of ~1e-3,
+      so an early-stopped model trained on a small data set (a few batches per epoch)
+      would be evaluated with a variance ~100 times too large and give the same output
+      for every window.
+    * DDP: torch's SyncBatchNorm is GPU-only; this one reduces the statistics over ranks
+      on CPU (gloo) too, which is what makes a 2-process run match a 1-process run with
+      the same global batch.
+
+    In eval mode it is exactly ``nn.BatchNorm1d``.
     """
 
+    _debias_done = False  # set once 1/n has fallen below momentum: no more host syncs
+
+    def _update_momentum(self) -> float:
+        momentum = 0.1 if self.momentum is None else float(self.momentum)
+        if self._debias_done:
+            self.num_batches_tracked.add_(1)
+            return momentum
+        n = int(self.num_batches_tracked) + 1
+        self.num_batches_tracked.fill_(n)
+        if 1.0 / n <= momentum:
+            self._debias_done = True
+        return max(momentum, 1.0 / n)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or world_size() == 1:
+        if not self.training or not self.track_running_stats:
             return super().forward(x)
+        momentum = self._update_momentum()
+        if world_size() == 1:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, True,
+                momentum, self.eps,
+            )
         c = x.shape[1]
         count = torch.tensor([x.shape[0] * x.shape[2]], dtype=x.dtype, device=x.device)
         stats = torch.cat([x.sum(dim=(0, 2)), (x * x).sum(dim=(0, 2)), count])
@@ -268,12 +297,9 @@ class BatchNorm1d(nn.BatchNorm1d):
         n = stats[-1]
         mean = stats[:c] / n
         var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0.0)
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked += 1
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.mul_(1 - m).add_(m * mean)
-                self.running_var.mul_(1 - m).add_(m * var * n / (n - 1).clamp_min(1.0))
+        with torch.no_grad():
+            self.running_mean.mul_(1 - momentum).add_(momentum * mean)
+            self.running_var.mul_(1 - momentum).add_(momentum * var * n / (n - 1).clamp_min(1.0))
         y = (x - mean[None, :, None]) * torch.rsqrt(var + self.eps)[None, :, None]
         if self.affine:
             y = y * self.weight[None, :, None] + self.bias[None, :, None]
