@@ -276,6 +276,21 @@ def test_batchnorm_running_statistics_are_debiased():
     assert torch.equal(ours(batches[0]), ref(batches[0]))
 
 
+def test_eval_mode_is_not_collapsed_after_a_few_training_batches():
+    # Regression: with torch's BatchNorm init (var 1) and small activations, an early
+    # checkpoint predicted the same vector for every window in eval mode.
+    model = _build("test", n_subjects=1)
+    x = 0.05 * torch.randn(16, 8, 12, generator=torch.Generator().manual_seed(0))
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+        spread_train = model(x)["clip"].std(dim=0).mean()
+        model.eval()
+        spread_eval = model(x)["clip"].std(dim=0).mean()
+    assert spread_eval > 0.5 * spread_train
+
+
 def test_torch_compile_agrees_on_tiny_preset():
     if not hasattr(torch, "compile"):
         pytest.skip("torch.compile is not available in this torch build.")
