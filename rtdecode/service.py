@@ -53,7 +53,9 @@ class Service:
         self.meta = meta
         pre = Preprocessor.from_dict(meta["preprocess"])
         target = meta.get("target", {})
-        gallery_dir = s.gallery or _meta_path(s.model, target.get("gallery"))
+        gallery_dir = s.gallery or _meta_path(
+            s.model, target.get("gallery") or meta.get("provenance", {}).get("gallery")
+        )
         if gallery_dir is None:
             raise ValueError(
                 "No gallery for retrieval; pass --gallery DIR or use a checkpoint whose "
@@ -101,7 +103,10 @@ class Service:
             ch_names=s.ch_names,
         )
         self.reader.start()
-        self.markers = MarkerReader(s.marker_stream or f"{s.stream}-markers", reader=self.reader)
+        # The marker stream is optional: without it windows simply carry no true image.
+        self.markers = MarkerReader(
+            s.marker_stream or f"{s.stream}-markers", reader=self.reader, resolve_timeout_s=None
+        )
         self.markers.start()
         self.windower = Windower(
             self.reader,

@@ -1,0 +1,131 @@
+"""``rtdecode demo``: the simulated subject, replayed on a loopback-only LSL stream and
+decoded live by the service with the bundled models; one command, Ctrl-C to stop.
+
+Threading: the replay runs in a child process (as a lab's acquisition would); the
+service's threads are described in ``rtdecode.service``; this module's main thread only
+prints a status line and waits for Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import webbrowser
+from pathlib import Path
+
+from rtdecode.lsl import LOCAL_CONFIG, use_local_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("RTDECODE_DEMO_DATA", REPO_ROOT / "data" / "sim"))
+
+
+def default_models_dir() -> Path:
+    return Path(os.environ.get("RTDECODE_DEMO_MODELS", REPO_ROOT / "models" / "demo"))
+
+
+def ensure_simulated_subject(data_dir: Path) -> Path:
+    """Write the simulated subject into ``data_dir`` unless it is already there."""
+    replay = data_dir / "replay_raw.fif"
+    if not replay.is_file():
+        from rtdecode.data.simulate import simulate_subject
+
+        print(f"Simulating the demo subject into {data_dir} (about a minute, once) ...", flush=True)
+        simulate_subject(data_dir, seed=0, size="full")
+    return replay
+
+
+def start_replay(path: Path, name: str) -> subprocess.Popen:
+    """Replay ``path`` in a loop on a loopback-only LSL stream, in a child process."""
+    env = dict(os.environ, LSLAPICFG=str(LOCAL_CONFIG))
+    cmd = [
+        sys.executable, "-m", "rtdecode.cli", "--lsl-local", "replay", str(path),
+        "--name", name, "--source-id", name, "--loop", "--quiet",
+    ]
+    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+
+
+def _status_line(service) -> str:
+    st = service.worker.stats() if service.worker else {}
+    c = st.get("counters", {})
+    lat = st.get("latency_ms", {}).get("total", {})
+    win = service.windower.stats_dict() if service.windower else {}
+    return (
+        f"frames {c.get('frames', 0):6d}  images {c.get('images', 0):5d}  "
+        f"latency p50 {lat.get('p50', float('nan')):6.1f} ms  p99 {lat.get('p99', float('nan')):6.1f} ms  "
+        f"windows skipped {win.get('skipped', 0)}"
+    )
+
+
+def run_demo(
+    port: int = 8765,
+    open_browser: bool = True,
+    duration_s: float | None = None,
+    data_dir: Path | None = None,
+    models_dir: Path | None = None,
+) -> int:
+    """Run the demo until Ctrl-C (or ``duration_s``). Returns the exit code."""
+    use_local_config()
+    from rtdecode.config import Settings
+    from rtdecode.service import Service
+
+    data_dir = Path(data_dir or default_data_dir())
+    models_dir = Path(models_dir or default_models_dir())
+    encoder_dir = models_dir / "encoder"
+    decoder_dir = models_dir / "decoder"
+    if not (encoder_dir / "config.json").is_file():
+        raise FileNotFoundError(
+            f"The demo brain encoder is missing from {encoder_dir}; run `make models` to "
+            "train it with the project's own commands."
+        )
+    replay_path = ensure_simulated_subject(data_dir)
+    name = f"rtdecode-demo-{os.getpid()}"
+    replay = start_replay(replay_path, name)
+    settings = Settings.load(
+        None,
+        stream=name,
+        source_id=name,
+        model=encoder_dir,
+        decoder=str(decoder_dir) if (decoder_dir / "config.json").is_file() else "none",
+        gallery=data_dir / "images",
+        port=port,
+        lsl_local=True,
+    )
+    service = Service(settings)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    t_start = time.monotonic()
+    try:
+        service.start()
+        deadline = time.monotonic() + 120
+        while service.health()[0] != "ready" and not stop.is_set():
+            if replay.poll() is not None:
+                raise RuntimeError(f"The replay process ended early (exit code {replay.returncode}).")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"The service did not become ready: {service.health()[1]}")
+            stop.wait(0.2)
+        print(f"\nrtdecode demo: open {service.url} in a browser (Ctrl-C to stop)\n", flush=True)
+        if open_browser:
+            webbrowser.open(service.url)
+        while not stop.wait(2.0):
+            if replay.poll() is not None:
+                raise RuntimeError(f"The replay process ended (exit code {replay.returncode}).")
+            print("  " + _status_line(service), flush=True)
+            if duration_s is not None and time.monotonic() - t_start >= duration_s:
+                break
+    finally:
+        service.stop()
+        replay.terminate()
+        try:
+            replay.wait(10)
+        except subprocess.TimeoutExpired:
+            replay.kill()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
