@@ -27,6 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import cpu_name  # noqa: E402  (bench/common.py)
+
 from rtdecode.decoder.retrieval import Retrieval  # noqa: E402
 
 
@@ -44,16 +46,6 @@ def _time_ms(fn, repeats: int, warmup: int = 20) -> dict[str, float]:
         "p95_ms": float(np.percentile(times, 95)),
         "min_ms": float(times.min()),
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _blas_info() -> dict:
@@ -97,7 +89,7 @@ def run(sizes: list[int], dim: int, threads: list[int], repeats: int, k: int) ->
         "k": k,
         "repeats": repeats,
         "machine": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "n_cpus": os.cpu_count(),
             "load_average_1min": os.getloadavg()[0],
             "python": platform.python_version(),

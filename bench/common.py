@@ -1,0 +1,117 @@
+"""Small helpers shared by the benchmarks: the machine's description, percentiles, JSON
+output and plain-text tables.
+
+Only the standard library and numpy, so that every benchmark (and a bare GPU machine)
+can import it. A benchmark run as ``python bench/NAME.py`` finds it because Python puts
+the script's folder first on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo``), or what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, core count, Python and the 1-minute load average (the machine may be shared)."""
+    return {
+        "cpu": cpu_name(),
+        "n_cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
+
+
+def percentiles(
+    values: Iterable[float], qs: Sequence[float] = (50, 95, 99), ndigits: int = 3
+) -> dict[str, float | int]:
+    """``{"n", "p50", "p95", "p99", "mean", "max"}`` of ``values`` (same unit as given).
+
+    An empty input gives ``{"n": 0}`` so that a section that produced nothing still
+    serialises.
+    """
+    a = np.asarray(list(values), dtype=float)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return {"n": 0}
+    out: dict[str, float | int] = {"n": int(a.size)}
+    for q, v in zip(qs, np.percentile(a, list(qs)), strict=True):
+        out[f"p{q:g}"] = round(float(v), ndigits)
+    out["mean"] = round(float(a.mean()), ndigits)
+    out["max"] = round(float(a.max()), ndigits)
+    return out
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable; convert it first.")
+
+
+def _finite(obj: Any) -> Any:
+    """NaN and infinities as None: strict JSON readers (browsers, jq) reject them."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_json(path: str | Path, obj: dict[str, Any]) -> Path:
+    """Write ``obj`` as indented JSON (folders created, numpy types converted)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_finite(obj), indent=2, default=_json_default, allow_nan=False)
+    path.write_text(text + "\n")
+    return path
+
+
+def format_table(header: Sequence[str], rows: Iterable[Sequence[Any]], floatfmt: str = ".2f") -> str:
+    """A plain-text table: first column left-aligned, the others right-aligned.
+
+    Floats use ``floatfmt``; None prints as ``-``.
+    """
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return format(v, floatfmt) if math.isfinite(v) else "nan"
+        return str(v)
+
+    body = [[cell(v) for v in row] for row in rows]
+    cols = [list(header)] + body
+    widths = [max(len(r[i]) for r in cols) for i in range(len(header))]
+    lines = []
+    for r in cols:
+        parts = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
+        lines.append("  ".join(parts).rstrip())
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
