@@ -763,6 +763,7 @@ def train(
         "target": {
             "name": encoder.name, "encoder": rc.image_encoder,
             "encoder_path": rc.image_encoder_path, "readout": rc.image_readout,
+            "gallery": str(es.gallery_root),
         },
         "subjects": list(es.subjects),
         "provenance": {
