@@ -143,6 +143,7 @@ class DecodeWorker(threading.Thread):
             s: deque(maxlen=self.options.latency_history) for s in STAGES
         }
         self._last_error_msg: str | None = None
+        self._consecutive_errors = 0  # windows in a row that failed (0 after a success)
 
     # ------------------------------------------------------------------ public
     def stop(self, timeout_s: float = 5.0) -> None:
@@ -152,11 +153,13 @@ class DecodeWorker(threading.Thread):
             self.join(timeout_s)
 
     def stats(self) -> dict[str, Any]:
-        """Counters and latency percentiles (p50/p95/p99, ms) per stage."""
+        """Counters and latency percentiles (p50/p95/p99, ms) per stage;
+        ``consecutive_frame_errors``: windows in a row that failed, up to now."""
         with self._lock:
             counters = dict(self._counters)
             lat = {k: np.asarray(v, dtype=float) for k, v in self._latencies.items()}
             last_err = self._last_error_msg
+            failing = self._consecutive_errors
         pct = {}
         for stage, arr in lat.items():
             if arr.size:
@@ -168,6 +171,7 @@ class DecodeWorker(threading.Thread):
             "ready": self.ready.is_set(),
             "error": None if self.error is None else repr(self.error),
             "last_frame_error": last_err,
+            "consecutive_frame_errors": failing,
         }
 
     def latency_samples(self, stage: str) -> list[float]:
@@ -200,10 +204,26 @@ class DecodeWorker(threading.Thread):
             try:
                 self._process(window)
             except Exception as exc:
-                log.exception("Decoding one window failed; the frame is skipped.")
+                msg = f"{type(exc).__name__}: {exc}"
                 with self._lock:
                     self._counters["frame_errors"] += 1
-                self._note_error(f"{type(exc).__name__}: {exc}")
+                    self._consecutive_errors += 1
+                    repeated = self._consecutive_errors > 1 and msg == self._last_error_msg
+                # A failure that repeats on every window (20 per second) is logged once and
+                # counted; the log must not fill the disk during a long session.
+                if not repeated:
+                    log.exception(
+                        "Decoding one window failed; the frame is skipped (identical "
+                        "failures in a row are only counted, in frame_errors)."
+                    )
+                self._note_error(msg)
+            else:
+                if self._consecutive_errors:
+                    log.info(
+                        "Decoding works again after %d failed windows.", self._consecutive_errors
+                    )
+                    with self._lock:
+                        self._consecutive_errors = 0
 
     def _note_error(self, msg: str) -> None:
         with self._lock:
