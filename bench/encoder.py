@@ -9,7 +9,7 @@ Measures the ``paper`` preset (or ``--preset``) on a 306-channel, 250 ms window
   region waits for a thread that another process has descheduled;
 * batch-64 forward latency;
 * training throughput (samples/s) of full steps (forward, CombinedLoss, backward,
-  Adam) at ``--train-batch``.
+  Adam) at ``--train-batch``, for each thread count.
 
 The 1-minute load average before and after is recorded with the numbers: the machine
 may be shared. Writes bench/results/encoder.json and prints a table.
@@ -118,11 +118,12 @@ def main(argv: list[str] | None = None) -> dict:
             "forward_batch1": forward_latency(model, x1, subject, args.repeats),
             "forward_batch64": b64,
         }
-    torch.set_num_threads(max(threads))
-    results["train_threads"] = max(threads)
-    results["train"] = train_throughput(
-        model, args.channels, args.times, model.config.target_dim, args.train_batch, args.train_steps
-    )
+    for n in threads:  # training last: it changes the weights
+        torch.set_num_threads(n)
+        results["by_threads"][str(n)]["train"] = train_throughput(
+            model, args.channels, args.times, model.config.target_dim, args.train_batch,
+            args.train_steps,
+        )
     results["host"] = {
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
@@ -133,7 +134,6 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
 
-    tr = results["train"]
     print(f"encoder {args.preset}: {results['n_parameters']:,} parameters, "
           f"{args.channels} ch x {args.times} samples")
     print(f"{'measure':<34}{'p50':>10}{'p99':>10}")
@@ -141,8 +141,9 @@ def main(argv: list[str] | None = None) -> dict:
         for key, label in (("forward_batch1", "batch 1"), ("forward_batch64", "batch 64")):
             row = f"forward {label}, {n} thread(s) (ms)"
             print(f"{row:<34}{r[key]['p50_ms']:>10.2f}{r[key]['p99_ms']:>10.2f}")
-    row = f"train, {results['train_threads']} thread(s) (samples/s)"
-    print(f"{row:<34}{tr['samples_per_s']:>10.1f}")
+    for n, r in results["by_threads"].items():
+        row = f"train batch {args.train_batch}, {n} thread(s) (samples/s)"
+        print(f"{row:<44}{r['train']['samples_per_s']:>10.1f}")
     print(f"load average (1 min): {results['host']['loadavg_1min_before']} before, "
           f"{results['host']['loadavg_1min_after']} after; wrote {args.out}")
     return results
