@@ -69,7 +69,6 @@ __all__ = [
     "train_arrays",
 ]
 
-_OPTIONAL_FLOATS = ("highpass_hz", "lowpass_hz", "clamp")
 MONITORS = {"val_loss": "min", "val_top5": "max"}
 
 
@@ -80,8 +79,10 @@ class Recipe:
 
     A TOML recipe sets any of these keys at top level (or under ``[train]``); the
     ``[model]`` table overrides architecture fields of the preset (e.g.
-    ``aggregation = "attention"``). ``highpass_hz``, ``lowpass_hz`` and ``clamp`` take
-    ``false`` to switch the step off. Command-line flags win over the file.
+    ``aggregation = "attention"``) and the ``[preprocess]`` table overrides
+    :class:`~rtdecode.signal.PreprocessConfig` fields (its defaults apply otherwise;
+    ``false`` switches a filter, the baseline or the clamp off). Command-line flags win
+    over the file.
     """
 
     preset: str = "paper"
@@ -93,12 +94,7 @@ class Recipe:
     # windows and preprocessing (the live service reuses all of these via the checkpoint)
     window_s: float = 0.25
     window_start_s: float = 0.1
-    sfreq_model_hz: float = 120.0
-    highpass_hz: float | None = 0.1
-    lowpass_hz: float | None = 40.0
-    pad_s: float = 0.5
-    baseline_s: tuple[float, float] | None = None
-    clamp: float | None = 20.0
+    preprocess: dict[str, Any] = field(default_factory=dict)
     subjects: list[str] | None = None
     # optimisation
     lr: float = 3e-4
@@ -113,13 +109,16 @@ class Recipe:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        for name in _OPTIONAL_FLOATS:
-            if getattr(self, name) is False:
-                setattr(self, name, None)
-        if self.baseline_s is not None and self.baseline_s is not False:
-            self.baseline_s = tuple(float(v) for v in self.baseline_s)
-        else:
-            self.baseline_s = None
+        from rtdecode.signal import PreprocessConfig
+
+        known = {f.name for f in dataclasses.fields(PreprocessConfig)} - {"ch_names"}
+        unknown = sorted(set(self.preprocess) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown [preprocess] option(s) {unknown}; known options are {sorted(known)}."
+            )
+        # TOML has no null: false switches an optional step off.
+        self.preprocess = {k: (None if v is False else v) for k, v in self.preprocess.items()}
         if self.monitor not in MONITORS:
             raise ValueError(f"monitor={self.monitor!r} is unknown; use one of {sorted(MONITORS)}.")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -131,9 +130,7 @@ class Recipe:
             raise ValueError(f"lr={self.lr} must be positive.")
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["baseline_s"] = None if self.baseline_s is None else list(self.baseline_s)
-        return d
+        return dataclasses.asdict(self)
 
 
 def load_recipe(recipe: str | Path | dict | Recipe | None = None, **overrides: Any) -> Recipe:
@@ -677,10 +674,7 @@ def _image_encoder(rc_or_target: Any):
 def _preprocessor(rc: Recipe, ch_names: Sequence[str]):
     from rtdecode.signal import PreprocessConfig, Preprocessor
 
-    return Preprocessor(PreprocessConfig(
-        ch_names=tuple(ch_names), sfreq_model_hz=rc.sfreq_model_hz, highpass_hz=rc.highpass_hz,
-        lowpass_hz=rc.lowpass_hz, pad_s=rc.pad_s, baseline_s=rc.baseline_s, clamp=rc.clamp,
-    ))
+    return Preprocessor(PreprocessConfig(ch_names=tuple(ch_names), **rc.preprocess))
 
 
 def train(
@@ -729,9 +723,13 @@ def train(
             f"{out} already holds a training run; pass --resume to continue it or choose "
             "another --out."
         )
+    # The channels come from the data, so the real Preprocessor is built after loading.
+    # One on a placeholder channel checks the [preprocess] options before the (slow)
+    # load and gives the filter history the epochs must carry.
+    pad_s = _preprocessor(rc, ("placeholder",)).config.pad_s
     es = load_epochs(
         data_dir, tmin_s=rc.window_start_s, tmax_s=rc.window_start_s + rc.window_s,
-        pad_s=rc.pad_s, subjects=rc.subjects, progress=progress,
+        pad_s=pad_s, subjects=rc.subjects, progress=progress,
     )
     es_train = es.train
     if len(es_train) == 0:
@@ -755,11 +753,11 @@ def train(
         "positions_3d": es.positions_3d,
         "ch_types": list(es.ch_types),
         "sfreq_in_hz": es.sfreq_hz,
-        "sfreq_model_hz": rc.sfreq_model_hz,
+        "sfreq_model_hz": preprocessor.config.sfreq_model_hz,
         "window_s": rc.window_s,
         "offsets": {"window_start_s": rc.window_start_s},
         "preprocess": preprocessor.to_dict(),
-        "clamp": rc.clamp,
+        "clamp": preprocessor.config.clamp,
         "target": {
             "name": encoder.name, "encoder": rc.image_encoder,
             "encoder_path": rc.image_encoder_path, "readout": rc.image_readout,

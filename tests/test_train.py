@@ -128,20 +128,25 @@ def test_recipe_toml(tmp_path):
     path = tmp_path / "recipe.toml"
     path.write_text(textwrap.dedent("""
         preset = "demo"
-        highpass_hz = false
         [train]
         lr = 1e-3
         batch_size = 64
         [model]
         aggregation = "attention"
+        [preprocess]
+        highpass_hz = false
+        lowpass_hz = 30.0
     """))
     rc = load_recipe(path, max_epochs=7, seed=None)
     assert (rc.preset, rc.lr, rc.batch_size, rc.max_epochs, rc.seed) == ("demo", 1e-3, 64, 7, 0)
-    assert rc.highpass_hz is None and rc.model == {"aggregation": "attention"}
+    assert rc.preprocess == {"highpass_hz": None, "lowpass_hz": 30.0}
+    assert rc.model == {"aggregation": "attention"}
     assert Recipe().lr == 3e-4 and Recipe().batch_size == 128 and Recipe().lam == 0.75
     path.write_text("learning_rate = 1\n")
     with pytest.raises(ValueError, match="Unknown recipe option"):
         load_recipe(path)
+    with pytest.raises(ValueError, match=r"Unknown \[preprocess\] option"):
+        load_recipe({"preprocess": {"notch_hz": 50}})
     with pytest.raises(FileNotFoundError):
         load_recipe(tmp_path / "missing.toml")
 
