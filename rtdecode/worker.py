@@ -60,6 +60,8 @@ class WorkerOptions:
         A marker names the "true" image for windows ending up to this long after it.
     latency_history : int
         Samples kept per stage for the percentiles in ``stats()``.
+    torch_threads : int | None
+        Threads torch may use (process-wide); None leaves torch's default.
     """
 
     topk: int = 5
@@ -70,6 +72,7 @@ class WorkerOptions:
     image_format: str = "jpeg"
     stimulus_hold_s: float = 1.0
     latency_history: int = 2048
+    torch_threads: int | None = 1
 
 
 class DecodeWorker(threading.Thread):
@@ -184,6 +187,10 @@ class DecodeWorker(threading.Thread):
             import torch
 
             self._torch = torch
+            if self.options.torch_threads:
+                # Batch-1 inference gains nothing from more threads, and on a busy machine
+                # two threads contend badly (bench/encoder.py: p50 5 ms vs 44 ms).
+                torch.set_num_threads(self.options.torch_threads)
             self.encoder.eval()
             self._warm_up()
         except BaseException as exc:  # surfaced on /health; the thread ends
