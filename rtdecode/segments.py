@@ -1,0 +1,539 @@
+"""SegmentRecorder: every received sample and marker on disk, continuously, as small FIF
+files, so that a crash of the service loses at most the newest couple of seconds.
+
+``rtdecode serve --record DIR`` (``Settings.record``) runs one. It follows the
+StreamReader's RingBuffer by absolute sample index, as the Windower does, and writes each
+stretch of at most ``segment_s`` seconds as its own FIF file, plus a JSON sidecar:
+
+    DIR/session-20261127T172100Z/          (0700: one folder per service start)
+        seg-r01-000000000000_raw.fif        (0600) samples [0, 2400) of run 1
+        seg-r01-000000000000.json           (0600) the sidecar (see below)
+        seg-r01-000000002400_raw.fif
+        ...
+
+A *run* is one StreamReader: its sample indices start at 0. The service starts a new run
+when it has to replace its reader (the source came back with other channels, then the
+right one returned). Within a run, segment ``k + 1`` starts where segment ``k`` ended
+unless samples were missing in between (a gap the reader detected, or samples the
+recorder could not save in time); a segment never spans a gap, so every file is
+contiguous in time as MNE assumes. Each file's ``raw.first_samp`` is the absolute index
+of its first sample, and markers are annotations on the sample nearest their time
+(``mne.events_from_annotations`` gives absolute indices back).
+
+Sidecar (the same JSON is also in the FIF's ``info["description"]``): ``v``, ``file``,
+``run``, ``first_sample``, ``n_samples``, ``sfreq_hz``, ``t_first``/``t_last`` (LSL clock),
+``wall_first`` (Unix time of the first sample), ``stream`` (name, source_id, type),
+``markers`` ([{sample, t_lsl, value}] inside the segment), ``late_markers`` (markers that
+arrived after the segment holding their sample was written), ``gap_before`` (samples the
+reader found missing right before ``first_sample``), ``recorder_lost_before`` (samples the
+recorder could not save: see below), ``n_nonfinite``.
+
+What a crash can lose: a segment is written once it holds ``segment_s`` of samples (plus
+``marker_margin_s`` so that markers have arrived), or as soon as its oldest sample has
+waited ``segment_s + marker_margin_s``; files appear atomically (temporary name, fsync,
+rename), so a SIGKILL leaves whole segments and loses only what was still waiting, at
+most ``segment_s + marker_margin_s`` plus the segment being written.
+
+Bounded memory, no silent loss: the recorder reads the ring and never holds more than one
+segment. If the disk is so slow that the ring overwrites samples before they are written
+(more than ``buffer_s`` behind), the overwritten samples are counted in
+``stats()["counters"]["lost_samples"]``, logged as an error, and named in the next
+sidecar's ``recorder_lost_before``. A write that fails (disk full) is retried every
+second; ``error`` holds the failure meanwhile (the service shows it on /health).
+
+Threads
+-------
+* The recorder thread (``rtdecode-recorder``) owns the output folder and everything it
+  writes. It only reads the ring (never changes it) and the MarkerReader's history.
+* :meth:`SegmentRecorder.follow` (any thread) hands over a new reader (and marker
+  reader); the recorder first writes what is left of the old ring, then starts a new run.
+* :meth:`SegmentRecorder.stats` and ``error`` may be read from any thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtdecode.lsl.streams import local_clock
+from rtdecode.stream.ring import OverwrittenError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SegmentRecorder", "read_index", "SIDECAR_VERSION"]
+
+SIDECAR_VERSION = 1
+#: Seconds between retries after a failed write (disk full, folder removed).
+RETRY_S = 1.0
+#: Longest wait between checks of the ring (stop requests, deadlines).
+_TICK_S = 0.25
+
+
+class SegmentRecorder:
+    """Write every sample a StreamReader receives to small FIF files, in one thread.
+
+    Parameters
+    ----------
+    reader : rtdecode.stream.StreamReader
+        Started; the recorder waits for its ring (first connection).
+    out_dir : str | Path
+        Parent folder; a new ``session-<UTC time>`` folder (0700) is made inside it.
+    markers : rtdecode.stream.MarkerReader, optional
+        Markers become annotations of the segment holding their sample.
+    segment_s : float
+        Longest segment, in seconds of samples (default 2).
+    marker_margin_s : float
+        A full segment waits this much newer data before it is written, so markers
+        pushed with their sample arrive first.
+
+    Attributes
+    ----------
+    session_dir : Path
+        Where the segments go (made by the constructor).
+    error : BaseException | None
+        The last write failure while it persists (None once a write succeeds again).
+    """
+
+    def __init__(
+        self,
+        reader: Any,
+        out_dir: str | Path,
+        *,
+        markers: Any | None = None,
+        segment_s: float = 2.0,
+        marker_margin_s: float = 0.2,
+    ) -> None:
+        if not segment_s > 0 or marker_margin_s < 0:
+            raise ValueError(
+                f"segment_s={segment_s} must be positive and marker_margin_s="
+                f"{marker_margin_s} not negative (seconds)."
+            )
+        self.segment_s = float(segment_s)
+        self.marker_margin_s = float(marker_margin_s)
+        self.session_dir = _new_session_dir(Path(out_dir).expanduser())
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._next_source: tuple[Any, Any] | None = None
+        self._reader, self._markers = reader, markers
+        self._thread = threading.Thread(target=self._run, name="rtdecode-recorder", daemon=True)
+        self._counts = {
+            "segments": 0,
+            "samples": 0,
+            "bytes": 0,
+            "markers": 0,
+            "late_markers": 0,
+            "markers_missed": 0,
+            "lost_samples": 0,
+            "write_errors": 0,
+            "runs": 0,
+        }
+        self._lag_s = 0.0
+        self._last_write_ms = 0.0
+
+    # ------------------------------------------------------------------ public
+    def start(self) -> SegmentRecorder:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """Write everything the ring still holds, then end the thread."""
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.error("The recorder did not finish writing within %.0f s.", timeout_s)
+
+    @property
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def follow(self, reader: Any, markers: Any | None = None) -> None:
+        """Record ``reader`` (a new run) once the current reader's samples are written."""
+        with self._lock:
+            self._next_source = (reader, markers)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters (``counters``: monotonic), the lag behind the stream and the folder."""
+        with self._lock:
+            counts = dict(self._counts)
+            lag_s, last_ms = self._lag_s, self._last_write_ms
+        return {
+            "dir": str(self.session_dir),
+            "counters": counts,
+            "lag_s": round(lag_s, 3),
+            "last_write_ms": round(last_ms, 2),
+            "error": None if self.error is None else str(self.error),
+        }
+
+    # ------------------------------------------------------------------ thread
+    def _count(self, **inc: int) -> None:
+        with self._lock:
+            for k, v in inc.items():
+                self._counts[k] += v
+
+    def _run(self) -> None:
+        run = _Run(self, self._reader, self._markers, 1)
+        failures_while_stopping = 0
+        while True:
+            stopping = self._stop.is_set()
+            with self._lock:
+                switch = self._next_source
+            final = stopping or switch is not None
+            caught_up = True
+            if run.ring is not None or run.wait_ring(wait=not final):
+                try:
+                    caught_up = run.step(final)
+                except Exception as exc:  # a full disk, a removed folder: retry, never die
+                    self._write_failed(exc)
+                    failures_while_stopping += stopping
+                    if failures_while_stopping < 3:
+                        time.sleep(RETRY_S)  # a full disk may free up; stop() waits
+                        continue
+                    log.error(
+                        "Stopping with %d samples of run %d not saved: the last writes failed.",
+                        run.ring.n_written - run.next_sample,
+                        run.number,
+                    )
+                    return
+            if not (final and caught_up):
+                continue
+            run.finish()
+            if switch is None:
+                return
+            with self._lock:
+                self._next_source = None
+            run = _Run(self, switch[0], switch[1], run.number + 1, previous=run)
+
+    def _write_failed(self, exc: Exception) -> None:
+        if self.error is None or str(self.error) != str(exc):
+            log.error(
+                "Recording to %s failed (%r); retrying every %.0f s. Samples wait in the "
+                "ring meanwhile; any it overwrites are counted as lost.",
+                self.session_dir,
+                exc,
+                RETRY_S,
+            )
+        self.error = exc
+        self._count(write_errors=1)
+
+
+class _Run:
+    """One reader's samples: the cursor, pending markers and the FIF info (recorder
+    thread only)."""
+
+    def __init__(self, rec: SegmentRecorder, reader, markers, number: int, previous=None):
+        self.rec = rec
+        self.reader = reader
+        self.markers = markers
+        self.number = number
+        self.ring = None
+        self.sfreq = 0.0
+        self.next_sample = 0
+        self.marker_seq = 0
+        self.pending_markers: list = []
+        self.lost_before = 0
+        self.info = None
+        self.cal: np.ndarray | None = None
+        # The previous run's newest written sample time: the gap before this run.
+        self.t_previous = None if previous is None else previous.t_last_written
+        self.t_last_written = self.t_previous
+
+    def wait_ring(self, wait: bool) -> bool:
+        """True once the reader has connected (its ring exists)."""
+        if self.reader.ring is None:
+            if wait:
+                self.rec._stop.wait(_TICK_S)
+            return False
+        self.ring = self.reader.ring
+        self.sfreq = float(self.reader.sfreq)
+        self.rec._count(runs=1)
+        return True
+
+    def finish(self) -> None:
+        if self.pending_markers:
+            log.warning(
+                "%d markers of run %d came after its last sample and are not in the recording.",
+                len(self.pending_markers),
+                self.number,
+            )
+            self.rec._count(markers_missed=len(self.pending_markers))
+
+    # -------------------------------------------------------------- one step
+    def step(self, final: bool) -> bool:
+        """Write one segment if one is due, else wait a little for data.
+
+        Returns True when every sample in the ring is written."""
+        ring, rec = self.ring, self.rec
+        n_seg = max(1, round(rec.segment_s * self.sfreq))
+        n_margin = round(rec.marker_margin_s * self.sfreq)
+        a = self._skip_overwritten()
+        n_written = ring.n_written
+        with rec._lock:
+            rec._lag_s = (n_written - a) / self.sfreq
+        if n_written <= a:
+            if not final:
+                ring.wait_for(a + 1, _TICK_S)
+            return True
+        b_full = a + n_seg
+        b = min(n_written, b_full)
+        try:
+            gap = _first_gap(ring, a, b)
+            if gap is not None:
+                b = gap  # a segment never spans a gap: the samples before it are complete
+            elif not final and n_written < b_full + n_margin:
+                waited_s = local_clock() - ring.sample_at("t_arrived", a)
+                left_s = rec.segment_s + rec.marker_margin_s - waited_s
+                if left_s > 0:
+                    ring.wait_for(b_full + n_margin, min(_TICK_S, left_s))
+                    return False
+            self._write(a, b)
+        except OverwrittenError:
+            pass  # the next step counts what the ring overwrote and moves on
+        return False
+
+    def _skip_overwritten(self) -> int:
+        """The cursor, moved past samples the ring no longer holds (counted as lost)."""
+        ring, a = self.ring, self.next_sample
+        if a >= ring.oldest:
+            return a
+        # Jump a little ahead of the writer so the next read is not overwritten again.
+        new_a = min(ring.n_written, ring.oldest + max(1, ring.capacity // 10))
+        lost = new_a - a
+        log.error(
+            "The recorder fell %.1f s behind the stream (more than the ring's %.1f s): "
+            "samples %d..%d of run %d were overwritten before they could be written and "
+            "are lost (%d samples). Record to a faster disk or raise buffer_s.",
+            (ring.n_written - a) / self.sfreq,
+            ring.capacity / self.sfreq,
+            a,
+            new_a - 1,
+            self.number,
+            lost,
+        )
+        self.rec._count(lost_samples=lost)
+        self.lost_before += lost
+        self.next_sample = new_a
+        return new_a
+
+    def _write(self, a: int, b: int) -> None:
+        ring = self.ring
+        data = ring.read(a, b)
+        t_lsl = ring.read_times(a, b)
+        gap_before = int(ring.sample_at("n_lost_before", a))
+        n_nonfinite = int(ring.read_meta("n_nonfinite", a, b).sum())
+        t0 = time.perf_counter()
+        half = 0.5 / self.sfreq
+        t_until = float(t_lsl[-1]) + half
+        inside, late = [], []
+        for m in self._due_markers(t_until):
+            if m.t_lsl < t_lsl[0] - half:
+                late.append(_marker_json(m, None))  # its segment is written already
+                continue
+            k = min(int(np.searchsorted(t_lsl, m.t_lsl)), len(t_lsl) - 1)
+            if k > 0 and m.t_lsl - t_lsl[k - 1] <= t_lsl[k] - m.t_lsl:
+                k -= 1  # the nearest sample
+            inside.append((a + k, m))
+        if a == 0 and self.t_previous is not None:  # a new run: the gap since the old one
+            gap_before = max(0, round((float(t_lsl[0]) - self.t_previous) * self.sfreq) - 1)
+        sidecar = {
+            "v": SIDECAR_VERSION,
+            "file": None,
+            "run": self.number,
+            "first_sample": int(a),
+            "n_samples": int(b - a),
+            "sfreq_hz": self.sfreq,
+            "t_first": float(t_lsl[0]),
+            "t_last": float(t_lsl[-1]),
+            "wall_first": time.time() - (local_clock() - float(t_lsl[0])),
+            "stream": self._stream_fields(),
+            "markers": [_marker_json(m, k) for k, m in inside],
+            "late_markers": late,
+            "gap_before": gap_before,
+            "recorder_lost_before": self.lost_before,
+            "n_nonfinite": n_nonfinite,
+        }
+        n_bytes = _write_segment(self, data, a, sidecar, inside)
+        # Written: only now do the markers and counts move on (a failed write retries).
+        self.pending_markers = [m for m in self.pending_markers if m.t_lsl > t_until]
+        self.rec._count(
+            segments=1,
+            samples=b - a,
+            bytes=n_bytes,
+            markers=len(inside),
+            late_markers=len(late),
+        )
+        self.lost_before = 0
+        self.next_sample = b
+        self.t_last_written = float(t_lsl[-1])
+        self.rec.error = None
+        with self.rec._lock:
+            self.rec._last_write_ms = (time.perf_counter() - t0) * 1e3
+
+    # -------------------------------------------------------------- markers
+    def _due_markers(self, t_until: float) -> list:
+        """Markers up to ``t_until`` (LSL time) not yet written (they stay pending until
+        the segment is written)."""
+        if self.markers is not None:
+            items, self.marker_seq, missed = self.markers.since(self.marker_seq)
+            if missed:
+                log.error("%d markers left the marker history before they were recorded.", missed)
+                self.rec._count(markers_missed=missed)
+            self.pending_markers.extend(items)
+        return [m for m in self.pending_markers if m.t_lsl <= t_until]
+
+    def _stream_fields(self) -> dict[str, Any]:
+        d = self.reader.description
+        return {
+            "name": d.name,
+            "source_id": d.source_id,
+            "type": d.stype,
+            "channel_format": d.channel_format,
+        }
+
+
+def _first_gap(ring, a: int, b: int) -> int | None:
+    """Absolute index of the first sample in (a, b) that follows missing samples."""
+    if b - a < 2:
+        return None
+    lost = ring.read_meta("n_lost_before", a + 1, b)
+    k = np.flatnonzero(lost)
+    return None if k.size == 0 else a + 1 + int(k[0])
+
+
+def _marker_json(marker, sample: int | None) -> dict[str, Any]:
+    return {"sample": sample, "t_lsl": float(marker.t_lsl), "value": marker.value}
+
+
+def _marker_text(marker) -> str:
+    value = marker.value
+    if set(value) == {"raw"}:
+        return str(value["raw"])
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _run_info(run: _Run):
+    """mne.Info for a run (built once): the stream's channels, calibrated to SI."""
+    if run.info is None:
+        from rtdecode.record import _build_info  # one place builds Info from a description
+
+        desc = run.reader.description
+        if not desc.has_description:
+            n = len(run.reader.ch_names)
+            desc = dataclasses.replace(
+                desc,
+                ch_names=tuple(run.reader.ch_names),
+                ch_types=("",) * n,
+                units=("",) * n,
+                has_description=True,
+            )
+        run.info = _build_info(desc, [], {})
+        run.cal = np.array([ch["cal"] for ch in run.info["chs"]], dtype=np.float64)[:, None]
+    return run.info
+
+
+def _write_segment(run: _Run, data: np.ndarray, first: int, sidecar: dict, inside) -> int:
+    """Write one FIF segment and its sidecar atomically (0600); returns bytes written."""
+    import mne
+
+    info = _run_info(run).copy()
+    info.set_meas_date(datetime.fromtimestamp(sidecar["wall_first"], tz=UTC))
+    stem = f"seg-r{run.number:02d}-{first:012d}"
+    fif = run.rec.session_dir / f"{stem}_raw.fif"
+    sidecar["file"] = fif.name
+    text = json.dumps(sidecar, separators=(",", ":"), allow_nan=False, default=str)
+    with info._unlock():
+        info["description"] = text
+    # Stored values are what the source sent; the calibration maps them to SI (as record).
+    raw = mne.io.RawArray(
+        data.astype(np.float64) * run.cal, info, first_samp=first, verbose="error"
+    )
+    if inside:
+        onsets = [(k - first) / run.sfreq for k, _ in inside]
+        raw.set_annotations(
+            mne.Annotations(
+                onsets,
+                [0.0] * len(inside),
+                [_marker_text(m) for _, m in inside],
+                orig_time=None,
+            )
+        )
+    tmp = fif.with_name(f".{stem}.tmp_raw.fif")
+    # The ring holds float32: "single" keeps every value exactly.
+    raw.save(tmp, fmt="single", overwrite=True, verbose="error")
+    n_bytes = _publish(tmp, fif)
+    n_bytes += _publish_text(run.rec.session_dir / f"{stem}.json", text)
+    return n_bytes
+
+
+def _publish(tmp: Path, final: Path) -> int:
+    """fsync, owner-only, then rename into place (readers see whole files only)."""
+    os.chmod(tmp, 0o600)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    size = tmp.stat().st_size
+    os.replace(tmp, final)
+    return size
+
+
+def _publish_text(final: Path, text: str) -> int:
+    tmp = final.with_name(f".{final.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    return len(text)
+
+
+def _new_session_dir(parent: Path) -> Path:
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for k in range(1, 1000):
+        path = parent / (f"session-{stamp}" if k == 1 else f"session-{stamp}-{k}")
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        os.chmod(path, 0o700)  # whatever the umask: other users cannot even list it
+        return path
+    raise RuntimeError(f"Could not make a new session folder in {parent}; clean it up.")
+
+
+def read_index(session_dir: str | Path) -> list[dict[str, Any]]:
+    """The sidecars of a recording session, in order (run, first_sample).
+
+    Parameters
+    ----------
+    session_dir : str | Path
+        A ``session-*`` folder written by :class:`SegmentRecorder`.
+
+    Returns
+    -------
+    list of dict
+        One sidecar per segment whose FIF file exists (see the module docstring); each
+        has ``path``, the FIF file's full path, added.
+    """
+    session_dir = Path(session_dir)
+    out = []
+    for side in sorted(session_dir.glob("seg-r*.json")):
+        entry = json.loads(side.read_text(encoding="utf-8"))
+        path = session_dir / entry["file"]
+        if path.is_file():
+            entry["path"] = str(path)
+            out.append(entry)
+    out.sort(key=lambda e: (e["run"], e["first_sample"]))
+    return out
