@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -82,7 +82,19 @@ class Settings(BaseSettings):
                     f"Unknown option(s) {sorted(unknown)} in {path}; "
                     f"known options are {sorted(cls.model_fields)}."
                 )
-        env_values = cls().model_dump(exclude_unset=True)  # environment only
-        merged = {**file_values, **env_values}
-        merged.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**merged)
+        try:
+            env_values = cls().model_dump(exclude_unset=True)  # environment only
+            merged = {**file_values, **env_values}
+            merged.update({k: v for k, v in overrides.items() if v is not None})
+            return cls(**merged)
+        except ValidationError as exc:
+            # pydantic's report spans lines and links; people get one sentence per option.
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'options'}={e.get('input')!r}: "
+                + e["msg"].removeprefix("Value error, ").rstrip(".")
+                for e in exc.errors()
+            )
+            raise ValueError(
+                f"Invalid option(s): {problems}. Fix the flag, the RTDECODE_* variable or "
+                "the configuration file that sets it."
+            ) from None
