@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -496,6 +497,34 @@ class ServerHandle:
         self.stop()
 
 
+class RedactTokens(logging.Filter):
+    """Blank ``?token=...`` and ``Bearer ...`` in log records: uvicorn logs websocket
+    handshakes with their query string (``"WebSocket /ws?token=..." [accepted]`` at
+    INFO, the request line at DEBUG), and a token must never reach a log file."""
+
+    _SECRET = re.compile(r"((?:token=|[Bb]earer\s+))[^\s&\"',;]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self._SECRET.sub(r"\1***", message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+_REDACT = RedactTokens()
+#: Loggers of the HTTP/websocket stack that may print request lines or headers.
+_SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "websockets", "websockets.server")
+
+
+def _redact_server_logs() -> None:
+    """Attach the token filter to the server stack's loggers (once per process)."""
+    for name in _SERVER_LOGGERS:
+        logger = logging.getLogger(name)
+        if _REDACT not in logger.filters:
+            logger.addFilter(_REDACT)
+
+
 def _url_host(host: str) -> str:
     if host in {"0.0.0.0", ""}:
         return "127.0.0.1"
@@ -539,6 +568,7 @@ def run_server_in_thread(
     """
     import uvicorn
 
+    _redact_server_logs()
     config = uvicorn.Config(
         app,
         host=host,
