@@ -127,8 +127,10 @@ class _PipelineDecoder(BaseDecoder):
         import diffusers
 
         folder = Path(folder)
+        # use_safetensors: a folder with pickle-based .bin weights only is refused, never
+        # unpickled (DESIGN: "never pickle").
         pipe = getattr(diffusers, cls.pipeline_class).from_pretrained(
-            folder, local_files_only=True, **_dtype_kwargs(dtype)
+            folder, local_files_only=True, use_safetensors=True, **_dtype_kwargs(dtype)
         )
         options.setdefault("name", f"{cls.kind}:{folder.name}")
         options.setdefault("normalizer", load_normalizer(folder))

@@ -367,7 +367,9 @@ class Dinov2Encoder(_TransformersEncoder):
     def _load_model(self, model_dir: Path):
         from transformers import AutoModel
 
-        return AutoModel.from_pretrained(str(model_dir), local_files_only=True)
+        return AutoModel.from_pretrained(
+            str(model_dir), local_files_only=True, use_safetensors=True
+        )
 
     def _readout(self, outputs):
         h = outputs.last_hidden_state
@@ -403,7 +405,9 @@ class ClipVisionEncoder(_TransformersEncoder):
                 f"{model_dir} holds a {cfg.get('model_type')!r} model, not CLIP; use the "
                 "'clip-vision' encoder with a CLIP folder, or pick the matching encoder name."
             )
-        return CLIPVisionModelWithProjection.from_pretrained(str(model_dir), local_files_only=True)
+        return CLIPVisionModelWithProjection.from_pretrained(
+            str(model_dir), local_files_only=True, use_safetensors=True
+        )
 
     def _readout(self, outputs):
         if self.readout == "cls":
