@@ -172,12 +172,16 @@ def os_resources() -> tuple[int, int]:
 
 
 class Live:
-    """A source in the model's layout, the service reading it and a viewer; ``src`` is
-    the current source process (tests replace it)."""
+    """A source in the model's layout (``source``: lsl_source.py options to change), the
+    service reading it and a viewer (``query``: its URL's query string); ``src`` is the
+    current source process (tests replace it)."""
 
-    def __init__(self, tiny_model, name: str, **settings) -> None:
+    def __init__(
+        self, tiny_model, name: str, source: dict | None = None, query: str = "", **settings
+    ) -> None:
         self.name = name
-        self.options = source_options(tiny_model[1], source_id=name)
+        self.query = query
+        self.options = source_options(tiny_model[1], source_id=name, **(source or {}))
         self.src = SourceProcess(name, **self.options)
         self._service = running_service(tiny_model, name, **settings)
         self.service = None
@@ -187,7 +191,7 @@ class Live:
         try:
             self.service = self._service.__enter__()
             wait_ready(self.service)
-            self.viewer = Viewer(self.service)
+            self.viewer = Viewer(self.service, self.query)
         except BaseException:
             self.__exit__()
             raise
