@@ -291,19 +291,35 @@ def test_init_image_start_is_deterministic_and_follows_the_image(decoder_case):
     assert a.mean() > c.mean()
 
 
+def test_guidance_scale_changes_the_image_deterministically(decoder_case):
+    _, _, dec = decoder_case
+    emb = _embedding(dec.embed_dim)
+    plain = _pixels(dec.generate(emb, seed=2, steps=2, guidance_scale=1.0))
+    guided = _pixels(dec.generate(emb, seed=2, steps=2, guidance_scale=3.0))
+    np.testing.assert_array_equal(
+        guided, _pixels(dec.generate(emb, seed=2, steps=2, guidance_scale=3.0))
+    )
+    assert np.abs(plain - guided).max() > 0
+
+
 @pytest.mark.parametrize("strength", [0.0, 1.5])
 def test_bad_strength_is_rejected(decoder_case, strength):
     _, _, dec = decoder_case
     with pytest.raises(ValueError, match="strength"):
         dec.generate(
-            _embedding(dec.embed_dim), steps=2, init_image=Image.new("RGB", (8, 8)), strength=strength
+            _embedding(dec.embed_dim),
+            steps=2,
+            init_image=Image.new("RGB", (8, 8)),
+            strength=strength,
         )
 
 
 def test_unknown_folder_gives_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a folder nor a bundled"):
         load_decoder(tmp_path / "missing")
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    (tmp_path / "model_index.json").write_text(
+        json.dumps({"_class_name": "StableDiffusionPipeline"})
+    )
     with pytest.raises(ValueError, match="does not take image embeddings"):
         load_decoder(tmp_path)
 
@@ -357,7 +373,9 @@ def test_training_folder_layout_and_metadata(tiny_dir):
     assert cfg["image_encoder"]["dim"] == cfg["embed_dim"] == cfg["architecture"]["embed_dim"]
     assert cfg["training"]["steps"] == 2
     assert (tiny_dir / "scheduler" / "scheduler_config.json").is_file()
-    norm = EmbeddingNormalizer.from_dict(json.loads((tiny_dir / "embedding_normalizer.json").read_text()))
+    norm = EmbeddingNormalizer.from_dict(
+        json.loads((tiny_dir / "embedding_normalizer.json").read_text())
+    )
     assert norm.dim == cfg["embed_dim"]
     state = json.loads((tiny_dir / "training_state" / "state.json").read_text())
     assert state["step"] == 2
@@ -407,7 +425,9 @@ def test_optimizer_state_round_trips_through_tensors():
 
 def test_comparison_grid_is_written(tmp_path):
     pairs = [(Image.new("RGB", (40, 30), "red"), Image.new("RGB", (64, 64), "blue"))] * 3
-    path = save_comparison_grid(pairs, tmp_path / "grid.png", columns=2, tile_px=32, labels=list("abc"))
+    path = save_comparison_grid(
+        pairs, tmp_path / "grid.png", columns=2, tile_px=32, labels=list("abc")
+    )
     with Image.open(path) as img:
         assert img.width == 2 * (2 * 32 + 6) + 6
 

@@ -144,7 +144,7 @@ def check_embedding(
     """
     if isinstance(embedding, torch.Tensor):
         embedding = embedding.detach().float().cpu().numpy()
-    vec = np.asarray(embedding, dtype=np.float32)
+    vec = np.array(embedding, dtype=np.float32)  # a private copy: torch may alias it
     if vec.ndim == 2 and vec.shape[0] == 1:
         vec = vec[0]
     space = f" (embeddings of image encoder {image_encoder!r})" if image_encoder else ""
@@ -469,7 +469,7 @@ __all__ = [
     "embedding_fidelity",
     "save_comparison_grid",
     "load_decoder",
-    "train_decoder",
+    "train_decoder",  # noqa: F822 (resolved lazily by __getattr__)
     "decoder_kind",
     "check_embedding",
     "BUNDLED_DECODERS",

@@ -151,7 +151,9 @@ class EmbeddingNormalizer:
         ndarray, float32, same shape as ``predictions``
         """
         if not self.is_fitted:
-            raise RuntimeError("This EmbeddingNormalizer is not fitted; call fit(train_embeddings).")
+            raise RuntimeError(
+                "This EmbeddingNormalizer is not fitted; call fit(train_embeddings)."
+            )
         shape = np.shape(predictions)
         x = _as_2d(predictions, "predictions")
         if x.shape[1] != self.dim:
@@ -174,7 +176,9 @@ class EmbeddingNormalizer:
     def standardize(self, embeddings: np.ndarray) -> np.ndarray:
         """Express embeddings in training units, ``(x - mean) / std``; same shape, float32."""
         if not self.is_fitted:
-            raise RuntimeError("This EmbeddingNormalizer is not fitted; call fit(train_embeddings).")
+            raise RuntimeError(
+                "This EmbeddingNormalizer is not fitted; call fit(train_embeddings)."
+            )
         x = np.asarray(embeddings, dtype=np.float32)
         return ((x - self.mean) / self.std).astype(np.float32)
 

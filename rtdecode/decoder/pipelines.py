@@ -210,7 +210,9 @@ class UnCLIPDecoder(_PipelineDecoder):
     ) -> Image.Image:
         emb = self._embedding(vec)
         if init_image is not None:
-            return _unclip_img2img(self, emb, init_image, strength, steps=steps, scale=scale, gen=gen)
+            return _unclip_img2img(
+                self, emb, init_image, strength, steps=steps, scale=scale, gen=gen
+            )
         out = self.pipe(
             image_embeds=emb,
             prompt_embeds=self._prompt_embeds,
