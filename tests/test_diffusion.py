@@ -314,6 +314,23 @@ def test_bad_strength_is_rejected(decoder_case, strength):
         )
 
 
+def test_reduced_precision_path_runs(decoder_case):
+    """bfloat16 is what CUDA gets; on the CPU it at least exercises the dtype handling."""
+    kind, folder, dec = decoder_case
+    half = load_decoder(folder, device="cpu", dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16
+    img = half.generate(_embedding(dec.embed_dim), seed=0, steps=1)
+    assert img.size == (dec.image_size, dec.image_size)
+    img = half.generate(
+        _embedding(dec.embed_dim),
+        seed=0,
+        steps=2,
+        init_image=Image.new("RGB", (9, 9)),
+        strength=0.5,
+    )
+    assert img.size == (dec.image_size, dec.image_size)
+
+
 def test_unknown_folder_gives_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a folder nor a bundled"):
         load_decoder(tmp_path / "missing")
@@ -325,6 +342,14 @@ def test_unknown_folder_gives_clear_error(tmp_path):
 
 
 # ------------------------------------------------------------ pipeline extras
+def test_pipeline_folder_with_pickled_weights_is_refused(tmp_path):
+    folder = tmp_path / "kandinsky-bin"
+    tiny_kandinsky_pipeline().save_pretrained(folder, safe_serialization=False)
+    assert list(folder.rglob("*.bin"))
+    with pytest.raises((OSError, ValueError), match="safetensors"):
+        load_decoder(folder)
+
+
 def test_unclip_normalizer_comes_from_the_pipeline(unclip_dir):
     dec = load_decoder(unclip_dir)
     assert dec.normalizer is not None and dec.normalizer.dim == EMBED_DIM
