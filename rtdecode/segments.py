@@ -31,8 +31,8 @@ recorder could not save: see below), ``n_nonfinite``.
 What a crash can lose: a segment is written once it holds ``segment_s`` of samples (plus
 ``marker_margin_s`` so that markers have arrived), or as soon as its oldest sample has
 waited ``segment_s + marker_margin_s``; files appear atomically (temporary name, fsync,
-rename), so a SIGKILL leaves whole segments and loses only what was still waiting, at
-most ``segment_s + marker_margin_s`` plus the segment being written.
+rename, fsync of the folder), so a SIGKILL leaves whole segments and loses only what was
+still waiting: at most ``segment_s + marker_margin_s`` plus the segment being written.
 
 Bounded memory, no silent loss: the recorder reads the ring and never holds more than one
 segment. If the disk is so slow that the ring overwrites samples before they are written
@@ -472,6 +472,7 @@ def _write_segment(run: _Run, data: np.ndarray, first: int, sidecar: dict, insid
     raw.save(tmp, fmt="single", overwrite=True, verbose="error")
     n_bytes = _publish(tmp, fif)
     n_bytes += _publish_text(run.rec.session_dir / f"{stem}.json", text)
+    _fsync_dir(run.rec.session_dir)  # the renames survive a power cut too
     return n_bytes
 
 
@@ -497,6 +498,14 @@ def _publish_text(final: Path, text: str) -> int:
         os.fsync(fh.fileno())
     os.replace(tmp, final)
     return len(text)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _new_session_dir(parent: Path) -> Path:
