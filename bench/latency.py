@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -278,6 +279,7 @@ def measure(
     if log_path.is_file():
         with np.load(log_path) as z:
             push = {k: z[k] for k in z.files}
+    shutil.rmtree(tmp, ignore_errors=True)
     frames = []
     for t_arrival, msg in raw:
         header, image = decode_frame(msg)
