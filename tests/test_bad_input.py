@@ -251,6 +251,20 @@ def test_unusable_streams_are_named_on_health_and_the_service_lives(
     assert frame_errors >= (20 if state == "degraded" else 0)
 
 
+def test_a_stream_that_is_not_there_yet_is_an_error_until_it_appears(tiny_model, unique_name):
+    with running_service(tiny_model, unique_name, resolve_timeout_s=1.0) as service:
+        poll(
+            lambda: service.health()[0] == "error" and "appeared within" in str(service.health()),
+            DEADLINE_S,
+            "/health to say the stream was not found",
+        )
+        assert httpx.get(f"{service.url}health", timeout=10).status_code == 503
+        with SourceProcess(unique_name, **source_options(tiny_model[1], source_id=unique_name)):
+            poll(lambda: service.health()[0] == "ready", DEADLINE_S, "the late stream's frames")
+            poll(lambda: service.worker.stats()["counters"]["frames"] > 0, DEADLINE_S, "frames")
+            assert service.status()["reader"]["restarts"] == 1
+
+
 # ---------------------------------------------------------------------------- server
 @pytest.fixture(scope="module")
 def guarded(tiny_model):
