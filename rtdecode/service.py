@@ -68,6 +68,9 @@ class Service:
         self._window_s = self._pad_s = 0.0
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
+        # Held while the supervisor swaps the input and while status() adds up totals,
+        # so /metrics never sees a counter counted twice or not at all.
+        self._input_lock = threading.Lock()
         # Supervisor state: totals of replaced readers/windowers, the first stream's
         # shape (n_channels, sfreq_hz, ch_names), outlets refused, what we wait for.
         self._retired: dict[str, dict[str, float]] = {"reader": {}, "windower": {}}
@@ -213,14 +216,15 @@ class Service:
             "window_s": self.meta.get("window_s", s.window_s),
             "hop_s": s.hop_s,
         }
-        if self.reader is not None:
-            reader = _add(self.reader.stats_dict(), self._retired["reader"])
-            reader["restarts"] = self._restarts
-            if reader["last_gap"] is None:
-                reader["last_gap"] = self._retired_last_gap
-            out["reader"] = reader
-        if self.windower is not None:
-            out["windower"] = _add(self.windower.stats_dict(), self._retired["windower"])
+        with self._input_lock:
+            if self.reader is not None:
+                reader = _add(self.reader.stats_dict(), self._retired["reader"])
+                reader["restarts"] = self._restarts
+                if reader["last_gap"] is None:
+                    reader["last_gap"] = self._retired_last_gap
+                out["reader"] = reader
+            if self.windower is not None:
+                out["windower"] = _add(self.windower.stats_dict(), self._retired["windower"])
         if self.worker is not None:
             out["worker"] = self.worker.stats()
         if self.recorder is not None:
@@ -305,6 +309,7 @@ class Service:
     def _forward_gaps(self, last_sample: int) -> int:
         """Send a ``stream_gap`` message per gap newer than ``last_sample``."""
         reader = self.reader
+        new: list[tuple[dict[str, Any], bool]] = []  # (gap, spans a restart)
         if self._restart_t_lsl is not None and reader.ring is not None and reader.ring.n_written:
             # The first sample after a restart: the gap since the old reader's last one.
             t_after = reader.ring.sample_at("t_lsl", reader.ring.oldest)
@@ -319,25 +324,31 @@ class Service:
                 "detected_by": "timestamps",
             }
             self._restart_t_lsl = None
-            self._retired_last_gap = gap
-            _add(self._retired["reader"], {"gaps": 1, "lost_samples": gap["n_lost"]}, out=True)
-            self._send_gap(gap, restart=True)
+            with self._input_lock:
+                self._retired_last_gap = gap
+                _add(self._retired["reader"], {"gaps": 1, "lost_samples": gap["n_lost"]}, out=True)
+            new.append((gap, True))
         for g in reader.gaps():
             if g.sample > last_sample:
-                self._send_gap({f: getattr(g, f) for f in g.__dataclass_fields__}, restart=False)
+                new.append(({f: getattr(g, f) for f in g.__dataclass_fields__}, False))
                 last_sample = g.sample
-        return last_sample
-
-    def _send_gap(self, gap: dict[str, Any], restart: bool) -> None:
+        if not new:
+            return last_sample
         totals = self.status()["reader"]
-        self._tell_viewers(
-            "stream_gap",
-            **gap,
-            restart=restart,
-            run=self._restarts + 1,
-            gaps_total=totals["gaps"],
-            lost_samples_total=totals["lost_samples"],
-        )
+        # The totals hold the whole batch: each message gets the totals as of its gap.
+        gaps_total, lost_total = totals["gaps"] - len(new), totals["lost_samples"]
+        lost_total -= sum(gap["n_lost"] for gap, _ in new)
+        for gap, restart in new:
+            gaps_total, lost_total = gaps_total + 1, lost_total + gap["n_lost"]
+            self._tell_viewers(
+                "stream_gap",
+                **gap,
+                restart=restart,
+                run=self._restarts + 1,
+                gaps_total=gaps_total,
+                lost_samples_total=lost_total,
+            )
+        return last_sample
 
     def _restart_input(self) -> bool:
         """Replace the failed reader when a stream of the first one's shape is visible."""
@@ -370,17 +381,19 @@ class Service:
             return False
         new = self._start_input(ch_names=None if self._shape is None else self._shape[2])
         old_markers, old_windower = self.markers, self.windower
-        _add(self._retired["reader"], old.stats_dict(), out=True)
-        _add(self._retired["windower"], old_windower.stats_dict(), out=True)
-        self._retired["reader"]["reconnects"] = self._retired["reader"].get("reconnects", 0) + 1
-        self._retired_last_gap = old.stats_dict()["last_gap"] or self._retired_last_gap
         if old.ring is not None and old.ring.n_written:
             self._restart_t_lsl = old.ring.sample_at("t_lsl", old.ring.n_written - 1)
-        self.reader, self.markers, self.windower = new
+        with self._input_lock:
+            retired = self._retired["reader"]
+            _add(retired, old.stats_dict(), out=True)
+            _add(self._retired["windower"], old_windower.stats_dict(), out=True)
+            retired["reconnects"] = retired.get("reconnects", 0) + 1
+            self._retired_last_gap = old.stats_dict()["last_gap"] or self._retired_last_gap
+            self.reader, self.markers, self.windower = new
+            self._restarts += 1
         self.worker.windows = self.windower  # the worker takes its next window from here
         if self.recorder is not None:
             self.recorder.follow(self.reader, self.markers)
-        self._restarts += 1
         self._waiting_for = None
         log.warning(
             "Stream %r is visible again with the original shape; reading it with a new "
