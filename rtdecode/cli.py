@@ -95,6 +95,7 @@ def _cmd_train_decoder(args: argparse.Namespace) -> int:
     train_decoder(
         args.gallery,
         args.out,
+        image_encoder=args.image_encoder,
         max_steps=args.max_steps,
         device=args.device,
         resume=args.resume,
@@ -112,6 +113,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         stream=args.stream,
         model=args.model,
         decoder=args.decoder,
+        gallery=args.gallery,
         host=args.host,
         port=args.port,
         token=args.token,
@@ -191,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train-decoder", help="train the small image decoder on a gallery")
     s.add_argument("--gallery", required=True, type=Path)
     s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--image-encoder", default="handcrafted", help="image encoder name (registry)")
     s.add_argument("--max-steps", type=int, default=None)
     s.add_argument("--device", default="auto")
     s.add_argument("--resume", action="store_true")
@@ -200,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="decode a live stream and serve the viewer")
     s.add_argument("--stream", default=None)
     s.add_argument("--model", type=Path, default=None)
-    s.add_argument("--decoder", default=None)
+    s.add_argument("--decoder", default=None, help="decoder folder, 'demo', or 'none' (retrieval only)")
+    s.add_argument("--gallery", type=Path, default=None, help="gallery folder (default: the checkpoint's)")
     s.add_argument("--host", default=None)
     s.add_argument("--port", type=int, default=None)
     s.add_argument("--token", default=None)

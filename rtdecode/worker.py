@@ -259,13 +259,19 @@ class DecodeWorker(threading.Thread):
             return self.encoder(x, subject)
 
     def _rescale(self, vec: np.ndarray) -> np.ndarray:
-        """z-score the prediction, then map it onto the training embeddings' statistics."""
+        """Map the MSE head's prediction back onto the training embeddings' scale.
+
+        The head predicts z-scored embeddings (per dimension, ``target_stats``). A
+        regression shrinks its predictions towards 0, so the prediction is first brought
+        back to unit spread across dimensions (as brain-diffuser and the paper rescale
+        predictions to the training distribution), then de-standardised.
+        """
         if not self.target_stats:
             return vec.astype(np.float32)
-        mean = np.asarray(self.target_stats["mean"], dtype=np.float32).reshape(vec.shape)
-        std = np.asarray(self.target_stats["std"], dtype=np.float32).reshape(vec.shape)
-        z = (vec - vec.mean()) / (vec.std() + 1e-8)
-        return (z * std + mean).astype(np.float32)
+        from rtdecode.encoder.metrics import destandardize
+
+        z = vec / (vec.std() + 1e-8)
+        return np.asarray(destandardize(z, self.target_stats), dtype=np.float32).reshape(vec.shape)
 
     def _true_id(self, window: Window) -> str | None:
         m = window.marker
