@@ -431,3 +431,32 @@ def test_port_in_use_is_a_clear_error():
         app = create_app(Settings(), SyntheticSource())
         with pytest.raises(RuntimeError, match="already in use"):
             run_server_in_thread(app, "127.0.0.1", handle.port)
+
+
+def test_acking_slow_client_gets_fresh_frames_and_its_drops_are_counted():
+    """A client that acks (as the viewer does) has at most 2 frames in flight, so even
+    with large socket buffers a slow reader gets recent frames; the rest are dropped and
+    counted."""
+    with serving(fps=30) as (handle, _), ws_connect(handle) as ws:
+        client_id = json.loads(ws.recv(timeout=DEADLINE_S))["client_id"]
+        lags = []
+        for _ in range(6):
+            header, _ = decode_frame(recv_until(ws, "frame"))
+            ws.send(json.dumps({"type": "ack", "seq": header["seq"]}))
+            lags.append(get(handle, "/api/status").json()["server"]["published"] - header["seq"])
+            time.sleep(0.5)  # a slow screen: one frame every half second
+        stats = client_stats(handle, client_id)
+        assert stats["acked_seq"] == header["seq"]
+        assert stats["dropped"] >= 20, stats
+        # Without flow control the lag grows by ~15 frames per read (3, 18, 33, ... 78);
+        # with it, it stays bounded: the 2 in-flight frames wait at most one read (~15),
+        # plus the queue (4) and what was published meanwhile.
+        assert lags[-1] <= 45 and lags[-1] <= max(lags[1:4]) + 10, lags
+
+
+def test_ack_with_a_bad_seq_is_an_error_and_the_connection_lives():
+    with serving(fps=5) as (handle, _), ws_connect(handle) as ws:
+        ws.send(json.dumps({"type": "ack", "seq": "x"}))
+        assert recv_until(ws, "error")["code"] == "invalid_field"
+        ws.send(json.dumps({"type": "ping", "id": 1}))
+        assert recv_until(ws, "pong")["id"] == 1

@@ -331,6 +331,8 @@ async def _receive_loop(websocket: WebSocket, client: Client) -> None:
             elif request.type == "set_rate":
                 client.set_rate(request.max_fps)
                 client.send_control(text_message("rate", max_fps=request.max_fps))
+            elif request.type == "ack":
+                client.ack(request.seq)
     except (WebSocketDisconnect, RuntimeError, OSError) as exc:
         log.debug("viewer %s: receive ended: %r", client.id, exc)
 

@@ -42,6 +42,12 @@ CONTROL_QUEUE = 32
 _RATE_TOLERANCE = 0.9
 
 
+#: Frames a client that acknowledges frames may have in flight (sent, not yet acked).
+#: Without this bound, kernel socket buffers hold minutes of frames for a slow viewer
+#: and the bounded queue never drops: the viewer sees stale frames instead.
+ACK_WINDOW = 2
+
+
 class TooManyClients(RuntimeError):
     """Raised by :meth:`Broadcaster.add_client` when ``max_clients`` are connected."""
 
@@ -95,6 +101,9 @@ class Client:
         self._credit = 1.0
         self._t_last_offer: float | None = None
         self._close: CloseRequest | None = None
+        # Flow control, on once the client sends its first ack (the viewer does).
+        self.acked_seq: int | None = None
+        self._last_sent_seq: int | None = None
 
     # -- loop side, called by the Broadcaster -------------------------------------------
     def offer(self, item: EncodedFrame, now: float) -> None:
@@ -131,6 +140,17 @@ class Client:
             self._frames.clear()
             self._wake.set()
 
+    def ack(self, seq: int) -> None:
+        """The client has taken in frame ``seq``: frames up to ACK_WINDOW past it may go."""
+        if self.acked_seq is None or seq > self.acked_seq:
+            self.acked_seq = seq
+            self._wake.set()
+
+    def _window_full(self) -> bool:
+        if self.acked_seq is None or self._last_sent_seq is None:
+            return False
+        return self._last_sent_seq - self.acked_seq >= ACK_WINDOW
+
     def set_rate(self, max_fps: float | None) -> None:
         """Limit this client to ``max_fps`` frames per second (None: the full rate)."""
         self.max_fps = max_fps
@@ -145,7 +165,7 @@ class Client:
                 return self._control.popleft()
             if self._close is not None:
                 return self._close
-            if self._frames:
+            if self._frames and not self._window_full():
                 if self._unreported_drops:
                     n, self._unreported_drops = self._unreported_drops, 0
                     return text_message(
@@ -155,7 +175,9 @@ class Client:
                         next_seq=self._frames[0].seq,
                     )
                 self.sent += 1
-                return self._frames.popleft().message
+                item = self._frames.popleft()
+                self._last_sent_seq = item.seq
+                return item.message
             self._wake.clear()
             await self._wake.wait()
 
@@ -170,6 +192,7 @@ class Client:
             "dropped": self.dropped,
             "skipped": self.skipped,
             "queued": len(self._frames),
+            "acked_seq": self.acked_seq,
             "control_dropped": self.control_dropped,
         }
 

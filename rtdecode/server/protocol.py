@@ -103,17 +103,20 @@ class ClientMessage:
     Attributes
     ----------
     type : str
-        ``"set_rate"`` or ``"ping"``.
+        ``"set_rate"``, ``"ping"`` or ``"ack"``.
     max_fps : float | None
         For ``set_rate``: the most frames per second the client wants, or None for the
         full rate.
     id : str | int | float | None
         For ``ping``: echoed in the ``pong`` so the client can pair them (round trips).
+    seq : int | None
+        For ``ack``: the newest frame the client has taken in (flow control).
     """
 
     type: str
     max_fps: float | None = None
     id: str | int | float | None = None
+    seq: int | None = None
 
 
 def jsonable(value: Any) -> Any:
@@ -347,7 +350,16 @@ def parse_client_message(data: str | bytes | None) -> ClientMessage:
                 "frames per second, or null for the full rate.",
             )
         return ClientMessage("set_rate", float(fps))
+    if kind == "ack":
+        seq = obj.get("seq")
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise ProtocolError(
+                "invalid_field",
+                f"ack seq={seq!r} is not a frame's seq; send the seq of the newest frame "
+                "received.",
+            )
+        return ClientMessage("ack", seq=seq)
     raise ProtocolError(
         "unknown_type",
-        f"Unknown message type {kind!r}; clients may send 'set_rate' or 'ping'.",
+        f"Unknown message type {kind!r}; clients may send 'set_rate', 'ping' or 'ack'.",
     )

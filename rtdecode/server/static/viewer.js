@@ -100,7 +100,13 @@
     ws.onmessage = (event) => {
       try {
         if (typeof event.data === "string") onText(JSON.parse(event.data));
-        else onFrame(parseFrame(event.data));
+        else {
+          const frame = parseFrame(event.data);
+          onFrame(frame);
+          // Flow control: the server keeps at most two unacknowledged frames in flight,
+          // so a slow screen gets fresh frames (older ones are dropped and counted).
+          if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "ack", seq: frame.header.seq }));
+        }
       } catch (err) {
         state.lastError = String(err);
         console.warn("rtdecode: bad message:", err);
