@@ -188,6 +188,8 @@ class Viewer(threading.Thread):
                     self.t_s.append(time.monotonic() - self.t0)
                     self.e2e_ms.append((t_recv - header["t_arrived"]) * 1e3)
                     self.total_ms.append(header["latencies_ms"].get("total", np.nan))
+                    # Acknowledge like the viewer page does (flow control: <= 2 in flight).
+                    ws.send(json.dumps({"type": "ack", "seq": seq}))
                 elif (text := json.loads(msg))["type"] == "gap":
                     dropped_total = text["dropped_total"]
                 if self.slow:

@@ -479,10 +479,29 @@ def _counter_check(
     }
 
 
+def _marker_sample(text: str) -> int | None:
+    """The absolute sample a marker names in its JSON payload (our replay's do), if any."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    sample = value.get("sample") if isinstance(value, dict) else None
+    return sample if isinstance(sample, int) and not isinstance(sample, bool) else None
+
+
 def _markers_to_annotations(
-    marker_log: list[tuple[float, str]], stamps: np.ndarray, sfreq: float
+    marker_log: list[tuple[float, str]],
+    stamps: np.ndarray,
+    sfreq: float,
+    counter_at=None,
 ) -> tuple[mne.Annotations, int]:
-    """Place each marker on the sample with the nearest timestamp; drop those outside."""
+    """Place each marker on the sample with the nearest timestamp; drop those outside.
+
+    The data and marker inlets estimate their clock offsets separately, so under load a
+    marker stamped exactly on a sample can land on its neighbour. When the stream has a
+    counter channel and the marker names its sample, ``counter_at(a, b)`` (counter values
+    of samples a..b-1) moves it to the sample that carries that count, within 2 samples.
+    """
     dt = float(np.median(np.diff(stamps[:10_000]))) if len(stamps) > 1 else 1.0 / sfreq
     onsets, texts, dropped = [], [], 0
     for t, text in sorted(marker_log):
@@ -492,6 +511,12 @@ def _markers_to_annotations(
         i = int(np.searchsorted(stamps, t))
         if i == len(stamps) or (i > 0 and t - stamps[i - 1] <= stamps[i] - t):
             i -= 1
+        named = _marker_sample(text) if counter_at is not None else None
+        if named is not None:
+            a, b = max(0, i - 2), min(len(stamps), i + 3)
+            hits = np.flatnonzero(counter_at(a, b) == named % COUNTER_MODULUS)
+            if hits.size:
+                i = a + int(hits[np.argmin(np.abs(a + hits - i))])
         onsets.append(i / sfreq)
         texts.append(text)
     ann = mne.Annotations(onsets, [0.0] * len(onsets), texts, orig_time=None)
@@ -506,7 +531,14 @@ def _write_fif(
         info.set_meas_date(datetime.fromtimestamp(wall_first, tz=UTC))
     stamps = np.fromfile(tmp_dir / "times.spool", dtype=np.float64)
     raw = _SpoolRaw(info, tmp_dir / "data.spool", n_total, spool_dtype)
-    ann, dropped = _markers_to_annotations(marker_log, stamps, desc.sfreq)
+    counter_at = None
+    if COUNTER_CHANNEL in info["ch_names"]:
+        k = info["ch_names"].index(COUNTER_CHANNEL)
+
+        def counter_at(a: int, b: int) -> np.ndarray:
+            return _read_spool(tmp_dir / "data.spool", spool_dtype, info["nchan"], a, b)[:, k]
+
+    ann, dropped = _markers_to_annotations(marker_log, stamps, desc.sfreq, counter_at)
     raw.set_annotations(ann)
     span = float(stamps[-1] - stamps[0])
     summary: dict[str, Any] = {
