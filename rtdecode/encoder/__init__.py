@@ -6,8 +6,7 @@ only) can be imported without paying for torch; everything else imports torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from rtdecode._lazy import lazy_exports
 
 _EXPORTS = {
     "BrainConfig": "presets",
@@ -31,14 +30,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'rtdecode.encoder' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"rtdecode.encoder.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -10,7 +10,7 @@ Names are imported on first use, so ``import rtdecode.stream`` does not load lib
 
 from __future__ import annotations
 
-import importlib
+from rtdecode._lazy import lazy_exports
 
 _EXPORTS = {
     "RingBuffer": "ring",
@@ -32,14 +32,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'rtdecode.stream' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
