@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import write_json  # noqa: E402  (bench/common.py, beside this script)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -208,8 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
         decoder.guidance_scale = default_scale
 
     results["load_average_after"] = list(os.getloadavg())
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2))
+    write_json(args.json, results)
     if tmp is not None:
         tmp.cleanup()
 

@@ -20,7 +20,6 @@ may be shared. Writes bench/results/encoder.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import write_json  # noqa: E402  (bench/common.py, beside this script)
 
 from rtdecode.encoder import CombinedLoss, build_model, count_parameters
 
@@ -131,8 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         "loadavg_1min_before": round(load_before, 2),
         "loadavg_1min_after": round(os.getloadavg()[0], 2),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    write_json(args.out, results)
 
     print(f"encoder {args.preset}: {results['n_parameters']:,} parameters, "
           f"{args.channels} ch x {args.times} samples")

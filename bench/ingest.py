@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import write_json  # noqa: E402  (bench/common.py, beside this script)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
@@ -276,8 +278,7 @@ def main(argv=None) -> int:
         "mne_lsl": mne_lsl.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print_table(result)
     print(f"wrote {args.out}")
     return 0

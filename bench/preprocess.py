@@ -15,12 +15,12 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from common import write_json  # noqa: E402  (bench/common.py, beside this script)
 
 from rtdecode.signal import PreprocessConfig, Preprocessor  # noqa: E402
 
@@ -111,8 +111,7 @@ def main() -> None:
                            "group_delay_ms": float(per_rate[fs][1][i] * 1e3)} for fs in RATES_HZ},
         })
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    write_json(args.out, results)
     print(f"\nwrote {args.out}")
 
 

@@ -15,7 +15,6 @@ median what a loaded machine gives.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -27,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import cpu_name  # noqa: E402  (bench/common.py)
+from common import cpu_name, write_json  # noqa: E402  (bench/common.py)
 
 from rtdecode.decoder.retrieval import Retrieval  # noqa: E402
 
@@ -127,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         args.sizes, args.repeats = [10000], 200
     threads = sorted(set(args.threads))
     report = run(args.sizes, args.dim, threads, args.repeats, args.k)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
     print_table(report)
     print(f"\nwrote {args.out}")
     return 0
