@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from lsl_source import poll
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from test_protocol import STAGES, jpeg_bytes, make_frame
@@ -147,16 +148,6 @@ def get(handle: ServerHandle, path: str, **kwargs: Any) -> httpx.Response:
     return httpx.get(handle.url.rstrip("/") + path, timeout=10, **kwargs)
 
 
-def poll(predicate, timeout_s: float = DEADLINE_S, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"{what} not reached within {timeout_s} s")
-
-
 def client_stats(handle: ServerHandle, client_id: str) -> dict:
     clients = get(handle, "/api/status").json()["server"]["clients"]
     return next(c for c in clients if c["id"] == client_id)
@@ -244,10 +235,11 @@ def test_slow_client_loses_frames_alone_and_they_are_counted():
                 lambda: (
                     slow.recv(timeout=DEADLINE_S) and client_stats(handle, slow_id)["dropped"] >= 10
                 ),
-                what="slow client's drops",
+                DEADLINE_S,
+                "slow client's drops",
             )
             n_before = len(fast_seqs)
-            poll(lambda: len(fast_seqs) >= n_before + 25, what="25 more frames to the fast client")
+            poll(lambda: len(fast_seqs) >= n_before + 25, DEADLINE_S, "25 more frames to the fast client")
         finally:
             stop.set()
             reader.join(DEADLINE_S)
@@ -280,7 +272,7 @@ def test_client_limit_refuses_one_too_many_with_1013():
                 msg = json.loads(again.recv(timeout=DEADLINE_S))
                 return msg["type"] == "hello"
 
-        poll(admitted, what="a new client admitted after one left")
+        poll(admitted, DEADLINE_S, "a new client admitted after one left")
         assert get(handle, "/api/status").json()["server"]["rejected"] >= 1
 
 
@@ -421,7 +413,8 @@ def test_shutdown_with_clients_connected_is_clean():
     producer.stop()
     poll(
         lambda: set(threading.enumerate()) <= threads_before,
-        what=f"no thread left (extra: {set(threading.enumerate()) - threads_before})",
+        DEADLINE_S,
+        f"no thread left (extra: {set(threading.enumerate()) - threads_before})",
     )
     handle.stop()  # idempotent
 
