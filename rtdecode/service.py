@@ -419,12 +419,10 @@ def _add(base: dict, more: dict, out: bool = False) -> dict:
 
 
 def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when available, else 'cpu'."""
-    if device != "auto":
-        return device
-    import torch
+    """'auto' -> 'cuda' when available, else 'cpu' (rtdecode.devices)."""
+    from rtdecode.devices import resolve_device as _resolve
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(_resolve(device))
 
 
 def _meta_path(ckpt: Path, value: str | None) -> Path | None:

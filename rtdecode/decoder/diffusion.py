@@ -35,6 +35,7 @@ import torch
 from PIL import Image, ImageOps
 
 from rtdecode.decoder.normalize import EmbeddingNormalizer
+from rtdecode.devices import resolve_device
 
 TINY_CLASS_NAME = "RtdecodeTinyDecoder"
 UNCLIP_CLASS_NAMES = ("StableUnCLIPImg2ImgPipeline",)
@@ -104,21 +105,6 @@ class ImageDecoder(Protocol):
 
 
 # --------------------------------------------------------------------- helpers
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when available, else CPU; anything else is passed to torch."""
-    if isinstance(device, torch.device):
-        return device
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"Device {device!r} was asked for but CUDA is not available here; use device='cpu' "
-            "or 'auto'."
-        )
-    return dev
-
-
 def default_dtype(device: torch.device) -> torch.dtype:
     """float32 on CPU; bfloat16 on GPUs that support it, float16 on older ones."""
     if device.type != "cuda":

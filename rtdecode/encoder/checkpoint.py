@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rtdecode.devices import resolve_device
 from rtdecode.encoder.model import BrainModule, count_parameters
 from rtdecode.encoder.presets import BrainConfig, get_preset
 
@@ -125,13 +126,6 @@ def _refuse_pickle(path: Path) -> None:
         f"checkpoint folder with {WEIGHTS_FILE} and {CONFIG_FILE} (as written by "
         "`rtdecode train`)."
     )
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' -> CUDA when present, else CPU; anything else as given."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 # --------------------------------------------------------------------------- save

@@ -238,16 +238,9 @@ class HandcraftedEncoder(ImageEncoder):
 
 # ---------------------------------------------------------------------- transformers
 def _resolve_device(device: str) -> str:
-    import torch
+    from rtdecode.devices import resolve_device
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device={device!r} was asked for but torch sees no CUDA device; use "
-            "device='cpu' or 'auto'."
-        )
-    return device
+    return str(resolve_device(device))
 
 
 def _folder_identity(model_dir: Path) -> str:
