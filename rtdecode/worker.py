@@ -186,7 +186,13 @@ class DecodeWorker(threading.Thread):
         try:
             import torch
 
+            from rtdecode.encoder.metrics import destandardize
+            from rtdecode.lsl.streams import local_clock
+
+            # Bound once here, not looked up again for every window.
             self._torch = torch
+            self._local_clock = local_clock
+            self._destandardize = destandardize
             if self.options.torch_threads:
                 # Batch-1 inference gains nothing from more threads, and on a busy machine
                 # two threads contend badly (bench/encoder.py: p50 5 ms vs 44 ms).
@@ -268,10 +274,8 @@ class DecodeWorker(threading.Thread):
         """
         if not self.target_stats:
             return vec.astype(np.float32)
-        from rtdecode.encoder.metrics import destandardize
-
         z = vec / (vec.std() + 1e-8)
-        return np.asarray(destandardize(z, self.target_stats), dtype=np.float32).reshape(vec.shape)
+        return np.asarray(self._destandardize(z, self.target_stats), dtype=np.float32).reshape(vec.shape)
 
     def _true_id(self, window: Window) -> str | None:
         m = window.marker
@@ -286,7 +290,7 @@ class DecodeWorker(threading.Thread):
     def _process(self, window: Window) -> None:
         torch = self._torch
         clock = time.perf_counter
-        from rtdecode.lsl.streams import local_clock
+        local_clock = self._local_clock
 
         lat: dict[str, float] = {}
         lat["queue"] = (local_clock() - window.t_arrived) * 1e3
