@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from common import write_json  # noqa: E402  (bench/common.py, beside this script)
+from common import machine_info, write_json  # noqa: E402  (bench/common.py, beside this script)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -54,18 +53,6 @@ def _timed(fn, inputs: list, warmup: int = 3) -> dict[str, float]:
         fn(x)
         times.append(time.perf_counter() - t0)
     return _percentiles_ms(times)
-
-
-def _machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "n_cpus": os.cpu_count(), "python": platform.python_version()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -134,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": "cpu",
         "dtype": "float32",
         "torch": torch.__version__,
-        "machine": _machine(),
+        "machine": machine_info(),
         "load_average_before": list(os.getloadavg()),
         "latency": [],
     }
