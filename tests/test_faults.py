@@ -220,7 +220,11 @@ class Live:
         self.src.wait_event("ready", 20.0)  # the outlet exists: from here the clock runs
         t_visible = time.monotonic()
         poll(lambda: reader.stats.reconnects > reconnects, 10.0, "the reconnection")
-        return time.monotonic() - t_visible
+        latency_s = time.monotonic() - t_visible
+        # The source streams again before the next outage (else two outages are one gap).
+        samples = reader.stats.samples
+        poll(lambda: reader.stats.samples > samples, 10.0, "samples after the reconnection")
+        return latency_s
 
 
 # ---------------------------------------------------------------------------- tests
@@ -232,6 +236,9 @@ def test_ten_outages_reconnect_within_2s_report_every_gap_and_leak_nothing(
         # One outage first: liblsl and the resolver start their lazy threads once.
         live.outage()
         poll(lambda: service.reader.stats.samples > 0, 10.0, "data after the warm-up")
+        # The server's thread pool (sync routes) keeps an idle worker ~10 s: start it
+        # before counting, as the requests after the outages will use it.
+        metric(service, "rtdecode_reader_reconnects_total")
         threads_before, fds_before = os_resources()
         latencies_s = [live.outage() for _ in range(10)]
         frames_then = service.worker.stats()["counters"]["frames"]
@@ -256,11 +263,8 @@ def test_ten_outages_reconnect_within_2s_report_every_gap_and_leak_nothing(
         )
 
     print(f"reconnection after the outlet was visible (s): {np.round(latencies_s, 2).tolist()}")
-    # The target is 2 s per outage (met at 0.7-1.0 s on a quiet machine); a busy 2-core
-    # machine sometimes misses one resolver round (~2.4 s), so the hard bound here is
-    # looser and the typical case is held to the target.
-    assert float(np.median(latencies_s)) < 2.0, f"reconnection latencies (s): {latencies_s}"
-    assert max(latencies_s) < 5.0, f"reconnection latencies (s): {latencies_s}"
+    # Every outage within 2 s (the loopback configuration's tuning gives ~0.25 s).
+    assert max(latencies_s) < 2.0, f"reconnection latencies (s): {latencies_s}"
     assert all(g["reconnect"] and g["n_lost"] > 0 for g in gaps[:11])
     assert [g["gaps_total"] for g in gaps[:11]] == list(range(1, 12))
     reader = status["reader"]
