@@ -32,7 +32,8 @@ What a crash can lose: a segment is written once it holds ``segment_s`` of sampl
 ``marker_margin_s`` so that markers have arrived), or as soon as its oldest sample has
 waited ``segment_s + marker_margin_s``; files appear atomically (temporary name, fsync,
 rename, fsync of the folder), so a SIGKILL leaves whole segments and loses only what was
-still waiting: at most ``segment_s + marker_margin_s`` plus the segment being written.
+still waiting: the samples that arrived in the last ``segment_s + marker_margin_s``
+(2 s with the defaults) plus those that arrived while a segment was being written.
 
 Bounded memory, no silent loss: the recorder reads the ring and never holds more than one
 segment. If the disk is so slow that the ring overwrites samples before they are written
@@ -90,7 +91,8 @@ class SegmentRecorder:
     markers : rtdecode.stream.MarkerReader, optional
         Markers become annotations of the segment holding their sample.
     segment_s : float
-        Longest segment, in seconds of samples (default 2).
+        Longest segment, in seconds of samples (default 1.8: with the margin, every
+        sample is on disk at most 2 s after it arrived).
     marker_margin_s : float
         A full segment waits this much newer data before it is written, so markers
         pushed with their sample arrive first.
@@ -109,7 +111,7 @@ class SegmentRecorder:
         out_dir: str | Path,
         *,
         markers: Any | None = None,
-        segment_s: float = 2.0,
+        segment_s: float = 1.8,
         marker_margin_s: float = 0.2,
     ) -> None:
         if not segment_s > 0 or marker_margin_s < 0:

@@ -119,7 +119,9 @@ def test_sigkill_mid_run_leaves_whole_segments_equal_to_the_source(
     n_on_disk = index[-1]["first_sample"] + index[-1]["n_samples"]
     missing_s = (n_sent - n_on_disk) / sfreq
     print(f"SIGKILL after {n_sent / sfreq:.1f} s: {missing_s:.2f} s not on disk")
-    assert 0 <= missing_s <= 2.2 + 2.0, f"{missing_s:.2f} s of samples missing at the end"
+    # At most the last 2 s (segment_s 1.8 + marker margin 0.2), with 0.5 s for a write in
+    # progress and the scheduling of a busy 2-core machine.
+    assert 0 <= missing_s <= 2.0 + 0.5, f"{missing_s:.2f} s of samples missing at the end"
     # Markers (every 0.5 s, from sample 100) are annotations on their exact samples.
     marked = {}
     for entry in index:
