@@ -40,19 +40,16 @@ from rtdecode.lsl.streams import (
     COUNTER_CHANNEL,
     COUNTER_MODULUS,
     DTYPES,
+    FIFF_INT_KEYS,
     describe,
     find,
     local_clock,
     open_inlet,
-    resolve,
-)
-from rtdecode.replay import (
-    FIFF_INT_KEYS,
-    ProgressLine,
     read_fiff_details,
-    stop_on_sigterm,
+    resolve,
     unwrap_counter,
 )
+from rtdecode.replay import ProgressLine, stop_on_sigterm
 
 __all__ = ["record_stream", "marker_stream_name"]
 

@@ -32,79 +32,22 @@ import numpy as np
 
 from rtdecode.lsl.streams import (
     COUNTER_CHANNEL,
-    COUNTER_MODULUS,
+    counter_values,
     local_clock,
     make_info,
     make_outlet,
+    write_fiff_details,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    import mne
-
     from rtdecode.data.recordings import Event, Recording
 
-__all__ = [
-    "COUNTER_MODULUS",
-    "Pacer",
-    "ProgressLine",
-    "ReplayStats",
-    "counter_values",
-    "replay_file",
-    "unwrap_counter",
-]
+__all__ = ["Pacer", "ProgressLine", "ReplayStats", "replay_file"]
 
 MARKER_STREAM_TYPE = "Markers"
 
 # FIFF unit codes -> the SI unit strings put in the stream description.
 _UNIT_NAMES = {107: "V", 112: "T", 201: "T/m", 202: "Am", 114: "C", 6: "M", -1: ""}
-
-# mne-lsl's names for the 12 values of a channel's ``loc`` in the description.
-LOC_NAMES = ("R0x", "R0y", "R0z", "Exx", "Exy", "Exz", "Eyx", "Eyy", "Eyz", "Ezx", "Ezy", "Ezz")
-FIFF_INT_KEYS = ("kind", "coil_type", "coord_frame")
-
-
-# ---------------------------------------------------------------- counter
-
-
-def counter_values(first_sample: int, n: int) -> np.ndarray:
-    """Counter channel values for ``n`` samples starting at absolute index ``first_sample``.
-
-    Returns
-    -------
-    ndarray, float32, shape (n,)
-        ``(first_sample + arange(n)) % COUNTER_MODULUS``, exact in float32.
-    """
-    idx = (first_sample + np.arange(n, dtype=np.int64)) % COUNTER_MODULUS
-    return idx.astype(np.float32)
-
-
-def unwrap_counter(values: np.ndarray, reference: int | None = None) -> np.ndarray:
-    """Absolute sample indices from received counter values (which wrap at 2**24).
-
-    Parameters
-    ----------
-    values : ndarray, shape (n,)
-        Counter channel values in arrival order (float32 or any numeric type).
-    reference : int | None
-        An absolute index at or before ``values[0]`` and less than 2**24 samples before
-        it, e.g. the last index seen in the previous chunk. ``None``: ``values[0]`` is
-        taken as absolute (true for the first 2**24 samples of a replay).
-
-    Returns
-    -------
-    ndarray, int64, shape (n,)
-        Assumes the counter only moves forward, by less than 2**24 between two values.
-    """
-    wrapped = np.asarray(values, dtype=np.float64).astype(np.int64)
-    out = np.empty(wrapped.shape, dtype=np.int64)
-    if wrapped.size == 0:
-        return out
-    first = int(wrapped[0])
-    if reference is not None:
-        first = int(reference) + (first - int(reference)) % COUNTER_MODULUS
-    out[0] = first
-    out[1:] = first + np.cumsum(np.diff(wrapped) % COUNTER_MODULUS)
-    return out
 
 
 # ---------------------------------------------------------------- pacing
@@ -227,58 +170,6 @@ def stream_type_for(ch_types: list[str]) -> str:
     return "MEG" if {"mag", "grad"} & set(ch_types) else "EEG"
 
 
-def _add_fiff_details(lsl_info: Any, raw_info: mne.Info) -> None:
-    """Add mne-lsl's per-channel FIFF fields (kind, coil_type, coord_frame, loc) and the
-    filter band, so that mne-lsl (and ``rtdecode record``) rebuild the full ``mne.Info``.
-    Channels past ``raw_info``'s (the counter) are left without them."""
-    desc = lsl_info.desc()
-    ch = desc.child("channels").child("channel")
-    for chan in raw_info["chs"]:
-        for key in FIFF_INT_KEYS:
-            ch.append_child_value(key, str(int(chan[key])))
-        loc = ch.append_child("loc")
-        for key, value in zip(LOC_NAMES, chan["loc"], strict=True):
-            loc.append_child_value(key, repr(float(value)))
-        ch = ch.next_sibling()
-    filters = desc.append_child("filters")
-    filters.append_child_value("highpass", repr(float(raw_info["highpass"])))
-    filters.append_child_value("lowpass", repr(float(raw_info["lowpass"])))
-
-
-def read_fiff_details(lsl_info: Any) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Per-channel FIFF fields and the filter band from a stream description.
-
-    Returns
-    -------
-    chs : list of dict
-        One dict per ``<channel>``, with the keys that were present among ``kind``,
-        ``coil_type``, ``coord_frame`` (int) and ``loc`` (float ndarray, shape (12,)).
-    filters : dict
-        ``highpass``/``lowpass`` in Hz where present.
-    """
-    desc = lsl_info.desc()
-    chs: list[dict[str, Any]] = []
-    ch = desc.child("channels").child("channel")
-    while not ch.empty():
-        d: dict[str, Any] = {}
-        for key in FIFF_INT_KEYS:
-            text = ch.child_value(key)
-            with contextlib.suppress(ValueError):
-                d[key] = int(text)
-        loc = ch.child("loc")
-        if not loc.empty():
-            with contextlib.suppress(ValueError):
-                d["loc"] = np.array([float(loc.child_value(k)) for k in LOC_NAMES])
-        chs.append(d)
-        ch = ch.next_sibling()
-    filters: dict[str, float] = {}
-    node = desc.child("filters")
-    for key in ("highpass", "lowpass"):
-        with contextlib.suppress(ValueError):
-            filters[key] = float(node.child_value(key))
-    return chs, filters
-
-
 def build_stream_infos(
     rec: Recording, name: str, source_id: str, *, counter: bool
 ) -> tuple[Any, Any]:
@@ -314,7 +205,7 @@ def build_stream_infos(
         source_id=source_id,
         channel_format="float32",
     )
-    _add_fiff_details(data_info, info)
+    write_fiff_details(data_info, info)
     marker_info = make_info(
         f"{name}-markers",
         MARKER_STREAM_TYPE,

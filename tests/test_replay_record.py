@@ -24,13 +24,15 @@ from rtdecode.lsl.streams import (
     COUNTER_CHANNEL,
     COUNTER_MODULUS,
     StreamNotFoundError,
+    counter_values,
     inlet_description,
     local_clock,
     open_inlet,
     resolve,
+    unwrap_counter,
 )
 from rtdecode.record import record_stream
-from rtdecode.replay import Pacer, counter_values, replay_file, unwrap_counter
+from rtdecode.replay import Pacer, replay_file
 
 SFREQ = 1000.0
 N_MEG = 20

@@ -7,9 +7,11 @@ what it needs (``local_clock``, ``LostError``, the format names) is re-exported 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pylsl
@@ -28,6 +30,7 @@ __all__ = [
     "StreamDescription",
     "StreamNotFoundError",
     "DTYPES",
+    "counter_values",
     "describe",
     "find",
     "inlet_description",
@@ -36,8 +39,11 @@ __all__ = [
     "make_outlet",
     "not_found_error",
     "open_inlet",
+    "read_fiff_details",
     "resolve",
+    "unwrap_counter",
     "visible_streams",
+    "write_fiff_details",
 ]
 
 FORMATS = {
@@ -309,3 +315,107 @@ def open_inlet(
     """
     flags = pylsl.proc_clocksync | (pylsl.proc_dejitter if dejitter else 0)
     return pylsl.StreamInlet(info, max_buflen=max_buflen_s, recover=recover, processing_flags=flags)
+
+
+# ---------------------------------------------------------------- sample counter
+
+
+def counter_values(first_sample: int, n: int) -> np.ndarray:
+    """Counter channel values for ``n`` samples starting at absolute index ``first_sample``.
+
+    Returns
+    -------
+    ndarray, float32, shape (n,)
+        ``(first_sample + arange(n)) % COUNTER_MODULUS``, exact in float32.
+    """
+    idx = (first_sample + np.arange(n, dtype=np.int64)) % COUNTER_MODULUS
+    return idx.astype(np.float32)
+
+
+def unwrap_counter(values: np.ndarray, reference: int | None = None) -> np.ndarray:
+    """Absolute sample indices from received counter values (which wrap at 2**24).
+
+    Parameters
+    ----------
+    values : ndarray, shape (n,)
+        Counter channel values in arrival order (float32 or any numeric type).
+    reference : int | None
+        An absolute index at or before ``values[0]`` and less than 2**24 samples before
+        it, e.g. the last index seen in the previous chunk. ``None``: ``values[0]`` is
+        taken as absolute (true for the first 2**24 samples of a replay).
+
+    Returns
+    -------
+    ndarray, int64, shape (n,)
+        Assumes the counter only moves forward, by less than 2**24 between two values.
+    """
+    wrapped = np.asarray(values, dtype=np.float64).astype(np.int64)
+    out = np.empty(wrapped.shape, dtype=np.int64)
+    if wrapped.size == 0:
+        return out
+    first = int(wrapped[0])
+    if reference is not None:
+        first = int(reference) + (first - int(reference)) % COUNTER_MODULUS
+    out[0] = first
+    out[1:] = first + np.cumsum(np.diff(wrapped) % COUNTER_MODULUS)
+    return out
+
+
+# ------------------------------------------------ FIFF fields in a stream description
+
+# mne-lsl's names for the 12 values of a channel's ``loc`` in the description.
+LOC_NAMES = ("R0x", "R0y", "R0z", "Exx", "Exy", "Exz", "Eyx", "Eyy", "Eyz", "Ezx", "Ezy", "Ezz")
+FIFF_INT_KEYS = ("kind", "coil_type", "coord_frame")
+
+
+def write_fiff_details(lsl_info: Any, raw_info: Any) -> None:
+    """Add mne-lsl's per-channel FIFF fields (kind, coil_type, coord_frame, loc) and the
+    filter band of ``raw_info`` (an ``mne.Info``) to a StreamInfo, so that mne-lsl and
+    ``rtdecode record`` (:func:`read_fiff_details`) rebuild the full ``mne.Info``.
+    Channels past ``raw_info``'s (the counter) are left without them."""
+    desc = lsl_info.desc()
+    ch = desc.child("channels").child("channel")
+    for chan in raw_info["chs"]:
+        for key in FIFF_INT_KEYS:
+            ch.append_child_value(key, str(int(chan[key])))
+        loc = ch.append_child("loc")
+        for key, value in zip(LOC_NAMES, chan["loc"], strict=True):
+            loc.append_child_value(key, repr(float(value)))
+        ch = ch.next_sibling()
+    filters = desc.append_child("filters")
+    filters.append_child_value("highpass", repr(float(raw_info["highpass"])))
+    filters.append_child_value("lowpass", repr(float(raw_info["lowpass"])))
+
+
+def read_fiff_details(lsl_info: Any) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Per-channel FIFF fields and the filter band from a stream description.
+
+    Returns
+    -------
+    chs : list of dict
+        One dict per ``<channel>``, with the keys that were present among ``kind``,
+        ``coil_type``, ``coord_frame`` (int) and ``loc`` (float ndarray, shape (12,)).
+    filters : dict
+        ``highpass``/``lowpass`` in Hz where present.
+    """
+    desc = lsl_info.desc()
+    chs: list[dict[str, Any]] = []
+    ch = desc.child("channels").child("channel")
+    while not ch.empty():
+        d: dict[str, Any] = {}
+        for key in FIFF_INT_KEYS:
+            text = ch.child_value(key)
+            with contextlib.suppress(ValueError):
+                d[key] = int(text)
+        loc = ch.child("loc")
+        if not loc.empty():
+            with contextlib.suppress(ValueError):
+                d["loc"] = np.array([float(loc.child_value(k)) for k in LOC_NAMES])
+        chs.append(d)
+        ch = ch.next_sibling()
+    filters: dict[str, float] = {}
+    node = desc.child("filters")
+    for key in ("highpass", "lowpass"):
+        with contextlib.suppress(ValueError):
+            filters[key] = float(node.child_value(key))
+    return chs, filters
