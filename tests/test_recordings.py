@@ -16,6 +16,7 @@ from rtdecode.data.recordings import (
     description_to_value,
     read_events_tsv,
     read_recording,
+    recording_files,
 )
 
 SFREQ = 1000.0
@@ -239,3 +240,39 @@ def test_wrong_extension_names_supported_formats(tmp_path, name, hint):
         read_recording(path)
     for fmt in ("FIF", "CTF", "EDF", "BDF", "BrainVision", "BIDS"):
         assert fmt in str(err.value)
+
+
+def test_recording_files_lists_first_split_parts_and_skips_what_is_not_a_recording(tmp_path):
+    meg = tmp_path / "sub-01" / "ses-01" / "meg"
+    names = [
+        "sub-01_task-a_split-01_meg.fif",
+        "sub-01_task-a_split-02_meg.fif",
+        "sub-01_task-b_split-1_meg.fif",
+        *[f"sub-01_task-c_split-{i:02d}_meg.fif" for i in range(1, 12)],
+        "sub-01_task-d_meg.fif.gz",
+        "sub-01_task-e_meg.edf",
+        "sub-01_task-a_events.tsv",
+        "notes.txt",
+    ]
+    for name in names:
+        (meg / name).parent.mkdir(parents=True, exist_ok=True)
+        (meg / name).touch()
+    ctf = meg / "sub-01_task-f_meg.ds"
+    ctf.mkdir()
+    (ctf / "sub-01_task-f_meg.meg4").touch()
+    (ctf / "inner.fif").touch()  # inside the CTF folder: part of it
+    for skipped in ("derivatives/x/raw.fif", ".hidden/raw.fif", "sub-01/.cache_raw.fif"):
+        (tmp_path / skipped).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / skipped).touch()
+
+    found = [p.relative_to(meg).as_posix() for p in recording_files(tmp_path)]
+    assert found == [
+        "sub-01_task-a_split-01_meg.fif",
+        "sub-01_task-b_split-1_meg.fif",
+        "sub-01_task-c_split-01_meg.fif",
+        "sub-01_task-d_meg.fif.gz",
+        "sub-01_task-e_meg.edf",
+        "sub-01_task-f_meg.ds",
+    ]
+    # A folder inside the dataset holding one recording: read_recording picks it.
+    assert recording_files(ctf.parent.parent) == recording_files(tmp_path)

@@ -42,6 +42,7 @@ __all__ = [
     "read_recording",
     "read_events_tsv",
     "events_tsv_for",
+    "recording_files",
 ]
 
 # Extension (lower case) -> format name, for the error message and the dispatch check.
@@ -296,20 +297,38 @@ def _read_bids(bids_path, fpath: Path, notes: list[str]) -> mne.io.BaseRaw:
         return mne.io.read_raw(fpath, preload=False, verbose="error")
 
 
+#: Folders of a dataset that hold no raw recordings of its own.
+SKIP_DIRS = frozenset({"derivatives", "sourcedata", "code", "stimuli"})
+_SPLIT_RE = re.compile(r"_split-(\d+)_")
+
+
+def recording_files(folder: Path) -> list[Path]:
+    """Recordings under ``folder`` that rtdecode reads, sorted.
+
+    Skipped: hidden entries and :data:`SKIP_DIRS`, files inside a CTF ``.ds`` folder,
+    and the later parts of a split FIF (``_split-02_`` and after: MNE reads them with
+    ``_split-01_``).
+    """
+    found = []
+    for p in folder.rglob("*"):
+        rel = p.relative_to(folder).parts
+        if set(rel[:-1]) & SKIP_DIRS or any(part.startswith(".") for part in rel):
+            continue
+        ext = _extension(p)
+        if ext not in SUPPORTED_FORMATS or (ext == ".ds") != p.is_dir():
+            continue
+        if any(parent.suffix.lower() == ".ds" for parent in p.relative_to(folder).parents):
+            continue
+        split = _SPLIT_RE.search(p.name)
+        if split is not None and int(split.group(1)) > 1:
+            continue
+        found.append(p)
+    return sorted(found)
+
+
 def _single_recording_in(folder: Path) -> Path:
     """The one recording in a BIDS folder, or an error listing the candidates."""
-    found = []
-    for ext in SUPPORTED_FORMATS:
-        for p in folder.rglob(f"*{ext}"):
-            parts = set(p.relative_to(folder).parts)
-            if parts & {"derivatives", "sourcedata", ".git"}:
-                continue
-            if p.suffix.lower() == ".fif" and re.search(r"_split-0*[2-9]\d*_", p.name):
-                continue  # later parts of a split FIF are read with the first
-            if any(parent.suffix.lower() == ".ds" for parent in p.parents):
-                continue
-            found.append(p)
-    found = sorted(set(found))
+    found = recording_files(folder)
     if len(found) == 1:
         return found[0]
     if not found:

@@ -42,9 +42,7 @@ __all__ = [
     "zero_shot_split",
 ]
 
-_SKIP_DIRS = {"derivatives", "sourcedata", "code", "stimuli", ".git"}
 _SUBJECT_RE = re.compile(r"(?:^|_)sub-([A-Za-z0-9]+)")
-_LATER_SPLIT_RE = re.compile(r"_split-0*(?:[2-9]|\d{2,})_")
 # THINGS-MEG keeps test and catch images in flat folders, the concept only in the name.
 _FLAT_IMAGE_DIRS = {"images_test_meg", "images_catch_meg"}
 _EXEMPLAR_RE = re.compile(r"^(.+?)_\d+[a-z]?$")
@@ -117,27 +115,6 @@ def category_of_path(image_path: str) -> str | None:
     return m.group(1) if m else (p.stem or None)
 
 
-def _recording_files(folder: Path) -> list[Path]:
-    """Recordings under ``folder`` that MNE reads (later parts of split FIFs excluded)."""
-    from rtdecode.data.recordings import SUPPORTED_FORMATS
-
-    found = []
-    for p in folder.rglob("*"):
-        rel = p.relative_to(folder).parts
-        if set(rel[:-1]) & _SKIP_DIRS or any(part.startswith(".") for part in rel):
-            continue
-        name = p.name.lower()
-        ext = ".fif.gz" if name.endswith(".fif.gz") else p.suffix.lower()
-        if ext not in SUPPORTED_FORMATS or (ext == ".ds") != p.is_dir():
-            continue
-        if any(parent.suffix.lower() == ".ds" for parent in p.parents):
-            continue  # files inside a CTF folder
-        if _LATER_SPLIT_RE.search(p.name):
-            continue
-        found.append(p)
-    return sorted(found)
-
-
 def _normalise_subject(s: str) -> str:
     s = str(s)
     return s if s.startswith("sub-") else f"sub-{s}"
@@ -180,7 +157,7 @@ def find_recordings(data_dir: str | Path, subjects: Iterable[str] | None = None)
     ValueError
         It holds no recording, or none of the requested subjects.
     """
-    from rtdecode.data.recordings import SUPPORTED_FORMATS
+    from rtdecode.data.recordings import SUPPORTED_FORMATS, recording_files
 
     root = Path(data_dir).expanduser()
     if not root.exists():
@@ -196,11 +173,11 @@ def find_recordings(data_dir: str | Path, subjects: Iterable[str] | None = None)
             files = [
                 p
                 for d in subject_dirs
-                for p in _recording_files(d)
+                for p in recording_files(d)
                 if p.parent.name == "meg" and re.search(r"_meg(\.|_split)", p.name)
             ]
         else:
-            files = _recording_files(root)
+            files = recording_files(root)
     if not files:
         formats = ", ".join(sorted(set(SUPPORTED_FORMATS)))
         raise ValueError(
