@@ -131,6 +131,36 @@ def test_control_messages_go_first_and_close_ends_the_stream():
     run(main())
 
 
+def test_status_snapshots_replace_each_other_and_wait_for_an_acking_clients_window():
+    async def main():
+        b = Broadcaster(client_queue=8)
+        b.start()
+        c = b.add_client()
+        # Not yet taken: each newer snapshot replaces the one waiting.
+        for i in range(3):
+            c.send_status(json.dumps({"type": "status", "n": i}))
+        assert json.loads(await next_within(c))["n"] == 2
+        assert c.stats()["status_replaced"] == 2
+        # The client acks: with 2 frames in flight and none acked, status and frames wait.
+        for i in range(4):
+            b.publish(make_frame(i, image=None))
+            await asyncio.sleep(0)
+        c.ack(-1)
+        assert [seq_of(await next_within(c)) for _ in range(2)] == [0, 1]
+        c.send_status(json.dumps({"type": "status", "n": 3}))
+        c.send_control('{"type":"pong"}')  # replies are not held back
+        assert await next_within(c) == '{"type":"pong"}'
+        with pytest.raises(TimeoutError):
+            await next_within(c, 0.2)
+        c.ack(0)  # room for one: the newest status first, then the next frame
+        assert json.loads(await next_within(c))["n"] == 3
+        assert seq_of(await next_within(c)) == 2
+        with pytest.raises(TimeoutError):
+            await next_within(c, 0.2)
+
+    run(main())
+
+
 def test_hand_off_is_bounded_when_the_loop_is_busy():
     async def main():
         b = Broadcaster(client_queue=100, handoff_size=8)

@@ -203,7 +203,7 @@ class _AppState:
             server = self.broadcaster.stats()
             summary = {k: server[k] for k in ("n_clients", "published", "sent", "dropped")}
             for client in self.broadcaster.clients:
-                client.send_control(
+                client.send_status(
                     text_message(
                         "status",
                         t_server=time.monotonic(),

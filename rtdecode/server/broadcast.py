@@ -96,6 +96,9 @@ class Client:
         self.control_dropped = 0
         self._frames: deque[EncodedFrame] = deque(maxlen=queue_size)
         self._control: deque[str] = deque(maxlen=CONTROL_QUEUE)
+        # The newest status snapshot not yet sent (an older one is outdated: replaced).
+        self._status: str | None = None
+        self.status_replaced = 0
         self._wake = asyncio.Event()
         self._unreported_drops = 0
         self._credit = 1.0
@@ -133,6 +136,16 @@ class Client:
         self._control.append(text)
         self._wake.set()
 
+    def send_status(self, text: str) -> None:
+        """Queue a status snapshot, replacing one still waiting (newest wins).
+
+        Like frames, it waits for room in the ack window, so a slow acking client gets
+        at most one status per frame it takes in instead of a backlog of them."""
+        if self._status is not None:
+            self.status_replaced += 1
+        self._status = text
+        self._wake.set()
+
     def request_close(self, code: int, reason: str) -> None:
         """Ask the sender to close the connection once queued control messages are out."""
         if self._close is None:
@@ -165,7 +178,12 @@ class Client:
                 return self._control.popleft()
             if self._close is not None:
                 return self._close
-            if self._frames and not self._window_full():
+            if self._window_full():
+                pass  # frames and status wait for an ack
+            elif self._status is not None:
+                text, self._status = self._status, None
+                return text
+            elif self._frames:
                 if self._unreported_drops:
                     n, self._unreported_drops = self._unreported_drops, 0
                     return text_message(
@@ -194,6 +212,7 @@ class Client:
             "queued": len(self._frames),
             "acked_seq": self.acked_seq,
             "control_dropped": self.control_dropped,
+            "status_replaced": self.status_replaced,
         }
 
 
