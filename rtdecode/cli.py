@@ -208,7 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default=None)
     s.add_argument("--port", type=int, default=None)
     s.add_argument("--token", default=None)
-    s.add_argument("--record", type=Path, default=None)
+    s.add_argument(
+        "--record",
+        type=Path,
+        default=None,
+        help="also write every received sample and marker to FIF segments in this folder "
+        "(each on disk within 2 s of arriving)",
+    )
     s.add_argument("--config", type=Path, default=None)
     s.set_defaults(func=_cmd_serve)
 
