@@ -440,10 +440,17 @@ def train_arrays(
     dist_info = _setup_distributed(device)
     dev = dist_info.device
     try:
-        return _fit(
+        result = _fit(
             rc, dist_info, dev, Xt, Yt_z, St, Xv, Yv_z, Sv, Gv, positions, n_subj,
             target_stats, n_dropped, out_dir, meta, resume, progress,
         )
+        if dist_info.created:
+            import torch.distributed as dist
+
+            # Rank 0 may still be writing the checkpoint: tear the group down together
+            # (a rank that left first was once aborted by gloo, SIGABRT, on a busy machine).
+            dist.barrier()
+        return result
     finally:
         if dist_info.created:
             import torch.distributed as dist
