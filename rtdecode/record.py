@@ -50,6 +50,7 @@ from rtdecode.lsl.streams import (
     unwrap_counter,
 )
 from rtdecode.replay import ProgressLine, stop_on_sigterm
+from rtdecode.stream.markers import parse_marker
 
 __all__ = ["record_stream", "marker_stream_name"]
 
@@ -478,11 +479,7 @@ def _counter_check(
 
 def _marker_sample(text: str) -> int | None:
     """The absolute sample a marker names in its JSON payload (our replay's do), if any."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    sample = value.get("sample") if isinstance(value, dict) else None
+    sample = parse_marker(text).get("sample")
     return sample if isinstance(sample, int) and not isinstance(sample, bool) else None
 
 
