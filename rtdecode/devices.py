@@ -32,3 +32,9 @@ def resolve_device(device: Any = "auto") -> Any:
             "device='cpu' or 'auto'."
         )
     return dev
+
+
+def device_name(device: Any = "auto") -> str:
+    """:func:`resolve_device` as a string (``"cpu"``, ``"cuda"``, ``"cuda:1"``), for
+    settings, logs and libraries that take one."""
+    return str(resolve_device(device))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rtdecode.config import Settings
+from rtdecode.devices import device_name
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class Service:
         s = self.settings
         if s.model is None:
             raise ValueError("No brain encoder given; pass --model CKPT_DIR (a checkpoint folder).")
-        device = resolve_device(s.device)
+        device = device_name(s.device)
         model, meta = load_checkpoint(s.model, device=device)
         self.meta = meta
         pre = Preprocessor.from_dict(meta["preprocess"])
@@ -416,13 +417,6 @@ def _add(base: dict, more: dict, out: bool = False) -> dict:
         if isinstance(v, int) or k in _SUMMED_READER_STATS:
             target[k] = target.get(k, 0) + v
     return target
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when available, else 'cpu' (rtdecode.devices)."""
-    from rtdecode.devices import resolve_device as _resolve
-
-    return str(_resolve(device))
 
 
 def _meta_path(ckpt: Path, value: str | None) -> Path | None:

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from rtdecode.devices import device_name
+
 READOUTS = ("cls", "mean", "grid")
 
 
@@ -237,12 +239,6 @@ class HandcraftedEncoder(ImageEncoder):
 
 
 # ---------------------------------------------------------------------- transformers
-def _resolve_device(device: str) -> str:
-    from rtdecode.devices import resolve_device
-
-    return str(resolve_device(device))
-
-
 def _folder_identity(model_dir: Path) -> str:
     """``<folder name>@<hash>``: the hash covers config.json and the weight files' names
     and sizes, so two copies of the same weights share a cache and a retrained model does not."""
@@ -285,7 +281,7 @@ class _TransformersEncoder(ImageEncoder):
         model_dir, processor_dir = self._resolve_dirs(path)
         self.model_dir = model_dir
         self.readout = readout
-        self.device = _resolve_device(device)
+        self.device = device_name(device)
         self.processor = AutoImageProcessor.from_pretrained(
             str(processor_dir), local_files_only=True
         )
