@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from rtdecode.decoder.diffusion import (
+    from rtdecode.decoder.base import (
         embedding_fidelity,
         load_decoder,
         resolve_decoder_path,

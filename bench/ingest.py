@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/ingest.py [--duration 60] [--n-channels 306] [--sfreq 1200]
 
-One synthetic outlet (tests/lsl_source.py: 306 channels + a counter channel, 1200 Hz,
+One synthetic outlet (tests/helpers/lsl_source.py: 306 channels + a counter channel, 1200 Hz,
 pushed in 10 ms chunks) runs in a subprocess for the whole benchmark. Each reader then
 runs in a process of its own that does nothing else, one after the other on the same
 stream (so they do not compete for the CPU), for ``--duration`` seconds after a 2 s
@@ -38,7 +38,6 @@ from common import write_json  # noqa: E402  (bench/common.py, beside this scrip
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 WARMUP_S = 2.0
 
@@ -237,8 +236,9 @@ def main(argv=None) -> int:
     import uuid
 
     import pylsl
-    from lsl_source import SourceProcess
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tests.helpers.lsl_source import SourceProcess
 
     args.name = f"rtd-bench-ingest-{uuid.uuid4().hex[:8]}"
     load_before = os.getloadavg()

@@ -7,7 +7,7 @@ What runs
 ---------
 * A replay of ``DATA/replay_raw.fif`` (306 MEG channels at 1200 Hz from ``rtdecode
   simulate``) in a child process, as a lab's acquisition would be, publishing on a
-  loopback-only LSL stream with 10 ms chunks. The child is ``rtdecode.replay.replay_file``
+  loopback-only LSL stream with 10 ms chunks. The child is ``rtdecode.io.replay.replay_file``
   itself; a probe (a ``Pacer`` subclass) logs the moment each chunk is released to
   ``push_chunk`` on the LSL clock, and the log is read back when the child ends.
 * The service in this process (``rtdecode.service.Service``, uvicorn on port 0) with the
@@ -78,7 +78,7 @@ class Inputs:
 def build_tiny_inputs(workdir: Path, device: str = "cpu") -> Inputs:
     """A tiny simulated subject and a one-epoch ``test``-preset encoder (~30 s on CPU)."""
     from rtdecode.data.simulate import simulate_subject
-    from rtdecode.train import train
+    from rtdecode.training.encoder import train
 
     print(f"building a tiny simulated subject and encoder in {workdir} ...", flush=True)
     data = simulate_subject(workdir / "sim", seed=3, size="tiny", progress=False)
@@ -120,7 +120,7 @@ def replay_child(path: Path, name: str, chunk_ms: float, log_path: Path) -> int:
     process's ``local_clock() - time.monotonic()``.
     """
     use_local_config()
-    import rtdecode.replay as replay_mod
+    import rtdecode.io.replay as replay_mod
     from rtdecode.lsl.streams import local_clock
 
     released: list[tuple[float, float]] = []

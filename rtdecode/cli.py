@@ -19,7 +19,7 @@ def _env(name: str, default=None):
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from rtdecode.replay import replay_file
+    from rtdecode.io.replay import replay_file
 
     replay_file(
         args.path,
@@ -35,7 +35,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
-    from rtdecode.record import record_stream
+    from rtdecode.io.record import record_stream
 
     path = record_stream(
         args.name,
@@ -57,7 +57,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from rtdecode.train import train
+    from rtdecode.training.encoder import train
 
     train(
         args.data,
@@ -73,7 +73,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from rtdecode.evaluate import evaluate
+    from rtdecode.training.evaluate import evaluate
 
     metrics = evaluate(args.ckpt, args.data, json_out=args.json, plots_dir=args.plots)
     print(json.dumps(metrics, indent=2, default=float))
@@ -90,7 +90,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_decoder(args: argparse.Namespace) -> int:
-    from rtdecode.decoder.diffusion import train_decoder
+    from rtdecode.decoder.base import train_decoder
 
     train_decoder(
         args.gallery,

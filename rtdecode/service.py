@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rtdecode._utils.devices import device_name
 from rtdecode.config import Settings
-from rtdecode.devices import device_name
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class Service:
         retrieval = Retrieval(gallery_z, self.gallery.ids)
         decoder = None
         if s.decoder and s.decoder.lower() != "none":
-            from rtdecode.decoder.diffusion import load_decoder
+            from rtdecode.decoder.base import load_decoder
 
             decoder = load_decoder(s.decoder, device=device)
         return model, meta, pre, retrieval, decoder, device
@@ -168,7 +168,7 @@ class Service:
 
         self.reader, self.markers, self.windower = self._start_input()
         if s.record is not None:
-            from rtdecode.segments import SegmentRecorder
+            from rtdecode.io.segments import SegmentRecorder
 
             self.recorder = SegmentRecorder(self.reader, s.record, markers=self.markers).start()
             log.info("Recording every received sample to %s.", self.recorder.session_dir)

@@ -5,7 +5,7 @@
 Uses Debian's Chromium (``apt-get install chromium``) through Playwright's Python API;
 nothing is downloaded. Waits until the viewer has drawn ``--wait-frames`` frames and
 its charts hold a few seconds of data, so the picture shows a live stream, not an empty
-page. ``launch_chromium`` is also what tests/test_viewer.py uses.
+page. ``launch_chromium`` is also what tests/server/test_viewer.py uses.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """The bad-input corpus and the security checks, against the real commands and the real
-service (tests/test_faults.py's helpers: the tiny model, synthetic LSL sources in its
+service (tests/helpers/service.py: the tiny model, synthetic LSL sources in its
 channel layout, a websocket viewer).
 
 Every bad input gets a clear error, the service stays alive, and what was already
 received is not lost (the reader's sample count keeps growing, frames keep coming).
-What tests/test_recordings.py, test_checkpoint.py, test_stream_reader.py and
-test_server.py already prove at their level is not repeated; the corpus table in
+What tests/data/test_recordings.py, encoder/test_checkpoint.py, stream/test_reader.py and
+server/test_app.py already prove at their level is not repeated; the corpus table in
 docs/reliability.md lists every case with the test that covers it.
 """
 
@@ -24,9 +24,13 @@ from pathlib import Path
 import httpx
 import mne
 import pytest
-from lsl_source import SourceProcess, poll
 from starlette.routing import Route, WebSocketRoute
-from test_faults import (
+from websockets.sync.client import connect
+
+from rtdecode.config import Settings
+from tests.helpers.lsl_source import SourceProcess, poll
+from tests.helpers.server import close_code, recv_until
+from tests.helpers.service import (
     DEADLINE_S,
     Live,
     build_tiny_model,
@@ -34,10 +38,6 @@ from test_faults import (
     service_settings,
     source_options,
 )
-from test_server import close_code, recv_until
-from websockets.sync.client import connect
-
-from rtdecode.config import Settings
 
 TOKEN = "q7Rz-reliability-secret-value"
 ROOT = Path(__file__).resolve().parents[1]
@@ -421,7 +421,7 @@ def test_the_token_never_reaches_the_logs(guarded):
 
 def test_nothing_is_ever_unpickled(tmp_path, monkeypatch):
     """No pickle in the code, and pretrained folders with pickle weights are refused
-    without torch.load running (checkpoints: tests/test_checkpoint.py)."""
+    without torch.load running (checkpoints: tests/encoder/test_checkpoint.py)."""
     sources = {p: p.read_text() for p in (ROOT / "rtdecode").rglob("*.py")}
     for path, text in sources.items():
         assert not re.search(r"^\s*(import|from) (c?pickle|joblib|dill)\b", text, re.M), path

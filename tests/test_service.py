@@ -12,11 +12,11 @@ import time
 import httpx
 import numpy as np
 import pytest
-from lsl_source import poll
 from websockets.sync.client import connect
 
 from rtdecode.config import Settings
 from rtdecode.server.protocol import decode_frame
+from tests.helpers.lsl_source import poll
 
 DEADLINE_S = 60.0
 
@@ -28,7 +28,7 @@ def tiny_subject(tmp_path_factory):
 
     torch.set_num_threads(1)
     from rtdecode.data.simulate import simulate_subject
-    from rtdecode.train import train
+    from rtdecode.training.encoder import train
 
     root = tmp_path_factory.mktemp("svc")
     data = simulate_subject(root / "sim", seed=3, size="tiny", progress=False)

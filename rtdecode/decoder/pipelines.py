@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rtdecode.decoder.diffusion import (
+from rtdecode.decoder.base import (
     BaseDecoder,
     check_embedding,
     fit_image,

@@ -48,7 +48,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from rtdecode.decoder.diffusion import (
+from rtdecode.decoder.base import (
     NORMALIZER_FILE,
     TINY_CLASS_NAME,
     BaseDecoder,
@@ -202,9 +202,9 @@ class TinyDecoderNet(nn.Module):
 
 # ----------------------------------------------------------------- inference
 class TinyDecoder(BaseDecoder):
-    """:class:`~rtdecode.decoder.diffusion.ImageDecoder` over a trained :class:`TinyDecoderNet`.
+    """:class:`~rtdecode.decoder.base.ImageDecoder` over a trained :class:`TinyDecoderNet`.
 
-    Build with :meth:`from_folder` (or :func:`rtdecode.decoder.diffusion.load_decoder`).
+    Build with :meth:`from_folder` (or :func:`rtdecode.decoder.base.load_decoder`).
     """
 
     def __init__(
@@ -474,7 +474,7 @@ def train_decoder(
     Returns
     -------
     Path
-        ``out_dir``, loadable with :func:`rtdecode.decoder.diffusion.load_decoder`.
+        ``out_dir``, loadable with :func:`rtdecode.decoder.base.load_decoder`.
     """
     from tqdm.auto import tqdm
 

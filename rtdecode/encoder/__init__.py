@@ -6,7 +6,7 @@ only) can be imported without paying for torch; everything else imports torch.
 
 from __future__ import annotations
 
-from rtdecode._lazy import lazy_exports
+from rtdecode._utils.lazy import lazy_exports
 
 _EXPORTS = {
     "BrainConfig": "presets",

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rtdecode.devices import resolve_device
+from rtdecode._utils.devices import resolve_device
 from rtdecode.encoder.model import BrainModule, count_parameters
 from rtdecode.encoder.presets import BrainConfig, get_preset
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from rtdecode.devices import device_name
+from rtdecode._utils.devices import device_name
 
 READOUTS = ("cls", "mean", "grid")
 

@@ -10,7 +10,7 @@ Names are imported on first use, so ``import rtdecode.stream`` does not load lib
 
 from __future__ import annotations
 
-from rtdecode._lazy import lazy_exports
+from rtdecode._utils.lazy import lazy_exports
 
 _EXPORTS = {
     "RingBuffer": "ring",

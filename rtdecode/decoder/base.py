@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from rtdecode._utils.devices import resolve_device
 from rtdecode.decoder.normalize import EmbeddingNormalizer
-from rtdecode.devices import resolve_device
 
 TINY_CLASS_NAME = "RtdecodeTinyDecoder"
 UNCLIP_CLASS_NAMES = ("StableUnCLIPImg2ImgPipeline",)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rtdecode.evaluate import evaluate, retrieval_scores, ridge_baseline
+from rtdecode.training.evaluate import evaluate, retrieval_scores, ridge_baseline
 
 torch.set_num_threads(1)
 
@@ -51,7 +51,7 @@ def test_ridge_recovers_a_linear_map():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from rtdecode.data.simulate import simulate_subject
-    from rtdecode.train import train
+    from rtdecode.training.encoder import train
 
     root = tmp_path_factory.mktemp("eval")
     data = simulate_subject(root / "subject", seed=1, size="tiny", progress=False)

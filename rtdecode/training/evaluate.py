@@ -169,7 +169,7 @@ def evaluate(
     from rtdecode.encoder.checkpoint import load_checkpoint
     from rtdecode.images import Gallery
     from rtdecode.signal import Preprocessor
-    from rtdecode.train import _image_encoder, image_targets, predict, preprocess_windows
+    from rtdecode.training.encoder import _image_encoder, image_targets, predict, preprocess_windows
 
     model, meta = load_checkpoint(ckpt_dir, device=device)
     pre = Preprocessor.from_dict(meta["preprocess"])

@@ -4,7 +4,6 @@ import time
 
 import numpy as np
 import pytest
-from lsl_source import SourceProcess, poll
 
 from rtdecode.lsl.streams import COUNTER_CHANNEL, local_clock
 from rtdecode.stream import (
@@ -15,6 +14,7 @@ from rtdecode.stream import (
     Windower,
     parse_marker,
 )
+from tests.helpers.lsl_source import SourceProcess, poll
 
 SFREQ = 1200
 

@@ -426,7 +426,7 @@ def _marker_text(marker) -> str:
 def _run_info(run: _Run):
     """mne.Info for a run (built once): the stream's channels, calibrated to SI."""
     if run.info is None:
-        from rtdecode.record import _build_info  # one place builds Info from a description
+        from rtdecode.io.record import _build_info  # one place builds Info from a description
 
         desc = run.reader.description
         if not desc.has_description:

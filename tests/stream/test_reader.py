@@ -1,11 +1,10 @@
-"""StreamReader against real LSL outlets (tests/lsl_source.py in a subprocess, loopback)."""
+"""StreamReader against real LSL outlets (tests/helpers/lsl_source.py in a subprocess, loopback)."""
 
 import json
 import time
 
 import numpy as np
 import pytest
-from lsl_source import SourceProcess, poll
 
 from rtdecode.lsl.streams import COUNTER_CHANNEL
 from rtdecode.stream import (
@@ -14,6 +13,7 @@ from rtdecode.stream import (
     StreamNotFoundError,
     StreamReader,
 )
+from tests.helpers.lsl_source import SourceProcess, poll
 
 
 def counter_of(reader: StreamReader, start: int, stop: int) -> np.ndarray:

@@ -1,5 +1,5 @@
 """The viewer in a real browser: headless Chromium (Debian's) driven by Playwright,
-against a real server fed by the synthetic frame producer of test_server.py."""
+against a real server fed by the synthetic frame producer of tests/helpers/server.py."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
-from test_server import FrameProducer, SyntheticSource, serving
 
 from rtdecode.config import Settings
 from rtdecode.server.app import create_app, run_server_in_thread
+from tests.helpers.server import FrameProducer, SyntheticSource, serving
 
-_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "screenshot.py"
+_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "screenshot.py"
 _spec = importlib.util.spec_from_file_location("rtdecode_screenshot", _SCRIPT)
 screenshot_mod = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(screenshot_mod)

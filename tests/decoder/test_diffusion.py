@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from rtdecode.decoder.diffusion import (
+from rtdecode.decoder.base import (
     ImageDecoder,
     decoder_kind,
     load_decoder,
@@ -458,7 +458,7 @@ def test_comparison_grid_is_written(tmp_path):
 
 
 def test_bundled_demo_decoder_is_small_and_loads():
-    from rtdecode.decoder.diffusion import BUNDLED_DECODERS
+    from rtdecode.decoder.base import BUNDLED_DECODERS
 
     folder = BUNDLED_DECODERS["demo"]
     if not (folder / "model.safetensors").is_file():

@@ -36,6 +36,7 @@ from typing import Any, BinaryIO
 import mne
 import numpy as np
 
+from rtdecode.io.replay import ProgressLine, stop_on_sigterm
 from rtdecode.lsl.streams import (
     COUNTER_CHANNEL,
     COUNTER_MODULUS,
@@ -49,7 +50,6 @@ from rtdecode.lsl.streams import (
     resolve,
     unwrap_counter,
 )
-from rtdecode.replay import ProgressLine, stop_on_sigterm
 from rtdecode.stream.markers import parse_marker
 
 __all__ = ["record_stream", "marker_stream_name"]

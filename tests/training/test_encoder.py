@@ -15,7 +15,7 @@ import torch
 
 from rtdecode.encoder import load_checkpoint
 from rtdecode.encoder.metrics import retrieval_metrics, standardize
-from rtdecode.train import Recipe, load_recipe, predict, train, train_arrays
+from rtdecode.training.encoder import Recipe, load_recipe, predict, train, train_arrays
 
 torch.set_num_threads(1)
 
@@ -61,7 +61,7 @@ def test_short_training_beats_three_times_chance_on_new_images():
 
 
 def test_validation_split_keeps_images_whole():
-    from rtdecode.train import _split_groups
+    from rtdecode.training.encoder import _split_groups
 
     groups = np.repeat(np.arange(30), 3).astype(str)
     val = _split_groups(groups, 0.2, seed=0)
@@ -156,7 +156,7 @@ import sys
 import numpy as np
 import torch
 torch.set_num_threads(1)
-from rtdecode.train import train_arrays
+from rtdecode.training.encoder import train_arrays
 d = np.load(sys.argv[1])
 res = train_arrays(d["X"], d["Y"], positions=d["pos"], groups=d["ids"], out_dir=sys.argv[2],
                    recipe=dict(preset="test", max_epochs=3, batch_size=16, patience=5),

@@ -8,10 +8,10 @@ import json
 import threading
 
 import pytest
-from test_protocol import make_frame
 
 from rtdecode.server.broadcast import Broadcaster, CloseRequest, EncodedFrame, TooManyClients
 from rtdecode.server.protocol import decode_frame
+from tests.helpers.frames import make_frame
 
 
 def seq_of(message: bytes) -> int:

@@ -1,6 +1,6 @@
 """A synthetic LSL data source for tests and benchmarks, run as a subprocess.
 
-    python tests/lsl_source.py --name NAME [--source-id ID] [--n-channels 306]
+    python tests/helpers/lsl_source.py --name NAME [--source-id ID] [--n-channels 306]
         [--sfreq 1200] [--chunk 12] [--counter] [--duration 10] [--speed 1]
         [--markers-every-s 1] [--nan-at 600 ...] [--inf-at 900 ...] [--drop-at 1200
         --drop-n 30] [--backwards-at 1500 --backwards-s 0.05] [--irregular]
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def poll(condition, timeout_s: float, what: str):

@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 
 from rtdecode.data.recordings import read_recording
+from rtdecode.io.record import record_stream
+from rtdecode.io.replay import Pacer, replay_file
 from rtdecode.lsl.streams import (
     COUNTER_CHANNEL,
     COUNTER_MODULUS,
@@ -31,8 +33,6 @@ from rtdecode.lsl.streams import (
     resolve,
     unwrap_counter,
 )
-from rtdecode.record import record_stream
-from rtdecode.replay import Pacer, replay_file
 
 SFREQ = 1000.0
 N_MEG = 20
@@ -202,7 +202,7 @@ def test_counter_is_exact_in_float32_and_unwraps():
 
 
 def test_record_counter_check_across_blocks_and_the_wrap(tmp_path):
-    from rtdecode.record import _counter_check
+    from rtdecode.io.record import _counter_check
 
     counter = counter_values(COUNTER_MODULUS - 5, 12)
     counter = np.delete(counter, [3, 4, 9])  # 3 lost, one of them at the wrap
@@ -469,8 +469,8 @@ def test_cli_record_joins_a_running_replay(meg_file, file_data, tmp_path, unique
 
 
 def test_record_counts_lost_samples_and_keeps_double_precision(tmp_path, unique_name):
-    from lsl_source import SourceProcess
-    from lsl_source import signal as source_signal
+    from tests.helpers.lsl_source import SourceProcess
+    from tests.helpers.lsl_source import signal as source_signal
 
     out = tmp_path / "drop_raw.fif"
     with SourceProcess(
@@ -497,7 +497,7 @@ def test_record_counts_lost_samples_and_keeps_double_precision(tmp_path, unique_
 
 
 def test_record_stream_without_description_gets_generic_names(tmp_path, unique_name):
-    from lsl_source import SourceProcess
+    from tests.helpers.lsl_source import SourceProcess
 
     out = tmp_path / "nodesc_raw.fif"
     with SourceProcess(

@@ -1,5 +1,5 @@
 """Nothing lost: the SegmentRecorder (``rtdecode serve --record DIR``) against real LSL
-sources. Sample ``i`` of channel ``c`` of tests/lsl_source.py is a pure function of
+sources. Sample ``i`` of channel ``c`` of tests/helpers/lsl_source.py is a pure function of
 ``(i, c)`` and the last channel counts samples, so every recorded value can be checked.
 
 - ``rtdecode serve --record`` killed with SIGKILL mid-run leaves whole FIF segments that
@@ -26,14 +26,14 @@ import time
 import mne
 import numpy as np
 import pytest
-from lsl_source import SourceProcess, poll
-from lsl_source import signal as source_signal
-from test_faults import DEADLINE_S, build_tiny_model, model_ch_names, source_options
 
-from rtdecode import segments
+from rtdecode.io import segments
+from rtdecode.io.segments import SegmentRecorder, read_index
 from rtdecode.lsl.streams import local_clock
-from rtdecode.segments import SegmentRecorder, read_index
 from rtdecode.stream import MarkerReader, StreamReader
+from tests.helpers.lsl_source import SourceProcess, poll
+from tests.helpers.lsl_source import signal as source_signal
+from tests.helpers.service import DEADLINE_S, build_tiny_model, model_ch_names, source_options
 
 TOKEN = "kJ3nq8-rel-token-never-in-logs"
 
@@ -170,7 +170,7 @@ def test_falling_behind_the_ring_counts_lost_samples_loudly(
         return real_write(*args, **kwargs)
 
     monkeypatch.setattr(segments, "_write_segment", stalling_write)
-    caplog.set_level(logging.ERROR, logger="rtdecode.segments")
+    caplog.set_level(logging.ERROR, logger="rtdecode.io.segments")
     opts = dict(counter=True, n_channels=8, sfreq=1000, duration=6.0, source_id=unique_name)
     recorder, reader = record(
         unique_name, tmp_path, opts, 6000, buffer_s=1.0, segment_s=0.5, marker_margin_s=0.0

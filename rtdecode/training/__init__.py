@@ -1,0 +1,5 @@
+"""Offline fitting and scoring: the brain encoder's training and its evaluation.
+
+- encoder.py   ``rtdecode train``: recipes, the training loop, resume state.
+- evaluate.py  ``rtdecode evaluate``: retrieval scores, a ridge baseline, plots.
+"""
