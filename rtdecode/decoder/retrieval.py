@@ -15,6 +15,36 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def ranks_from_scores(scores: np.ndarray, true_index: np.ndarray) -> np.ndarray:
+    """Rank (1 = best) of each row's true candidate; ties count against it.
+
+    The one rank rule of rtdecode: offline evaluation and the live viewer both call it.
+    The rank is the number of candidates that score at least as high as the true one
+    (itself included), so a constant prediction ranks last, never first.
+
+    Parameters
+    ----------
+    scores : array, shape (B, M)
+    true_index : array of int, shape (B,)
+        Column of the true candidate for each row.
+
+    Returns
+    -------
+    ndarray of int, shape (B,)
+    """
+    scores = np.asarray(scores)
+    true_index = np.asarray(true_index, dtype=np.int64)
+    if true_index.shape != (scores.shape[0],):
+        raise ValueError(
+            f"true_index has shape {true_index.shape}; expected ({scores.shape[0]},)."
+        )
+    if np.any(true_index < 0) or np.any(true_index >= scores.shape[1]):
+        raise ValueError(f"true_index must lie in 0..{scores.shape[1] - 1}.")
+    true = scores[np.arange(scores.shape[0]), true_index]
+    at_least = (scores >= true[:, None]).sum(axis=1)  # includes the true one itself
+    return at_least.astype(np.int64)
+
+
 class Retrieval:
     """Cosine top-k search over gallery embeddings.
 
@@ -128,8 +158,7 @@ class Retrieval:
     def rank_of(self, vec: np.ndarray, true_id: str) -> int:
         """Rank of ``true_id`` for the query ``vec`` (1 = best).
 
-        Ties count in the true image's favour: the rank is 1 + the number of gallery
-        images that score strictly higher.
+        Ties count against the true image (:func:`ranks_from_scores`).
         """
         return int(self.ranks(np.asarray(vec)[None], [true_id])[0])
 
@@ -159,6 +188,4 @@ class Retrieval:
                     f"True id {tid!r} is not among the {len(self.ids)} gallery ids; "
                     "check the marker's image id against the gallery."
                 ) from None
-        s = q @ self._matrix.T
-        true = s[np.arange(len(rows)), rows][:, None]
-        return 1 + (s > true).sum(axis=1)
+        return ranks_from_scores(q @ self._matrix.T, rows)

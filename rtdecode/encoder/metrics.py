@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from rtdecode.decoder.retrieval import ranks_from_scores
+
 EPS = 1e-8
 
 
@@ -97,32 +99,6 @@ def cosine_similarity(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray
     q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), EPS)
     c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), EPS)
     return q @ c.T
-
-
-def ranks_from_scores(scores: np.ndarray, true_index: np.ndarray) -> np.ndarray:
-    """Rank (1 = best) of each row's true candidate; ties count against it.
-
-    Parameters
-    ----------
-    scores : array, shape (B, M)
-    true_index : array of int, shape (B,)
-        Column of the true candidate for each row.
-
-    Returns
-    -------
-    ndarray of int, shape (B,)
-    """
-    scores = np.asarray(scores)
-    true_index = np.asarray(true_index, dtype=np.int64)
-    if true_index.shape != (scores.shape[0],):
-        raise ValueError(
-            f"true_index has shape {true_index.shape}; expected ({scores.shape[0]},)."
-        )
-    if np.any(true_index < 0) or np.any(true_index >= scores.shape[1]):
-        raise ValueError(f"true_index must lie in 0..{scores.shape[1] - 1}.")
-    true = scores[np.arange(scores.shape[0]), true_index]
-    at_least = (scores >= true[:, None]).sum(axis=1)  # includes the true one itself
-    return at_least.astype(np.int64)
 
 
 def retrieval_ranks(pred: np.ndarray, candidates: np.ndarray, true_index: np.ndarray) -> np.ndarray:

@@ -53,7 +53,7 @@ def test_rank_of(index):
     assert index.rank_of(q, "a") == 1
     assert index.rank_of(q, "ab") == 2
     assert index.rank_of(q, "b") == 3
-    assert index.rank_of(q, "c") == 4 and index.rank_of(q, "d") == 4  # ties share a rank
+    assert index.rank_of(q, "c") == 5 and index.rank_of(q, "d") == 5  # ties count against
     assert index.rank_of(q, "minus_a") == 6
     np.testing.assert_array_equal(index.ranks(np.stack([q, -q]), ["a", "minus_a"]), [1, 1])
     with pytest.raises(KeyError, match="zebra"):
@@ -101,3 +101,27 @@ def test_wrong_dimension_is_a_clear_error(index):
         Retrieval(np.zeros((2, 4)), ["a", "a"])
     with pytest.raises(ValueError, match="k=0"):
         index.topk(np.ones(4), k=0)
+
+
+def test_online_and_offline_ranks_are_one_rule_and_ties_count_against():
+    """The viewer's rank (Retrieval) and ``rtdecode evaluate``'s (retrieval_ranks) agree,
+    and a constant prediction, tied with every image, ranks last in both."""
+    from rtdecode.encoder.metrics import retrieval_ranks
+
+    rng = np.random.default_rng(0)
+    gallery = rng.normal(size=(12, 8)).astype(np.float32)
+    gallery[7] = gallery[3]  # two identical images: a tie for any query
+    ids = [f"img_{i:02d}" for i in range(12)]
+    index = Retrieval(gallery, ids)
+    queries = rng.normal(size=(30, 8)).astype(np.float32)
+    queries[:5] = gallery[3]
+    true = rng.integers(0, 12, size=30)
+    true[:5] = [3, 7, 3, 7, 3]
+    online = index.ranks(queries, [ids[i] for i in true])
+    offline = retrieval_ranks(queries, gallery, true)
+    np.testing.assert_array_equal(online, offline)
+    assert set(online[:5]) == {2}  # the twin scores as high: the true image is second
+
+    flat = Retrieval(np.ones((6, 4), dtype=np.float32), [str(i) for i in range(6)])
+    assert flat.rank_of(np.ones(4), "0") == 6
+    assert retrieval_ranks(np.ones((1, 4)), np.ones((6, 4)), np.array([0]))[0] == 6
