@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from rtdecode.contracts import Embedding, Frame, Window
+from rtdecode.decoder.normalize import rescale_prediction
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,8 @@ class DecodeWorker(threading.Thread):
     retrieval : rtdecode.decoder.retrieval.Retrieval
         Searched with the CLIP head's output.
     decoder : ImageDecoder | None
-        Fed with the MSE head's output rescaled by ``target_stats``; None for retrieval only.
+        Fed with the MSE head's output through ``rescale_prediction`` (with the decoder's
+        ``normalizer``); None for retrieval only.
     publish : callable(Frame) -> None
         Called from this thread for every frame; must not block.
     device : str
@@ -186,13 +188,11 @@ class DecodeWorker(threading.Thread):
         try:
             import torch
 
-            from rtdecode.encoder.metrics import destandardize
             from rtdecode.lsl.streams import local_clock
 
             # Bound once here, not looked up again for every window.
             self._torch = torch
             self._local_clock = local_clock
-            self._destandardize = destandardize
             if self.options.torch_threads:
                 # Batch-1 inference gains nothing from more threads, and on a busy machine
                 # two threads contend badly (bench/encoder.py: p50 5 ms vs 44 ms).
@@ -265,17 +265,8 @@ class DecodeWorker(threading.Thread):
             return self.encoder(x, subject)
 
     def _rescale(self, vec: np.ndarray) -> np.ndarray:
-        """Map the MSE head's prediction back onto the training embeddings' scale.
-
-        The head predicts z-scored embeddings (per dimension, ``target_stats``). A
-        regression shrinks its predictions towards 0, so the prediction is first brought
-        back to unit spread across dimensions (as brain-diffuser and the paper rescale
-        predictions to the training distribution), then de-standardised.
-        """
-        if not self.target_stats:
-            return vec.astype(np.float32)
-        z = vec / (vec.std() + 1e-8)
-        return np.asarray(self._destandardize(z, self.target_stats), dtype=np.float32).reshape(vec.shape)
+        """The MSE head's prediction as the decoder's input (the one rescale path)."""
+        return rescale_prediction(vec, self.target_stats, getattr(self.decoder, "normalizer", None))
 
     def _true_id(self, window: Window) -> str | None:
         m = window.marker

@@ -219,3 +219,45 @@ class EmbeddingNormalizer:
 
 
 __all__ = ["EmbeddingNormalizer"]
+
+
+def rescale_prediction(
+    prediction: np.ndarray,
+    target_stats: dict[str, Any] | None = None,
+    normalizer: EmbeddingNormalizer | None = None,
+) -> np.ndarray:
+    """The one rescale of a brain encoder's prediction before it reaches a decoder.
+
+    The live worker and offline generation both call this function. The MSE head
+    predicts embeddings z-scored with the checkpoint's ``target_stats``; the prediction is
+    first brought back to embedding units, then :meth:`EmbeddingNormalizer.transform`
+    maps it onto the decoder's training distribution: with the decoder's own
+    ``normalizer`` when it has one, else with the statistics of the encoder's training
+    embeddings (``target_stats``).
+
+    Parameters
+    ----------
+    prediction : ndarray, shape (D,) or (B, D) (token grids are flattened)
+        The MSE head's output, in ``target_stats`` units.
+    target_stats : dict, optional
+        ``{"mean": ..., "std": ...}`` of the checkpoint (``config.json``).
+    normalizer : EmbeddingNormalizer, optional
+        The decoder's (``decoder.normalizer``).
+
+    Returns
+    -------
+    ndarray, float32, same shape as ``prediction``
+    """
+    x = np.asarray(prediction, dtype=np.float32)
+    shape = x.shape
+    single = x.ndim == 1 or (target_stats is not None and x.shape == np.shape(target_stats["mean"]))
+    x = x.reshape(1 if single else shape[0], -1)
+    if target_stats:
+        mean = np.asarray(target_stats["mean"], dtype=np.float32).reshape(-1)
+        std = np.asarray(target_stats["std"], dtype=np.float32).reshape(-1)
+        x = x * std + mean
+        if normalizer is None or not normalizer.is_fitted:
+            normalizer = EmbeddingNormalizer(mean, std)
+    if normalizer is None or not normalizer.is_fitted:
+        return x.reshape(shape)
+    return normalizer.transform(x[0] if single else x).reshape(shape)
