@@ -56,6 +56,16 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dataset(args: argparse.Namespace) -> int:
+    from rtdecode.data.report import describe_dataset, format_report
+
+    report = describe_dataset(args.dir, images_table=args.images_table)
+    print(format_report(report))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from rtdecode.training.encoder import train
 
@@ -166,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", choices=["tiny", "small", "full"], default="full")
     s.set_defaults(func=_cmd_simulate)
+
+    s = sub.add_parser("dataset", help="report what a dataset holds and what it lacks")
+    s.add_argument("dir", type=Path, help="THINGS-MEG folder, recordings, or epochs file/folder")
+    s.add_argument("--images-table", type=Path, default=None, help="image numbers -> files (CSV/TSV)")
+    s.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
+    s.set_defaults(func=_cmd_dataset)
 
     s = sub.add_parser("train", help="train the brain encoder")
     s.add_argument("--data", required=True, type=Path)

@@ -2,7 +2,9 @@
 
 :func:`load_epochs` reads a THINGS-like BIDS tree (or a folder of recordings, or one
 recording), cuts ``[tmin_s, tmax_s)`` around every image onset plus ``pad_s`` of earlier
-history, and returns an :class:`EpochSet`. The samples are *raw*: the preprocessing
+history, and returns an :class:`EpochSet`. Given epochs instead (THINGS-MEG's
+``derivatives/preprocessed/preprocessed_P{1..4}-epo.fif``, split parts joined), it keeps
+their own time axis and rate (:func:`load_epochs_files`). The samples are *raw*: the preprocessing
 (:class:`rtdecode.signal.preprocess.Preprocessor`) is applied by the trainer and the
 evaluator with the very code the live service runs, using the history for its filters.
 
@@ -25,7 +27,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rtdecode.data.things import (
+    ImagesTable,
+    find_epochs_files,
     find_recordings,
+    is_epochs_file,
+    read_images_table,
     resolve_image_root,
     subject_of,
     trial_from_value,
@@ -35,7 +41,7 @@ from rtdecode.data.things import (
 if TYPE_CHECKING:  # pragma: no cover
     import mne
 
-__all__ = ["EpochSet", "cut_window", "load_epochs"]
+__all__ = ["EpochSet", "cut_window", "load_epochs", "load_epochs_files"]
 
 DROP_REASONS = (
     "catch",
@@ -263,6 +269,7 @@ def load_epochs(
     progress: bool = True,
     ch_names: Sequence[str] | None = None,
     image_root: str | Path | None = None,
+    images_table: str | Path | ImagesTable | None = None,
 ) -> EpochSet:
     """Read every recording of a dataset and cut raw epochs around the images.
 
@@ -288,11 +295,19 @@ def load_epochs(
         Folder the events' ``image_path`` values are relative to (the THINGS image
         folder). Default: found next to the data (see
         :func:`rtdecode.data.things.resolve_image_root`).
+    images_table : path-like or ImagesTable, optional
+        Maps image numbers to image files, for events that give numbers only (THINGS-MEG
+        3.0.0: ``sourcedata/sample_attributes_P1.csv``; see
+        :func:`rtdecode.data.things.read_images_table`).
 
     Returns
     -------
     EpochSet
-        Recordings at different rates are resampled to the lowest one.
+        Recordings at different rates are resampled to the lowest one. When
+        ``data_dir`` is an epochs file, a folder of them, or a dataset whose only inputs
+        are ``derivatives/preprocessed/*-epo.fif``, the epochs are returned with their own
+        time axis and rate (:func:`load_epochs_files`; ``tmin_s``, ``tmax_s`` and
+        ``pad_s`` are not applied).
 
     Raises
     ------
@@ -311,14 +326,33 @@ def load_epochs(
             f"Epochs need tmax_s > tmin_s and pad_s >= 0; got tmin_s={tmin_s}, "
             f"tmax_s={tmax_s}, pad_s={pad_s}."
         )
-    paths = find_recordings(data_dir, subjects)
+    images = _images_table(images_table)
+    epochs_files = find_epochs_files(data_dir, subjects)
+    given = Path(data_dir).expanduser()
+    paths = [] if given.is_file() and is_epochs_file(given) else None
+    if paths is None:
+        try:
+            paths = find_recordings(data_dir, subjects)
+        except ValueError:
+            if not epochs_files:
+                raise
+            paths = []
+    if not paths:  # epochs, not raw recordings
+        return load_epochs_files(
+            epochs_files,
+            images_table=images,
+            image_root=image_root,
+            ch_names=ch_names,
+            data_dir=data_dir,
+        )
     recs = [read_recording(p) for p in paths]
     for rec in recs:
-        if not any(trial_from_value(e.value).image_id for e in rec.events):
+        if not any(trial_from_value(e.value, images).image_id for e in rec.events):
             raise ValueError(
                 f"The events of {str(rec.path)!r} (from {rec.events_source}) name no images: "
-                "give an events.tsv next to it with image_path (or image_id) per row, as in "
-                "THINGS-MEG, or annotations whose descriptions are JSON with an image_id."
+                "give an events.tsv next to it with image_path (or image_id, or THINGS image "
+                "numbers with images_table=) per row, as in THINGS-MEG, or annotations whose "
+                "descriptions are JSON with an image_id."
             )
 
     if ch_names is None:
@@ -356,7 +390,7 @@ def load_epochs(
         n_r = int(round((tmax_s - tmin_s) * fs)) + margin
         keep = []
         for ev in rec.events:
-            trial = trial_from_value(ev.value)
+            trial = trial_from_value(ev.value, images)
             if trial.trial_type == "catch":
                 drop["catch"] += 1
                 continue
@@ -414,16 +448,37 @@ def load_epochs(
             "non-finite samples."
         )
     X = X[:n]  # a view: trimming the few dropped rows is not worth copying X
+    return _epoch_set(
+        X, n_pad, sfreq, tmin_s, ch_names, recs[0].raw.info, meta, drop, subject_names, paths,
+        image_dirs=(data_dir, image_root),
+    )  # fmt: skip
+
+
+def _epoch_set(
+    X: np.ndarray,
+    n_pad: int,
+    sfreq_hz: float,
+    tmin_s: float,
+    ch_names: Sequence[str],
+    info: mne.Info,
+    meta: dict[str, list],
+    drop: dict[str, int],
+    subject_names: Sequence[str],
+    paths: Sequence[Path],
+    *,
+    image_dirs: tuple,
+) -> EpochSet:
+    """Split zero-shot, find the images and the sensor positions, and build the EpochSet."""
     types = np.array(meta["types"], dtype=object)
     cats = np.array(meta["cats"], dtype=object)
     train, test, n_left_out = zero_shot_split(types, cats)
     drop["train_in_test_category"] = n_left_out
-    root, gallery = resolve_image_root(data_dir, meta["paths"], image_root)
-    pos2, pos3, ch_types = _positions(recs[0].raw.info, ch_names)
+    root, gallery = resolve_image_root(image_dirs[0], meta["paths"], image_dirs[1])
+    pos2, pos3, ch_types = _positions(info, ch_names)
     return EpochSet(
         X=X,
         n_pad=n_pad,
-        sfreq_hz=float(sfreq),
+        sfreq_hz=float(sfreq_hz),
         tmin_s=float(tmin_s),
         ch_names=tuple(ch_names),
         ch_types=ch_types,
@@ -444,3 +499,147 @@ def load_epochs(
         gallery_root=gallery,
         drop_log=drop,
     )
+
+
+def _images_table(images_table: str | Path | ImagesTable | None) -> ImagesTable | None:
+    if images_table is None or isinstance(images_table, ImagesTable):
+        return images_table
+    return read_images_table(images_table)
+
+
+def _plain(v: object) -> object:
+    """A metadata cell as a plain Python value (NaN -> None)."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def epochs_values(epochs: mne.BaseEpochs) -> list[dict]:
+    """One event value dict per epoch, from the epochs' metadata or their event codes.
+
+    THINGS-MEG's preprocessed epochs carry ``sample_attributes_P{n}.csv`` as metadata
+    (``trial_type``, ``image_path``, ``things_category_nr``, ``things_image_nr`` ...);
+    MNE gives it as a DataFrame, or as a list of dicts without pandas. Without metadata,
+    each epoch's event name is its trial type and its code the image number.
+    """
+    meta = epochs.metadata
+    if meta is not None:
+        rows = meta.to_dict(orient="records") if hasattr(meta, "to_dict") else list(meta)
+        return [{k: _plain(v) for k, v in r.items()} for r in rows]
+    names = {code: name for name, code in epochs.event_id.items()}
+    return [
+        {"trial_type": names.get(int(code)), "value": int(code), "image_nr": int(code)}
+        for code in epochs.events[:, 2]
+    ]
+
+
+def load_epochs_files(
+    files: Sequence[str | Path],
+    *,
+    images_table: str | Path | ImagesTable | None = None,
+    image_root: str | Path | None = None,
+    ch_names: Sequence[str] | None = None,
+    data_dir: str | Path | None = None,
+) -> EpochSet:
+    """Epochs files (``*-epo.fif``, split parts joined) as an EpochSet, on their own axis.
+
+    The epochs keep their time axis (``tmin_s`` = the file's ``tmin``, no history:
+    ``n_pad`` = 0) and rate; every file must share them. Catch trials and epochs without
+    an image are dropped and counted; the split is zero-shot as for raw recordings.
+
+    Parameters
+    ----------
+    files : sequence of path-like
+        First parts of the epochs files (``preprocessed_P1-epo.fif``): MNE reads the
+        ``-1``, ``-2`` ... parts with them.
+    images_table : path-like or ImagesTable, optional
+        For epochs that give image numbers only.
+    image_root : path-like, optional
+        The THINGS image folder (default: looked for next to ``data_dir``).
+    ch_names : sequence of str, optional
+        Channels, in order. Default: the MEG channels (no reference sensors) of the first
+        file, less any marked bad.
+    data_dir : path-like, optional
+        Where to look for the images (default: the first file's folder).
+
+    Returns
+    -------
+    EpochSet
+        ``X`` float32, shape (n_epochs, n_channels, n_times).
+
+    Raises
+    ------
+    ValueError
+        No files; files at different rates or time axes; missing channels; no epoch
+        left.
+    """
+    import mne
+
+    if not files:
+        raise ValueError("No epochs file was given; give a *-epo.fif file or its folder.")
+    images = _images_table(images_table)
+    paths = [Path(f).expanduser() for f in files]
+    all_epochs = [mne.read_epochs(p, preload=False, verbose="error") for p in paths]
+    first = all_epochs[0]
+    if ch_names is None:
+        ch_names = [c for c in _data_channels(first.info) if c not in first.info["bads"]]
+    ch_names = list(ch_names)
+    for p, ep in zip(paths, all_epochs, strict=True):
+        if (
+            ep.info["sfreq"] != first.info["sfreq"]
+            or len(ep.times) != len(first.times)
+            or (not np.isclose(ep.tmin, first.tmin))
+        ):
+            raise ValueError(
+                f"The epochs {str(p)!r} ({ep.info['sfreq']} Hz, {ep.tmin}..{ep.tmax} s) do not "
+                f"share the rate and time axis of {str(paths[0])!r} ({first.info['sfreq']} Hz, "
+                f"{first.tmin}..{first.tmax} s); load them separately."
+            )
+        missing = [c for c in ch_names if c not in ep.ch_names]
+        if missing:
+            raise ValueError(
+                f"The epochs {str(p)!r} lack {len(missing)} of the {len(ch_names)} channels "
+                f"used: {', '.join(repr(c) for c in missing[:20])}; pass ch_names= with the "
+                "channels every file has."
+            )
+    drop = dict.fromkeys(DROP_REASONS, 0)
+    subject_names = sorted({subject_of(p) for p in paths})
+    parts, meta = [], {k: [] for k in ("ids", "paths", "cats", "types", "subj", "rec", "onset")}
+    for r, (p, ep) in enumerate(zip(paths, all_epochs, strict=True)):
+        keep = []
+        for i, value in enumerate(epochs_values(ep)):
+            trial = trial_from_value(value, images)
+            if trial.trial_type == "catch":
+                drop["catch"] += 1
+            elif trial.image_id is None:
+                drop["no_image"] += 1
+            else:
+                keep.append((i, trial))
+        if not keep:
+            continue
+        idx = [i for i, _ in keep]
+        x = ep.get_data(picks=ch_names, item=idx).astype(np.float32, copy=False)
+        finite = np.isfinite(x).all(axis=(1, 2))
+        drop["nonfinite"] += int((~finite).sum())
+        parts.append(x[finite])
+        for (i, trial), ok in zip(keep, finite, strict=True):
+            if not ok:
+                continue
+            meta["ids"].append(trial.image_id)
+            meta["paths"].append(trial.image_path or "")
+            meta["cats"].append(trial.category or trial.image_id)
+            meta["types"].append(trial.trial_type)
+            meta["subj"].append(subject_names.index(subject_of(p)))
+            meta["rec"].append(r)
+            meta["onset"].append(float(ep.events[i, 0]) / ep.info["sfreq"])
+    if not meta["ids"]:
+        raise ValueError(
+            f"No epoch of {', '.join(str(p) for p in paths)} is left (dropped: {drop}); the "
+            "epochs need metadata with image_path (or image numbers and images_table=)."
+        )
+    return _epoch_set(
+        np.concatenate(parts), 0, first.info["sfreq"], first.tmin, ch_names, first.info, meta,
+        drop, subject_names, paths, image_dirs=(data_dir or paths[0].parent, image_root),
+    )  # fmt: skip

@@ -6,8 +6,10 @@ BIDS dataset, an ``mne_bids.BIDSPath`` or a BIDS folder holding exactly one reco
 
 Events come from the richest source present, in this order:
 
-1. a BIDS ``*_events.tsv`` next to the file (THINGS-MEG ds004212 style: ``onset``,
-   ``sample``, ``trial_type``, ``value``, ``image_nr``, ``image_path`` ...),
+1. a BIDS ``*_events.tsv`` next to the file (THINGS-MEG ds004212 style, both published
+   layouts: 3.0.0 ``onset, duration, trial_type, things_category_nr, value, sample`` and
+   1.x ``onset, duration, trial_type, file_path, image_nr, ...`` whose durations in ms are
+   converted to seconds),
 2. the file's annotations (``BAD_*``/``EDGE_*`` segments are not events; a JSON
    description, as written by ``rtdecode record``, is parsed back into its dict),
 3. the stim channel(s) (``mne.find_events``).
@@ -71,6 +73,7 @@ _WRONG_PART_HINTS = {
 }
 
 _EVENT_KEYS = ("trial_type", "value", "image_id")
+_THINGS_1X_COLUMNS = ("file_path", "things_image_nr", "things_category_nr")
 _NA = {"", "n/a", "na", "nan"}
 
 
@@ -291,23 +294,53 @@ def _read_bids(bids_path, fpath: Path, notes: list[str]) -> mne.io.BaseRaw:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return read_raw_bids(bids_path, verbose="error")
+            raw = read_raw_bids(bids_path, verbose="error")
     except Exception as exc:
         notes.append(f"mne-bids could not read it ({type(exc).__name__}: {exc}); read directly")
         return mne.io.read_raw(fpath, preload=False, verbose="error")
+    return _with_recording_channel_types(raw, fpath, notes)
+
+
+def _with_recording_channel_types(raw: mne.io.BaseRaw, fpath: Path, notes: list[str]):
+    """Keep the recording's own MEG channel types when channels.tsv says otherwise.
+
+    THINGS-MEG's channels.tsv types its 272 MEG channels as ``OTHER``, which mne-bids
+    turns into ``misc``: no MEG channel would be left to decode. A format that stores
+    channel kinds (CTF, FIF, KIT) knows better, so when the file has MEG channels that
+    channels.tsv retyped, the file is read directly and only the bad channels are taken
+    from channels.tsv.
+    """
+    import mne
+
+    direct = mne.io.read_raw(fpath, preload=False, verbose="error")
+    file_types = dict(zip(direct.ch_names, direct.get_channel_types(), strict=True))
+    bids_types = dict(zip(raw.ch_names, raw.get_channel_types(), strict=True))
+    meg = {"mag", "grad", "ref_meg"}
+    retyped = [c for c, t in file_types.items() if t in meg and bids_types.get(c, t) != t]
+    if not retyped:
+        return raw
+    kinds = sorted({bids_types[c] for c in retyped})
+    notes.append(
+        f"channels.tsv types {len(retyped)} MEG channel(s) as {'/'.join(kinds)}; the "
+        "recording's own channel types are used"
+    )
+    direct.info["bads"] = [b for b in raw.info["bads"] if b in direct.ch_names]
+    return direct
 
 
 #: Folders of a dataset that hold no raw recordings of its own.
 SKIP_DIRS = frozenset({"derivatives", "sourcedata", "code", "stimuli"})
 _SPLIT_RE = re.compile(r"_split-(\d+)_")
+_EPOCHS_NAME_RE = re.compile(r"[-_]epo(-\d+)?\.fif$")
 
 
 def recording_files(folder: Path) -> list[Path]:
     """Recordings under ``folder`` that rtdecode reads, sorted.
 
     Skipped: hidden entries and :data:`SKIP_DIRS`, files inside a CTF ``.ds`` folder,
-    and the later parts of a split FIF (``_split-02_`` and after: MNE reads them with
-    ``_split-01_``).
+    the later parts of a split FIF (``_split-02_`` and after: MNE reads them with
+    ``_split-01_``), and epochs files (``*-epo.fif``; see
+    :func:`rtdecode.data.things.find_epochs_files`).
     """
     found = []
     for p in folder.rglob("*"):
@@ -321,6 +354,8 @@ def recording_files(folder: Path) -> list[Path]:
             continue
         split = _SPLIT_RE.search(p.name)
         if split is not None and int(split.group(1)) > 1:
+            continue
+        if _EPOCHS_NAME_RE.search(p.name):  # epochs, not a continuous recording
             continue
         found.append(p)
     return sorted(found)
@@ -405,7 +440,7 @@ def _image_id(value: dict[str, Any]) -> str | None:
     """The stimulus id: an explicit column, else the image file's stem, else its number."""
     if value.get("image_id") is not None:
         return str(value["image_id"])
-    for key in ("image_path", "stim_file", "image"):
+    for key in ("image_path", "file_path", "stim_file", "image"):
         p = value.get(key)
         if isinstance(p, str) and p:
             return PurePosixPath(p.replace("\\", "/")).stem
@@ -452,6 +487,10 @@ def read_events_tsv(
                 f"{reader.fieldnames}); a BIDS events.tsv needs one."
             )
         rows = list(reader)
+        # THINGS-MEG 1.x wrote durations in ms (500) where BIDS wants seconds.
+        duration_ms = set(_THINGS_1X_COLUMNS) <= set(reader.fieldnames)
+    if duration_ms and notes is not None:
+        notes.append(f"{path.name}: THINGS-MEG 1.x layout, durations converted from ms to s")
     events: list[Event] = []
     skipped = 0
     for row in rows:
@@ -468,6 +507,8 @@ def read_events_tsv(
         if sample < 0 or (n_times is not None and sample >= n_times):
             skipped += 1
             continue
+        if duration_ms and isinstance(cells.get("duration"), int | float):
+            cells["duration"] = cells["duration"] / 1000.0
         value = {k: cells.get(k) for k in _EVENT_KEYS}
         value.update({k: v for k, v in cells.items() if k not in value})
         value["image_id"] = _image_id(value)

@@ -5,13 +5,26 @@ THINGS-MEG (OpenNeuro ds004212; Hebart et al. 2023) is a BIDS dataset::
     sub-BIGMEG1/ses-01/meg/sub-BIGMEG1_ses-01_task-main_run-01_meg.ds
     sub-BIGMEG1/ses-01/meg/sub-BIGMEG1_ses-01_task-main_run-01_events.tsv
 
-with one row per image: ``onset, duration, trial_type, value, sample, image_nr,
-image_path``. ``trial_type`` is ``exp`` (each of 22,248 training images once), ``test``
-(200 test images, repeated in every session) or ``catch`` (the participant's detection
-task; not for decoding). ``image_path`` is relative to the THINGS image folder, e.g.
-``images_meg/aardvark/aardvark_01b.jpg``: the category (THINGS "concept") is the folder
-name. rtdecode's simulated subject writes the same layout, with two extra columns
-(``image_id``, ``category``) that win over what the path says.
+with one row per image. ``trial_type`` is ``exp`` (each of 22,248 training images once),
+``test`` (200 test images, repeated in every session) or ``catch`` (the participant's
+detection task; not for decoding). Two published layouts of ``events.tsv`` exist:
+
+- 3.0.0: ``onset, duration, trial_type, things_category_nr, value, sample``; duration in
+  seconds, ``value`` is the THINGS image number, ``N/A`` on catch rows. No image path: the
+  image comes from an images table (``sourcedata/sample_attributes_P{1..4}.csv``, see
+  :func:`read_images_table`), the category from ``things_category_nr``.
+- 1.x: ``onset, duration, trial_type, file_path, image_nr, category_nr, exemplar_nr,
+  test_image_nr, things_category_nr, things_image_nr, things_exemplar_nr, RT``; duration in
+  ms, ``n/a`` for missing values, ``file_path`` such as ``images_meg/stick/stick_10s.jpg``.
+
+Image paths are relative to the THINGS image folder, e.g.
+``images_meg/aardvark/aardvark_01b.jpg``. The category (THINGS "concept") is the
+``category`` column if there is one, else ``things_category_nr`` (as a number: the
+zero-shot split needs no names), else what the path says (the folder). rtdecode's
+simulated subject writes ``image_path`` with two extra columns (``image_id``,
+``category``). The authors' preprocessed epochs
+(``derivatives/preprocessed/preprocessed_P{1..4}-epo.fif``, split in parts) are a second
+kind of input (:func:`find_epochs_files`).
 
 This module finds the recordings of such a tree (or of a plain folder of recordings),
 turns event values (from :func:`rtdecode.data.recordings.read_recording`) into trial
@@ -33,9 +46,14 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "ImagesTable",
     "Trial",
     "category_of_path",
+    "find_epochs_files",
     "find_recordings",
+    "image_number",
+    "is_epochs_file",
+    "read_images_table",
     "resolve_image_root",
     "subject_of",
     "trial_from_value",
@@ -46,6 +64,14 @@ _SUBJECT_RE = re.compile(r"(?:^|_)sub-([A-Za-z0-9]+)")
 # THINGS-MEG keeps test and catch images in flat folders, the concept only in the name.
 _FLAT_IMAGE_DIRS = {"images_test_meg", "images_catch_meg"}
 _EXEMPLAR_RE = re.compile(r"^(.+?)_\d+[a-z]?$")
+# Event columns holding an image path, in order of preference (1.x writes file_path).
+_PATH_KEYS = ("image_path", "file_path")
+# An images table's image-number and path columns, in order of preference.
+_TABLE_NUMBER_COLUMNS = ("things_image_nr", "image_nr", "image_number", "image_id", "value")
+_TABLE_PATH_COLUMNS = ("image_path", "file_path", "path", "filename", "file", "stim_file")
+# The derivatives' epochs: preprocessed_P1-epo.fif, continued in preprocessed_P1-epo-1.fif ...
+_EPOCHS_RE = re.compile(r"-epo\.fif$|_epo\.fif$")
+_PARTICIPANT_RE = re.compile(r"(?:^|_)P(\d+)[-_]epo")
 
 
 @dataclass(frozen=True)
@@ -72,24 +98,68 @@ class Trial:
     category: str | None
 
 
-def trial_from_value(value: dict[str, Any]) -> Trial:
+def _as_int(x: Any) -> int | None:
+    """An image or category number from a cell (``24812``, ``24812.0``, ``"24812"``)."""
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return int(f) if f.is_integer() else None
+
+
+def image_number(value: dict[str, Any]) -> int | None:
+    """The THINGS image number an event names, if any.
+
+    ``things_image_nr`` (1.x layout), else ``value`` in the 3.0.0 layout (recognised by its
+    ``things_category_nr`` column and no ``things_image_nr``), else ``image_nr``. None on
+    catch rows (``N/A``).
+    """
+    if value.get("things_image_nr") is not None:
+        return _as_int(value["things_image_nr"])
+    if "things_category_nr" in value and "things_image_nr" not in value:
+        return _as_int(value.get("value"))
+    return _as_int(value.get("image_nr"))
+
+
+def trial_from_value(value: dict[str, Any], images: ImagesTable | None = None) -> Trial:
     """Read a trial from an event value dict (``Event.value`` of a Recording).
 
     Parameters
     ----------
     value : dict
-        Keys ``trial_type``, ``image_id``, and optionally ``image_path``, ``category``.
+        Keys ``trial_type``, ``image_id``, and optionally ``image_path`` (or ``file_path``),
+        ``category``, ``things_category_nr``, ``things_image_nr``, ``value``, ``image_nr``.
+    images : ImagesTable, optional
+        Maps image numbers to paths, for events that name no path (THINGS-MEG 3.0.0).
 
     Returns
     -------
     Trial
+        ``image_id`` is the events' ``image_id``, else the stem of the image path, else the
+        THINGS image number (so trials of one image share an id even before the images
+        are found). ``category`` is the events' ``category``, else ``things_category_nr``,
+        else what the path implies.
     """
     ttype = value.get("trial_type")
     ttype = "exp" if ttype is None else str(ttype).strip().lower()
+    path = next((value[k] for k in _PATH_KEYS if value.get(k) not in (None, "")), None)
+    path = str(path).replace("\\", "/") if path is not None else None
+    number = image_number(value)
     image_id = value.get("image_id")
-    path = value.get("image_path")
-    path = str(path).replace("\\", "/") if path not in (None, "") else None
+    if path is None and images is not None and number is not None:
+        path = images.path_of(number)
+        if path is not None:  # the table's file names the image, not the events' number
+            image_id = PurePosixPath(path).stem
+    if image_id in (None, "") and path is not None:
+        image_id = PurePosixPath(path).stem
+    if image_id in (None, "") and number is not None and ttype != "catch":
+        image_id = str(number)
     category = value.get("category")
+    if category in (None, ""):
+        nr = _as_int(value.get("things_category_nr"))
+        category = str(nr) if nr is not None else None
     if category in (None, "") and path is not None:
         category = category_of_path(path)
     return Trial(
@@ -98,6 +168,102 @@ def trial_from_value(value: dict[str, Any]) -> Trial:
         image_path=path,
         category=None if category in (None, "") else str(category),
     )
+
+
+@dataclass(frozen=True)
+class ImagesTable:
+    """Image numbers mapped to image files (THINGS-MEG's ``sample_attributes_P1.csv``).
+
+    Attributes
+    ----------
+    path : Path
+        The table that was read.
+    number_column, path_column : str
+        The columns used.
+    paths : dict of int to str
+        Image number -> path relative to the THINGS image folder.
+    """
+
+    path: Path
+    number_column: str
+    path_column: str
+    paths: dict[int, str]
+
+    def path_of(self, number: int) -> str | None:
+        """The image path of an image number, None if the table does not list it."""
+        return self.paths.get(int(number))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def read_images_table(path: str | Path) -> ImagesTable:
+    """Read a CSV/TSV table that maps image numbers to image files.
+
+    THINGS-MEG ships one per participant (``sourcedata/sample_attributes_P{1..4}.csv``, one
+    row per trial with ``things_image_nr`` and ``image_path``; they list the same images).
+    Any CSV or TSV with an image-number column (``things_image_nr``, ``image_nr``,
+    ``image_number``, ``image_id`` or ``value``) and a path column (``image_path``,
+    ``file_path``, ``path``, ``filename``, ``file`` or ``stim_file``) works. Rows without a
+    number or a path (catch rows) are skipped; repeated rows must agree.
+
+    Parameters
+    ----------
+    path : path-like
+
+    Returns
+    -------
+    ImagesTable
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    ValueError
+        No number or path column, or one number with two different paths.
+    """
+    import csv
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"Images table {str(p)!r} does not exist; give a CSV/TSV such as THINGS-MEG's "
+            "sourcedata/sample_attributes_P1.csv."
+        )
+    with p.open(newline="", encoding="utf-8-sig") as f:
+        head = f.readline()
+        f.seek(0)
+        delimiter = "\t" if head.count("\t") > head.count(",") else ","
+        reader = csv.DictReader(f, delimiter=delimiter)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        rows = list(reader)
+    lower = {c.lower(): c for c in columns}
+    number_col = next((lower[c] for c in _TABLE_NUMBER_COLUMNS if c in lower), None)
+    path_col = next((lower[c] for c in _TABLE_PATH_COLUMNS if c in lower), None)
+    if number_col is None or path_col is None:
+        raise ValueError(
+            f"The images table {str(p)!r} needs an image-number column (one of "
+            f"{', '.join(_TABLE_NUMBER_COLUMNS)}) and a path column (one of "
+            f"{', '.join(_TABLE_PATH_COLUMNS)}); it has {columns}."
+        )
+    paths: dict[int, str] = {}
+    for row in rows:
+        row = {(k or "").strip(): v for k, v in row.items()}
+        number = _as_int((row.get(number_col) or "").strip() or None)
+        img = (row.get(path_col) or "").strip().replace("\\", "/")
+        if number is None or not img or img.lower() in {"n/a", "na", "nan"}:
+            continue
+        if paths.setdefault(number, img) != img:
+            raise ValueError(
+                f"The images table {str(p)!r} gives image {number} two paths "
+                f"({paths[number]!r} and {img!r}) in column {path_col!r}; one number must "
+                "name one image."
+            )
+    if not paths:
+        raise ValueError(
+            f"The images table {str(p)!r} has no row with both {number_col!r} and {path_col!r}."
+        )
+    return ImagesTable(path=p, number_column=number_col, path_column=path_col, paths=paths)
 
 
 def category_of_path(image_path: str) -> str | None:
@@ -121,10 +287,16 @@ def _normalise_subject(s: str) -> str:
 
 
 def subject_of(path: Path) -> str:
-    """BIDS subject of a recording (``sub-01``), or ``sub-unknown`` outside BIDS."""
+    """BIDS subject of a recording (``sub-01``), or ``sub-unknown`` outside BIDS.
+
+    THINGS-MEG's derivative epochs ``preprocessed_P1-epo.fif`` are ``sub-BIGMEG1``.
+    """
     m = _SUBJECT_RE.search(path.name)
     if m:
         return f"sub-{m.group(1)}"
+    m = _PARTICIPANT_RE.search(path.name)
+    if m:  # THINGS-MEG's preprocessed_P1-epo.fif is participant sub-BIGMEG1
+        return f"sub-BIGMEG{m.group(1)}"
     for part in reversed(path.parts[:-1]):
         if part.startswith("sub-"):
             return part
@@ -193,6 +365,37 @@ def find_recordings(data_dir: str | Path, subjects: Iterable[str] | None = None)
             raise ValueError(
                 f"None of the subjects {sorted(wanted)} is in {str(root)!r}; it has {available}."
             )
+    return sorted(files)
+
+
+def is_epochs_file(path: Path) -> bool:
+    """An MNE epochs file (``*-epo.fif``), not a continuation part (``*-epo-1.fif``)."""
+    return path.is_file() and bool(_EPOCHS_RE.search(path.name))
+
+
+def find_epochs_files(data_dir: str | Path, subjects: Iterable[str] | None = None) -> list[Path]:
+    """Epochs files of a dataset: the input itself, or THINGS-MEG's derivatives.
+
+    ``data_dir`` may be an epochs file (``preprocessed_P1-epo.fif``), a folder of them
+    (``derivatives/preprocessed``), or a dataset root whose
+    ``derivatives/preprocessed`` holds them. Continuation parts of a split file
+    (``preprocessed_P1-epo-1.fif`` ...) are not listed: MNE joins them when reading the
+    first part.
+
+    Returns
+    -------
+    list of Path
+        Sorted; empty when there are none.
+    """
+    root = Path(data_dir).expanduser()
+    if root.is_file():
+        files = [root] if is_epochs_file(root) else []
+    else:
+        folders = [root, root / "derivatives" / "preprocessed"]
+        files = [p for d in folders if d.is_dir() for p in sorted(d.iterdir()) if is_epochs_file(p)]
+    if subjects is not None:
+        wanted = {_normalise_subject(s) for s in subjects}
+        files = [p for p in files if subject_of(p) in wanted]
     return sorted(files)
 
 

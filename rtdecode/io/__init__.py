@@ -4,4 +4,5 @@ write a stream to rolling segments while the service runs.
 - replay.py    ``rtdecode replay``: a recording's samples and events as LSL outlets.
 - record.py    ``rtdecode record``: one LSL stream and its markers to a FIF file.
 - segments.py  SegmentRecorder: ``serve --record``'s rolling FIF segments.
+- xdf.py       XDF files (LabRecorder's format): read through pyxdf, and our own writer.
 """
