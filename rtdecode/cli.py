@@ -127,6 +127,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         token=args.token,
+        allowed_hosts=args.allowed_hosts,
         record=args.record,
         lsl_local=args.lsl_local or None,
     )
@@ -224,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default=None)
     s.add_argument("--port", type=int, default=None)
     s.add_argument("--token", default=None)
+    s.add_argument(
+        "--allowed-hosts",
+        default=None,
+        help="comma-separated host names the server may be reached by, besides loopback and "
+        "--host (a request naming any other Host is refused: DNS rebinding)",
+    )
     s.add_argument(
         "--record",
         type=Path,

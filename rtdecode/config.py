@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -44,10 +44,22 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=0, le=65535)
     token: str | None = Field(None, description="Shared secret required by /ws and /api/*.")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names (besides loopback and --host) that requests may name in their "
+        "Host header; '*' allows any. Comma-separated on the command line and in the variable.",
+    )
     max_clients: int = Field(16, ge=1)
     client_queue: int = Field(4, ge=1, description="Frames buffered per client before dropping.")
     image_format: str = Field("jpeg", pattern="^(jpeg|webp|png)$")
     record: Path | None = Field(None, description="Folder to record every received sample to.")
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [h.strip() for h in v.split(",") if h.strip()]
+        return v
 
     @field_validator("hop_s")
     @classmethod

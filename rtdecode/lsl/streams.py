@@ -217,14 +217,64 @@ def visible_streams(wait_s: float = 1.0) -> list[StreamDescription]:
     return [describe(i) for i in resolver.results()]
 
 
+#: Longest value put into a resolver's XPath query; longer ones (and values with control
+#: characters, which cannot cross liblsl's line-based query packets) are matched in Python.
+_MAX_QUERY_VALUE = 512
+
+
+def _xpath_literal(value: str) -> str:
+    """``value`` as an XPath 1.0 string literal, whatever quotes it holds.
+
+    XPath 1.0 has no escapes: a literal is delimited by ``'`` or ``"``, and a value with
+    both is built with ``concat()``.
+
+    ``MEG`` gives ``'MEG'``, ``it's`` gives ``"it's"``, and ``a'b"c`` gives
+    ``concat('a', "'", 'b"c')``.
+    """
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    parts = value.split("'")
+    return "concat(" + ', "\'", '.join(f"'{p}'" for p in parts) + ")"
+
+
+def _queryable(value: str) -> bool:
+    return len(value) <= _MAX_QUERY_VALUE and value.isprintable()
+
+
 def _predicate(name: str | None, stype: str | None, source_id: str | None) -> str:
+    """The XPath predicate a resolver sends (values that cannot be queried are left out:
+    :func:`_matches` checks every value on what comes back)."""
     terms = []
+    given = False
     for prop, value in (("name", name), ("type", stype), ("source_id", source_id)):
         if value:
-            terms.append(f"{prop}='{value}'")
-    if not terms:
+            given = True
+            if _queryable(value):
+                terms.append(f"{prop}={_xpath_literal(value)}")
+    if not given:
         raise ValueError("Give a stream name, type or source_id to resolve.")
     return " and ".join(terms)
+
+
+def _matches(
+    info: pylsl.StreamInfo, name: str | None, stype: str | None, source_id: str | None
+) -> bool:
+    """Exact comparison of a resolved stream with what was asked."""
+    return all(
+        not want or got == want
+        for want, got in ((name, info.name()), (stype, info.type()), (source_id, info.source_id()))
+    )
+
+
+def _shown(name: str | None, stype: str | None, source_id: str | None) -> str:
+    """What was asked, for messages (long values shortened)."""
+    return " and ".join(
+        f"{prop}={value[:80] + '...' if len(value) > 80 else value!r}"
+        for prop, value in (("name", name), ("type", stype), ("source_id", source_id))
+        if value
+    )
 
 
 def find(
@@ -243,11 +293,13 @@ def find(
     ``should_stop()`` is true. ``exclude_uids`` skips outlets known to be gone (a
     resolver remembers a vanished stream for a few seconds). Quiet: for retry loops.
     """
-    resolver = pylsl.ContinuousResolver(pred=_predicate(name, stype, source_id))
+    predicate = _predicate(name, stype, source_id)
+    # Nothing queryable: every stream comes back and is filtered here.
+    resolver = pylsl.ContinuousResolver(pred=predicate) if predicate else pylsl.ContinuousResolver()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         for info in resolver.results():
-            if info.uid() not in exclude_uids:
+            if info.uid() not in exclude_uids and _matches(info, name, stype, source_id):
                 return info
         if deadline is not None and time.monotonic() >= deadline:
             return None
@@ -269,7 +321,7 @@ def not_found_error(
         or "none"
     )
     return StreamNotFoundError(
-        f"No LSL stream matching {_predicate(name, stype, source_id)} appeared within "
+        f"No LSL stream matching {_shown(name, stype, source_id)} appeared within "
         f"{timeout_s:g} s. Streams visible now: {listing}. Check the name, or that the "
         "source is running and uses the same LSL configuration (--lsl-local for loopback)."
     )

@@ -39,6 +39,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from rtdecode import __version__
 from rtdecode.server.broadcast import Broadcaster, Client, CloseRequest, TooManyClients
+from rtdecode.server.hosts import HostAllowlist, allowed_host_names
 from rtdecode.server.metrics import CONTENT_TYPE_LATEST, ServerMetrics
 from rtdecode.server.protocol import (
     CLOSE_FORBIDDEN_ORIGIN,
@@ -345,7 +346,8 @@ def create_app(
     Parameters
     ----------
     settings : rtdecode.config.Settings
-        Uses ``token``, ``max_clients`` and ``client_queue``.
+        Uses ``token``, ``max_clients``, ``client_queue``, and ``host`` and
+        ``allowed_hosts`` for the Host allowlist (``rtdecode.server.hosts``).
     source : FrameSource
         Status, health and gallery thumbnails (see :class:`FrameSource`).
     status_interval_s : float
@@ -426,6 +428,13 @@ def create_app(
 
     # Last: the viewer's files answer every path no route above took.
     app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="viewer")
+    # Around everything, websockets included: a foreign Host is refused (DNS rebinding).
+    app.add_middleware(
+        HostAllowlist,
+        allowed=allowed_host_names(
+            getattr(settings, "host", None), getattr(settings, "allowed_hosts", None) or ()
+        ),
+    )
     return app
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "CLOSE_TRY_AGAIN_LATER",
     "CLOSE_UNAUTHORIZED",
     "CLOSE_FORBIDDEN_ORIGIN",
+    "CLOSE_FORBIDDEN_HOST",
     "ProtocolError",
     "ClientMessage",
     "jsonable",
@@ -75,6 +76,7 @@ CLOSE_TOO_BIG = 1009  # a client message exceeded MAX_CLIENT_FRAME_BYTES
 CLOSE_TRY_AGAIN_LATER = 1013  # too many clients
 CLOSE_UNAUTHORIZED = 4401  # missing or wrong token
 CLOSE_FORBIDDEN_ORIGIN = 4403  # Origin header from another host
+CLOSE_FORBIDDEN_HOST = 4400  # Host header not a name of this server (DNS rebinding)
 
 _PREFIX = struct.Struct(">I")
 

@@ -145,13 +145,14 @@ class RingBuffer:
             # Only the newest capacity samples can be kept; skip the rest explicitly.
             skip = n - self.capacity
             self._n_reserved = self._n_written = first + skip
-            return self.write(
+            self.write(
                 data[:, skip:],
                 t_lsl[skip:],
                 t_arrived,
                 None if n_nonfinite is None else n_nonfinite[skip:],
                 None if n_lost_before is None else n_lost_before[skip:],
             )
+            return first  # the block's first sample, kept or not
         self._n_reserved = first + n
         start = first % self.capacity
         split = min(n, self.capacity - start)  # columns before the wrap

@@ -227,6 +227,9 @@ class Windower:
             lost_to = self.n_hop * math.ceil(oldest_end / self.n_hop)
             self._count(overflow=(lost_to - end) // self.n_hop)
             end = lost_to
+            if end > n_written:  # the first end still held is not complete yet
+                self._next_end = end
+                return None
         try:
             window = self._cut(end - self.n_total, end, None)
         except OverwrittenError:
