@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rtdecode.contracts import Frame
@@ -46,6 +46,11 @@ _RATE_TOLERANCE = 0.9
 #: Without this bound, kernel socket buffers hold minutes of frames for a slow viewer
 #: and the bounded queue never drops: the viewer sees stale frames instead.
 ACK_WINDOW = 2
+#: A frame older than this (since the producer published it) is never sent: it is
+#: dropped at send time, counted in ``dropped`` and ``stale``, and reported in the next
+#: ``gap`` message. It bounds the age of what leaves the server; what the kernel's and
+#: the client's buffers hold after that is bounded by acks only (docs/reliability.md).
+MAX_FRAME_AGE_S = 1.0
 
 
 class TooManyClients(RuntimeError):
@@ -66,6 +71,8 @@ class EncodedFrame:
 
     seq: int
     message: bytes
+    #: Local monotonic clock when it was published (its age is measured from here).
+    t_created: float = field(default_factory=time.monotonic)
 
 
 class Client:
@@ -85,7 +92,9 @@ class Client:
         (oldest first); frames left out because of the client's ``max_fps``.
     """
 
-    def __init__(self, client_id: str, peer: str, queue_size: int) -> None:
+    def __init__(
+        self, client_id: str, peer: str, queue_size: int, max_frame_age_s: float = MAX_FRAME_AGE_S
+    ) -> None:
         self.id = client_id
         self.peer = peer
         self.t_connected = time.monotonic()
@@ -94,6 +103,8 @@ class Client:
         self.dropped = 0
         self.skipped = 0
         self.control_dropped = 0
+        self.stale = 0  # frames dropped at send time for being older than max_frame_age_s
+        self.max_frame_age_s = float(max_frame_age_s)
         self._frames: deque[EncodedFrame] = deque(maxlen=queue_size)
         self._control: deque[str] = deque(maxlen=CONTROL_QUEUE)
         # The newest status snapshot not yet sent (an older one is outdated: replaced).
@@ -159,6 +170,13 @@ class Client:
             self.acked_seq = seq
             self._wake.set()
 
+    def _drop_stale(self, now: float) -> None:
+        while self._frames and now - self._frames[0].t_created > self.max_frame_age_s:
+            self._frames.popleft()
+            self.stale += 1
+            self.dropped += 1
+            self._unreported_drops += 1
+
     def _window_full(self) -> bool:
         if self.acked_seq is None or self._last_sent_seq is None:
             return False
@@ -178,6 +196,8 @@ class Client:
                 return self._control.popleft()
             if self._close is not None:
                 return self._close
+            now = time.monotonic()
+            self._drop_stale(now)
             if self._window_full():
                 pass  # frames and status wait for an ack
             elif self._status is not None:
@@ -190,6 +210,7 @@ class Client:
                         "gap",
                         dropped=n,
                         dropped_total=self.dropped,
+                        stale_total=self.stale,
                         next_seq=self._frames[0].seq,
                     )
                 self.sent += 1
@@ -213,6 +234,7 @@ class Client:
             "acked_seq": self.acked_seq,
             "control_dropped": self.control_dropped,
             "status_replaced": self.status_replaced,
+            "stale": self.stale,
         }
 
 
@@ -225,6 +247,8 @@ class Broadcaster:
         Frames buffered per client before its oldest is dropped (``Settings.client_queue``).
     max_clients : int
         Connected clients allowed at once (``Settings.max_clients``).
+    max_frame_age_s : float
+        Frames older than this (seconds since :meth:`publish`) are dropped at send time.
     handoff_size : int
         Frames waiting between :meth:`publish` and the loop; more means the loop is
         stalled, and the oldest are dropped (counted in ``handoff_dropped``).
@@ -239,6 +263,7 @@ class Broadcaster:
         client_queue: int = 4,
         max_clients: int = 16,
         handoff_size: int = 8,
+        max_frame_age_s: float = MAX_FRAME_AGE_S,
         on_frame: Callable[[Frame], None] | None = None,
     ) -> None:
         if client_queue < 1 or max_clients < 1 or handoff_size < 1:
@@ -247,6 +272,7 @@ class Broadcaster:
                 f"handoff_size={handoff_size} must all be at least 1."
             )
         self.client_queue = int(client_queue)
+        self.max_frame_age_s = float(max_frame_age_s)
         self.max_clients = int(max_clients)
         self.on_frame = on_frame
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -366,7 +392,7 @@ class Broadcaster:
                 f"(max_clients={self.max_clients}); close another viewer or raise "
                 "RTDECODE_MAX_CLIENTS."
             )
-        client = Client(f"c{self._next_id}", peer, self.client_queue)
+        client = Client(f"c{self._next_id}", peer, self.client_queue, self.max_frame_age_s)
         self._next_id += 1
         self._clients[client.id] = client
         self._all_gone.clear()

@@ -28,7 +28,7 @@ def run(coro):
 
 def test_publish_from_another_thread_reaches_every_client_in_order():
     async def main():
-        b = Broadcaster(client_queue=64)
+        b = Broadcaster(client_queue=64, max_frame_age_s=60.0)  # order, not age
         b.start()
         c1, c2 = b.add_client("a"), b.add_client("b")
         n = 20
