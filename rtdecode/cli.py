@@ -124,6 +124,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         model=args.model,
         decoder=args.decoder,
         gallery=args.gallery,
+        subject=args.subject,
+        retrieval_set=args.retrieval_set,
+        allow_fixed_window=args.allow_fixed_window or None,
         host=args.host,
         port=args.port,
         token=args.token,
@@ -222,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", type=Path, default=None)
     s.add_argument("--decoder", default=None, help="decoder folder, 'demo', or 'none' (retrieval only)")
     s.add_argument("--gallery", type=Path, default=None, help="gallery folder (default: the checkpoint's)")
+    s.add_argument("--subject", default=None,
+                   help="subject to decode as (required when the checkpoint has several)")
+    s.add_argument("--retrieval-set", default=None,
+                   help="'test' (the checkpoint's held-out test images), 'all' (the gallery; "
+                   "default) or a folder of images")
+    s.add_argument("--allow-fixed-window", action="store_true",
+                   help="serve an encoder trained on one fixed window (decodes poorly at other lags)")
     s.add_argument("--host", default=None)
     s.add_argument("--port", type=int, default=None)
     s.add_argument("--token", default=None)

@@ -35,6 +35,15 @@ class Settings(BaseSettings):
     model: Path | None = Field(None, description="Brain encoder checkpoint folder.")
     decoder: str | None = Field(None, description="Decoder: a folder, or 'none' for retrieval only.")
     gallery: Path | None = Field(None, description="Gallery folder for retrieval and thumbnails.")
+    subject: str | None = Field(None, description="Subject to decode as (required when the checkpoint has several).")
+    retrieval_set: str = Field(
+        "all",
+        description="Images to retrieve among: 'test' (the checkpoint's held-out test images), "
+        "'all' (the whole gallery) or a folder of images.",
+    )
+    allow_fixed_window: bool = Field(
+        False, description="Serve an encoder trained on one fixed window (it decodes poorly at other lags)."
+    )
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     topk: int = Field(5, ge=1, le=50)
     max_fps: float = Field(10.0, gt=0, description="Most generated images per second.")

@@ -129,7 +129,10 @@ class Frame:
     true_id : str | None
         Stimulus shown, when the marker stream says so.
     true_rank : int | None
-        Rank (1 = best) of ``true_id`` among the gallery, when known.
+        Rank (1 = best) of ``true_id`` within the retrieval set, when known.
+    lag_s : float | None
+        Window end minus the latest stimulus onset (s), None when no onset is known.
+        The window ends ``lag_s`` after onset: it covers ``[lag_s - window_s, lag_s)``.
     image : bytes | None
         Encoded image (``mime``), or None when only retrieval ran for this frame.
     """
@@ -143,6 +146,7 @@ class Frame:
     topk: tuple[tuple[str, float], ...]
     true_id: str | None = None
     true_rank: int | None = None
+    lag_s: float | None = None
     image: bytes | None = None
     mime: str = "image/jpeg"
     extra: dict[str, Any] = field(default_factory=dict)

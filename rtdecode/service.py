@@ -112,14 +112,22 @@ class Service:
             path=target.get("encoder_path"),
             readout=target.get("readout", "cls"),
         )
+        check_image_space(target, enc.name, "the gallery's image encoder", "--gallery")
+        if s.retrieval_set not in RETRIEVAL_SETS:
+            # a folder of images: retrieve among (and show thumbnails of) those
+            self.gallery = Gallery.from_folder(Path(s.retrieval_set).expanduser())
+        ids = retrieval_ids(s.retrieval_set, meta, self.gallery)
+        rows = [self.gallery.index(i) for i in ids]
         # The CLIP head was trained against z-scored embeddings: search in that space.
-        gallery_z = standardize(self.gallery.embeddings(enc), meta.get("target_stats"))
-        retrieval = Retrieval(gallery_z, self.gallery.ids)
+        gallery_z = standardize(self.gallery.embeddings(enc)[rows], meta.get("target_stats"))
+        retrieval = Retrieval(gallery_z, ids)
         decoder = None
         if s.decoder and s.decoder.lower() != "none":
             from rtdecode.decoder.base import load_decoder
 
             decoder = load_decoder(s.decoder, device=device)
+            check_image_space(target, getattr(decoder, "image_encoder", None),
+                              "the decoder's image encoder", "--decoder")
         return model, meta, pre, retrieval, decoder, device
 
     def _start_input(self, ch_names=None):
@@ -163,7 +171,8 @@ class Service:
         if not s.stream:
             raise ValueError("No stream given; pass --stream NAME (the LSL stream to decode).")
         model, meta, pre, retrieval, decoder, device = self._load_models()
-        window_s = float(meta.get("window_s", s.window_s))
+        window_s = check_window(s, meta)
+        subject = subject_index(s.subject, meta)
         self._window_s, self._pad_s = window_s, pre.config.pad_s
 
         self.reader, self.markers, self.windower = self._start_input()
@@ -191,6 +200,7 @@ class Service:
             ),
             target_stats=meta.get("target_stats"),
             gallery=self.gallery,
+            subject=subject,
             window_shape=(len(pre.config.ch_names), pre.n_times_out(window_s)),
         )
         self.worker.start()
@@ -216,6 +226,8 @@ class Service:
             "decoder": s.decoder,
             "window_s": self.meta.get("window_s", s.window_s),
             "hop_s": s.hop_s,
+            "subject": s.subject,
+            "retrieval_set": s.retrieval_set,
         }
         with self._input_lock:
             if self.reader is not None:
@@ -227,7 +239,9 @@ class Service:
             if self.windower is not None:
                 out["windower"] = _add(self.windower.stats_dict(), self._retired["windower"])
         if self.worker is not None:
-            out["worker"] = self.worker.stats()
+            worker = self.worker.stats()
+            out["online_eval"] = worker.pop("online_eval")
+            out["worker"] = worker
         if self.recorder is not None:
             out["recorder"] = self.recorder.stats()
         return out
@@ -440,3 +454,89 @@ def serve(settings: Settings) -> int:
     finally:
         service.stop()
     return 0
+
+
+RETRIEVAL_SETS = ("test", "all")
+
+
+def retrieval_ids(retrieval_set: str, meta: dict[str, Any], gallery: Any) -> list[str]:
+    """Ids of the images to retrieve among (``--retrieval-set``).
+
+    ``test``: the checkpoint's held-out (zero-shot) test images, the paper's "small test
+    set"; ``all`` or a folder: every image of the gallery.
+    """
+    if retrieval_set != "test":
+        return list(gallery.ids)
+    test = [str(i) for i in meta.get("test_images") or []]
+    if not test:
+        raise ValueError(
+            "--retrieval-set test needs the checkpoint's list of held-out test images, and "
+            "this checkpoint has none (config.json 'test_images'); retrain it with this "
+            "rtdecode, or use --retrieval-set all or a folder of images."
+        )
+    missing = [i for i in test if i not in gallery]
+    if missing:
+        raise ValueError(
+            f"The gallery {gallery.root} lacks {len(missing)} of the checkpoint's test images, "
+            f"e.g. {missing[:3]}; pass the gallery it was trained with (--gallery)."
+        )
+    return test
+
+
+def check_image_space(target: dict[str, Any], name: str | None, what: str, flag: str) -> None:
+    """Refuse embeddings of another image encoder than the one the model was trained on."""
+    expected = target.get("name")
+    if expected is None or name is None or name == expected:
+        return
+    raise ValueError(
+        f"The encoder was trained to predict {expected!r} embeddings but {what} is "
+        f"{name!r}; give a {flag} made with {expected!r} (or retrain the encoder on {name!r})."
+    )
+
+
+def subject_index(subject: str | None, meta: dict[str, Any]) -> int:
+    """Row of the model's subject layer to decode with (``--subject``)."""
+    known = [str(v) for v in meta.get("subjects") or []]
+    if subject is None:
+        if len(known) > 1:
+            raise ValueError(
+                f"This encoder was trained on {len(known)} subjects ({', '.join(known)}); pass "
+                "--subject with the one whose stream you decode."
+            )
+        return 0
+    wanted = str(subject)
+    candidates = {wanted, wanted.removeprefix("sub-"), f"sub-{wanted.removeprefix('sub-')}"}
+    for i, name in enumerate(known):
+        if name in candidates or name.removeprefix("sub-") in candidates:
+            return i
+    raise ValueError(
+        f"--subject {subject!r} is not one of the encoder's subjects ({', '.join(known) or 'none'})."
+    )
+
+
+def check_window(settings: Any, meta: dict[str, Any]) -> float:
+    """The window length to cut, after checking the checkpoint was trained for streaming.
+
+    Returns
+    -------
+    float
+        ``window_s`` of the checkpoint.
+    """
+    window_s = float(meta.get("window_s", settings.window_s))
+    if "window_s" in settings.model_fields_set and abs(settings.window_s - window_s) > 1e-9:
+        raise ValueError(
+            f"The encoder was trained on {window_s} s windows but window_s={settings.window_s} "
+            "was asked for; leave window_s unset (the checkpoint's is used) or retrain with "
+            f"window_s = {settings.window_s} in the recipe."
+        )
+    offsets = meta.get("offsets") or {}
+    sampling = offsets.get("sampling", "fixed" if "window_start_s" in offsets else "stream")
+    if sampling == "fixed" and not settings.allow_fixed_window:
+        start = offsets.get("window_start_s")
+        raise ValueError(
+            f"This encoder was trained on one window ({window_s} s starting {start} s after "
+            f"onset), but serve cuts a window every {settings.hop_s} s at every lag, most of "
+            "which it never saw. Retrain it with the streaming recipe (window_sampling = "
+            '"stream" in the [train] table, the default), or pass --allow-fixed-window.'
+        )
+    return window_s

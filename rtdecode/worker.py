@@ -30,6 +30,7 @@ import numpy as np
 
 from rtdecode.contracts import Embedding, Frame, Window
 from rtdecode.decoder.normalize import rescale_prediction
+from rtdecode.encoder.metrics import LagCurve
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,11 @@ class WorkerOptions:
     image_format : str
         ``jpeg``, ``webp`` or ``png``.
     stimulus_hold_s : float
-        A marker names the "true" image for windows ending up to this long after it.
+        A marker names the "true" image for windows ending up to this long after it
+        (1.5 s: a whole THINGS-MEG trial, image and fixation, so the curve shows the
+        return to chance before the next onset).
+    lag_bin_s : float
+        Width of the lag bins of the session's decoding curve (``online_eval``).
     latency_history : int
         Samples kept per stage for the percentiles in ``stats()``.
     torch_threads : int | None
@@ -71,7 +76,8 @@ class WorkerOptions:
     seed: int = 0
     img2img_strength: float | None = None
     image_format: str = "jpeg"
-    stimulus_hold_s: float = 1.0
+    stimulus_hold_s: float = 1.5
+    lag_bin_s: float = 0.05
     latency_history: int = 2048
     torch_threads: int | None = 1
 
@@ -149,6 +155,10 @@ class DecodeWorker(threading.Thread):
         }
         self._last_error_msg: str | None = None
         self._consecutive_errors = 0  # windows in a row that failed (0 after a success)
+        self.lag_curve = LagCurve(
+            max(len(retrieval), 1), bin_s=self.options.lag_bin_s,
+            max_lag_s=self.options.stimulus_hold_s + 1e-6,
+        )
 
     # ------------------------------------------------------------------ public
     def stop(self, timeout_s: float = 5.0) -> None:
@@ -177,6 +187,7 @@ class DecodeWorker(threading.Thread):
             "error": None if self.error is None else repr(self.error),
             "last_frame_error": last_err,
             "consecutive_frame_errors": failing,
+            "online_eval": self.lag_curve.as_dict(),
         }
 
     def latency_samples(self, stage: str) -> list[float]:
@@ -268,15 +279,24 @@ class DecodeWorker(threading.Thread):
         """The MSE head's prediction as the decoder's input (the one rescale path)."""
         return rescale_prediction(vec, self.target_stats, getattr(self.decoder, "normalizer", None))
 
-    def _true_id(self, window: Window) -> str | None:
+    def _truth(self, window: Window) -> tuple[str | None, float | None]:
+        """The stimulus on screen for this window and the window's lag since its onset.
+
+        The lag is the window's end (one sample past its last) minus the latest onset, in
+        the stream's samples when the marker was located, else on the LSL clock; training
+        cuts its windows by the same rule (:func:`rtdecode.training.encoder.lagged_windows`).
+        """
         m = window.marker
-        if m is None or m.image_id is None:
-            return None
+        if m is None:
+            return None, None
         if m.sample is not None:
-            lag = (window.last_sample - m.sample) / window.sfreq
+            lag = (window.last_sample + 1 - m.sample) / window.sfreq
         else:
-            lag = window.t_last - m.t_lsl
-        return m.image_id if 0.0 <= lag <= self.options.stimulus_hold_s else None
+            lag = window.t_last + 1.0 / window.sfreq - m.t_lsl
+        lag = round(float(lag), 6)
+        if m.image_id is None or not 0.0 <= lag <= self.options.stimulus_hold_s:
+            return None, lag
+        return m.image_id, lag
 
     def _process(self, window: Window) -> None:
         torch = self._torch
@@ -299,13 +319,11 @@ class DecodeWorker(threading.Thread):
 
         query = emb.vector.reshape(-1) if emb.vector.ndim > 1 else emb.vector
         topk = self.retrieval.topk(query, k=self.options.topk)
-        true_id = self._true_id(window)
+        true_id, lag_s = self._truth(window)
         true_rank = None
-        if true_id is not None:
-            try:
-                true_rank = int(self.retrieval.rank_of(query, true_id))
-            except KeyError:
-                true_rank = None
+        if true_id is not None and true_id in self.retrieval:
+            true_rank = int(self.retrieval.rank_of(query, true_id))
+            self.lag_curve.add(lag_s, true_rank)
         t3 = clock()
         lat["retrieve"] = (t3 - t2) * 1e3
 
@@ -341,6 +359,7 @@ class DecodeWorker(threading.Thread):
             topk=tuple((str(i), float(s)) for i, s in topk),
             true_id=true_id,
             true_rank=true_rank,
+            lag_s=lag_s,
             image=image_bytes,
             mime=mime,
             extra={"flagged": window.flagged, "n_gaps": window.n_gaps},

@@ -112,3 +112,129 @@ def test_frames_carry_the_true_stimulus_from_markers(service):
     h = seen[0]
     assert h["true_id"] in service.gallery
     assert 1 <= h["true_rank"] <= len(service.gallery)
+    # the window ends lag_s after the onset: at most the hold, and on the 50 ms hop grid
+    assert 0.0 <= h["lag_s"] <= 1.5
+
+
+def test_status_and_metrics_carry_the_sessions_decoding_curve(service):
+    """Every ranked frame lands in one 50 ms lag bin of /api/status's online_eval, and
+    /metrics exports the same curve."""
+    poll(lambda: service.health()[0] == "ready", DEADLINE_S, "the service to become ready")
+    lags, ranks = [], []
+    with connect(f"ws://127.0.0.1:{service.server.port}/ws", open_timeout=10) as ws:
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline and len(ranks) < 10:
+            msg = ws.recv(timeout=10)
+            if isinstance(msg, bytes):
+                header, _ = decode_frame(msg)
+                if header.get("true_rank") is not None:
+                    lags.append(header["lag_s"])
+                    ranks.append(header["true_rank"])
+    assert len(ranks) >= 10, "fewer than 10 frames knew the true image"
+    status = httpx.get(f"{service.url}api/status", timeout=10).json()["source"]
+    curve = status["online_eval"]
+    n = len(service.gallery)
+    assert curve["n_candidates"] == n and curve["chance_top5"] == pytest.approx(min(5, n) / n)
+    rows = {round(r["lag_s"], 3): r for r in curve["per_lag"]}
+    assert sum(r["n"] for r in rows.values()) >= len(ranks)
+    for lag in lags:  # each frame's lag has its bin (centre = floor(lag / 50 ms) + 25 ms)
+        centre = round((np.floor(lag / 0.05 + 1e-9) + 0.5) * 0.05, 3)
+        assert centre in rows, f"lag {lag} s has no bin in {sorted(rows)}"
+    for r in rows.values():
+        assert 0.0 <= r["top1"] <= r["top5"] <= 1.0 and 1 <= r["median_rank"] <= n
+    metrics = httpx.get(f"{service.url}metrics", timeout=10).text
+    assert "rtdecode_online_eval_top5{" in metrics
+    assert "rtdecode_online_eval_chance_top5 " in metrics
+
+
+def test_retrieval_set_test_searches_only_the_held_out_images(tiny_subject, replay):
+    """--retrieval-set test: top-k and ranks are among the checkpoint's test images."""
+    import json
+
+    from rtdecode.service import Service
+
+    data, ckpt = tiny_subject
+    test_images = json.loads((ckpt / "config.json").read_text())["test_images"]
+    assert test_images, "the checkpoint names no held-out test image"
+    settings = Settings(
+        stream=replay, source_id=replay, model=ckpt, decoder="none", gallery=data / "images",
+        port=0, lsl_local=True, retrieval_set="test",
+    )
+    svc = Service(settings)
+    svc.start()
+    try:
+        poll(lambda: svc.health()[0] == "ready", DEADLINE_S, "the service to become ready")
+        with connect(f"ws://127.0.0.1:{svc.server.port}/ws", open_timeout=10) as ws:
+            header = None
+            while header is None:
+                msg = ws.recv(timeout=10)
+                if isinstance(msg, bytes):
+                    header, _ = decode_frame(msg)
+        assert {i for i, _ in header["topk"]} <= set(test_images)
+        curve = svc.status()["online_eval"]
+        assert curve["n_candidates"] == len(test_images)
+    finally:
+        svc.stop()
+
+
+
+# --------------------------------------------------------------------------- checks
+def _meta(**changes):
+    meta = {"window_s": 0.25, "subjects": ["sub-01"], "target": {"name": "handcrafted-v1"},
+            "offsets": {"window_start_s": 0.1, "sampling": "stream", "lag_min_s": -0.2,
+                        "lag_max_s": 1.0, "lag_step_s": 0.05}}
+    meta.update(changes)
+    return meta
+
+
+def test_serve_needs_the_subject_of_a_multi_subject_encoder():
+    from rtdecode.service import subject_index
+
+    meta = _meta(subjects=["sub-01", "sub-02", "sub-03"])
+    with pytest.raises(ValueError, match="trained on 3 subjects .*--subject"):
+        subject_index(None, meta)
+    assert subject_index("02", meta) == 1
+    assert subject_index("sub-03", meta) == 2
+    with pytest.raises(ValueError, match="'07' is not one of the encoder's subjects"):
+        subject_index("07", meta)
+    assert subject_index(None, _meta()) == 0
+
+
+def test_serve_refuses_a_fixed_window_encoder_and_a_window_it_would_not_cut():
+    from rtdecode.service import check_window
+
+    legacy = _meta(offsets={"window_start_s": 0.1})  # checkpoints before streaming training
+    with pytest.raises(ValueError, match="trained on one window .*streaming recipe"):
+        check_window(Settings(), legacy)
+    assert check_window(Settings(allow_fixed_window=True), legacy) == 0.25
+    assert check_window(Settings(), _meta()) == 0.25
+    with pytest.raises(ValueError, match="trained on 0.25 s windows but window_s=0.5"):
+        check_window(Settings(window_s=0.5), _meta())
+
+
+def test_serve_refuses_embeddings_of_another_image_encoder():
+    from rtdecode.service import check_image_space
+
+    target = {"name": "clip-vit-h-14"}
+    check_image_space(target, "clip-vit-h-14", "the decoder's image encoder", "--decoder")
+    with pytest.raises(ValueError, match="'clip-vit-h-14' embeddings but the decoder's image "
+                       "encoder is 'handcrafted-v1'.*--decoder"):
+        check_image_space(target, "handcrafted-v1", "the decoder's image encoder", "--decoder")
+
+
+def test_retrieval_set_test_needs_the_checkpoints_test_images(tmp_path):
+    from rtdecode.service import retrieval_ids
+
+    class _Gallery:
+        root = tmp_path
+        ids = ("a", "b", "c")
+
+        def __contains__(self, i):
+            return i in self.ids
+
+    assert retrieval_ids("all", _meta(), _Gallery()) == ["a", "b", "c"]
+    assert retrieval_ids("test", _meta(test_images=["c", "a"]), _Gallery()) == ["c", "a"]
+    with pytest.raises(ValueError, match="has none .*--retrieval-set all"):
+        retrieval_ids("test", _meta(), _Gallery())
+    with pytest.raises(ValueError, match="lacks 1 of the checkpoint's test images"):
+        retrieval_ids("test", _meta(test_images=["z"]), _Gallery())

@@ -88,6 +88,9 @@ class Retrieval:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def __contains__(self, image_id: object) -> bool:
+        return str(image_id) in self._row
+
     def _queries(self, vec: np.ndarray) -> tuple[np.ndarray, bool]:
         """Flatten ``vec`` to (B, dim) float32 unit rows; also say if it was a single query."""
         q = np.asarray(vec, dtype=np.float32)

@@ -206,3 +206,98 @@ __all__ = [
     "standardize",
     "topk_accuracy",
 ]
+
+
+class LagCurve:
+    """Time-resolved retrieval, accumulated window by window: the live decoding curve.
+
+    Each decoded window with a known stimulus adds the rank of the true image to the bin
+    of its lag (window end minus the latest stimulus onset). The service keeps one per
+    session (``/api/status``'s ``online_eval``), and ``rtdecode evaluate-online`` builds
+    the same curve from the frames of a replay and from the offline path, so both are
+    computed by this one piece of code.
+
+    Parameters
+    ----------
+    n_candidates : int
+        Size of the retrieval set (chance top-5 is ``min(5, n) / n``).
+    bin_s : float
+        Width of a lag bin (50 ms: the default hop).
+    max_lag_s : float
+        Lags at or beyond this are not counted (the next trial has begun by then).
+    history : int
+        Ranks kept per bin for the median (the newest win); counts and top-k hits are
+        exact over the whole session.
+
+    Threads: ``add`` and ``as_dict`` may be called from different threads; a lock keeps
+    each call atomic.
+    """
+
+    def __init__(self, n_candidates: int, bin_s: float = 0.05, max_lag_s: float = 2.0,
+                 history: int = 4096) -> None:
+        import threading
+
+        if n_candidates < 1:
+            raise ValueError(f"n_candidates={n_candidates} must be at least 1.")
+        if not bin_s > 0 or not max_lag_s > 0:
+            raise ValueError(f"bin_s={bin_s} and max_lag_s={max_lag_s} must be positive.")
+        self.n_candidates = int(n_candidates)
+        self.bin_s = float(bin_s)
+        self.max_lag_s = float(max_lag_s)
+        n_bins = int(np.ceil(self.max_lag_s / self.bin_s - 1e-9))
+        self._n = np.zeros(n_bins, np.int64)
+        self._top1 = np.zeros(n_bins, np.int64)
+        self._top5 = np.zeros(n_bins, np.int64)
+        self._ranks = [np.zeros(history, np.int32) for _ in range(n_bins)]
+        self._history = int(history)
+        self._lock = threading.Lock()
+
+    def bin_of(self, lag_s: float) -> int | None:
+        """Index of the bin holding ``lag_s`` (None outside ``[0, max_lag_s)``)."""
+        if lag_s is None or not np.isfinite(lag_s) or lag_s < 0 or lag_s >= self.max_lag_s:
+            return None
+        return min(int(np.floor(lag_s / self.bin_s + 1e-9)), len(self._n) - 1)
+
+    def add(self, lag_s: float | None, rank: int | None) -> None:
+        """Count one window: its lag (s) and the rank of its true image (1 = best)."""
+        if rank is None or lag_s is None:
+            return
+        b = self.bin_of(float(lag_s))
+        if b is None:
+            return
+        with self._lock:
+            self._ranks[b][self._n[b] % self._history] = int(rank)
+            self._n[b] += 1
+            self._top1[b] += int(rank <= 1)
+            self._top5[b] += int(rank <= 5)
+
+    def add_many(self, lags_s: Sequence[float], ranks: Sequence[int]) -> None:
+        """``add`` for each (lag, rank) pair."""
+        for lag, rank in zip(lags_s, ranks, strict=True):
+            self.add(lag, rank)
+
+    @property
+    def chance_top5(self) -> float:
+        """Top-5 accuracy of a random ranking."""
+        return min(5, self.n_candidates) / self.n_candidates
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"per_lag": [{lag_s, n, top1, top5, median_rank}], "chance_top5", ...}``.
+
+        ``lag_s`` is the bin's centre; bins without windows are left out. ``top1`` and
+        ``top5`` are fractions of the bin's windows.
+        """
+        rows = []
+        with self._lock:
+            for b in np.flatnonzero(self._n):
+                n = int(self._n[b])
+                ranks = self._ranks[b][: min(n, self._history)]
+                rows.append({
+                    "lag_s": round((b + 0.5) * self.bin_s, 6),
+                    "n": n,
+                    "top1": float(self._top1[b] / n),
+                    "top5": float(self._top5[b] / n),
+                    "median_rank": float(np.median(ranks)),
+                })
+        return {"per_lag": rows, "chance_top5": self.chance_top5,
+                "n_candidates": self.n_candidates, "bin_s": self.bin_s}

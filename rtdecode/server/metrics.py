@@ -214,6 +214,10 @@ def _status_metrics(status: dict[str, Any]) -> Iterator[Metric]:
     def walk(node: dict[str, Any], path: list[str], in_counters: bool) -> None:
         for key, value in node.items():
             key = str(key)
+            if key == "online_eval" and isinstance(value, dict):
+                families.extend(_online_eval_metrics(value))
+                seen.update(f.name for f in families[-4:])
+                continue
             if key == "latency_ms" and isinstance(value, dict):
                 table = ".".join(path) or "source"
                 for stage, pct in value.items():
@@ -245,3 +249,31 @@ def _status_metrics(status: dict[str, Any]) -> Iterator[Metric]:
 
     walk(status, [], False)
     return iter(families)
+
+
+def _online_eval_metrics(curve: dict[str, Any]) -> list[Metric]:
+    """The session's decoding curve (``online_eval``): one series per lag bin."""
+    windows = CounterMetricFamily(
+        "rtdecode_online_eval_windows", "Windows with a known stimulus, per lag bin.",
+        labels=["lag_s"],
+    )
+    top5 = GaugeMetricFamily(
+        "rtdecode_online_eval_top5", "Top-5 accuracy of the true image, per lag bin.",
+        labels=["lag_s"],
+    )
+    median_rank = GaugeMetricFamily(
+        "rtdecode_online_eval_median_rank", "Median rank of the true image, per lag bin.",
+        labels=["lag_s"],
+    )
+    for row in curve.get("per_lag") or []:
+        label = [f"{float(row['lag_s']):.3f}"]
+        windows.add_metric(label, float(row["n"]))
+        top5.add_metric(label, float(row["top5"]))
+        median_rank.add_metric(label, float(row["median_rank"]))
+    chance = GaugeMetricFamily(
+        "rtdecode_online_eval_chance_top5", "Top-5 accuracy of a random ranking."
+    )
+    x = _number(curve.get("chance_top5"))
+    if x is not None:
+        chance.add_metric([], x)
+    return [windows, top5, median_rank, chance]

@@ -179,6 +179,7 @@ def frame_header(frame: Frame, *, t_sent: float | None = None) -> dict[str, Any]
         "topk": [[str(gid), float(score)] for gid, score in frame.topk],
         "true_id": None if frame.true_id is None else str(frame.true_id),
         "true_rank": None if frame.true_rank is None else int(frame.true_rank),
+        "lag_s": None if frame.lag_s is None else float(frame.lag_s),
         "mime": frame.mime if image else None,
         "n_bytes": len(image),
         "extra": dict(frame.extra),

@@ -62,6 +62,7 @@ __all__ = [
     "Recipe",
     "TrainResult",
     "image_targets",
+    "lagged_windows",
     "load_recipe",
     "predict",
     "preprocess_windows",
@@ -70,6 +71,7 @@ __all__ = [
 ]
 
 MONITORS = {"val_loss": "min", "val_top5": "max"}
+WINDOW_SAMPLINGS = ("stream", "fixed")
 
 
 # --------------------------------------------------------------------------- recipe
@@ -94,6 +96,13 @@ class Recipe:
     # windows and preprocessing (the live service reuses all of these via the checkpoint)
     window_s: float = 0.25
     window_start_s: float = 0.1
+    # "stream": windows of window_s whose END lies at every lag_step_s from lag_min_s to
+    # lag_max_s after onset, as `serve` cuts them; "fixed": one window at window_start_s.
+    window_sampling: str = "stream"
+    lag_min_s: float = -0.2
+    lag_max_s: float = 1.0
+    lag_step_s: float = 0.05
+    samples_per_epoch: int | None = None
     preprocess: dict[str, Any] = field(default_factory=dict)
     subjects: list[str] | None = None
     # optimisation
@@ -128,6 +137,40 @@ class Recipe:
                 raise ValueError(f"{name}={getattr(self, name)} must be a positive integer.")
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr} must be positive.")
+        if self.window_sampling not in WINDOW_SAMPLINGS:
+            raise ValueError(
+                f"window_sampling={self.window_sampling!r} is unknown; use one of "
+                f"{WINDOW_SAMPLINGS}."
+            )
+        if self.window_sampling == "stream":
+            if not (self.lag_step_s > 0 and self.lag_max_s >= self.lag_min_s):
+                raise ValueError(
+                    f"Streaming windows need lag_step_s > 0 and lag_max_s >= lag_min_s; got "
+                    f"lag_min_s={self.lag_min_s}, lag_max_s={self.lag_max_s}, "
+                    f"lag_step_s={self.lag_step_s}."
+                )
+        if self.samples_per_epoch is not None and int(self.samples_per_epoch) < 2:
+            raise ValueError(
+                f"samples_per_epoch={self.samples_per_epoch} must be at least 2 (or unset "
+                "for every window each epoch)."
+            )
+
+    @property
+    def lags_s(self) -> np.ndarray:
+        """Window-end lags (s after onset) trained on: one per window position."""
+        if self.window_sampling == "fixed":
+            return np.array([self.window_start_s + self.window_s])
+        n = int(np.floor((self.lag_max_s - self.lag_min_s) / self.lag_step_s + 1e-6)) + 1
+        return np.round(self.lag_min_s + self.lag_step_s * np.arange(n), 6) + 0.0
+
+    def window_meta(self) -> dict[str, Any]:
+        """How training windows were cut, as stored in the checkpoint's ``offsets``."""
+        out: dict[str, Any] = {"window_start_s": self.window_start_s,
+                               "sampling": self.window_sampling}
+        if self.window_sampling == "stream":
+            out.update(lag_min_s=self.lag_min_s, lag_max_s=self.lag_max_s,
+                       lag_step_s=self.lag_step_s)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -506,6 +549,9 @@ def _fit(rc, dist_info, dev, Xt, Yt, St, Xv, Yv, Sv, Gv, positions, n_subj, targ
         dataset, batch_size=per_rank, sampler=sampler, drop_last=True,
         num_workers=rc.num_workers, pin_memory=dev.type == "cuda",
     )
+    max_batches = len(loader)
+    if rc.samples_per_epoch is not None:
+        max_batches = max(1, min(max_batches, int(rc.samples_per_epoch) // global_batch))
     mode = MONITORS[rc.monitor]
     has_val = len(np.unique(Gv)) >= 2
     history: list[dict[str, Any]] = []
@@ -573,6 +619,8 @@ def _fit(rc, dist_info, dev, Xt, Yt, St, Xv, Yv, Sv, Gv, positions, n_subj, targ
             sums = {"loss": 0.0, "clip": 0.0, "mse": 0.0}
             n_batches = 0
             for xb, sb, yb in loader:
+                if n_batches >= max_batches:
+                    break  # samples_per_epoch: the sampler's order differs every epoch
                 xb, sb, yb = xb.to(dev, non_blocking=True), sb.to(dev), yb.to(dev)
                 loss, parts = runner(xb, sb, yb)
                 opt.zero_grad(set_to_none=True)
@@ -648,6 +696,43 @@ def preprocess_windows(epochs: Any, preprocessor: Any, window_start_s: float, wi
     """
     raw = epochs.window(window_start_s, window_s)
     return preprocessor.transform_epochs(raw, epochs.sfreq_hz, epochs.ch_names, epochs.n_pad)
+
+
+def lagged_windows(
+    epochs: Any, preprocessor: Any, lags_s: Sequence[float], window_s: float,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocessed windows of every epoch at every window-end lag, as `serve` cuts them.
+
+    Parameters
+    ----------
+    epochs : EpochSet
+        Epochs covering ``[min(lags_s) - window_s, max(lags_s)]`` plus filter history.
+    preprocessor : Preprocessor
+        Fitted.
+    lags_s : sequence of float
+        Window ends relative to onset (s); a window covers ``[lag - window_s, lag)``.
+    window_s : float
+    progress : bool
+
+    Returns
+    -------
+    X : ndarray, float32, shape (n_lags * n_epochs, n_model_channels, n_times_out)
+        Lag-major: rows ``k * n_epochs ... (k + 1) * n_epochs - 1`` are lag ``k``.
+    epoch_index : ndarray, int64, shape (n_lags * n_epochs,)
+        The epoch each row comes from (index targets, subjects and groups with it).
+    """
+    from tqdm.auto import tqdm
+
+    lags = [float(v) for v in lags_s]
+    n = len(epochs)
+    first = preprocess_windows(epochs, preprocessor, lags[0] - window_s, window_s)
+    X = np.empty((len(lags) * n, *first.shape[1:]), dtype=np.float32)
+    X[:n] = first
+    for k, lag in enumerate(tqdm(lags[1:], desc="windows", unit="lag",
+                                 disable=not progress or len(lags) < 2), start=1):
+        X[k * n:(k + 1) * n] = preprocess_windows(epochs, preprocessor, lag - window_s, window_s)
+    return X, np.tile(np.arange(n, dtype=np.int64), len(lags))
 
 
 def image_targets(gallery: Any, encoder: Any, image_ids: Sequence[str], progress: bool = True) -> np.ndarray:
@@ -734,8 +819,9 @@ def train(
     # One on a placeholder channel checks the [preprocess] options before the (slow)
     # load and gives the filter history the epochs must carry.
     pad_s = _preprocessor(rc, ("placeholder",)).config.pad_s
+    lags = rc.lags_s
     es = load_epochs(
-        data_dir, tmin_s=rc.window_start_s, tmax_s=rc.window_start_s + rc.window_s,
+        data_dir, tmin_s=float(lags[0]) - rc.window_s, tmax_s=float(lags[-1]),
         pad_s=pad_s, subjects=rc.subjects, progress=progress,
     )
     es_train = es.train
@@ -747,13 +833,14 @@ def train(
             "image folder next to the data."
         )
     preprocessor = _preprocessor(rc, es.ch_names)
-    raw = es_train.window(rc.window_start_s, rc.window_s)
-    preprocessor.fit(raw, es.sfreq_hz, es.ch_names, es.n_pad)
-    X = preprocessor.transform_epochs(raw, es.sfreq_hz, es.ch_names, es.n_pad)
-    del raw
+    # The robust scaler is fitted on the reference window; every lag is then scaled alike,
+    # as the live service scales every window it cuts.
+    preprocessor.fit(es_train.window(rc.window_start_s, rc.window_s), es.sfreq_hz,
+                     es.ch_names, es.n_pad)
+    X, Y_index = lagged_windows(es_train, preprocessor, lags, rc.window_s, progress=progress)
     encoder = _image_encoder(rc)
     gallery = Gallery.from_folder(es.gallery_root)
-    Y = image_targets(gallery, encoder, es_train.image_ids, progress=progress)
+    Y = image_targets(gallery, encoder, es_train.image_ids, progress=progress)[Y_index]
     meta = {
         "ch_names": list(es.ch_names),
         "positions": es.positions_2d,
@@ -762,7 +849,7 @@ def train(
         "sfreq_in_hz": es.sfreq_hz,
         "sfreq_model_hz": preprocessor.config.sfreq_model_hz,
         "window_s": rc.window_s,
-        "offsets": {"window_start_s": rc.window_start_s},
+        "offsets": rc.window_meta(),
         "preprocess": preprocessor.to_dict(),
         "clamp": preprocessor.config.clamp,
         "target": {
@@ -771,6 +858,8 @@ def train(
             "gallery": str(es.gallery_root),
         },
         "subjects": list(es.subjects),
+        # the held-out (zero-shot) images: `serve --retrieval-set test` retrieves among them
+        "test_images": sorted({str(i) for i in es.test.image_ids}),
         "provenance": {
             "data_dir": str(Path(data_dir).resolve()),
             "recordings": [str(r) for r in es.recordings],
@@ -779,8 +868,9 @@ def train(
         },
     }
     train_arrays(
-        X, Y, positions=es.positions_2d, subject_index=es_train.subject_index,
-        n_subjects=len(es.subjects), groups=es_train.image_ids, recipe=rc, out_dir=out,
+        X, Y, positions=es.positions_2d, subject_index=es_train.subject_index[Y_index],
+        n_subjects=len(es.subjects), groups=np.asarray(es_train.image_ids)[Y_index],
+        recipe=rc, out_dir=out,
         meta=meta, device=device, resume=resume, progress=progress,
     )
     return out

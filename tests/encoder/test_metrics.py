@@ -92,3 +92,33 @@ def test_standardize_round_trip():
     assert np.allclose(destandardize(z, stats), y, atol=1e-4)
     with pytest.raises(ValueError, match="target_stats"):
         standardize(y[:, :2], stats)
+
+
+def test_lag_curve_bins_ranks_by_lag_and_reports_chance():
+    from rtdecode.encoder.metrics import LagCurve
+
+    curve = LagCurve(n_candidates=40, bin_s=0.05, max_lag_s=1.5)
+    curve.add_many([0.01, 0.04, 0.26, 0.27, 0.29], [40, 20, 1, 3, 9])
+    curve.add(None, 1)  # no onset known: not counted
+    curve.add(0.3, None)  # no rank: not counted
+    curve.add(1.6, 1)  # past the curve
+    curve.add(-0.01, 1)  # before the onset it is locked to
+    d = curve.as_dict()
+    assert d["chance_top5"] == pytest.approx(5 / 40) and d["n_candidates"] == 40
+    rows = {r["lag_s"]: r for r in d["per_lag"]}
+    assert sorted(rows) == [0.025, 0.275]
+    assert rows[0.025] == {"lag_s": 0.025, "n": 2, "top1": 0.0, "top5": 0.0, "median_rank": 30.0}
+    assert rows[0.275]["n"] == 3 and rows[0.275]["top1"] == pytest.approx(1 / 3)
+    assert rows[0.275]["top5"] == pytest.approx(2 / 3) and rows[0.275]["median_rank"] == 3.0
+
+
+def test_lag_curve_median_follows_the_newest_ranks_and_counts_stay_exact():
+    from rtdecode.encoder.metrics import LagCurve
+
+    curve = LagCurve(n_candidates=10, history=4)
+    for r in [10, 10, 10, 10, 1, 1, 1, 1, 1]:
+        curve.add(0.1, r)
+    row = curve.as_dict()["per_lag"][0]
+    assert row["n"] == 9 and row["median_rank"] == 1.0 and row["top1"] == pytest.approx(5 / 9)
+    with pytest.raises(ValueError, match="n_candidates=0"):
+        LagCurve(0)

@@ -154,6 +154,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--irregular", action="store_true", help="nominal rate 0")
     p.add_argument("--format", default="float32", choices=["float32", "double64", "string"])
     p.add_argument("--no-desc", action="store_true", help="no <channels> description")
+    p.add_argument("--marker-ids", nargs="*", default=None,
+                   help="image ids the markers cycle through (default img_000, img_001, ...)")
     p.add_argument("--wait-consumer-s", type=float, default=30.0)
     p.add_argument("--linger-s", type=float, default=2.0)
     return p.parse_args(argv)
@@ -242,7 +244,8 @@ def main(argv=None) -> int:
             for i in idx:
                 if i >= marker_first and (i - marker_first) % marker_every == 0:
                     payload = {
-                        "image_id": f"img_{n_markers:03d}",
+                        "image_id": (args.marker_ids[n_markers % len(args.marker_ids)]
+                                     if args.marker_ids else f"img_{n_markers:03d}"),
                         "trial_type": "exp",
                         "sample": int(i),
                     }

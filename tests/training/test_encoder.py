@@ -234,11 +234,11 @@ def test_cli_train_and_info(tiny_subject, tmp_path, capsys):
 
     out = tmp_path / "cli"
     recipe = tmp_path / "r.toml"
-    recipe.write_text("batch_size = 8\nwindow_start_s = 0.0\n")
+    recipe.write_text('batch_size = 8\nwindow_start_s = 0.0\nwindow_sampling = "fixed"\n')
     assert main(["train", "--data", str(tiny_subject), "--out", str(out), "--preset", "test",
                  "--config", str(recipe), "--max-epochs", "1", "--device", "cpu"]) == 0
     capsys.readouterr()
     assert main(["info", str(out)]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["source"] == "checkpoint" and info["offsets"] == {"window_start_s": 0.0}
+    assert info["source"] == "checkpoint" and info["offsets"] == {"window_start_s": 0.0, "sampling": "fixed"}
     assert info["n_parameters"] > 0
