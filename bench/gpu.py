@@ -339,7 +339,7 @@ def section_unclip(res: Results, device: str, tiny: bool, compile: bool) -> None
     for comparison, and the CLIP ViT-H/14 image encoder."""
     import torch
 
-    from rtdecode.decoder.diffusion import default_dtype
+    from rtdecode.decoder.base import default_dtype
     from rtdecode.decoder.pipelines import UnCLIPDecoder, build_unclip_from_config
 
     serve = serve_defaults()
@@ -384,7 +384,7 @@ def section_turbo(res: Results, device: str, tiny: bool, compile: bool) -> None:
     the tiny VAE (the target), 2 steps, serve's default steps, and the full VAE."""
     import torch
 
-    from rtdecode.decoder.diffusion import default_dtype
+    from rtdecode.decoder.base import default_dtype
     from rtdecode.decoder.turbo import TurboDecoder, build_turbo_from_config, tiny_turbo_configs
 
     serve = serve_defaults()

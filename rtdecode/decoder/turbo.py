@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rtdecode.decoder.diffusion import BaseDecoder, fit_image, load_normalizer
+from rtdecode.decoder.base import BaseDecoder, fit_image, load_normalizer
 from rtdecode.decoder.normalize import EmbeddingNormalizer
 from rtdecode.decoder.pipelines import (
     UNCLIP_H_CONFIGS,
@@ -264,7 +264,7 @@ class TurboDecoder(BaseDecoder):
             An ``AutoencoderTiny`` folder. Default: ``folder/tiny_vae`` when it exists;
             False keeps the full VAE even then.
         device, dtype, compile
-            As for :func:`rtdecode.decoder.diffusion.load_decoder`.
+            As for :func:`rtdecode.decoder.base.load_decoder`.
         **options
             Passed to the class (``guidance_scale``, ``ip_adapter_scale``, ``image_size``,
             ``name``, ``normalizer``).

@@ -47,3 +47,24 @@ def make_frame(seq: int, image: bytes | None = b"", *, true_id: str | None = "im
         mime="image/jpeg",
         extra={"flagged": False, "n_gaps": 0},
     )
+
+
+def seq_of(message: bytes) -> int:
+    """The ``seq`` of an encoded frame message."""
+    from rtdecode.server.protocol import decode_frame
+
+    return decode_frame(message)[0]["seq"]
+
+
+async def next_within(client, timeout_s: float = 5.0):
+    """A Broadcaster client's next message, or TimeoutError."""
+    import asyncio
+
+    return await asyncio.wait_for(client.next_message(), timeout_s)
+
+
+def run(coro):
+    """Run a test coroutine on a fresh loop, 30 s at most."""
+    import asyncio
+
+    return asyncio.run(asyncio.wait_for(coro, 30.0))

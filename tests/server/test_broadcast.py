@@ -10,20 +10,7 @@ import threading
 import pytest
 
 from rtdecode.server.broadcast import Broadcaster, CloseRequest, EncodedFrame, TooManyClients
-from rtdecode.server.protocol import decode_frame
-from tests.helpers.frames import make_frame
-
-
-def seq_of(message: bytes) -> int:
-    return decode_frame(message)[0]["seq"]
-
-
-async def next_within(client, timeout_s: float = 5.0):
-    return await asyncio.wait_for(client.next_message(), timeout_s)
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 30.0))
+from tests.helpers.frames import make_frame, next_within, run, seq_of
 
 
 def test_publish_from_another_thread_reaches_every_client_in_order():

@@ -14,7 +14,7 @@ import textwrap
 import uuid
 
 import pytest
-from lsl_source import poll
+from tests.helpers.lsl_source import poll
 
 from rtdecode.lsl.streams import _xpath_literal, find
 from rtdecode.stream import MarkerReader, StreamReader

@@ -8,8 +8,8 @@ import asyncio
 import json
 import time
 
-from test_broadcast import next_within, run, seq_of
-from test_protocol import make_frame
+from tests.helpers.frames import next_within, run, seq_of
+from tests.helpers.frames import make_frame
 
 from rtdecode.server.broadcast import MAX_FRAME_AGE_S, Broadcaster
 

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from rtdecode.decoder.diffusion import ImageDecoder
+from rtdecode.decoder.base import ImageDecoder
 from rtdecode.decoder.turbo import (
     TurboDecoder,
     build_turbo_from_config,

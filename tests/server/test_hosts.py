@@ -11,7 +11,7 @@ import socket
 
 import httpx
 import pytest
-from test_server import DEADLINE_S, close_code, recv_until, serving
+from tests.helpers.server import DEADLINE_S, close_code, recv_until, serving
 from websockets.sync.client import connect
 
 from rtdecode.server.hosts import allowed_host_names, host_name
