@@ -26,6 +26,7 @@ from typing import Any
 
 from rtdecode._utils.devices import device_name
 from rtdecode.config import Settings
+from rtdecode.contracts import marker_stream_name
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class Service:
         reader.start()
         # The marker stream is optional: without it windows simply carry no true image.
         markers = MarkerReader(
-            s.marker_stream or f"{s.stream}-markers", reader=reader, resolve_timeout_s=None
+            s.marker_stream or marker_stream_name(s.stream), reader=reader, resolve_timeout_s=None
         )
         markers.start()
         windower = Windower(

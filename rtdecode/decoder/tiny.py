@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -45,9 +44,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, UNet2DModel
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from rtdecode._utils.files import atomic_save_tensors, atomic_write
 from rtdecode.decoder.base import (
     NORMALIZER_FILE,
     TINY_CLASS_NAME,
@@ -310,19 +310,6 @@ class TinyDecoder(BaseDecoder):
 
 
 # ------------------------------------------------------------ checkpoint I/O
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
     """Split an optimizer state_dict into flat tensors (safetensors) and JSON param groups."""
     sd = opt.state_dict()
@@ -351,16 +338,16 @@ def save_decoder_folder(
 ) -> None:
     """Write the inference part of a decoder folder (config, weights, scheduler, stats)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_save_tensors(net.state_dict(), out_dir / MODEL_FILE)
+    atomic_save_tensors(out_dir / MODEL_FILE, net.state_dict())
     net.config.scheduler().save_pretrained(out_dir / SCHEDULER_DIR)
-    _atomic_write_text(out_dir / NORMALIZER_FILE, json.dumps(normalizer.to_dict()))
+    atomic_write(out_dir / NORMALIZER_FILE, json.dumps(normalizer.to_dict()))
     config = {
         "_class_name": TINY_CLASS_NAME,
         "format_version": FORMAT_VERSION,
         "architecture": asdict(net.config),
         **meta,
     }
-    _atomic_write_text(out_dir / CONFIG_FILE, json.dumps(config, indent=2))
+    atomic_write(out_dir / CONFIG_FILE, json.dumps(config, indent=2))
 
 
 # ------------------------------------------------------------------ training
@@ -587,11 +574,11 @@ def train_decoder(
         )
         save_decoder_folder(out, ema, normalizer, {**meta, "training": training})
         state_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_save_tensors(net.state_dict(), state_dir / MODEL_FILE)
+        atomic_save_tensors(state_dir / MODEL_FILE, net.state_dict())
         tensors, groups = optimizer_to_tensors(opt)
-        _atomic_save_tensors(tensors, state_dir / "optimizer.safetensors")
-        _atomic_save_tensors({"generator": gen.get_state()}, state_dir / "rng.safetensors")
-        _atomic_write_text(
+        atomic_save_tensors(state_dir / "optimizer.safetensors", tensors)
+        atomic_save_tensors(state_dir / "rng.safetensors", {"generator": gen.get_state()})
+        atomic_write(
             state_dir / "state.json",
             json.dumps({"step": step_now, "param_groups": groups, "seed": seed}, indent=2),
         )
