@@ -11,7 +11,7 @@ section only; what it measured before is kept):
   latency at batch 1 and 64, fp32 and under ``torch.autocast`` in fp16 and bf16, with the
   cosine similarity of the autocast outputs to fp32.
 * ``unclip``: a Stable unCLIP pipeline at the published size of
-  stable-diffusion-2-1-unclip (``rtdecode.decoder.pipelines.UNCLIP_H_CONFIGS``) with
+  stable-diffusion-2-1-unclip (``rtdecode.decoder.testing.UNCLIP_H_CONFIGS``) with
   RANDOM weights (nothing is downloaded; latency does not depend on weight values), fp16,
   wrapped in ``UnCLIPDecoder``: ms per 512 x 512 image from an image embedding at 1, 2 and
   4 steps without guidance, 4 steps with guidance 3; and the CLIP ViT-H/14 image encoder at
@@ -165,7 +165,7 @@ def section_encoder(res: Results, device: str, tiny: bool) -> None:
 
 def tiny_unclip_configs() -> dict[str, dict[str, Any]]:
     """UNCLIP_H_CONFIGS shrunk to toy size (same block types and schedulers) for CPU runs."""
-    from rtdecode.decoder.pipelines import UNCLIP_H_CONFIGS
+    from rtdecode.decoder.testing import UNCLIP_H_CONFIGS
 
     cfg = copy.deepcopy(UNCLIP_H_CONFIGS)
     dim = 32
@@ -192,7 +192,8 @@ def section_unclip(res: Results, device: str, tiny: bool, compile: bool) -> None
     """Stable unCLIP (published size, random weights) per-image latency and CLIP ViT-H."""
     import torch
 
-    from rtdecode.decoder.pipelines import UnCLIPDecoder, build_unclip_from_config
+    from rtdecode.decoder.pipelines import UnCLIPDecoder
+    from rtdecode.decoder.testing import build_unclip_from_config
 
     dtype = torch.float32 if tiny else torch.float16
     size = 32 if tiny else 512

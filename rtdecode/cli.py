@@ -90,7 +90,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_decoder(args: argparse.Namespace) -> int:
-    from rtdecode.decoder.base import train_decoder
+    from rtdecode.training.decoder import train_decoder
 
     train_decoder(
         args.gallery,

@@ -118,7 +118,7 @@ class Service:
         retrieval = Retrieval(gallery_z, self.gallery.ids)
         decoder = None
         if s.decoder and s.decoder.lower() != "none":
-            from rtdecode.decoder.base import load_decoder
+            from rtdecode.decoder.registry import load_decoder
 
             decoder = load_decoder(s.decoder, device=device)
         return model, meta, pre, retrieval, decoder, device
