@@ -76,13 +76,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from rtdecode.decoder.base import (
-        embedding_fidelity,
-        load_decoder,
-        resolve_decoder_path,
-        save_comparison_grid,
-    )
+    from rtdecode.decoder.registry import load_decoder, resolve_decoder_path
     from rtdecode.images import Gallery, get_image_encoder, make_demo_gallery
+    from rtdecode.training.decoder import embedding_fidelity, save_comparison_grid
 
     tmp = None
     if args.gallery is None:

@@ -263,7 +263,7 @@ def section_encoder(res: Results, device: str, tiny: bool) -> None:
 
 def tiny_unclip_configs() -> dict[str, dict[str, Any]]:
     """UNCLIP_H_CONFIGS shrunk to toy size (same block types and schedulers) for CPU runs."""
-    from rtdecode.decoder.pipelines import UNCLIP_H_CONFIGS
+    from rtdecode.decoder.testing import UNCLIP_H_CONFIGS
 
     cfg = copy.deepcopy(UNCLIP_H_CONFIGS)
     dim = 32
@@ -340,7 +340,8 @@ def section_unclip(res: Results, device: str, tiny: bool, compile: bool) -> None
     import torch
 
     from rtdecode.decoder.base import default_dtype
-    from rtdecode.decoder.pipelines import UnCLIPDecoder, build_unclip_from_config
+    from rtdecode.decoder.pipelines import UnCLIPDecoder
+    from rtdecode.decoder.testing import build_unclip_from_config
 
     serve = serve_defaults()
     dtype = default_dtype(torch.device(device))
@@ -385,7 +386,8 @@ def section_turbo(res: Results, device: str, tiny: bool, compile: bool) -> None:
     import torch
 
     from rtdecode.decoder.base import default_dtype
-    from rtdecode.decoder.turbo import TurboDecoder, build_turbo_from_config, tiny_turbo_configs
+    from rtdecode.decoder.testing import build_turbo_from_config, tiny_turbo_configs
+    from rtdecode.decoder.turbo import TurboDecoder
 
     serve = serve_defaults()
     dtype = default_dtype(torch.device(device))

@@ -3,6 +3,8 @@
 Each subcommand parses its flags, builds a library object and calls it; heavy modules
 are imported inside the handler so ``rtdecode --help`` stays fast. Flags that are also
 service options default to None so that RTDECODE_* variables and ``--config`` apply.
+Every subcommand flag is also a variable, ``RTDECODE_<COMMAND>_<FLAG>``
+(:func:`apply_env_defaults`).
 """
 
 from __future__ import annotations
@@ -13,9 +15,57 @@ import os
 import sys
 from pathlib import Path
 
+ENV_PREFIX = "RTDECODE"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
 
 def _env(name: str, default=None):
-    return os.environ.get(f"RTDECODE_{name.upper()}", default)
+    return os.environ.get(f"{ENV_PREFIX}_{name.upper()}", default)
+
+
+def env_name(command: str, dest: str) -> str:
+    """The variable that sets a subcommand's flag: ``RTDECODE_<COMMAND>_<FLAG>``.
+
+    For example ``rtdecode replay --chunk-ms`` is also ``RTDECODE_REPLAY_CHUNK_MS``
+    (click's ``auto_envvar_prefix`` convention, as uvicorn uses it).
+    """
+    return f"{ENV_PREFIX}_{command}_{dest}".upper().replace("-", "_")
+
+
+def apply_env_defaults(parser: argparse.ArgumentParser, environ=None) -> None:
+    """Make every subcommand flag also an environment variable (the one helper).
+
+    A set variable becomes the flag's default (so the flag itself still wins); it is
+    converted and checked as the flag would be, and a bad value is a usage error that
+    names the variable. Each flag's help says its variable.
+    """
+    environ = os.environ if environ is None else environ
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for command, sub in subparsers[0].choices.items():
+        for action in sub._actions:
+            if not action.option_strings or isinstance(action, argparse._HelpAction):
+                continue
+            name = env_name(command, action.dest)
+            action.help = f"{action.help or ''} [env: {name}]".strip()
+            if name not in environ:
+                continue
+            raw = environ[name]
+            if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+                if raw.strip().lower() not in _TRUE | _FALSE:
+                    parser.error(f"{name}={raw!r} is not a boolean; use 1/0, true/false or yes/no.")
+                value = raw.strip().lower() in _TRUE
+                value = value if isinstance(action, argparse._StoreTrueAction) else not value
+            else:
+                try:
+                    value = action.type(raw) if action.type else raw
+                except (TypeError, ValueError):
+                    parser.error(f"{name}={raw!r} is not a valid value for {action.option_strings[0]}.")
+                if action.choices is not None and value not in action.choices:
+                    choices = ", ".join(map(str, action.choices))
+                    parser.error(f"{name}={raw!r} is not one of {choices}.")
+            action.default = value
+            action.required = False
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -100,7 +150,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_decoder(args: argparse.Namespace) -> int:
-    from rtdecode.decoder.base import train_decoder
+    from rtdecode.training.decoder import train_decoder
 
     train_decoder(
         args.gallery,
@@ -261,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    apply_env_defaults(parser)
     args = parser.parse_args(argv)
     if args.lsl_local or _env("LSL_LOCAL", "").lower() in {"1", "true", "yes"}:
         from rtdecode.lsl import use_local_config

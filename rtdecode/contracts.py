@@ -8,10 +8,14 @@ independent local ``pylsl.local_clock()``-compatible time (seconds, monotonic).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from rtdecode._utils.jsonable import jsonable
 
 PROTOCOL_VERSION = 1
 
@@ -150,3 +154,48 @@ class Frame:
     image: bytes | None = None
     mime: str = "image/jpeg"
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------- marker codec
+#: A data stream's markers travel on a second stream named ``<name>-markers``.
+MARKER_STREAM_SUFFIX = "-markers"
+
+
+def marker_stream_name(name: str) -> str:
+    """The name (or source_id) of the marker stream that goes with stream ``name``."""
+    return f"{name}{MARKER_STREAM_SUFFIX}"
+
+
+def marker_text(sample: Sequence[Any]) -> str:
+    """One LSL marker sample as text: one channel as its string, several as a JSON list."""
+    if len(sample) == 1:
+        return str(sample[0])
+    return json.dumps([str(v) if isinstance(v, bytes) else v for v in sample])
+
+
+def parse_marker(text: str) -> dict[str, Any]:
+    """The payload of one marker: its JSON object, or ``{"raw": text}``.
+
+    Examples
+    --------
+    >>> parse_marker('{"image_id": "cat_03"}')
+    {'image_id': 'cat_03'}
+    >>> parse_marker("stim/12")
+    {'raw': 'stim/12'}
+    """
+    try:
+        value = json.loads(text)
+    except (ValueError, TypeError):
+        return {"raw": text}
+    return value if isinstance(value, dict) else {"raw": text}
+
+
+def format_marker(value: Mapping[str, Any]) -> str:
+    """The text of a marker payload: compact JSON, or the raw text of a non-JSON marker.
+
+    The inverse of :func:`parse_marker`: ``parse_marker(format_marker(v)) == v`` for
+    payloads made of JSON values.
+    """
+    if set(value) == {"raw"}:
+        return str(value["raw"])
+    return json.dumps(jsonable(dict(value)), separators=(",", ":"), allow_nan=False)

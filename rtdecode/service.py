@@ -26,6 +26,7 @@ from typing import Any
 
 from rtdecode._utils.devices import device_name
 from rtdecode.config import Settings
+from rtdecode.contracts import marker_stream_name
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class Service:
         retrieval = Retrieval(gallery_z, ids)
         decoder = None
         if s.decoder and s.decoder.lower() != "none":
-            from rtdecode.decoder.base import load_decoder
+            from rtdecode.decoder.registry import load_decoder
 
             decoder = load_decoder(s.decoder, device=device)
             check_image_space(target, getattr(decoder, "image_encoder", None),
@@ -145,7 +146,7 @@ class Service:
         reader.start()
         # The marker stream is optional: without it windows simply carry no true image.
         markers = MarkerReader(
-            s.marker_stream or f"{s.stream}-markers", reader=reader, resolve_timeout_s=None
+            s.marker_stream or marker_stream_name(s.stream), reader=reader, resolve_timeout_s=None
         )
         markers.start()
         windower = Windower(

@@ -25,13 +25,14 @@ thread; MNE objects are used by the thread that called ``read_recording``.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
+
+from rtdecode.contracts import parse_marker
 
 if TYPE_CHECKING:  # pragma: no cover
     import mne
@@ -531,17 +532,13 @@ def description_to_value(description: str) -> dict[str, Any]:
     keys added; ``"Stimulus/S  3"`` gives ``value`` 3; a bare integer is a ``value``.
     """
     text = description.strip()
-    if text.startswith("{"):
-        try:
-            parsed = json.loads(text)
-        except json.JSONDecodeError:
-            parsed = None
-        if isinstance(parsed, dict):
-            value = {k: parsed.get(k) for k in _EVENT_KEYS}
-            value.update(parsed)
-            if value["image_id"] is None:
-                value["image_id"] = _image_id(value)
-            return value
+    parsed = parse_marker(text)
+    if set(parsed) != {"raw"}:
+        value = {k: parsed.get(k) for k in _EVENT_KEYS}
+        value.update(parsed)
+        if value["image_id"] is None:
+            value["image_id"] = _image_id(value)
+        return value
     code: Any = None
     m = _BRAINVISION_CODE.match(text)
     if m:

@@ -25,27 +25,18 @@ once and then used only by the thread that owns the models (the DecodeWorker).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from rtdecode._utils.devices import resolve_device
 from rtdecode.decoder.normalize import EmbeddingNormalizer
 
-TINY_CLASS_NAME = "RtdecodeTinyDecoder"
-UNCLIP_CLASS_NAMES = ("StableUnCLIPImg2ImgPipeline",)
-KANDINSKY22_CLASS_NAMES = ("KandinskyV22Pipeline", "KandinskyV22Img2ImgPipeline")
 NORMALIZER_FILE = "embedding_normalizer.json"
 
-#: Names that ``load_decoder`` resolves to folders shipped with the project.
-BUNDLED_DECODERS = {
-    "demo": Path(__file__).resolve().parents[2] / "models" / "demo" / "decoder",
-}
 
 
 @runtime_checkable
@@ -259,204 +250,12 @@ def load_normalizer(folder: Path) -> EmbeddingNormalizer | None:
     return EmbeddingNormalizer.from_dict(json.loads(path.read_text()))
 
 
-# ------------------------------------------------------------------ detection
-def resolve_decoder_path(name_or_path: str | Path) -> Path:
-    """A bundled decoder's name (``"demo"``) or a folder path, as an existing folder."""
-    key = str(name_or_path)
-    path = BUNDLED_DECODERS.get(key, Path(key).expanduser())
-    if not path.is_dir():
-        known = ", ".join(sorted(BUNDLED_DECODERS))
-        raise FileNotFoundError(
-            f"Decoder {key!r} is neither a folder nor a bundled decoder name ({known}); pass the "
-            "folder of a decoder trained with `rtdecode train-decoder`, or a local Stable "
-            "unCLIP / Kandinsky 2.2 decoder folder."
-        )
-    return path
-
-
-def decoder_kind(folder: str | Path) -> str:
-    """``"tiny"``, ``"unclip"`` or ``"kandinsky22"``, from the folder's config files."""
-    folder = Path(folder)
-    index = folder / "model_index.json"
-    if index.is_file():
-        cls = json.loads(index.read_text()).get("_class_name")
-        if cls in UNCLIP_CLASS_NAMES:
-            return "unclip"
-        if cls in KANDINSKY22_CLASS_NAMES:
-            return "kandinsky22"
-        raise ValueError(
-            f"{index} describes a {cls!r} pipeline, which does not take image embeddings; "
-            f"supported: {', '.join(UNCLIP_CLASS_NAMES + KANDINSKY22_CLASS_NAMES)}."
-        )
-    config = folder / "config.json"
-    if config.is_file() and json.loads(config.read_text()).get("_class_name") == TINY_CLASS_NAME:
-        return "tiny"
-    raise ValueError(
-        f"{folder} is not a decoder folder: it has neither a model_index.json (diffusers "
-        f"pipeline) nor a config.json with _class_name {TINY_CLASS_NAME!r}."
-    )
-
-
-def load_decoder(
-    name_or_path: str | Path,
-    device: str | torch.device = "cpu",
-    *,
-    dtype: torch.dtype | None = None,
-    compile: bool = False,
-    **options: Any,
-) -> ImageDecoder:
-    """Load a decoder from a local folder (or a bundled name such as ``"demo"``).
-
-    Parameters
-    ----------
-    name_or_path : str or Path
-        A folder written by :func:`train_decoder`, a Stable unCLIP img2img folder or a
-        Kandinsky 2.2 decoder folder (diffusers layout), or a bundled name.
-    device : str or torch.device
-        ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
-    dtype : torch.dtype, optional
-        Defaults to float32 on CPU and bfloat16 (float16 on older GPUs) on CUDA.
-    compile : bool
-        ``torch.compile`` the denoiser (CUDA only; pays off after a warm-up call).
-    **options
-        Passed to the decoder class, e.g. ``guidance_scale`` or ``image_size``.
-
-    Returns
-    -------
-    ImageDecoder
-    """
-    folder = resolve_decoder_path(name_or_path)
-    kind = decoder_kind(folder)
-    dev = resolve_device(device)
-    dtype = dtype or default_dtype(dev)
-    if kind == "tiny":
-        from rtdecode.decoder.tiny import TinyDecoder
-
-        return TinyDecoder.from_folder(folder, device=dev, dtype=dtype, compile=compile, **options)
-    from rtdecode.decoder.pipelines import Kandinsky22Decoder, UnCLIPDecoder
-
-    cls = UnCLIPDecoder if kind == "unclip" else Kandinsky22Decoder
-    return cls.from_folder(folder, device=dev, dtype=dtype, compile=compile, **options)
-
-
-def embedding_fidelity(
-    decoder: ImageDecoder,
-    gallery: Any,
-    encoder: Any,
-    *,
-    ids: Sequence[str] | None = None,
-    seed: int = 0,
-    steps: int = 4,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """How well generated images keep the embedding they were generated from.
-
-    For each gallery image: generate from its true embedding, embed the generated image
-    with the same encoder, and rank the true image among the whole gallery by cosine
-    similarity (:class:`rtdecode.decoder.retrieval.Retrieval`). The percentile is the share
-    of the other gallery images that the true one beats: 1.0 = ranked first.
-
-    Parameters
-    ----------
-    decoder : ImageDecoder
-    gallery : rtdecode.images.Gallery
-    encoder : rtdecode.images.ImageEncoder
-        The encoder the decoder was trained with.
-    ids : sequence of str, optional
-        Images to generate from (default: all); ranks are always over the whole gallery.
-
-    Returns
-    -------
-    dict
-        ``n_images``, ``n_gallery``, ``mean_percentile``, ``median_percentile``,
-        ``share_at_least_90`` (share of images whose percentile is >= 0.9), ``top1``,
-        ``top5``, ``ranks`` {id: rank}, ``images`` {id: generated PIL image}.
-    """
-    from tqdm.auto import tqdm
-
-    from rtdecode.decoder.retrieval import Retrieval
-
-    emb = np.asarray(gallery.embeddings(encoder, progress=progress), dtype=np.float32)
-    retrieval = Retrieval(emb, gallery.ids)
-    ids = list(gallery.ids if ids is None else ids)
-    n = len(gallery.ids)
-    ranks: dict[str, int] = {}
-    images: dict[str, Image.Image] = {}
-    for image_id in tqdm(ids, desc="fidelity", unit="img", disable=not progress):
-        img = decoder.generate(emb[gallery.ids.index(image_id)], seed=seed, steps=steps)
-        vec = np.asarray(encoder.encode([img]), dtype=np.float32)[0]
-        ranks[image_id] = int(retrieval.rank_of(vec, image_id))
-        images[image_id] = img
-    r = np.array(list(ranks.values()), dtype=np.float64)
-    pct = (n - r) / max(1, n - 1)
-    return {
-        "n_images": len(ids),
-        "n_gallery": n,
-        "steps": steps,
-        "seed": seed,
-        "mean_percentile": float(pct.mean()),
-        "median_percentile": float(np.median(pct)),
-        "share_at_least_90": float((pct >= 0.9).mean()),
-        "top1": float((r == 1).mean()),
-        "top5": float((r <= 5).mean()),
-        "ranks": ranks,
-        "images": images,
-    }
-
-
-def save_comparison_grid(
-    pairs: Sequence[tuple[Image.Image, Image.Image]],
-    path: str | Path,
-    *,
-    columns: int = 4,
-    tile_px: int = 96,
-    labels: Sequence[str] | None = None,
-) -> Path:
-    """Save a PNG grid of (true | generated) pairs, ``columns`` pairs per row."""
-    from PIL import ImageDraw
-
-    rows = math.ceil(len(pairs) / columns)
-    label_px = 14 if labels else 0
-    gap = 6
-    cell_w = 2 * tile_px + gap
-    grid = Image.new(
-        "RGB", (columns * cell_w + gap, rows * (tile_px + label_px + gap) + gap), "white"
-    )
-    draw = ImageDraw.Draw(grid)
-    for k, (true_img, gen_img) in enumerate(pairs):
-        r, c = divmod(k, columns)
-        x, y = gap + c * cell_w, gap + r * (tile_px + label_px + gap)
-        grid.paste(fit_image(true_img, tile_px), (x, y))
-        grid.paste(
-            gen_img.convert("RGB").resize((tile_px, tile_px), Image.Resampling.NEAREST),
-            (x + tile_px, y),
-        )
-        if labels:
-            draw.text((x + 2, y + tile_px + 1), str(labels[k])[:30], fill="black")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
-    return path
-
-
-def __getattr__(name: str) -> Any:
-    # train_decoder lives with the network it trains; it loads (with diffusers) on first use.
-    if name == "train_decoder":
-        from rtdecode.decoder.tiny import train_decoder
-
-        return train_decoder
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "ImageDecoder",
     "BaseDecoder",
     "EmbeddingNormalizer",
-    "embedding_fidelity",
-    "save_comparison_grid",
-    "load_decoder",
-    "train_decoder",  # noqa: F822 (resolved lazily by __getattr__)
-    "decoder_kind",
+    "NORMALIZER_FILE",
     "check_embedding",
-    "BUNDLED_DECODERS",
+    "default_dtype",
+    "load_normalizer",
 ]

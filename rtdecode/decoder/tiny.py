@@ -26,17 +26,13 @@ A decoder folder holds ``config.json`` (``_class_name`` ``RtdecodeTinyDecoder``)
 optimizer state and RNG state as safetensors, step count in JSON; never pickle).
 
 Threads: :class:`TinyDecoder` belongs to the thread that owns the models;
-:func:`train_decoder` runs in the caller's thread.
+``rtdecode.training.decoder.train_decoder`` trains it.
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import os
-import sys
-import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -45,20 +41,20 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, UNet2DModel
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from rtdecode._utils.files import atomic_save_tensors, atomic_write
 from rtdecode.decoder.base import (
     NORMALIZER_FILE,
-    TINY_CLASS_NAME,
     BaseDecoder,
     img2img_timesteps,
     load_normalizer,
     pil_to_tensor,
-    resolve_device,
     tensor_to_pil,
 )
 from rtdecode.decoder.normalize import EmbeddingNormalizer
+from rtdecode.decoder.registry import TINY_CLASS_NAME
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -204,7 +200,7 @@ class TinyDecoderNet(nn.Module):
 class TinyDecoder(BaseDecoder):
     """:class:`~rtdecode.decoder.base.ImageDecoder` over a trained :class:`TinyDecoderNet`.
 
-    Build with :meth:`from_folder` (or :func:`rtdecode.decoder.base.load_decoder`).
+    Build with :meth:`from_folder` (or :func:`rtdecode.decoder.registry.load_decoder`).
     """
 
     def __init__(
@@ -310,19 +306,6 @@ class TinyDecoder(BaseDecoder):
 
 
 # ------------------------------------------------------------ checkpoint I/O
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
     """Split an optimizer state_dict into flat tensors (safetensors) and JSON param groups."""
     sd = opt.state_dict()
@@ -351,305 +334,19 @@ def save_decoder_folder(
 ) -> None:
     """Write the inference part of a decoder folder (config, weights, scheduler, stats)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_save_tensors(net.state_dict(), out_dir / MODEL_FILE)
+    atomic_save_tensors(out_dir / MODEL_FILE, net.state_dict())
     net.config.scheduler().save_pretrained(out_dir / SCHEDULER_DIR)
-    _atomic_write_text(out_dir / NORMALIZER_FILE, json.dumps(normalizer.to_dict()))
+    atomic_write(out_dir / NORMALIZER_FILE, json.dumps(normalizer.to_dict()))
     config = {
         "_class_name": TINY_CLASS_NAME,
         "format_version": FORMAT_VERSION,
         "architecture": asdict(net.config),
         **meta,
     }
-    _atomic_write_text(out_dir / CONFIG_FILE, json.dumps(config, indent=2))
+    atomic_write(out_dir / CONFIG_FILE, json.dumps(config, indent=2))
 
 
 # ------------------------------------------------------------------ training
-@dataclass
-class _TrainingData:
-    images: torch.Tensor  # (N, 3, S, S) in [-1, 1]
-    embeddings: torch.Tensor  # (N, D) of the images as they are
-    flipped_embeddings: torch.Tensor  # (N, D) of the left-right mirrored images
-    encoder_name: str
-    registry_name: str
-    gallery: dict[str, Any] = field(default_factory=dict)
-
-
-def _load_training_data(gallery_dir: Path, image_encoder: str, image_size: int) -> _TrainingData:
-    """Gallery images at ``image_size`` plus embeddings of each image and of its mirror.
-
-    Mirrored images are encoded too (rather than reusing the original's embedding) so that
-    flip augmentation never pairs an image with an embedding it does not have.
-    """
-    from rtdecode.images import Gallery, get_image_encoder
-
-    gallery = Gallery.from_folder(gallery_dir)
-    if len(gallery) < 2:
-        raise ValueError(
-            f"Gallery {gallery_dir} has {len(gallery)} usable images; the decoder needs at least 2."
-        )
-    encoder = get_image_encoder(image_encoder)
-    emb = np.array(gallery.embeddings(encoder), dtype=np.float32).reshape(len(gallery), -1)
-    originals = gallery.images()
-    mirrored = [im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in originals]
-    flipped = np.concatenate(
-        [
-            np.asarray(encoder.encode(mirrored[i : i + 64]), dtype=np.float32).reshape(
-                len(mirrored[i : i + 64]), -1
-            )
-            for i in range(0, len(mirrored), 64)
-        ]
-    )
-    return _TrainingData(
-        images=pil_to_tensor(originals, image_size),
-        embeddings=torch.from_numpy(emb),
-        flipped_embeddings=torch.from_numpy(flipped),
-        encoder_name=encoder.name,
-        registry_name=image_encoder,
-        gallery={
-            "path": str(Path(gallery_dir)),
-            "n_images": len(gallery),
-            "n_categories": len(set(gallery.categories)),
-            "fingerprint": gallery.fingerprint,
-        },
-    )
-
-
-def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    with torch.no_grad():
-        ema_p = [p for p in ema.parameters()]
-        model_p = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_p, model_p, 1.0 - decay)
-        for eb, mb in zip(ema.buffers(), model.buffers(), strict=True):
-            eb.copy_(mb)
-
-
-def train_decoder(
-    gallery_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    image_encoder: str = "handcrafted",
-    max_steps: int | None = None,
-    device: str = "auto",
-    resume: bool = False,
-    seed: int = 0,
-    batch_size: int = 16,
-    lr: float = 1e-3,
-    warmup_steps: int = 100,
-    ema_decay: float = 0.995,
-    p_uncond: float = 0.1,
-    focus_steps: int = 4,
-    focus_fraction: float = 0.5,
-    save_every: int = 250,
-    architecture: dict[str, Any] | None = None,
-    progress: bool = True,
-) -> Path:
-    """Train the small decoder on a gallery and save it as a decoder folder.
-
-    Parameters
-    ----------
-    gallery_dir : str or Path
-        An image folder readable by ``rtdecode.images.Gallery.from_folder``.
-    out_dir : str or Path
-        Folder to write (see the module docstring for its layout).
-    image_encoder : str
-        Registry name of the image encoder whose embeddings condition the decoder.
-    max_steps : int, optional
-        Total optimisation steps (counted across resumes); default ``DEFAULT_MAX_STEPS``.
-    device : str
-        ``"auto"``, ``"cpu"`` or ``"cuda"``. On CUDA the forward pass runs in bfloat16.
-    resume : bool
-        Continue from ``out_dir/training_state``. Without it, an ``out_dir`` that already
-        holds a training state is an error (nothing is overwritten by accident).
-    seed : int
-        Seeds weights, batches, noise and flips; a resumed run continues the same stream.
-    batch_size, lr, warmup_steps, ema_decay, p_uncond, save_every : training options
-    focus_steps, focus_fraction : int, float
-        This share of each batch is drawn from the timesteps of a ``focus_steps``-step
-        sampler instead of uniformly.
-    architecture : dict, optional
-        Overrides of :class:`TinyDecoderConfig` fields (e.g. a tiny network for tests).
-    progress : bool
-        Show a progress bar.
-
-    Returns
-    -------
-    Path
-        ``out_dir``, loadable with :func:`rtdecode.decoder.base.load_decoder`.
-    """
-    from tqdm.auto import tqdm
-
-    out = Path(out_dir)
-    state_dir = out / STATE_DIR
-    has_state = (state_dir / "state.json").is_file()
-    if has_state and not resume:
-        raise FileExistsError(
-            f"{out} already holds a decoder training state; pass resume=True (--resume) to "
-            "continue it, or choose another output folder."
-        )
-    max_steps = DEFAULT_MAX_STEPS if max_steps is None else int(max_steps)
-    if max_steps < 1:
-        raise ValueError(f"max_steps={max_steps} must be at least 1.")
-    dev = resolve_device(device)
-
-    saved_config = json.loads((out / CONFIG_FILE).read_text()) if has_state else None
-    if saved_config is not None:
-        image_encoder = saved_config["image_encoder"]["registry_name"]
-    data = _load_training_data(
-        Path(gallery_dir),
-        image_encoder,
-        int((architecture or {}).get("image_size", TinyDecoderConfig.image_size)),
-    )
-    n_images, embed_dim = data.embeddings.shape
-
-    if saved_config is not None:
-        config = TinyDecoderConfig.from_dict(saved_config["architecture"])
-        if config.embed_dim != embed_dim:
-            raise ValueError(
-                f"The saved decoder in {out} takes {config.embed_dim}-dim embeddings but "
-                f"encoder {image_encoder!r} now gives {embed_dim}; train into a new folder."
-            )
-    else:
-        config = TinyDecoderConfig.from_dict({**(architecture or {}), "embed_dim": embed_dim})
-
-    normalizer = EmbeddingNormalizer().fit(
-        torch.cat([data.embeddings, data.flipped_embeddings]).numpy()
-    )
-    torch.manual_seed(seed)
-    net = TinyDecoderNet(config)
-    net.emb_mean.copy_(torch.from_numpy(normalizer.mean))
-    net.emb_std.copy_(torch.from_numpy(normalizer.std))
-    ema = copy.deepcopy(net).requires_grad_(False)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    step = 0
-    if has_state:
-        state = json.loads((state_dir / "state.json").read_text())
-        net.load_state_dict(load_file(state_dir / MODEL_FILE))
-        ema.load_state_dict(load_file(out / MODEL_FILE))
-        opt.load_state_dict(
-            optimizer_from_tensors(
-                load_file(state_dir / "optimizer.safetensors"), state["param_groups"]
-            )
-        )
-        gen.set_state(load_file(state_dir / "rng.safetensors")["generator"])
-        step = int(state["step"])
-
-    net.to(dev).train()
-    ema.to(dev).eval()
-    train_sched = config.scheduler()
-    alphas = train_sched.alphas_cumprod.to(dev)
-    # Part of each batch sits exactly on the timesteps a focus_steps-step sampler visits:
-    # the few-step path is what the decoder is used with, so it gets extra training.
-    train_sched.set_timesteps(focus_steps)
-    focus_t = train_sched.timesteps.clone().long()
-    images = data.images.to(dev)
-    emb = data.embeddings.to(dev)
-    emb_flip = data.flipped_embeddings.to(dev)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
-
-    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""
-    meta = {
-        "name": f"tiny:{out.name}",
-        "embed_dim": embed_dim,
-        "image_size": config.image_size,
-        "image_encoder": {
-            "name": data.encoder_name,
-            "registry_name": data.registry_name,
-            "dim": embed_dim,
-        },
-        "default_steps": 4,
-    }
-
-    previous = dict((saved_config or {}).get("training", {}))
-    t_run = time.perf_counter()
-
-    def save(step_now: int) -> None:
-        training = dict(previous)
-        training.update(
-            {
-                "gallery": data.gallery,
-                "steps": step_now,
-                "batch_size": batch_size,
-                "lr": lr,
-                "warmup_steps": warmup_steps,
-                "ema_decay": ema_decay,
-                "p_uncond": p_uncond,
-                "focus_steps": focus_steps,
-                "focus_fraction": focus_fraction,
-                "seed": seed,
-                "device": str(dev),
-                "torch": torch.__version__,
-                "train_seconds": round(
-                    previous.get("train_seconds", 0.0) + time.perf_counter() - t_run, 1
-                ),
-                "last_command": command,
-            }
-        )
-        save_decoder_folder(out, ema, normalizer, {**meta, "training": training})
-        state_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_save_tensors(net.state_dict(), state_dir / MODEL_FILE)
-        tensors, groups = optimizer_to_tensors(opt)
-        _atomic_save_tensors(tensors, state_dir / "optimizer.safetensors")
-        _atomic_save_tensors({"generator": gen.get_state()}, state_dir / "rng.safetensors")
-        _atomic_write_text(
-            state_dir / "state.json",
-            json.dumps({"step": step_now, "param_groups": groups, "seed": seed}, indent=2),
-        )
-
-    last_saved = step
-    loss_avg = None
-    bar = tqdm(
-        total=max_steps, initial=step, desc="train-decoder", unit="step", disable=not progress
-    )
-    try:
-        while step < max_steps:
-            idx = torch.randint(0, n_images, (batch_size,), generator=gen)
-            flip = torch.rand(batch_size, generator=gen) < 0.5
-            drop = torch.rand(batch_size, generator=gen) < p_uncond
-            t = torch.randint(0, config.num_train_timesteps, (batch_size,), generator=gen)
-            pick = torch.randint(0, len(focus_t), (batch_size,), generator=gen)
-            focus = torch.rand(batch_size, generator=gen) < focus_fraction
-            t = torch.where(focus, focus_t[pick], t)
-            noise = torch.randn((batch_size, *images.shape[1:]), generator=gen)
-            idx, flip, drop, t, noise = (v.to(dev) for v in (idx, flip, drop, t, noise))
-
-            x0 = torch.where(flip[:, None, None, None], images[idx].flip(-1), images[idx])
-            e = torch.where(flip[:, None], emb_flip[idx], emb[idx])
-            a = alphas[t].view(-1, 1, 1, 1)
-            x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v
-            for g in opt.param_groups:
-                g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup_steps))
-            with autocast:
-                pred = net(x_t, t, net.condition(e, drop))
-            loss = F.mse_loss(pred.float(), target)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"The decoder's training loss became {loss.item()} at step {step}; lower lr "
-                    f"(now {lr}) or resume from the last saved state."
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            step += 1
-            _ema_update(ema, net, min(ema_decay, (1 + step) / (10 + step)))
-
-            loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_avg:.4f}")
-            if step - last_saved >= save_every or step == max_steps:
-                save(step)
-                last_saved = step
-    except KeyboardInterrupt:
-        if step > last_saved:
-            save(step)
-        raise
-    finally:
-        bar.close()
-    return out
-
-
 def parameter_count(folder_or_config: str | Path | TinyDecoderConfig) -> int:
     """Number of parameters of a decoder folder's (or a config's) network."""
     if isinstance(folder_or_config, TinyDecoderConfig):
@@ -664,7 +361,6 @@ __all__ = [
     "TinyDecoder",
     "TinyDecoderConfig",
     "TinyDecoderNet",
-    "train_decoder",
     "parameter_count",
     "DEFAULT_MAX_STEPS",
 ]

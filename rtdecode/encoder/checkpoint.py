@@ -17,9 +17,6 @@ Threading: these functions are called from one thread (training loop, service st
 from __future__ import annotations
 
 import json
-import math
-import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,8 @@ import torch
 from torch import nn
 
 from rtdecode._utils.devices import resolve_device
+from rtdecode._utils.files import atomic_save_tensors, atomic_write
+from rtdecode._utils.jsonable import jsonable
 from rtdecode.encoder.model import BrainModule, count_parameters
 from rtdecode.encoder.presets import BrainConfig, get_preset
 
@@ -57,26 +56,6 @@ META_KEYS = (
 
 
 # --------------------------------------------------------------------------- helpers
-def _json_safe(value: Any) -> Any:
-    """numpy/tuples -> lists, non-finite floats -> None (JSON has no NaN)."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        f = float(value)
-        return f if math.isfinite(f) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def _positions_array(value: Any, n_channels: int, width: int, what: str) -> np.ndarray:
     """JSON positions (None = unknown) -> float array (n_channels, width), NaN for None."""
     rows = [[np.nan if v is None else v for v in row] for row in value]
@@ -87,22 +66,6 @@ def _positions_array(value: Any, n_channels: int, width: int, what: str) -> np.n
             f"expected ({n_channels}, {width})."
         )
     return arr
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    from safetensors.torch import save
-
-    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
-    _atomic_write_bytes(path, data)
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -160,7 +123,7 @@ def save_checkpoint(out_dir: str | Path, model: BrainModule, meta: dict[str, Any
             f"meta['ch_names'] names {len(ch_names)} channels but the model has "
             f"{cfg.n_channels}; give one name per model input channel."
         )
-    _positions_array(_json_safe(meta["positions"]), cfg.n_channels, 2, "meta['positions']")
+    _positions_array(jsonable(meta["positions"]), cfg.n_channels, 2, "meta['positions']")
     target = dict(meta.get("target") or {})
     target.setdefault("name", None)
     target["dim"] = cfg.target_dim
@@ -177,9 +140,9 @@ def save_checkpoint(out_dir: str | Path, model: BrainModule, meta: dict[str, Any
     extra = {k: v for k, v in meta.items() if k not in config}
     config.update(extra)
     tensors = dict(model.state_dict())
-    _atomic_save_tensors(out / WEIGHTS_FILE, tensors, {"format": "pt", "rtdecode": FORMAT})
-    text = json.dumps(_json_safe(config), indent=2, allow_nan=False)
-    _atomic_write_bytes(out / CONFIG_FILE, text.encode("utf-8"))
+    atomic_save_tensors(out / WEIGHTS_FILE, tensors, {"format": "pt", "rtdecode": FORMAT})
+    text = json.dumps(jsonable(config), indent=2, allow_nan=False)
+    atomic_write(out / CONFIG_FILE, text.encode("utf-8"))
     return out
 
 
@@ -403,7 +366,7 @@ def describe_model(ckpt_dir: str | Path | None = None, preset: str | None = None
         input_shape=[cfg.n_channels, cfg.n_times],
         output_shape={"clip": list(cfg.target_shape), "mse": list(cfg.target_shape)},
     )
-    return _json_safe(info)
+    return jsonable(info)
 
 
 # --------------------------------------------------------------------------- training state
@@ -458,9 +421,9 @@ def save_training_state(
     state = dict(state)
     for k, v in (state.pop("tensors", None) or {}).items():
         tensors[f"extra.{k}"] = v
-    _atomic_save_tensors(folder / "state.safetensors", tensors, {"format": "pt"})
+    atomic_save_tensors(folder / "state.safetensors", tensors, {"format": "pt"})
     doc = {"optimizer": opt_info, "state": state, "modules": sorted(modules)}
-    _atomic_write_bytes(folder / "state.json", json.dumps(_json_safe(doc), indent=1).encode())
+    atomic_write(folder / "state.json", json.dumps(jsonable(doc), indent=1).encode())
     return folder
 
 

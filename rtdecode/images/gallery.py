@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import threading
 import warnings
 from collections import Counter
@@ -31,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from rtdecode._utils.files import atomic_path, atomic_write
 
 if TYPE_CHECKING:
     from rtdecode.images.encoders import ImageEncoder
@@ -94,9 +95,7 @@ def _read_checked(cache_dir: Path) -> set[str]:
 def _write_checked(cache_dir: Path, keys: list[str]) -> None:
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache_dir / (CHECKED_NAME + ".tmp")
-        tmp.write_text(json.dumps(keys))
-        os.replace(tmp, cache_dir / CHECKED_NAME)
+        atomic_write(cache_dir / CHECKED_NAME, json.dumps(keys))
     except OSError:
         pass  # only an optimisation: the next scan decodes every file again
 
@@ -475,15 +474,8 @@ class Gallery:
         }
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            # Write then rename, so a reader never sees half a file.
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            os.close(fd)
-            try:
-                save_file({"embeddings": np.ascontiguousarray(emb)}, tmp, metadata=meta)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            with atomic_path(path) as tmp:
+                save_file({"embeddings": np.ascontiguousarray(emb)}, str(tmp), metadata=meta)
         except OSError as exc:
             warnings.warn(
                 f"Cannot write the embedding cache {path} ({exc}); embeddings stay in memory "

@@ -36,6 +36,8 @@ from typing import Any, BinaryIO
 import mne
 import numpy as np
 
+from rtdecode._utils.files import PRIVATE, publish
+from rtdecode.contracts import marker_stream_name, marker_text, parse_marker
 from rtdecode.io.replay import ProgressLine, stop_on_sigterm
 from rtdecode.lsl.streams import (
     COUNTER_CHANNEL,
@@ -50,7 +52,6 @@ from rtdecode.lsl.streams import (
     resolve,
     unwrap_counter,
 )
-from rtdecode.stream.markers import parse_marker
 
 __all__ = ["record_stream", "marker_stream_name"]
 
@@ -75,11 +76,6 @@ _UNIT_SCALE = {
     "ft/cm": 1e-13,
     "ft/m": 1e-15,
 }
-
-
-def marker_stream_name(name: str) -> str:
-    """Name of the marker stream that goes with data stream ``name``."""
-    return f"{name}-markers"
 
 
 def record_stream(
@@ -147,7 +143,7 @@ def record_stream(
     m_name = marker_stream_name(name) if markers_name is None else markers_name
     m_info = None
     if m_name:
-        m_source = f"{source_id}-markers" if source_id else None
+        m_source = marker_stream_name(source_id) if source_id else None
         m_info = find(name=m_name, source_id=m_source, timeout_s=min(timeout_s, 2.0))
     m_inlet = None
     if m_info is not None:
@@ -292,7 +288,7 @@ class _Spooler:
         """
         if self.m_inlet is not None:
             texts, stamps = self.m_inlet.pull_chunk(timeout=0.0)
-            self.markers.extend(zip(stamps, map(_marker_text, texts), strict=True))
+            self.markers.extend(zip(stamps, map(marker_text, texts), strict=True))
         want = len(self.buf) - self.fill
         if n_max is not None:
             want = min(want, n_max)
@@ -345,12 +341,6 @@ class _Spooler:
             n, _ = self.pull(0.0, left)
             if n == 0:
                 return
-
-
-def _marker_text(sample: list[Any]) -> str:
-    if len(sample) == 1:
-        return str(sample[0])
-    return json.dumps(list(sample))
 
 
 def _mne_type(ch_type: str, default: str) -> str:
@@ -573,7 +563,5 @@ def _write_fif(
         raw.save(staged, fmt=fmt, overwrite=True, verbose="error")
     parts = sorted(p for p in tmp_dir.iterdir() if p.suffix != ".spool")
     for part in parts:
-        os.chmod(part, 0o600)
-    for part in parts:
-        os.replace(part, out.parent / part.name)
+        publish(part, out.parent / part.name, mode=PRIVATE)
     return summary

@@ -17,7 +17,6 @@ SIGTERM when called from the main thread) ends it cleanly.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import sys
@@ -30,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rtdecode._utils.jsonable import jsonable
+from rtdecode.contracts import format_marker, marker_stream_name
 from rtdecode.lsl.streams import (
     COUNTER_CHANNEL,
     counter_values,
@@ -207,12 +208,12 @@ def build_stream_infos(
     )
     write_fiff_details(data_info, info)
     marker_info = make_info(
-        f"{name}-markers",
+        marker_stream_name(name),
         MARKER_STREAM_TYPE,
         0.0,
         ["marker"],
         ch_types=["stim"],
-        source_id=f"{source_id}-markers",
+        source_id=marker_stream_name(source_id),
         channel_format="string",
     )
     return data_info, marker_info
@@ -264,22 +265,9 @@ def default_stream_name(path: Path) -> str:
 
 def _marker_payload(event: Event) -> dict[str, Any]:
     payload = {"image_id": None, "trial_type": None, "sample": None, "value": None}
-    payload.update(_json_safe(event.value))
+    payload.update(jsonable(event.value))
     payload["file_sample"] = int(event.sample)
     return payload
-
-
-def _json_safe(obj: Any) -> Any:
-    """numpy scalars and arrays (e.g. from mne) as plain JSON types."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _wait_for_consumer(outlet: Any, timeout_s: float, stop: threading.Event, name: str) -> None:
@@ -426,7 +414,7 @@ def replay_file(
                     for e in range(lo, hi):
                         sample = abs_i + int(ev_samples[e]) - file_i
                         payload = dict(payloads[e], sample=sample)
-                        marker_outlet.push_sample([json.dumps(payload)], pacer.t_of(sample))
+                        marker_outlet.push_sample([format_marker(payload)], pacer.t_of(sample))
                     stats.markers_sent += int(hi - lo)
                     stats.samples_sent += k
                     stats.max_lag_ms = max(stats.max_lag_ms, float(lag_s) * 1e3)

@@ -65,6 +65,8 @@ from typing import Any
 
 import numpy as np
 
+from rtdecode._utils.files import PRIVATE, atomic_write, fsync_dir, publish
+from rtdecode.contracts import format_marker
 from rtdecode.lsl.streams import local_clock
 from rtdecode.stream.ring import OverwrittenError
 
@@ -416,13 +418,6 @@ def _marker_json(marker, sample: int | None) -> dict[str, Any]:
     return {"sample": sample, "t_lsl": float(marker.t_lsl), "value": marker.value}
 
 
-def _marker_text(marker) -> str:
-    value = marker.value
-    if set(value) == {"raw"}:
-        return str(value["raw"])
-    return json.dumps(value, separators=(",", ":"))
-
-
 def _run_info(run: _Run):
     """mne.Info for a run (built once): the stream's channels, calibrated to SI."""
     if run.info is None:
@@ -465,49 +460,17 @@ def _write_segment(run: _Run, data: np.ndarray, first: int, sidecar: dict, insid
             mne.Annotations(
                 onsets,
                 [0.0] * len(inside),
-                [_marker_text(m) for _, m in inside],
+                [format_marker(m.value) for _, m in inside],
                 orig_time=None,
             )
         )
     tmp = fif.with_name(f".{stem}.tmp_raw.fif")
     # The ring holds float32: "single" keeps every value exactly.
     raw.save(tmp, fmt="single", overwrite=True, verbose="error")
-    n_bytes = _publish(tmp, fif)
-    n_bytes += _publish_text(run.rec.session_dir / f"{stem}.json", text)
-    _fsync_dir(run.rec.session_dir)  # the renames survive a power cut too
+    n_bytes = publish(tmp, fif, mode=PRIVATE)
+    n_bytes += atomic_write(run.rec.session_dir / f"{stem}.json", text, mode=PRIVATE)
+    fsync_dir(run.rec.session_dir)  # the renames survive a power cut too
     return n_bytes
-
-
-def _publish(tmp: Path, final: Path) -> int:
-    """fsync, owner-only, then rename into place (readers see whole files only)."""
-    os.chmod(tmp, 0o600)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    size = tmp.stat().st_size
-    os.replace(tmp, final)
-    return size
-
-
-def _publish_text(final: Path, text: str) -> int:
-    tmp = final.with_name(f".{final.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    return len(text)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _new_session_dir(parent: Path) -> Path:

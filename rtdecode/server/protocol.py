@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from rtdecode._utils.jsonable import jsonable
 from rtdecode.contracts import PROTOCOL_VERSION, Frame
 
 __all__ = [
@@ -119,27 +120,6 @@ class ClientMessage:
     max_fps: float | None = None
     id: str | int | float | None = None
     seq: int | None = None
-
-
-def jsonable(value: Any) -> Any:
-    """Return ``value`` with only JSON types: numpy scalars become Python numbers,
-    NaN and infinities become None (browsers' ``JSON.parse`` rejects them), tuples
-    become lists, and anything else unknown becomes its ``str``."""
-    if value is None or isinstance(value, (bool, str, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    item = getattr(value, "item", None)  # numpy scalars, 0-d arrays
-    if callable(item):
-        try:
-            return jsonable(item())
-        except (TypeError, ValueError):
-            pass
-    return str(value)
 
 
 def _dumps(obj: dict[str, Any]) -> str:

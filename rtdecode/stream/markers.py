@@ -16,34 +16,15 @@ Markers are strings carrying JSON objects, e.g. ``{"image_id": "cat_03",
 from __future__ import annotations
 
 import collections
-import json
 import threading
 from dataclasses import replace
-from typing import Any
 
-from rtdecode.contracts import Marker
+from rtdecode.contracts import Marker, marker_text, parse_marker
 from rtdecode.lsl import streams as lsl
 from rtdecode.stream.reader import StreamFormatError, StreamReader, _InletThread
 from rtdecode.stream.ring import OverwrittenError
 
 __all__ = ["MarkerReader", "parse_marker"]
-
-
-def parse_marker(text: str) -> dict[str, Any]:
-    """The payload of one marker: its JSON object, or ``{"raw": text}``.
-
-    Examples
-    --------
-    >>> parse_marker('{"image_id": "cat_03"}')
-    {'image_id': 'cat_03'}
-    >>> parse_marker("stim/12")
-    {'raw': 'stim/12'}
-    """
-    try:
-        value = json.loads(text)
-    except (ValueError, TypeError):
-        return {"raw": text}
-    return value if isinstance(value, dict) else {"raw": text}
 
 
 class MarkerReader(_InletThread):
@@ -97,7 +78,7 @@ class MarkerReader(_InletThread):
         if not ts:
             return 0
         new = [
-            Marker(t_lsl=float(t), value=parse_marker(str(s[0])))
+            Marker(t_lsl=float(t), value=parse_marker(marker_text(s)))
             for s, t in zip(samples, ts, strict=True)
         ]
         with self._cond:

@@ -16,14 +16,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from rtdecode.decoder.base import (
-    ImageDecoder,
-    decoder_kind,
-    load_decoder,
-    save_comparison_grid,
-    train_decoder,
-)
+from rtdecode.decoder.base import ImageDecoder
 from rtdecode.decoder.normalize import EmbeddingNormalizer
+from rtdecode.decoder.registry import decoder_kind, load_decoder
+from rtdecode.training.decoder import save_comparison_grid, train_decoder
 
 torch.set_num_threads(1)
 
@@ -74,7 +70,7 @@ def tiny_dir(gallery_dir, tmp_path_factory) -> Path:
 def _tiny_text_encoder():
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from rtdecode.decoder.pipelines import tiny_clip_tokenizer
+    from rtdecode.decoder.testing import tiny_clip_tokenizer
 
     tokenizer = tiny_clip_tokenizer()
     torch.manual_seed(0)
@@ -358,11 +354,8 @@ def test_unclip_normalizer_comes_from_the_pipeline(unclip_dir):
 
 
 def test_build_unclip_from_config_matches_a_saved_folder(unclip_dir):
-    from rtdecode.decoder.pipelines import (
-        UnCLIPDecoder,
-        build_unclip_from_config,
-        pipeline_configs,
-    )
+    from rtdecode.decoder.pipelines import UnCLIPDecoder
+    from rtdecode.decoder.testing import build_unclip_from_config, pipeline_configs
 
     configs = pipeline_configs(unclip_dir)
     assert {"unet", "vae", "text_encoder", "scheduler", "image_noising_scheduler"} <= set(configs)
@@ -376,11 +369,8 @@ def test_build_unclip_from_config_matches_a_saved_folder(unclip_dir):
 
 
 def test_build_kandinsky_from_config_generates(kandinsky_dir):
-    from rtdecode.decoder.pipelines import (
-        Kandinsky22Decoder,
-        build_kandinsky22_from_config,
-        pipeline_configs,
-    )
+    from rtdecode.decoder.pipelines import Kandinsky22Decoder
+    from rtdecode.decoder.testing import build_kandinsky22_from_config, pipeline_configs
 
     pipe = build_kandinsky22_from_config(
         pipeline_configs(kandinsky_dir), dtype=torch.float32, device="cpu"
@@ -458,7 +448,7 @@ def test_comparison_grid_is_written(tmp_path):
 
 
 def test_bundled_demo_decoder_is_small_and_loads():
-    from rtdecode.decoder.base import BUNDLED_DECODERS
+    from rtdecode.decoder.registry import BUNDLED_DECODERS
 
     folder = BUNDLED_DECODERS["demo"]
     if not (folder / "model.safetensors").is_file():

@@ -19,14 +19,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from rtdecode.decoder.base import ImageDecoder
-from rtdecode.decoder.turbo import (
-    TurboDecoder,
+from rtdecode.decoder.testing import (
     build_turbo_from_config,
     flatten_ip_adapter,
-    is_turbo_folder,
     random_ip_adapter_state_dict,
     tiny_turbo_configs,
 )
+from rtdecode.decoder.turbo import TurboDecoder, is_turbo_folder
 
 torch.set_num_threads(1)
 

@@ -1,0 +1,50 @@
+"""Every subcommand flag is also an RTDECODE_<COMMAND>_<FLAG> variable (one helper)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from rtdecode.cli import apply_env_defaults, build_parser, env_name
+
+
+def parse(argv, environ):
+    parser = build_parser()
+    apply_env_defaults(parser, environ)
+    return parser.parse_args(argv)
+
+
+def test_every_subcommand_flag_has_a_variable_in_its_help():
+    parser = build_parser()
+    apply_env_defaults(parser, {})
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for command, p in sub.choices.items():
+        for action in p._actions:
+            if action.option_strings and not isinstance(action, argparse._HelpAction):
+                assert f"[env: {env_name(command, action.dest)}]" in action.help
+
+
+def test_variables_set_flags_and_flags_win():
+    env = {"RTDECODE_REPLAY_SPEED": "2.5", "RTDECODE_REPLAY_LOOP": "yes",
+           "RTDECODE_RECORD_NAME": "meg", "RTDECODE_RECORD_OUT": "x.fif"}
+    args = parse(["replay", "f.fif"], env)
+    assert args.speed == 2.5 and args.loop is True and args.chunk_ms == 10.0
+    assert parse(["replay", "f.fif", "--speed", "4"], env).speed == 4.0
+    args = parse(["record"], env)  # required flags given by their variables
+    assert args.name == "meg" and str(args.out) == "x.fif"
+    assert parse(["simulate", "--out", "d"], {"RTDECODE_SIMULATE_SIZE": "tiny"}).size == "tiny"
+
+
+@pytest.mark.parametrize(
+    "env, says",
+    [
+        ({"RTDECODE_REPLAY_SPEED": "fast"}, "RTDECODE_REPLAY_SPEED='fast'"),
+        ({"RTDECODE_REPLAY_LOOP": "maybe"}, "not a boolean"),
+        ({"RTDECODE_SIMULATE_SIZE": "huge"}, "is not one of"),
+    ],
+)
+def test_bad_values_are_usage_errors_naming_the_variable(env, says, capsys):
+    with pytest.raises(SystemExit) as info:
+        parse(["replay", "f.fif"], env)
+    assert info.value.code == 2 and says in capsys.readouterr().err
