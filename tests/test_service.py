@@ -17,23 +17,15 @@ from websockets.sync.client import connect
 from rtdecode.config import Settings
 from rtdecode.server.protocol import decode_frame
 from tests.helpers.lsl_source import poll
+from tests.helpers.service import build_tiny_model
 
 DEADLINE_S = 60.0
 
 
 @pytest.fixture(scope="module")
 def tiny_subject(tmp_path_factory):
-    """A tiny simulated subject and an encoder trained on it for one epoch."""
-    import torch
-
-    torch.set_num_threads(1)
-    from rtdecode.data.simulate import simulate_subject
-    from rtdecode.training.encoder import train
-
-    root = tmp_path_factory.mktemp("svc")
-    data = simulate_subject(root / "sim", seed=3, size="tiny", progress=False)
-    ckpt = train(data, root / "ckpt", preset="test", max_epochs=1, device="cpu", progress=False)
-    return data, ckpt
+    """The tiny simulated subject and an encoder trained on it for one epoch."""
+    return build_tiny_model(tmp_path_factory)
 
 
 @pytest.fixture

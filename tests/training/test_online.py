@@ -9,20 +9,12 @@ import json
 import pytest
 
 from rtdecode.training.online import evaluate_online
+from tests.helpers.service import build_tiny_model
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    import torch
-
-    torch.set_num_threads(1)
-    from rtdecode.data.simulate import simulate_subject
-    from rtdecode.training.encoder import train
-
-    root = tmp_path_factory.mktemp("online")
-    data = simulate_subject(root / "sim", seed=5, size="tiny", progress=False)
-    ckpt = train(data, root / "ckpt", preset="test", max_epochs=2, device="cpu", progress=False)
-    return data, ckpt
+    return build_tiny_model(tmp_path_factory)
 
 
 def test_online_equals_offline_on_the_same_windows(tiny_model, tmp_path):
