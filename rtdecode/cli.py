@@ -140,6 +140,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate_online(args: argparse.Namespace) -> int:
+    from rtdecode.training.online import evaluate_online
+
+    report = evaluate_online(
+        args.ckpt, args.recording, subject=args.subject, retrieval_set=args.retrieval_set,
+        gallery=args.gallery, speed=args.speed, json_out=args.json, plots_dir=args.plots,
+        device=args.device,
+    )
+    best, parity = report["best"], report["parity"]
+    if best is not None:
+        print(f"best lag bin {best['lag_s'] * 1e3:.0f} ms: top-5 {100 * best['top5']:.1f} % "
+              f"(chance {100 * report['chance_top5']:.1f} %), median rank "
+              f"{best['median_rank']:.0f} of {report['n_candidates']}, n = {best['n']}")
+    print(f"online = offline on {parity['n_windows']} windows: max relative error "
+          f"{parity['max_rel_err']:.2e}, ranks equal: {parity['ranks_equal']}")
+    if args.json is None:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from rtdecode.encoder import describe_model
 
@@ -254,6 +274,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", type=Path, default=None)
     s.add_argument("--plots", type=Path, default=None)
     s.set_defaults(func=_cmd_evaluate)
+
+    s = sub.add_parser(
+        "evaluate-online",
+        help="replay a recording through the live path and score every window by lag",
+    )
+    s.add_argument("ckpt", type=Path)
+    s.add_argument("--recording", required=True, type=Path,
+                   help="a recording with stimulus events (e.g. a held-out session)")
+    s.add_argument("--subject", default=None, help="subject to decode as")
+    s.add_argument("--retrieval-set", default="test",
+                   help="'test' (default), 'all' or a folder of images")
+    s.add_argument("--gallery", type=Path, default=None, help="gallery (default: the checkpoint's)")
+    s.add_argument("--speed", type=float, default=4.0, help="replay pace (1 = real time)")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--json", type=Path, default=None)
+    s.add_argument("--plots", type=Path, default=None)
+    s.set_defaults(func=_cmd_evaluate_online)
 
     s = sub.add_parser("info", help="JSON description of a checkpoint or preset")
     s.add_argument("ckpt", type=Path, nargs="?", default=None)

@@ -137,6 +137,9 @@ class Frame:
     lag_s : float | None
         Window end minus the latest stimulus onset (s), None when no onset is known.
         The window ends ``lag_s`` after onset: it covers ``[lag_s - window_s, lag_s)``.
+    embedding : Embedding | None
+        What the encoder made of the window (in-process consumers such as
+        ``rtdecode evaluate-online`` read it; it never goes on the wire).
     image : bytes | None
         Encoded image (``mime``), or None when only retrieval ran for this frame.
     """
@@ -151,6 +154,7 @@ class Frame:
     true_id: str | None = None
     true_rank: int | None = None
     lag_s: float | None = None
+    embedding: Embedding | None = None
     image: bytes | None = None
     mime: str = "image/jpeg"
     extra: dict[str, Any] = field(default_factory=dict)

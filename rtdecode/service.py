@@ -21,7 +21,6 @@ import logging
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from rtdecode._utils.devices import device_name
@@ -85,11 +84,9 @@ class Service:
 
     # ------------------------------------------------------------------ build
     def _load_models(self):
-        from rtdecode.decoder.retrieval import Retrieval
         from rtdecode.encoder import load_checkpoint
-        from rtdecode.encoder.metrics import standardize
-        from rtdecode.images import Gallery, get_image_encoder
         from rtdecode.signal.preprocess import Preprocessor
+        from rtdecode.worker import check_image_space, check_window, load_retrieval
 
         s = self.settings
         if s.model is None:
@@ -97,37 +94,15 @@ class Service:
         device = device_name(s.device)
         model, meta = load_checkpoint(s.model, device=device)
         self.meta = meta
+        check_window(s, meta)  # before the (slow) gallery and decoder
         pre = Preprocessor.from_dict(meta["preprocess"])
-        target = meta.get("target", {})
-        gallery_dir = s.gallery or _meta_path(
-            s.model, target.get("gallery") or meta.get("provenance", {}).get("gallery")
-        )
-        if gallery_dir is None:
-            raise ValueError(
-                "No gallery for retrieval; pass --gallery DIR or use a checkpoint whose "
-                "config.json names its gallery."
-            )
-        self.gallery = Gallery.from_folder(gallery_dir)
-        enc = get_image_encoder(
-            target.get("encoder", "handcrafted"),
-            path=target.get("encoder_path"),
-            readout=target.get("readout", "cls"),
-        )
-        check_image_space(target, enc.name, "the gallery's image encoder", "--gallery")
-        if s.retrieval_set not in RETRIEVAL_SETS:
-            # a folder of images: retrieve among (and show thumbnails of) those
-            self.gallery = Gallery.from_folder(Path(s.retrieval_set).expanduser())
-        ids = retrieval_ids(s.retrieval_set, meta, self.gallery)
-        rows = [self.gallery.index(i) for i in ids]
-        # The CLIP head was trained against z-scored embeddings: search in that space.
-        gallery_z = standardize(self.gallery.embeddings(enc)[rows], meta.get("target_stats"))
-        retrieval = Retrieval(gallery_z, ids)
+        self.gallery, retrieval = load_retrieval(meta, s.model, s.gallery, s.retrieval_set)
         decoder = None
         if s.decoder and s.decoder.lower() != "none":
             from rtdecode.decoder.registry import load_decoder
 
             decoder = load_decoder(s.decoder, device=device)
-            check_image_space(target, getattr(decoder, "image_encoder", None),
+            check_image_space(meta.get("target", {}), getattr(decoder, "image_encoder", None),
                               "the decoder's image encoder", "--decoder")
         return model, meta, pre, retrieval, decoder, device
 
@@ -157,7 +132,7 @@ class Service:
     def start(self) -> None:
         """Load the models, connect to the stream, start the worker and the server."""
         from rtdecode.server.app import create_app, run_server_in_thread
-        from rtdecode.worker import DecodeWorker, WorkerOptions
+        from rtdecode.worker import DecodeWorker, WorkerOptions, check_window, subject_index
 
         s = self.settings
         if s.lsl_local:
@@ -434,13 +409,6 @@ def _add(base: dict, more: dict, out: bool = False) -> dict:
     return target
 
 
-def _meta_path(ckpt: Path, value: str | None) -> Path | None:
-    if not value:
-        return None
-    p = Path(value)
-    return p if p.is_absolute() else (Path(ckpt) / p).resolve()
-
-
 def serve(settings: Settings) -> int:
     """Run the service until SIGINT/SIGTERM; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -455,89 +423,3 @@ def serve(settings: Settings) -> int:
     finally:
         service.stop()
     return 0
-
-
-RETRIEVAL_SETS = ("test", "all")
-
-
-def retrieval_ids(retrieval_set: str, meta: dict[str, Any], gallery: Any) -> list[str]:
-    """Ids of the images to retrieve among (``--retrieval-set``).
-
-    ``test``: the checkpoint's held-out (zero-shot) test images, the paper's "small test
-    set"; ``all`` or a folder: every image of the gallery.
-    """
-    if retrieval_set != "test":
-        return list(gallery.ids)
-    test = [str(i) for i in meta.get("test_images") or []]
-    if not test:
-        raise ValueError(
-            "--retrieval-set test needs the checkpoint's list of held-out test images, and "
-            "this checkpoint has none (config.json 'test_images'); retrain it with this "
-            "rtdecode, or use --retrieval-set all or a folder of images."
-        )
-    missing = [i for i in test if i not in gallery]
-    if missing:
-        raise ValueError(
-            f"The gallery {gallery.root} lacks {len(missing)} of the checkpoint's test images, "
-            f"e.g. {missing[:3]}; pass the gallery it was trained with (--gallery)."
-        )
-    return test
-
-
-def check_image_space(target: dict[str, Any], name: str | None, what: str, flag: str) -> None:
-    """Refuse embeddings of another image encoder than the one the model was trained on."""
-    expected = target.get("name")
-    if expected is None or name is None or name == expected:
-        return
-    raise ValueError(
-        f"The encoder was trained to predict {expected!r} embeddings but {what} is "
-        f"{name!r}; give a {flag} made with {expected!r} (or retrain the encoder on {name!r})."
-    )
-
-
-def subject_index(subject: str | None, meta: dict[str, Any]) -> int:
-    """Row of the model's subject layer to decode with (``--subject``)."""
-    known = [str(v) for v in meta.get("subjects") or []]
-    if subject is None:
-        if len(known) > 1:
-            raise ValueError(
-                f"This encoder was trained on {len(known)} subjects ({', '.join(known)}); pass "
-                "--subject with the one whose stream you decode."
-            )
-        return 0
-    wanted = str(subject)
-    candidates = {wanted, wanted.removeprefix("sub-"), f"sub-{wanted.removeprefix('sub-')}"}
-    for i, name in enumerate(known):
-        if name in candidates or name.removeprefix("sub-") in candidates:
-            return i
-    raise ValueError(
-        f"--subject {subject!r} is not one of the encoder's subjects ({', '.join(known) or 'none'})."
-    )
-
-
-def check_window(settings: Any, meta: dict[str, Any]) -> float:
-    """The window length to cut, after checking the checkpoint was trained for streaming.
-
-    Returns
-    -------
-    float
-        ``window_s`` of the checkpoint.
-    """
-    window_s = float(meta.get("window_s", settings.window_s))
-    if "window_s" in settings.model_fields_set and abs(settings.window_s - window_s) > 1e-9:
-        raise ValueError(
-            f"The encoder was trained on {window_s} s windows but window_s={settings.window_s} "
-            "was asked for; leave window_s unset (the checkpoint's is used) or retrain with "
-            f"window_s = {settings.window_s} in the recipe."
-        )
-    offsets = meta.get("offsets") or {}
-    sampling = offsets.get("sampling", "fixed" if "window_start_s" in offsets else "stream")
-    if sampling == "fixed" and not settings.allow_fixed_window:
-        start = offsets.get("window_start_s")
-        raise ValueError(
-            f"This encoder was trained on one window ({window_s} s starting {start} s after "
-            f"onset), but serve cuts a window every {settings.hop_s} s at every lag, most of "
-            "which it never saw. Retrain it with the streaming recipe (window_sampling = "
-            '"stream" in the [train] table, the default), or pass --allow-fixed-window.'
-        )
-    return window_s

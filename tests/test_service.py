@@ -17,23 +17,15 @@ from websockets.sync.client import connect
 from rtdecode.config import Settings
 from rtdecode.server.protocol import decode_frame
 from tests.helpers.lsl_source import poll
+from tests.helpers.service import build_tiny_model
 
 DEADLINE_S = 60.0
 
 
 @pytest.fixture(scope="module")
 def tiny_subject(tmp_path_factory):
-    """A tiny simulated subject and an encoder trained on it for one epoch."""
-    import torch
-
-    torch.set_num_threads(1)
-    from rtdecode.data.simulate import simulate_subject
-    from rtdecode.training.encoder import train
-
-    root = tmp_path_factory.mktemp("svc")
-    data = simulate_subject(root / "sim", seed=3, size="tiny", progress=False)
-    ckpt = train(data, root / "ckpt", preset="test", max_epochs=1, device="cpu", progress=False)
-    return data, ckpt
+    """The tiny simulated subject and an encoder trained on it for one epoch."""
+    return build_tiny_model(tmp_path_factory)
 
 
 @pytest.fixture
@@ -167,7 +159,7 @@ def test_retrieval_set_test_searches_only_the_held_out_images(tiny_subject, repl
         with connect(f"ws://127.0.0.1:{svc.server.port}/ws", open_timeout=10) as ws:
             header = None
             while header is None:
-                msg = ws.recv(timeout=10)
+                msg = ws.recv(timeout=DEADLINE_S)
                 if isinstance(msg, bytes):
                     header, _ = decode_frame(msg)
         assert {i for i, _ in header["topk"]} <= set(test_images)
@@ -188,7 +180,7 @@ def _meta(**changes):
 
 
 def test_serve_needs_the_subject_of_a_multi_subject_encoder():
-    from rtdecode.service import subject_index
+    from rtdecode.worker import subject_index
 
     meta = _meta(subjects=["sub-01", "sub-02", "sub-03"])
     with pytest.raises(ValueError, match="trained on 3 subjects .*--subject"):
@@ -201,7 +193,7 @@ def test_serve_needs_the_subject_of_a_multi_subject_encoder():
 
 
 def test_serve_refuses_a_fixed_window_encoder_and_a_window_it_would_not_cut():
-    from rtdecode.service import check_window
+    from rtdecode.worker import check_window
 
     legacy = _meta(offsets={"window_start_s": 0.1})  # checkpoints before streaming training
     with pytest.raises(ValueError, match="trained on one window .*streaming recipe"):
@@ -213,7 +205,7 @@ def test_serve_refuses_a_fixed_window_encoder_and_a_window_it_would_not_cut():
 
 
 def test_serve_refuses_embeddings_of_another_image_encoder():
-    from rtdecode.service import check_image_space
+    from rtdecode.worker import check_image_space
 
     target = {"name": "clip-vit-h-14"}
     check_image_space(target, "clip-vit-h-14", "the decoder's image encoder", "--decoder")
@@ -223,7 +215,7 @@ def test_serve_refuses_embeddings_of_another_image_encoder():
 
 
 def test_retrieval_set_test_needs_the_checkpoints_test_images(tmp_path):
-    from rtdecode.service import retrieval_ids
+    from rtdecode.worker import retrieval_ids
 
     class _Gallery:
         root = tmp_path

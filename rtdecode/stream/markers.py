@@ -174,7 +174,9 @@ class MarkerReader(_InletThread):
         if marker.sample is not None or data is None or data.ring is None:
             return marker
         try:
-            k = data.ring.index_of_time(marker.t_lsl, tolerance_s=0.5 / data.sfreq)
+            k = data.ring.index_of_time(
+                marker.t_lsl, tolerance_s=0.5 / data.sfreq, tolerance_samples=0.5
+            )
         except OverwrittenError:
             return marker
         return marker if k is None else replace(marker, sample=k)

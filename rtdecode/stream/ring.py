@@ -301,11 +301,16 @@ class RingBuffer:
         self._check_retained(index)
         return value
 
-    def index_of_time(self, t_lsl: float, tolerance_s: float = 0.0) -> int | None:
+    def index_of_time(
+        self, t_lsl: float, tolerance_s: float = 0.0, *, tolerance_samples: float | None = None
+    ) -> int | None:
         """Absolute index of the first held sample with ``t_lsl >= t - tolerance_s``.
 
         Assumes timestamps increase (a source whose clock stepped back gives the first
         match in buffer order). Returns None when no held sample is that late yet.
+        ``tolerance_samples`` gives the tolerance in sample periods as the held timestamps
+        space them, which stays right for a source replayed faster or slower than its
+        nominal rate (a replay at 4x stamps its samples 4x closer).
 
         Raises
         ------
@@ -317,6 +322,8 @@ class RingBuffer:
         if stop == start:
             return None
         times = self.read_times(start, stop)
+        if tolerance_samples is not None and times.size > 1:
+            tolerance_s = tolerance_samples * float(times[-1] - times[0]) / (times.size - 1)
         target = t_lsl - tolerance_s
         if times[0] > target and start > 0:
             raise OverwrittenError(

@@ -249,7 +249,7 @@ class Windower:
         period = 1.0 / self.reader.sfreq
         sample = marker.sample
         if sample is None:
-            sample = ring.index_of_time(marker.t_lsl, tolerance_s=0.5 * period)
+            sample = ring.index_of_time(marker.t_lsl, tolerance_s=0.5 * period, tolerance_samples=0.5)
             if sample is None:
                 return None
             marker = replace(marker, sample=sample)

@@ -31,6 +31,15 @@ class SyntheticSource:
         self.state = "ready"
         self.reasons: list[str] = []
         self.counters = {"gaps": 2, "reconnects": 1, "windows_skipped": 5, "windows": 100}
+        # A session's decoding curve: chance before 100 ms, a peak at 200-300 ms.
+        from rtdecode.encoder.metrics import LagCurve
+
+        self.curve = LagCurve(n_candidates=40)
+        for k in range(30):
+            lag = 0.025 + 0.05 * k
+            for rep in range(8):
+                good = 0.15 <= lag <= 0.35 and rep % 4 != 0
+                self.curve.add(lag, 1 + rep % 3 if good else 10 + 3 * rep)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -39,6 +48,7 @@ class SyntheticSource:
             "rates": {"windows_per_s": 20.0},
             "counters": dict(self.counters),
             "latency_ms": {s: {"p50": 5.0, "p95": 9.0, "p99": 12.0} for s in STAGES},
+            "online_eval": self.curve.as_dict(),
         }
 
     def health(self) -> tuple[str, list[str]]:

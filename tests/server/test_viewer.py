@@ -112,6 +112,14 @@ def test_viewer_renders_frames_topk_truth_and_charts(page):
         wait_js(page, "() => document.getElementById('health').dataset.state === 'ready'")
         assert page.inner_text("#stream-name") == "stream synthetic-meg"
         assert page.inner_text("#gaps") == "2" and page.inner_text("#skipped") == "5"
+
+        # The session's decoding curve from the status messages: 30 lag bins, its peak
+        # (top-5 75 % at +175 ms, median rank 2 of 40) and chance (12.5 %) named.
+        wait_js(page, "() => window.rtdecodeViewer.curveBins === 30")
+        legend = page.inner_text("#curve-legend")
+        assert "peak top-5 75 % at +175 ms" in legend and "chance 12.5 %" in legend, legend
+        curve = page.evaluate(CANVAS_FINGERPRINT, "curve-chart")
+        assert curve["w"] > 100 and curve["std"] > 5, f"curve looks blank: {curve}"
     assert page.errors == []
 
 

@@ -132,3 +132,14 @@ def test_wait_for_wakes_on_write_and_close():
     assert not t.is_alive()
     assert results == [True, False]
     assert ring.wait_for(1000, timeout_s=0.01) is False
+
+
+def test_index_of_time_tolerance_in_samples_follows_the_held_spacing():
+    """A replay at 4x stamps samples 4x closer than the nominal rate: half a sample of
+    tolerance must be half of that spacing, or markers land two samples early."""
+    ring = RingBuffer(1, 100)
+    ring.write(np.zeros((1, 40)), 10.0 + np.arange(40) / 4800.0, 0.0)
+    t25 = 10.0 + 25 / 4800.0
+    assert ring.index_of_time(t25, tolerance_s=0.5 / 1200) < 25  # nominal: early
+    assert ring.index_of_time(t25, tolerance_samples=0.5) == 25
+    assert ring.index_of_time(t25 - 0.4 / 4800, tolerance_samples=0.5) == 25

@@ -217,6 +217,10 @@
     el.textContent = h.state || "–";
     el.title = (h.reasons || []).join("; ");
     $("health-reasons").textContent = (h.reasons || []).join(" · ");
+    if (src.online_eval) {
+      state.onlineEval = src.online_eval;
+      dirty = true;
+    }
   }
 
   // ------------------------------------------------------------------ frames
@@ -502,6 +506,68 @@
     }
   }
 
+  // The session's time-resolved decoding (online_eval on /api/status): top-5 per 50 ms lag
+  // bin, the chance line, and the 500 ms the image is on screen, as in the paper's Fig. 3.
+  function drawCurve() {
+    const curve = state.onlineEval;
+    const canvas = $("curve-chart");
+    if (!canvas) return;
+    const dpr = fitCanvas(canvas);
+    const ctx = canvas.getContext("2d");
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    const rows = (curve && curve.per_lag) || [];
+    const maxLag = Math.max(1.5, ...rows.map((r) => r.lag_s + (curve.bin_s || 0.05) / 2));
+    const box = { x0: 48 * dpr, x1: canvas.width - 10 * dpr, y0: 8 * dpr, y1: canvas.height - 22 * dpr };
+    const x = (lag) => box.x0 + (lag / maxLag) * (box.x1 - box.x0);
+    const y = (p) => box.y1 - (p / 100) * (box.y1 - box.y0);
+    ctx.fillStyle = "rgba(139, 148, 158, 0.12)"; // image on screen
+    ctx.fillRect(x(0), box.y0, x(0.5) - x(0), box.y1 - box.y0);
+    ctx.font = 12 * dpr + "px system-ui, sans-serif";
+    ctx.strokeStyle = "#30363d";
+    ctx.fillStyle = "#8b949e";
+    ctx.lineWidth = 1;
+    ctx.textAlign = "right";
+    ctx.textBaseline = "middle";
+    for (const p of [0, 25, 50, 75, 100]) {
+      ctx.beginPath();
+      ctx.moveTo(box.x0, y(p));
+      ctx.lineTo(box.x1, y(p));
+      ctx.stroke();
+      ctx.fillText(p + " %", box.x0 - 6 * dpr, y(p));
+    }
+    ctx.textAlign = "center";
+    ctx.textBaseline = "top";
+    for (let ms = 0; ms <= maxLag * 1000 + 1; ms += 250) {
+      ctx.fillText(ms === 0 ? "onset" : "+" + ms + " ms", x(ms / 1000), box.y1 + 6 * dpr);
+    }
+    if (!rows.length) return;
+    const chance = 100 * curve.chance_top5;
+    ctx.setLineDash([6 * dpr, 4 * dpr]);
+    ctx.strokeStyle = "#d29922";
+    ctx.beginPath();
+    ctx.moveTo(box.x0, y(chance));
+    ctx.lineTo(box.x1, y(chance));
+    ctx.stroke();
+    ctx.setLineDash([]);
+    ctx.strokeStyle = "#3fb950";
+    ctx.lineWidth = 2 * dpr;
+    ctx.beginPath();
+    rows.forEach((r, i) => (i ? ctx.lineTo(x(r.lag_s), y(100 * r.top5)) : ctx.moveTo(x(r.lag_s), y(100 * r.top5))));
+    ctx.stroke();
+    ctx.fillStyle = "#3fb950";
+    for (const r of rows) {
+      ctx.beginPath();
+      ctx.arc(x(r.lag_s), y(100 * r.top5), 2.4 * dpr, 0, 2 * Math.PI);
+      ctx.fill();
+    }
+    const best = rows.reduce((a, b) => (b.top5 > a.top5 ? b : a));
+    const n = rows.reduce((a, r) => a + r.n, 0);
+    state.curveBins = rows.length;
+    $("curve-legend").innerHTML = "peak top-5 <b>" + (100 * best.top5).toFixed(0) + " %</b> at <b>+" +
+      Math.round(1000 * best.lag_s) + " ms</b> (median rank " + best.median_rank + " of " +
+      curve.n_candidates + ") · chance <b>" + chance.toFixed(1) + " %</b> · " + fmtInt(n) + " windows";
+  }
+
   function fmtInt(v) {
     return typeof v === "number" ? v.toLocaleString("en-US") : "–";
   }
@@ -517,6 +583,7 @@
     if (dirty || Math.floor(now) !== render.lastSecond) {
       drawLatency(now);
       drawRank(now);
+      drawCurve();
       dirty = false;
       render.lastSecond = Math.floor(now);
     }

@@ -1,0 +1,292 @@
+"""Online evaluation: ``rtdecode evaluate-online CKPT_DIR --recording FILE``.
+
+A recording is replayed through the live path — an LSL outlet on loopback, the
+StreamReader and MarkerReader, the Windower, the DecodeWorker — and every decoded window
+is scored as the service scores it: the rank of the stimulus on screen within the
+retrieval set, binned by the window's lag since that stimulus' onset
+(:class:`~rtdecode.encoder.metrics.LagCurve`). Windows are cut by sample index, so a
+replay faster than real time (``speed``) decodes the same windows, only sooner.
+
+The same windows are then cut from the file itself, preprocessed and encoded offline in
+one batch, and ranked by the same retrieval index: ``parity`` reports the largest
+relative difference between the online and offline embeddings and whether every rank is
+the same. The replay adds a sample-counter channel, which maps each online window onto
+the file's samples exactly.
+
+Threads: the replay runs in a thread of its own, the reader, marker reader and worker in
+theirs (as in the service); this function collects the frames and returns when the
+recording has been decoded to its end.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtdecode.encoder.metrics import LagCurve
+
+__all__ = ["evaluate_online"]
+
+#: Windows ending at most this long after an onset are scored (a whole THINGS trial).
+HOLD_S = 1.5
+
+
+def evaluate_online(
+    ckpt_dir: str | Path,
+    recording: str | Path,
+    *,
+    subject: str | None = None,
+    retrieval_set: str = "test",
+    gallery: str | Path | None = None,
+    speed: float = 4.0,
+    hop_s: float = 0.05,
+    json_out: str | Path | None = None,
+    plots_dir: str | Path | None = None,
+    device: str = "cpu",
+    resolve_timeout_s: float = 30.0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Replay ``recording`` through the live path and score every window it decodes.
+
+    Parameters
+    ----------
+    ckpt_dir : path
+        Encoder checkpoint folder (trained with the streaming recipe).
+    recording : path
+        A recording with stimulus events (``rtdecode replay`` reads it), e.g. a
+        simulated subject's held-out session.
+    subject : str, optional
+        The subject to decode as (required when the checkpoint has several).
+    retrieval_set : str
+        ``"test"``, ``"all"`` or a folder of images (as ``serve --retrieval-set``).
+    gallery : path, optional
+        Gallery folder (default: the checkpoint's).
+    speed : float
+        Replay pace relative to real time (windows are cut by sample index, so the
+        speed changes which windows are late, not their content).
+    hop_s : float
+        Step between windows (the service's default, 50 ms).
+    json_out : path, optional
+        Write the report there as JSON.
+    plots_dir : path, optional
+        Write ``online_curve.png`` there.
+    device : str
+        Device of the encoder.
+    resolve_timeout_s : float
+        How long to wait for the replay's streams.
+    progress : bool
+        Show progress.
+
+    Returns
+    -------
+    dict
+        ``per_lag`` (``[{lag_s, n, top1, top5, median_rank}]``, online), ``chance_top5``,
+        ``n_candidates``, ``offline_per_lag`` (the same windows scored offline),
+        ``parity`` (``{n_windows, max_rel_err, ranks_equal, lags_equal}``), ``best``
+        (the lag bin with the highest top-5), counts and settings.
+    """
+    from rtdecode.data.recordings import read_recording
+    from rtdecode.encoder import load_checkpoint
+    from rtdecode.lsl.streams import COUNTER_CHANNEL, COUNTER_MODULUS
+    from rtdecode.signal.preprocess import Preprocessor
+    from rtdecode.training.encoder import predict
+    from rtdecode.worker import load_retrieval, subject_index
+
+    if not speed > 0:
+        raise ValueError(f"speed={speed} must be positive (1 = real time).")
+    model, meta = load_checkpoint(ckpt_dir, device=device)
+    pre = Preprocessor.from_dict(meta["preprocess"])
+    window_s = float(meta["window_s"])
+    subj = subject_index(subject, meta)
+    _, retrieval = load_retrieval(meta, ckpt_dir, gallery, retrieval_set)
+    rec = read_recording(recording)
+    sfreq_hz = float(rec.raw.info["sfreq"])
+    n_file = int(rec.raw.n_times)
+    if n_file >= COUNTER_MODULUS:
+        raise ValueError(
+            f"{recording} has {n_file} samples; online evaluation maps windows through a "
+            f"counter that wraps at {COUNTER_MODULUS}. Crop the recording."
+        )
+
+    frames = _decode_live(
+        recording, pre, model, retrieval, meta, subj, window_s, hop_s, speed, device,
+        n_file / sfreq_hz, resolve_timeout_s, progress,
+    )
+    if not frames:
+        raise RuntimeError(
+            f"No window of {recording} was decoded online; check that the file has at "
+            f"least {window_s} s of data in the model's channels."
+        )
+
+    # ------------------------------------------------------------ the same windows, offline
+    data = rec.raw.get_data().astype(np.float32)  # LSL carried float32: the same values
+    file_ch = list(rec.raw.ch_names)
+    onsets = np.array([e.sample for e in rec.events], dtype=np.int64)
+    ids = [e.value.get("image_id") for e in rec.events]
+    X_off, file_firsts, kept = [], [], []
+    for f in frames:
+        w = f.embedding.window
+        counter = w.data[list(w.ch_names).index(COUNTER_CHANNEL)]
+        first = int(counter[0])
+        if int(counter[-1]) - first != w.data.shape[1] - 1:
+            continue  # a gap inside the window: nothing offline to compare with
+        kept.append(f)
+        file_firsts.append(first)
+        X_off.append(pre.transform(data[:, first:first + w.data.shape[1]], sfreq_hz, file_ch,
+                                   w.n_pad))
+    X_off = np.stack(X_off)
+    off = predict(model, X_off, np.full(len(X_off), subj, np.int64))["clip"]
+    on = np.stack([f.embedding.vector for f in kept]).reshape(off.shape)
+    rel_err = float(np.max(np.abs(on - off)) / max(float(np.max(np.abs(off))), 1e-12))
+
+    online, offline = LagCurve(len(retrieval), max_lag_s=HOLD_S + 1e-6), LagCurve(
+        len(retrieval), max_lag_s=HOLD_S + 1e-6
+    )
+    n_ranked, ranks_equal, lags_equal = 0, True, True
+    for f, first, vec in zip(kept, file_firsts, off, strict=True):
+        last = first + f.embedding.window.data.shape[1] - 1
+        k = int(np.searchsorted(onsets, last, side="right")) - 1
+        lag_off = None if k < 0 else round((last + 1 - int(onsets[k])) / sfreq_hz, 6)
+        true_off = None if k < 0 or lag_off > HOLD_S else ids[k]
+        lags_equal &= (f.lag_s is None) == (lag_off is None) and (
+            lag_off is None or abs(f.lag_s - lag_off) < 0.5 / sfreq_hz
+        )
+        if true_off is None or true_off not in retrieval:
+            continue
+        rank_off = int(retrieval.rank_of(vec, true_off))
+        n_ranked += 1
+        ranks_equal &= f.true_id == true_off and f.true_rank == rank_off
+        online.add(f.lag_s, f.true_rank)
+        offline.add(lag_off, rank_off)
+
+    curve = online.as_dict()
+    best = max(curve["per_lag"], key=lambda r: (r["top5"], -r["lag_s"]), default=None)
+    report: dict[str, Any] = {
+        "checkpoint": str(Path(ckpt_dir).resolve()),
+        "recording": str(Path(recording).resolve()),
+        "subject": meta.get("subjects", [None])[subj] if meta.get("subjects") else None,
+        "retrieval_set": retrieval_set,
+        "speed": speed,
+        "window_s": window_s,
+        "hop_s": hop_s,
+        "per_lag": curve["per_lag"],
+        "chance_top5": curve["chance_top5"],
+        "n_candidates": curve["n_candidates"],
+        "bin_s": curve["bin_s"],
+        "offline_per_lag": offline.as_dict()["per_lag"],
+        "best": best,
+        "n_frames": len(frames),
+        "n_ranked": n_ranked,
+        "parity": {
+            "n_windows": len(kept),
+            "max_rel_err": rel_err,
+            "ranks_equal": bool(ranks_equal),
+            "lags_equal": bool(lags_equal),
+        },
+    }
+    if plots_dir is not None:
+        path = Path(plots_dir) / "online_curve.png"
+        report["plots"] = {"online_curve": str(plot_lag_curves(report, path))}
+    if json_out is not None:
+        out = Path(json_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _decode_live(recording, pre, model, retrieval, meta, subj, window_s, hop_s, speed, device,
+                 duration_s, resolve_timeout_s, progress) -> list[Any]:
+    """Replay the file on loopback LSL and decode every window of it, in order."""
+    from tqdm.auto import tqdm
+
+    from rtdecode.io.replay import replay_file
+    from rtdecode.stream import MarkerReader, StreamReader, Windower
+    from rtdecode.worker import DecodeWorker, WorkerOptions
+
+    name = f"rtdecode-eval-{uuid.uuid4().hex[:8]}"
+    stop = threading.Event()
+    replay_error: list[BaseException] = []
+
+    def _replay() -> None:
+        try:
+            replay_file(recording, name=name, source_id=name, speed=speed, counter=True,
+                        progress=False, stop_event=stop, wait_for_consumer_s=resolve_timeout_s)
+        except BaseException as exc:  # surfaced below, in the caller's thread
+            replay_error.append(exc)
+
+    frames: list[Any] = []
+    replay = threading.Thread(target=_replay, name="rtdecode-eval-replay", daemon=True)
+    replay.start()
+    # The ring holds the whole recording: windows are taken in order, none is skipped.
+    reader = StreamReader(name=name, source_id=name, buffer_s=max(30.0, duration_s + 5.0),
+                          resolve_timeout_s=resolve_timeout_s)
+    markers = MarkerReader(f"{name}-markers", reader=reader, resolve_timeout_s=resolve_timeout_s)
+    reader.start()
+    markers.start()
+    windower = Windower(reader, window_s=window_s, hop_s=hop_s, pad_s=pre.config.pad_s,
+                        markers=markers, latest_wins=False)
+    worker = DecodeWorker(
+        windower, pre, model, retrieval, None, frames.append, device=device,
+        options=WorkerOptions(topk=5, stimulus_hold_s=HOLD_S), target_stats=meta.get("target_stats"),
+        subject=subj, window_shape=(len(pre.config.ch_names), pre.n_times_out(window_s)),
+    )
+    worker.start()
+    n_expected = max(1, int((duration_s - window_s - pre.config.pad_s) / hop_s))
+    bar = tqdm(total=n_expected, desc="online windows", unit="window", disable=not progress)
+    try:
+        idle_since = None
+        while True:
+            if replay_error:
+                raise RuntimeError(f"The replay of {recording} failed: {replay_error[0]}")
+            if worker.error is not None:
+                raise RuntimeError(f"The decode worker failed: {worker.error}")
+            n = len(frames)
+            bar.update(n - bar.n)
+            if not replay.is_alive():
+                # finished sending: done once the worker has had nothing new for 2 s
+                if idle_since is None or n != idle_since[1]:
+                    idle_since = (time.monotonic(), n)
+                elif time.monotonic() - idle_since[0] > 2.0:
+                    break
+            time.sleep(0.1)
+    finally:
+        bar.close()
+        stop.set()
+        worker.stop()
+        markers.stop()
+        reader.stop()
+        replay.join(10)
+    return list(frames)
+
+
+def plot_lag_curves(report: dict[str, Any], path: str | Path) -> Path:
+    """Top-5 accuracy per lag bin, online and offline, with chance (PNG)."""
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(7.5, 4.2), dpi=110)
+    ax = fig.add_subplot()
+    for key, label, style in (("per_lag", "online (live path)", "-o"),
+                              ("offline_per_lag", "offline (same windows)", "--")):
+        rows = report.get(key) or []
+        if rows:
+            ax.plot([r["lag_s"] * 1e3 for r in rows], [100 * r["top5"] for r in rows], style,
+                    ms=3, label=label)
+    ax.axhline(100 * report["chance_top5"], color="gray", ls=":", label="chance")
+    ax.axvspan(0, 500, color="0.9", zorder=0, label="image on screen")
+    ax.set_xlabel("window end after image onset (ms)")
+    ax.set_ylabel(f"top-5 accuracy among {report['n_candidates']} images (%)")
+    ax.set_title(f"Online decoding, {report['window_s'] * 1e3:.0f} ms windows every "
+                 f"{report['hop_s'] * 1e3:.0f} ms")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_ylim(0, 100)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
