@@ -2,4 +2,5 @@
 
 - encoder.py   ``rtdecode train``: recipes, the training loop, resume state.
 - evaluate.py  ``rtdecode evaluate``: retrieval scores, a ridge baseline, plots.
+- sweeps.py    ``rtdecode time-resolved``: one model per window position, as submitit jobs.
 """

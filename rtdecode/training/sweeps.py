@@ -901,9 +901,14 @@ def _plot(report: dict[str, Any], path: Path) -> Path:
     ax.set_xlabel("window end relative to image onset (ms)")
     n_img = report["data"]["n_test_images"]
     ax.set_ylabel(f"top-5 accuracy among {n_img} test images (%)")
-    ax.set_title(f"Time-resolved retrieval: one model per {1e3 * s['window_s']:.0f} ms window, "
-                 f"every {1e3 * s['stride_s']:.0f} ms", fontsize=10)
-    ax.set_ylim(0, 100)
+    title = (f"Time-resolved retrieval: one model per {1e3 * s['window_s']:.0f} ms window, "
+             f"every {1e3 * s['stride_s']:.0f} ms")
+    if report["n_done"] < report["n_positions"]:
+        title += f" ({report['n_done']} of {report['n_positions']} positions run)"
+    ax.set_title(title, fontsize=10)
+    highest = max((max(c["single_top5"] + c["average_top5"]) for c in report["curves"].values()),
+                  default=1.0)
+    ax.set_ylim(0, min(100, 10 * np.ceil(12.5 * highest)))  # 25 % headroom, in tens
     ax.legend(fontsize=7, loc="upper right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
