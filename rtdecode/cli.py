@@ -160,6 +160,21 @@ def _cmd_evaluate_online(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_time_resolved(args: argparse.Namespace) -> int:
+    from rtdecode.training.sweeps import time_resolved
+
+    slurm = {"partition": args.slurm_partition, "gpus": args.slurm_gpus}
+    outputs = time_resolved(
+        args.data, args.out, window_s=args.window_s, stride_s=args.stride_s,
+        tmin_s=args.tmin_s, tmax_s=args.tmax_s, models=args.models.split(","),
+        executor=args.executor, recipe=args.config, max_epochs=args.max_epochs,
+        images_table=args.images_table, every=args.every, max_parallel=args.parallel,
+        timeout_min=args.time_min, slurm={k: v for k, v in slurm.items() if v is not None},
+    )
+    print(f"time-resolved curve: {outputs.png_path}\nresults: {outputs.json_path}")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from rtdecode.encoder import describe_model
 
@@ -291,6 +306,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", type=Path, default=None)
     s.add_argument("--plots", type=Path, default=None)
     s.set_defaults(func=_cmd_evaluate_online)
+
+    s = sub.add_parser("time-resolved", help="one model per window position (the paper's Fig. 3)")
+    s.add_argument("--data", required=True, type=Path)
+    s.add_argument("--out", required=True, type=Path, help="sweep folder (a rerun resumes it)")
+    s.add_argument("--window-s", type=float, default=0.1)
+    s.add_argument("--stride-s", type=float, default=0.025)
+    s.add_argument("--tmin-s", type=float, default=-0.2)
+    s.add_argument("--tmax-s", type=float, default=1.0)
+    s.add_argument("--models", default="deep,ridge", help="comma-separated: deep, ridge")
+    s.add_argument("--executor", choices=["local", "slurm", "debug"], default="local")
+    s.add_argument("--max-epochs", type=int, default=None, help="deep model's epochs")
+    s.add_argument("--config", type=Path, default=None, help="deep model's recipe TOML")
+    s.add_argument("--images-table", type=Path, default=None)
+    s.add_argument("--every", type=int, default=1, help="run every K-th position (rerun to fill in)")
+    s.add_argument("--parallel", type=int, default=1, help="local jobs at once")
+    s.add_argument("--time-min", type=int, default=120, help="time limit per job (minutes)")
+    s.add_argument("--slurm-partition", default=None)
+    s.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per job")
+    s.set_defaults(func=_cmd_time_resolved)
 
     s = sub.add_parser("info", help="JSON description of a checkpoint or preset")
     s.add_argument("ckpt", type=Path, nargs="?", default=None)
