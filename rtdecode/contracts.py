@@ -135,6 +135,13 @@ class Frame:
         The window ends ``lag_s`` after onset: it covers ``[lag_s - window_s, lag_s)``.
     image : bytes | None
         Encoded image (``mime``), or None when only retrieval ran for this frame.
+    lane : str | None
+        Which worker lane made the frame: ``"retrieval"`` (every hop, no image) or
+        ``"image"`` (a generated image); None from the single-lane worker, whose frames
+        carry retrieval results and, when due, an image.
+    window_seq : int | None
+        Image frames: the ``seq`` of the retrieval frame of the window the image was
+        generated from (the window itself is named by ``first_sample`` and ``t_*``).
     """
 
     seq: int
@@ -150,3 +157,5 @@ class Frame:
     image: bytes | None = None
     mime: str = "image/jpeg"
     extra: dict[str, Any] = field(default_factory=dict)
+    lane: str | None = None
+    window_seq: int | None = None
