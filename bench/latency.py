@@ -171,6 +171,7 @@ def _snapshot(service) -> dict[str, Any]:
         "worker": service.worker.stats()["counters"],
         "reader": service.reader.stats_dict(),
         "server": service.server.app.state.broadcaster.stats(),
+        "lanes": service.worker.stats()["lanes"],
     }
 
 
@@ -198,6 +199,7 @@ def measure(
     device: str = "cpu",
     max_fps: float = 10.0,
     diffusion_steps: int = 4,
+    lanes: int = 2,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Replay -> in-process Service -> websocket client for ``duration_s`` after a warm-up.
@@ -230,7 +232,10 @@ def measure(
     settings = Settings(
         stream=name, source_id=name, model=inputs.encoder, decoder=inputs.decoder,
         gallery=inputs.gallery, port=0, lsl_local=True, hop_s=hop_s, device=device,
-        max_fps=max_fps, diffusion_steps=diffusion_steps,
+        max_fps=max_fps, diffusion_steps=diffusion_steps, lanes=lanes,
+        # The bundled demo encoder is an old fixed-window checkpoint; latency does not
+        # depend on how the encoder was trained.
+        allow_fixed_window=True,
     )
     service = Service(settings)
     raw: list[tuple[float, bytes]] = []
@@ -238,6 +243,7 @@ def measure(
         service.start()
         _poll(lambda: service.health()[0] == "ready", 180.0, "the service to become ready", replay_alive)
         with connect(service.server.ws_url, open_timeout=10, max_size=None) as ws:
+            load_before = os.getloadavg()
             t_warm_end = time.monotonic() + warmup_s
             while time.monotonic() < t_warm_end:
                 ws.recv(timeout=10)
@@ -297,6 +303,8 @@ def measure(
         "lsl_clock_offset_s": clock_offset_s,
         "bench_clock_minus_monotonic_s": local_clock() - time.monotonic(),
         "torch_threads": torch_threads,
+        "load_average": {"before": [round(v, 2) for v in load_before],
+                         "after": [round(v, 2) for v in os.getloadavg()]},
     }
 
 
@@ -425,6 +433,8 @@ def summarise(m: dict[str, Any], config: dict[str, Any], inputs: Inputs) -> dict
             "outside_models": _thirds(e2e - compute, t_rel_s),
         },
     }
+    report["load_average"] = m.get("load_average")
+    report["lanes"] = lane_summary(frames, e2e, age, has_image, m["wall_s"], after.get("lanes"))
     report["targets"] = {
         "p50_ms": _target(e2e_p.get("p50"), TARGETS["p50_ms"]),
         "p99_ms": _target(e2e_p.get("p99"), TARGETS["p99_ms"]),
@@ -434,6 +444,47 @@ def summarise(m: dict[str, Any], config: dict[str, Any], inputs: Inputs) -> dict
         "t_s": t_rel_s, "e2e_ms": e2e, "compute_ms": compute, "has_image": has_image,
     }
     return report
+
+
+LANE_TARGETS = {
+    "retrieval_e2e_p50_ms": 25.0, "retrieval_e2e_p99_ms": 60.0, "retrieval_frames_per_s": 19.0,
+    "images_per_s": 5.0, "image_age_p50_ms": 200.0,
+}
+
+
+def lane_summary(frames: list[dict], e2e: np.ndarray, age: np.ndarray, has_image: np.ndarray,
+                 wall_s: float, worker_lanes: dict | None) -> dict[str, Any]:
+    """Per lane, as a viewer sees them: retrieval frames (every frame that updates the
+    top-k strip: lane "retrieval", or every single-lane frame) and images."""
+    lane = np.array([f.get("lane") or "" for f in frames])
+    retrieval = lane != "image"
+    out = {
+        "retrieval_frames": {
+            "n": int(retrieval.sum()),
+            "per_s": round(int(retrieval.sum()) / wall_s, 2),
+            "end_to_end_ms": percentiles(e2e[retrieval]),
+        },
+        "images": {
+            "n": int(has_image.sum()),
+            "per_s": round(int(has_image.sum()) / wall_s, 2),
+            "age_at_client_ms": percentiles(e2e[has_image]),  # last sample pushed -> image
+            "sample_age_ms": percentiles(age[has_image]),
+        },
+        "worker_lanes": worker_lanes,
+    }
+    r, i = out["retrieval_frames"], out["images"]
+    out["targets"] = {
+        "retrieval_e2e_p50_ms": _target(r["end_to_end_ms"].get("p50"), LANE_TARGETS["retrieval_e2e_p50_ms"]),
+        "retrieval_e2e_p99_ms": _target(r["end_to_end_ms"].get("p99"), LANE_TARGETS["retrieval_e2e_p99_ms"]),
+        "retrieval_frames_per_s": _at_least(r["per_s"], LANE_TARGETS["retrieval_frames_per_s"]),
+        "images_per_s": _at_least(i["per_s"], LANE_TARGETS["images_per_s"]),
+        "image_age_p50_ms": _target(i["age_at_client_ms"].get("p50"), LANE_TARGETS["image_age_p50_ms"]),
+    }
+    return out
+
+
+def _at_least(measured: float | None, limit: float) -> dict[str, Any]:
+    return {"measured": measured, "target": f">= {limit}", "met": measured is not None and measured >= limit}
 
 
 def _thirds(values_ms: np.ndarray, t_s: np.ndarray) -> dict[str, float | None]:
@@ -567,6 +618,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--max-fps", type=float, default=10.0, help="most generated images per second")
     p.add_argument("--steps", type=int, default=4, help="diffusion steps per image")
+    p.add_argument("--lanes", choices=["1", "2", "both"], default="both",
+                   help="worker lanes; 'both' runs single-lane then two-lane in one run")
     p.add_argument("--json", type=Path, default=RESULTS_DIR / "latency.json")
     p.add_argument("--png", default=str(RESULTS_DIR / "latency.png"), help="'' for no plot")
     p.add_argument("--note", default=None, help="free text stored in the JSON (e.g. model provenance)")
@@ -579,42 +632,86 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Resolve inputs, measure, write JSON and PNG, print the table; returns the report."""
+    """Resolve inputs, measure (one or both worker modes), write JSON and PNG, print the
+    tables; returns the report."""
     use_local_config()
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    modes = [1, 2] if args.lanes == "both" else [int(args.lanes)]
+    reports: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="rtdecode-latency-inputs-") as tmp:
         inputs = resolve_inputs(args, Path(tmp))
-        print(
-            f"latency: {inputs.origin} models (encoder {_rel(inputs.encoder)}, decoder "
-            f"{inputs.decoder}), replay {_rel(inputs.replay)}, {args.duration:g} s after "
-            f"{args.warmup:g} s warm-up, hop {args.hop * 1e3:g} ms, {args.device}",
-            flush=True,
-        )
-        m = measure(
-            inputs, duration_s=args.duration, warmup_s=args.warmup, hop_s=args.hop,
-            chunk_ms=args.chunk_ms, device=args.device, max_fps=args.max_fps,
-            diffusion_steps=args.steps, progress=not args.no_progress,
-        )
-    config = {
-        "duration_s": args.duration, "warmup_s": args.warmup, "hop_s": args.hop,
-        "chunk_ms": args.chunk_ms, "device": args.device, "max_fps": args.max_fps,
-        "diffusion_steps": args.steps, "sfreq_hz": m["sfreq_hz"],
-        "torch": torch.__version__,
+        for lanes in modes:
+            print(
+                f"latency: {inputs.origin} models (encoder {_rel(inputs.encoder)}, decoder "
+                f"{inputs.decoder}), replay {_rel(inputs.replay)}, {args.duration:g} s after "
+                f"{args.warmup:g} s warm-up, hop {args.hop * 1e3:g} ms, {args.device}, "
+                f"{lanes} lane(s)",
+                flush=True,
+            )
+            m = measure(
+                inputs, duration_s=args.duration, warmup_s=args.warmup, hop_s=args.hop,
+                chunk_ms=args.chunk_ms, device=args.device, max_fps=args.max_fps,
+                diffusion_steps=args.steps, lanes=lanes, progress=not args.no_progress,
+            )
+            config = {
+                "duration_s": args.duration, "warmup_s": args.warmup, "hop_s": args.hop,
+                "chunk_ms": args.chunk_ms, "device": args.device, "max_fps": args.max_fps,
+                "diffusion_steps": args.steps, "sfreq_hz": m["sfreq_hz"], "lanes": lanes,
+                "torch": torch.__version__,
+            }
+            report = summarise(m, config, inputs)
+            if args.note:
+                report["note"] = args.note
+            if args.png and lanes == modes[-1]:
+                report["plot"] = _rel(plot(report, Path(args.png)))
+            report.pop("_series")
+            print_report(report)
+            reports["single_lane" if lanes == 1 else "two_lane"] = report
+    out = reports[next(iter(reports))] if len(reports) == 1 else {
+        "benchmark": "latency (single-lane vs two-lane, one run)", "runs": reports,
+        "comparison": compare(reports),
     }
-    report = summarise(m, config, inputs)
-    if args.note:
-        report["note"] = args.note
-    if args.png:
-        report["plot"] = _rel(plot(report, Path(args.png)))
-    report.pop("_series")
+    if len(reports) > 1:
+        print_comparison(out["comparison"])
     if args.json:
-        write_json(args.json, report)
-    print_report(report)
+        write_json(args.json, out)
     print(f"wrote {args.json}" + (f" and {args.png}" if args.png else ""))
-    return report
+    return out
+
+
+def compare(reports: dict[str, Any]) -> dict[str, Any]:
+    """Per-lane numbers of both runs side by side, and two-lane / single-lane ratios."""
+    rows = {}
+    for key, r in reports.items():
+        lanes = r["lanes"]
+        rows[key] = {
+            "retrieval_e2e_p50_ms": lanes["retrieval_frames"]["end_to_end_ms"].get("p50"),
+            "retrieval_e2e_p99_ms": lanes["retrieval_frames"]["end_to_end_ms"].get("p99"),
+            "retrieval_frames_per_s": lanes["retrieval_frames"]["per_s"],
+            "images_per_s": lanes["images"]["per_s"],
+            "image_age_p50_ms": lanes["images"]["age_at_client_ms"].get("p50"),
+            "load_average_1min": (r.get("load_average") or {}).get("before", [None])[0],
+            "targets_met": {k: v["met"] for k, v in lanes["targets"].items()},
+        }
+    a, b = rows.get("single_lane"), rows.get("two_lane")
+    ratio = {}
+    if a and b:
+        for k in ("retrieval_e2e_p50_ms", "retrieval_e2e_p99_ms", "retrieval_frames_per_s",
+                  "images_per_s", "image_age_p50_ms"):
+            if a[k] and b[k] is not None:
+                ratio[k] = round(b[k] / a[k], 3)
+    return {"runs": rows, "two_lane_over_single_lane": ratio}
+
+
+def print_comparison(c: dict[str, Any]) -> None:
+    keys = ["retrieval_e2e_p50_ms", "retrieval_e2e_p99_ms", "retrieval_frames_per_s",
+            "images_per_s", "image_age_p50_ms", "load_average_1min"]
+    rows = [[k, *[c["runs"][run][k] for run in c["runs"]], c["two_lane_over_single_lane"].get(k)]
+            for k in keys]
+    print(format_table(["per lane", *c["runs"], "two / single"], rows))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,9 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from common import write_json  # noqa: E402  (bench/common.py, beside this script)
 
+from rtdecode.contracts import Window  # noqa: E402
 from rtdecode.signal import PreprocessConfig, Preprocessor  # noqa: E402
+from rtdecode.signal.streaming import StreamingPreprocessor  # noqa: E402
 
 N_CHANNELS = 306
 RATES_HZ = (1200.0, 1000.0, 600.614)
@@ -81,6 +83,42 @@ def main() -> None:
         results["window"].append(row)
         print(f"{fs:>9g} {n_in:>10d} {row['median_ms']:>10.2f} {row['p95_ms']:>8.2f} "
               f"{row['min_ms']:>8.2f} {row['cpu_median_ms']:>8.2f}")
+
+    # Streaming (PreprocessConfig.streaming=True) against the block path on the SAME
+    # sequence of windows (50 ms hop, as lane 1 takes them): per window, streaming pushes
+    # the hop's new samples through the filters and slices; block refilters the history.
+    results["streaming"] = []
+    stream_pre = Preprocessor(PreprocessConfig(ch_names=ch_names, streaming=True))
+    print(f"\nstreaming vs block, one window per 50 ms hop ({args.repeats} windows)")
+    print(f"{'rate Hz':>9} {'stream median ms':>16} {'p95':>6} {'CPU':>6} "
+          f"{'block median ms':>15} {'CPU':>6} {'block/stream':>12}")
+    for fs in RATES_HZ:
+        n_pad = pre.pad_samples(fs)
+        n_win = n_pad + pre.window_samples(0.25, fs)
+        n_hop = int(round(0.05 * fs))
+        n_all = n_win + n_hop * (args.repeats + 2)
+        x = (rng.standard_normal((len(stream_names), n_all)) * 1e-12).astype(np.float32)
+        windows = [
+            Window(data=x[:, e - n_win:e], sfreq=fs, ch_names=stream_names,
+                   first_sample=e - n_win, t_first=0.0, t_last=0.0, t_arrived=0.0, n_pad=n_pad)
+            for e in range(n_win, n_all + 1, n_hop)
+        ]
+        sp = StreamingPreprocessor(stream_pre)
+        timings = {}
+        for name, fn in (("stream", sp.transform_window), ("block", pre.transform_window)):
+            it = iter(windows)
+            timings[name] = time_calls(lambda fn=fn, it=it: fn(next(it)), args.repeats)
+        (sw, sc), (bw, bc) = timings["stream"], timings["block"]
+        row = {"sfreq_hz": fs, "hop_samples": n_hop, "stream_median_ms": float(np.median(sw)),
+               "stream_p95_ms": float(np.percentile(sw, 95)),
+               "stream_cpu_median_ms": float(np.median(sc)),
+               "block_median_ms": float(np.median(bw)), "block_cpu_median_ms": float(np.median(bc)),
+               "block_over_stream_median": float(np.median(bw) / np.median(sw)),
+               "restarts": sp.restarts}
+        results["streaming"].append(row)
+        print(f"{fs:>9g} {row['stream_median_ms']:>16.3f} {row['stream_p95_ms']:>6.2f} "
+              f"{row['stream_cpu_median_ms']:>6.3f} {row['block_median_ms']:>15.2f} "
+              f"{row['block_cpu_median_ms']:>6.2f} {row['block_over_stream_median']:>12.1f}")
 
     n_epochs = 64
     print(f"\noffline epochs: {n_epochs} x {N_CHANNELS} channels, 181/120 s + history")

@@ -212,6 +212,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         subject=args.subject,
         retrieval_set=args.retrieval_set,
         allow_fixed_window=args.allow_fixed_window or None,
+        lanes=args.lanes,
         host=args.host,
         port=args.port,
         token=args.token,
@@ -353,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "default) or a folder of images")
     s.add_argument("--allow-fixed-window", action="store_true",
                    help="serve an encoder trained on one fixed window (decodes poorly at other lags)")
+    s.add_argument("--lanes", type=int, choices=[1, 2], default=None,
+                   help="2 (default): images generated in their own lane, retrieval frames "
+                        "at every hop; 1: single lane (RTDECODE_LANES)")
     s.add_argument("--host", default=None)
     s.add_argument("--port", type=int, default=None)
     s.add_argument("--token", default=None)

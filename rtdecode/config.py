@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     topk: int = Field(5, ge=1, le=50)
     max_fps: float = Field(10.0, gt=0, description="Most generated images per second.")
     diffusion_steps: int = Field(4, ge=1, le=50)
+    lanes: int = Field(
+        2, ge=1, le=2,
+        description="2: generation in its own thread, retrieval frames at every hop; "
+        "1: the single-lane worker (retrieval waits behind each generation).",
+    )
     seed: int = 0
     # server
     host: str = "127.0.0.1"

@@ -142,6 +142,13 @@ class Frame:
         ``rtdecode evaluate-online`` read it; it never goes on the wire).
     image : bytes | None
         Encoded image (``mime``), or None when only retrieval ran for this frame.
+    lane : str | None
+        Which worker lane made the frame: ``"retrieval"`` (every hop, no image) or
+        ``"image"`` (a generated image); None from the single-lane worker, whose frames
+        carry retrieval results and, when due, an image.
+    window_seq : int | None
+        Image frames: the ``seq`` of the retrieval frame of the window the image was
+        generated from (the window itself is named by ``first_sample`` and ``t_*``).
     """
 
     seq: int
@@ -158,6 +165,8 @@ class Frame:
     image: bytes | None = None
     mime: str = "image/jpeg"
     extra: dict[str, Any] = field(default_factory=dict)
+    lane: str | None = None
+    window_seq: int | None = None
 
 
 # ----------------------------------------------------------------- marker codec

@@ -48,6 +48,8 @@ _SUMMED_READER_STATS = (
 )
 #: Windows in a row that fail before /health calls decoding degraded (1 s at 20 Hz).
 FAILING_WINDOWS = 20
+# Images in a row whose generation failed before /health says so (2 s at 5 images/s).
+FAILING_IMAGES = 10
 
 
 class Service:
@@ -173,6 +175,7 @@ class Service:
                 diffusion_steps=s.diffusion_steps,
                 seed=s.seed,
                 image_format=s.image_format,
+                lanes=s.lanes,
             ),
             target_stats=meta.get("target_stats"),
             gallery=self.gallery,
@@ -237,6 +240,11 @@ class Service:
         worker = self.worker.stats()
         if worker["consecutive_frame_errors"] >= FAILING_WINDOWS:
             reasons.append(f"decoding fails on every window: {worker['last_frame_error']}")
+        image_lane = worker["lanes"].get("image") or {}
+        if image_lane.get("error"):
+            reasons.append(f"image lane stopped (retrieval goes on): {image_lane['error']}")
+        elif image_lane.get("consecutive_errors", 0) >= FAILING_IMAGES:
+            reasons.append(f"generation fails on every image: {image_lane['last_error']}")
         if self.recorder is not None and self.recorder.error is not None:
             reasons.append(f"recording to {self.recorder.session_dir} fails: {self.recorder.error}")
         if not self.worker.ready.is_set():

@@ -143,7 +143,9 @@ def frame_header(frame: Frame, *, t_sent: float | None = None) -> dict[str, Any]
         (LSL clock, s), ``t_arrived``, ``t_sent`` (local clock, s), ``latencies_ms``
         ({stage: ms}), ``topk`` ([[id, score], ...], best first), ``true_id``,
         ``true_rank`` (1 = best, or None), ``mime`` (None without image), ``n_bytes``,
-        ``extra`` (free-form, JSON-able).
+        ``extra`` (free-form, JSON-able), ``lane`` ("retrieval", "image" or None) and
+        ``window_seq`` (an image frame's source window's seq, or None); the last two are
+        optional keys of protocol v1 (older servers omit them).
     """
     image = frame.image or b""
     return {
@@ -163,6 +165,8 @@ def frame_header(frame: Frame, *, t_sent: float | None = None) -> dict[str, Any]
         "mime": frame.mime if image else None,
         "n_bytes": len(image),
         "extra": dict(frame.extra),
+        "lane": None if frame.lane is None else str(frame.lane),
+        "window_seq": None if frame.window_seq is None else int(frame.window_seq),
     }
 
 

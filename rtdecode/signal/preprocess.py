@@ -91,6 +91,11 @@ class PreprocessConfig:
         Robust-scaled values are clipped to ``[-clamp, clamp]``; None to skip.
     lowpass_order, highpass_order : int
         Butterworth orders (roll-off 6 dB/octave per order; group delay grows with it).
+    streaming : bool
+        False (checkpoints made before it existed): every window is filtered afresh over
+        its ``pad_s`` of history (the block path). True: the filters run continuously
+        over the stream with their state carried across chunks
+        (:mod:`rtdecode.signal.streaming`), online and offline.
     """
 
     ch_names: tuple[str, ...]
@@ -102,6 +107,7 @@ class PreprocessConfig:
     clamp: float | None = 20.0
     lowpass_order: int = 4
     highpass_order: int = 2
+    streaming: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.ch_names, str):
@@ -546,17 +552,7 @@ class Preprocessor:
         zi_low = None if sos_low is None else filters.steady_state(sos_low)
         n_out = filters.n_samples_out(n_times, sfreq_hz, c.sfreq_model_hz)
         resample = filters.resample_plan(n_pad + n_times, n_out, sfreq_hz, c.sfreq_model_hz)
-        baseline = None
-        if c.baseline_s is not None:
-            start = filters.round_half_up(c.baseline_s[0] * c.sfreq_model_hz)
-            stop = filters.round_half_up(c.baseline_s[1] * c.sfreq_model_hz)
-            if stop > n_out or stop <= start:
-                raise ValueError(
-                    f"baseline_s={c.baseline_s} covers output samples {start}..{stop} but "
-                    f"the window has {n_out} ({n_out / c.sfreq_model_hz:g} s); choose a "
-                    f"baseline inside the window or lengthen the window."
-                )
-            baseline = slice(start, stop)
+        baseline = self._baseline_slice(n_out)
         plan = _Plan(sos_low, zi_low, resample, baseline)
         _remember(self._plans, key, plan)
         return plan
@@ -634,13 +630,37 @@ class Preprocessor:
         if self._config.highpass_hz is not None:
             y = filters.causal_filter(y, self._sos_high, self._zi_high, level)
         y = y[:, plan.resample.n_pad_out:]
-        if plan.baseline is not None:
-            y = y - y[:, plan.baseline].mean(axis=-1, keepdims=True)
+        return self._finish(y, plan.baseline, stats, to_float32=False)
+
+    def _finish(self, y: np.ndarray, baseline: slice | None,
+                stats: tuple[np.ndarray, np.ndarray] | None | bool = True,
+                to_float32: bool = True) -> np.ndarray:
+        """Baseline, robust scaling and clamp of model-rate rows (the block path's and the
+        streaming path's one tail). ``stats=True``: this Preprocessor's own statistics."""
+        if stats is True:
+            stats = None if self._scale is None else (self._center, self._scale)
+        if baseline is not None:
+            y = y - y[:, baseline].mean(axis=-1, keepdims=True)
         if stats is not None:
             y = (y - stats[0][:, None]) / stats[1][:, None]
             if self._config.clamp is not None:
                 np.clip(y, -self._config.clamp, self._config.clamp, out=y)
-        return y
+        return y.astype(np.float32) if to_float32 else y
+
+    def _baseline_slice(self, n_out: int) -> slice | None:
+        """Output samples of the baseline interval for a window of ``n_out`` outputs."""
+        c = self._config
+        if c.baseline_s is None:
+            return None
+        start = filters.round_half_up(c.baseline_s[0] * c.sfreq_model_hz)
+        stop = filters.round_half_up(c.baseline_s[1] * c.sfreq_model_hz)
+        if stop > n_out or stop <= start:
+            raise ValueError(
+                f"baseline_s={c.baseline_s} covers output samples {start}..{stop} but "
+                f"the window has {n_out} ({n_out / c.sfreq_model_hz:g} s); choose a "
+                f"baseline inside the window or lengthen the window."
+            )
+        return slice(start, stop)
 
 
 def _remember(cache: OrderedDict, key: Any, value: Any) -> None:

@@ -9,7 +9,7 @@
 
 (function () {
   const PROTOCOL_VERSION = 1;
-  const STAGE_ORDER = ["queue", "preprocess", "encode", "retrieve", "generate", "encode_image", "total"];
+  const STAGE_ORDER = ["queue", "preprocess", "encode", "retrieve", "wait", "generate", "encode_image", "total", "image_total"];
   const PALETTE = ["#58a6ff", "#3fb950", "#d29922", "#f778ba", "#a371f7", "#39c5cf", "#f0f6fc", "#ff7b72"];
   const LATENCY_WINDOW_S = 30;
   const RANK_WINDOW_S = 60;
@@ -224,7 +224,8 @@
   }
 
   // ------------------------------------------------------------------ frames
-  const frameTimes = [];
+  const frameTimes = []; // retrieval (or single-lane) frames, last 2 s
+  const imageTimes = []; // frames with an image, last 2 s
   let lastImageAt = -Infinity;
   let pendingImage = null; // latest-wins: at most one decode in flight, newest waits
   let decoding = false;
@@ -232,24 +233,43 @@
   const top1Image = new Image();
   let top1Id = null;
 
+  // Image frames of the two-lane worker (lane "image") carry a generated image at up to
+  // max_fps; retrieval frames (lane "retrieval") come every hop. Each updates its own part
+  // of the page at its own rate. Frames of the single-lane worker (lane null) carry both.
+  const IMAGE_STAGES = ["wait", "generate", "encode_image"];
+
   function onFrame({ header, image }) {
     const now = performance.now() / 1000;
     state.framesReceived += 1;
     if (state.lastSeq !== null && header.seq > state.lastSeq + 1) state.missedSeq += header.seq - state.lastSeq - 1;
     state.lastSeq = header.seq;
-    frameTimes.push(now);
-
     $("seq").textContent = fmtInt(header.seq);
-    const total = header.latencies_ms && header.latencies_ms.total;
-    $("latency-total").textContent = typeof total === "number" ? total.toFixed(0) : "–";
-    $("first-sample").textContent = fmtInt(header.first_sample);
-    $("t-last").textContent = typeof header.t_last === "number" ? header.t_last.toFixed(2) : "–";
-    $("flagged").hidden = !(header.extra && header.extra.flagged);
+    const lat = header.latencies_ms || {};
 
-    recordLatencies(now, header.latencies_ms || {});
-    recordRank(now, header.true_rank);
-    showTruth(header.true_id, header.true_rank);
-    showTopk(header.topk || [], header.true_id);
+    if (header.lane === "image") {
+      // Only the image and the image lane's timings: the strip already showed this
+      // window's retrieval when its retrieval frame came.
+      imageTimes.push(now);
+      const imageLat = {};
+      for (const s of IMAGE_STAGES) if (typeof lat[s] === "number") imageLat[s] = lat[s];
+      if (typeof lat.total === "number") {
+        imageLat.image_total = lat.total;
+        $("image-latency").textContent = lat.total.toFixed(0);
+      }
+      recordLatencies(now, imageLat);
+    } else {
+      frameTimes.push(now);
+      const total = lat.total;
+      $("latency-total").textContent = typeof total === "number" ? total.toFixed(0) : "–";
+      $("first-sample").textContent = fmtInt(header.first_sample);
+      $("t-last").textContent = typeof header.t_last === "number" ? header.t_last.toFixed(2) : "–";
+      $("flagged").hidden = !(header.extra && header.extra.flagged);
+      recordLatencies(now, lat);
+      recordRank(now, header.true_rank);
+      showTruth(header.true_id, header.true_rank);
+      showTopk(header.topk || [], header.true_id);
+      if (image) imageTimes.push(now);
+    }
 
     if (image) {
       lastImageAt = now;
@@ -579,6 +599,9 @@
     const fps = frameTimes.length >= 2 ? (frameTimes.length - 1) / Math.max(0.5, now - frameTimes[0]) : 0;
     state.fps = fps;
     $("fps").textContent = fps.toFixed(1);
+    while (imageTimes.length && imageTimes[0] < now - 2) imageTimes.shift();
+    const ips = imageTimes.length >= 2 ? (imageTimes.length - 1) / Math.max(0.5, now - imageTimes[0]) : 0;
+    $("ips").textContent = ips.toFixed(1);
     // Redraw on new data, and once a second anyway so the time axis keeps moving.
     if (dirty || Math.floor(now) !== render.lastSecond) {
       drawLatency(now);

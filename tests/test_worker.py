@@ -1,0 +1,112 @@
+"""The DecodeWorker's two lanes with real toy models (tests/helpers/worker.py): lane 1
+publishes a retrieval frame every hop while a deliberately slow decoder generates, image
+frames name their window, the image lane takes the newest prediction, ``lanes=1`` keeps
+the single-lane behaviour, and the thread budget is applied per lane."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers.lsl_source import poll
+from tests.helpers.worker import SlowDecoder, build_worker
+
+DEADLINE_S = 60.0
+DELAY_S = 0.4  # one generation: eight hops of 50 ms
+
+
+@pytest.fixture
+def run_worker():
+    started = []
+
+    def start(decoder, n_images: int, **options):
+        worker, source, collector = build_worker(decoder, **options)
+        started.append(worker)
+        worker.start()
+        poll(lambda: worker.ready.is_set() or worker.error is not None, DEADLINE_S, "worker ready")
+        assert worker.error is None
+        poll(
+            lambda: sum(f.image is not None for _, f in collector.frames()) >= n_images,
+            DEADLINE_S, f"{n_images} images",
+        )
+        return worker, collector
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def _inside(collector, t0, t1, lane):
+    return [f for t, f in collector.frames() if t0 <= t <= t1 and f.lane == lane]
+
+
+def test_lane1_publishes_every_hop_while_the_slow_decoder_generates(run_worker):
+    decoder = SlowDecoder(DELAY_S)
+    worker, collector = run_worker(decoder, n_images=4, max_fps=100.0)
+    gens = decoder.calls[1:4]  # [0] is the warm-up
+    for t0, t1, _ in gens:
+        # 8 hops fit in one generation; a lane 1 that waited would publish none.
+        assert len(_inside(collector, t0, t1, "retrieval")) >= 3
+    frames = [f for _, f in collector.frames()]
+    assert all(f.image is None for f in frames if f.lane == "retrieval")
+    assert all(f.image is not None for f in frames if f.lane == "image")
+    seqs = [f.seq for f in frames]
+    assert seqs == list(range(len(seqs)))  # one counter, published in order
+    stats = worker.stats()
+    assert stats["lanes"]["n"] == 2
+    assert stats["lanes"]["retrieval"]["latency_ms"]["total"]["n"] >= 10
+    assert set(stats["lanes"]["image"]["latency_ms"]) == {"wait", "generate", "encode_image", "total"}
+    assert stats["lanes"]["image"]["latency_ms"]["generate"]["p50"] >= DELAY_S * 1e3
+
+
+def test_image_frames_name_their_window_and_take_the_newest_prediction(run_worker):
+    decoder = SlowDecoder(DELAY_S)
+    worker, collector = run_worker(decoder, n_images=4, max_fps=100.0)
+    items = collector.frames()
+    retrieval = {f.seq: (t, f) for t, f in items if f.lane == "retrieval"}
+    images = [f for _, f in items if f.lane == "image"]
+    checked = 0
+    for k, image in enumerate(images[:3]):
+        _, source = retrieval[image.window_seq]
+        assert (image.first_sample, image.t_last, image.t_arrived, image.topk) == (
+            source.first_sample, source.t_last, source.t_arrived, source.topk
+        )
+        assert image.seq > image.window_seq
+        assert set(image.latencies_ms) >= {"preprocess", "encode", "wait", "generate", "total"}
+        # Newest wins: every retrieval frame out before lane 2 was free again (the
+        # previous generation's end) is no newer than the window this image used.
+        free_at = decoder.calls[k][1]
+        published_before = [s for s, (t, _) in retrieval.items() if t < free_at]
+        assert max(published_before, default=-1) <= image.window_seq
+        checked += bool(published_before)
+    assert checked >= 2
+    assert worker.stats()["counters"]["images_skipped"] >= 3  # replaced in the slot, counted
+
+
+def test_single_lane_switch_keeps_generation_inline(run_worker):
+    decoder = SlowDecoder(DELAY_S)
+    worker, collector = run_worker(decoder, n_images=3, max_fps=100.0, lanes=1)
+    frames = [f for _, f in collector.frames()]
+    assert {f.lane for f in frames} == {None} and all(f.window_seq is None for f in frames)
+    images = [f for f in frames if f.image is not None]
+    assert all(f.topk and "generate" in f.latencies_ms for f in images)
+    for t0, t1, _ in decoder.calls[1:3]:
+        assert _inside(collector, t0 + 0.01, t1 - 0.01, None) == []  # nothing while generating
+    assert worker.stats()["lanes"] == {"n": 1, "single": {"threads": 1}}
+
+
+def test_thread_budget_is_split_between_the_lanes(run_worker):
+    worker, _ = run_worker(SlowDecoder(0.0), n_images=1, torch_threads=1, thread_budget=3)
+    lanes = worker.stats()["lanes"]
+    assert (lanes["retrieval"]["threads"], lanes["image"]["threads"]) == (1, 2)
+
+
+def test_image_lane_errors_are_counted_and_retrieval_goes_on(run_worker):
+    decoder = SlowDecoder(0.05, fail=True)
+    worker, collector = run_worker(decoder, n_images=0, max_fps=100.0)
+    poll(lambda: worker.stats()["lanes"]["image"]["consecutive_errors"] >= 5, DEADLINE_S,
+         "five failed generations")
+    n = len(collector.frames())
+    poll(lambda: len(collector.frames()) >= n + 5, DEADLINE_S, "retrieval frames go on")
+    image = worker.stats()["lanes"]["image"]
+    assert "out of memory" in image["last_error"] and image["error"] is None
+    assert worker.error is None and worker.stats()["counters"]["image_errors"] >= 5
