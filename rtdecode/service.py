@@ -261,8 +261,8 @@ class Service:
         worker = self.worker.stats()
         if worker["consecutive_frame_errors"] >= FAILING_WINDOWS:
             reasons.append(f"decoding fails on every window: {worker['last_frame_error']}")
-        if self.recorder is not None and self.recorder.error is not None:
-            reasons.append(f"recording to {self.recorder.session_dir} fails: {self.recorder.error}")
+        if self.recorder is not None and (problem := self.recorder.problem) is not None:
+            reasons.append(problem)  # names the folder; "disk full" when that is why
         if not self.worker.ready.is_set():
             return "starting", ["warming up models"] + reasons
         return ("degraded", reasons) if reasons else ("ready", [])
