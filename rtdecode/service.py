@@ -245,8 +245,8 @@ class Service:
             reasons.append(f"image lane stopped (retrieval goes on): {image_lane['error']}")
         elif image_lane.get("consecutive_errors", 0) >= FAILING_IMAGES:
             reasons.append(f"generation fails on every image: {image_lane['last_error']}")
-        if self.recorder is not None and self.recorder.error is not None:
-            reasons.append(f"recording to {self.recorder.session_dir} fails: {self.recorder.error}")
+        if self.recorder is not None and (problem := self.recorder.problem) is not None:
+            reasons.append(problem)  # names the folder; "disk full" when that is why
         if not self.worker.ready.is_set():
             return "starting", ["warming up models"] + reasons
         return ("degraded", reasons) if reasons else ("ready", [])

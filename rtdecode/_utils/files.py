@@ -11,7 +11,9 @@ Threads: stateless; any thread may call these functions.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,3 +116,21 @@ def atomic_save_tensors(
 
     data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
     return atomic_write(path, data)
+
+
+#: errno values that mean "no room left" (the disk, or the user's quota).
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when ``exc`` is an OSError for a full disk or an exceeded quota."""
+    return isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Bytes an unprivileged writer may still use on the file system of ``path``
+    (None when it cannot be asked, e.g. the folder is gone)."""
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None

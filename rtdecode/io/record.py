@@ -14,6 +14,13 @@ them) come from the stream description; a stream without one gets ``ch000``, ``c
 Data in scaled units (uV, fT ...) are stored with the matching calibration so that MNE
 reads them back in SI units.
 
+A full disk ends the recording with :class:`DiskFullError`, after the file of what was
+kept is written: the spool never grows past what the disk can still turn into the FIF file
+(it keeps room for the file next to it), so the samples spooled before the disk filled
+become a valid FIF file, and the error names the file, what it holds and from which
+sample on nothing was recorded. If the disk fills from elsewhere while the file is being
+written, the longest start of the recording that fits is written instead (and said so).
+
 Threads: ``record_stream`` makes its inlets and pulls in the thread that calls it (a
 simple pull loop); ``stop_event``, Ctrl-C or SIGTERM (main thread) end it and the file is
 still written.
@@ -21,6 +28,7 @@ still written.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -36,7 +44,7 @@ from typing import Any, BinaryIO
 import mne
 import numpy as np
 
-from rtdecode._utils.files import PRIVATE, publish
+from rtdecode._utils.files import PRIVATE, free_bytes, is_disk_full, publish
 from rtdecode.contracts import marker_stream_name, marker_text, parse_marker
 from rtdecode.io.replay import ProgressLine, stop_on_sigterm
 from rtdecode.lsl.streams import (
@@ -53,7 +61,30 @@ from rtdecode.lsl.streams import (
     unwrap_counter,
 )
 
-__all__ = ["record_stream", "marker_stream_name"]
+__all__ = ["record_stream", "marker_stream_name", "DiskFullError"]
+
+
+class DiskFullError(RuntimeError):
+    """The disk filled up while recording; what was kept is in a valid file.
+
+    Attributes
+    ----------
+    path : Path
+        The FIF file written (None when not even one sample fitted).
+    n_kept : int
+        Samples in it (the first ``n_kept`` the stream sent after subscribing).
+    n_received : int
+        Samples received before the recording stopped.
+    """
+
+    def __init__(self, message: str, path: Path | None, n_kept: int, n_received: int):
+        super().__init__(message)
+        self.path, self.n_kept, self.n_received = path, n_kept, n_received
+
+
+class _SpoolFull(Exception):
+    """The spool cannot grow: the disk is full or could not hold the FIF file too."""
+
 
 # What the spool (and the FIF) store for each stream format: exact for every value.
 _SPOOL_DTYPES = {"float32": np.float32, "int8": np.float32, "int16": np.float32}
@@ -132,6 +163,8 @@ def record_stream(
         No stream called ``name`` appeared within ``timeout_s``.
     RuntimeError
         The stream is not numeric or regularly sampled, or sent no sample at all.
+    DiskFullError
+        The disk filled up; the samples kept until then were written to ``out``.
     """
     out = Path(out).expanduser()
     _check_out(out, overwrite)
@@ -179,9 +212,11 @@ def record_stream(
             with spooler:
                 try:
                     spooler.run(stop, n_target, timeout_s, bar)
+                    spooler.drain(n_target)
                 except KeyboardInterrupt:
                     pass  # Ctrl-C ends the recording; the file is still written.
-                spooler.drain(n_target)
+                except _SpoolFull:
+                    pass  # the disk is full: write what the spool holds, then say so
         bar.close()
         if spooler.n_total == 0:
             raise RuntimeError(
@@ -189,21 +224,36 @@ def record_stream(
                 "written. Check that the source is running and sending data."
             )
         del inlet, m_inlet
-        summary = _write_fif(
-            out,
-            tmp_dir,
-            desc,
-            fiff_chs,
-            filters,
-            spool_dtype,
-            spooler.n_total,
-            spooler.markers,
-            spooler.wall_first,
-        )
+        n_total, full = spooler.n_spooled, spooler.full
+
+        def write(n: int) -> dict[str, Any]:
+            return _write_fif(
+                out,
+                tmp_dir,
+                desc,
+                fiff_chs,
+                filters,
+                spool_dtype,
+                n,
+                spooler.markers,
+                spooler.wall_first,
+            )
+
+        try:
+            summary = write(n_total) if n_total else None
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            # The disk filled from elsewhere meanwhile: keep the start that fits.
+            _remove_staged(tmp_dir)
+            full = True
+            n_total = _samples_that_fit(tmp_dir, desc.n_channels, spool_dtype, n_total)
+            summary = write(n_total) if n_total else None
+        if full:
+            raise _disk_full_error(out, desc, n_total, spooler, summary)
     finally:
         bar.close()
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    n_total = spooler.n_total
     if progress:
         counter = summary.get("counter")
         lost = (
@@ -239,8 +289,62 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def _open_private(path: Path) -> BinaryIO:
-    """A new binary file that only its owner can read."""
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+    """A new binary file that only its owner can read (unbuffered: a failed write
+    leaves nothing pending in a buffer)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb", buffering=0)
+
+
+def _write_all(f, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = f.write(view)
+        if not n:
+            raise OSError(errno.ENOSPC, "No space left on device (nothing written)")
+        view = view[n:]
+
+
+#: Room kept beyond the data for the FIF file's header, channel records and annotations.
+def _fif_overhead_bytes(n_channels: int, n_markers: int) -> int:
+    return 256 * 1024 + 1024 * n_channels + 512 * n_markers
+
+
+def _samples_that_fit(tmp_dir: Path, n_channels: int, spool_dtype, n_max: int) -> int:
+    """How many samples a FIF file can hold in the space left next to the spool."""
+    free = free_bytes(tmp_dir) or 0
+    room = free - _fif_overhead_bytes(n_channels, 0)
+    return int(min(n_max, max(0, room // (n_channels * np.dtype(spool_dtype).itemsize))))
+
+
+def _remove_staged(tmp_dir: Path) -> None:
+    """Remove a half-written FIF (its parts) from the private folder."""
+    for part in tmp_dir.iterdir():
+        if part.suffix != ".spool":
+            part.unlink(missing_ok=True)
+
+
+def _disk_full_error(out: Path, desc, n_kept: int, spooler, summary) -> DiskFullError:
+    sfreq, n_received = desc.sfreq, spooler.n_total
+    free = free_bytes(out.parent)
+    room = "" if free is None else f" ({free / 1e6:.1f} MB free)"
+    if summary is None:
+        kept = "Nothing could be written."
+        path = None
+    else:
+        kept = (
+            f"Kept: the first {n_kept} samples ({n_kept / sfreq:.1f} s) and "
+            f"{summary['n_markers']} markers, in {out} (a complete FIF file)."
+        )
+        path = out
+    return DiskFullError(
+        f"The disk of {out.parent} is full{room}: the recording of {desc.name!r} stopped "
+        f"after {n_received} samples ({n_received / sfreq:.1f} s) were received. {kept} "
+        f"Samples from {n_kept} on were not recorded ({(n_received - n_kept) / sfreq:.1f} s "
+        "received but not written, and nothing after). Free space or record to another "
+        "disk.",
+        path,
+        n_kept,
+        n_received,
+    )
 
 
 class _Spooler:
@@ -256,7 +360,10 @@ class _Spooler:
         self.buf = np.empty((n_block, desc.n_channels), dtype=DTYPES[desc.channel_format])
         self.ts_buf = np.empty(n_block, dtype=np.float64)
         self.fill = 0
-        self.n_total = 0
+        self.n_total = 0  # received
+        self.n_spooled = 0  # on disk in the spool
+        self.full = False
+        self.tmp_dir = tmp_dir
         self.wall_first: float | None = None
         self.markers: list[tuple[float, str]] = []
         self.f_data = _open_private(tmp_dir / "data.spool")
@@ -268,18 +375,43 @@ class _Spooler:
     def __exit__(self, *exc):
         try:
             self.flush()
+        except _SpoolFull:
+            pass  # ``full`` is set: record_stream writes what is kept and says so
         finally:
             self.f_data.close()
             self.f_times.close()
 
     def flush(self) -> None:
-        if self.fill:
-            block = self.buf[: self.fill]
-            if block.dtype != self.spool_dtype:
-                block = block.astype(self.spool_dtype)
-            block.tofile(self.f_data)
-            self.ts_buf[: self.fill].tofile(self.f_times)
-            self.fill = 0
+        """Append the block to the spool, unless the disk could then not hold the FIF
+        file too (``_SpoolFull``; the spool stays whole, ``full`` is set)."""
+        if not self.fill or self.full:
+            return
+        block = self.buf[: self.fill]
+        if block.dtype != self.spool_dtype:
+            block = block.astype(self.spool_dtype)
+        row_bytes = block.shape[1] * self.spool_dtype.itemsize
+        # The FIF file is written next to the spool: keep room for it at every step.
+        # (the spool so far is on disk already; the block goes to the spool and later,
+        # with the rest, to the FIF file)
+        need = (self.n_spooled + 2 * self.fill) * row_bytes + 8 * self.fill
+        need += _fif_overhead_bytes(block.shape[1], len(self.markers))
+        free = free_bytes(self.tmp_dir)
+        if free is not None and free < need:
+            self.full = True
+            raise _SpoolFull
+        try:
+            _write_all(self.f_data, block.tobytes())
+            _write_all(self.f_times, self.ts_buf[: self.fill].tobytes())
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            # Back to the last whole block, so data and times stay in step.
+            os.ftruncate(self.f_data.fileno(), self.n_spooled * row_bytes)
+            os.ftruncate(self.f_times.fileno(), self.n_spooled * 8)
+            self.full = True
+            raise _SpoolFull from exc
+        self.n_spooled += self.fill
+        self.fill = 0
 
     def pull(self, timeout_s: float, n_max: int | None) -> tuple[int, float]:
         """One pull of data (up to the block's free room) and of markers.
@@ -513,7 +645,7 @@ def _write_fif(
     info = _build_info(desc, fiff_chs, filters)
     if wall_first is not None:
         info.set_meas_date(datetime.fromtimestamp(wall_first, tz=UTC))
-    stamps = np.fromfile(tmp_dir / "times.spool", dtype=np.float64)
+    stamps = np.fromfile(tmp_dir / "times.spool", dtype=np.float64, count=n_total)
     raw = _SpoolRaw(info, tmp_dir / "data.spool", n_total, spool_dtype)
     counter_at = None
     if COUNTER_CHANNEL in info["ch_names"]:

@@ -39,8 +39,15 @@ Bounded memory, no silent loss: the recorder reads the ring and never holds more
 segment. If the disk is so slow that the ring overwrites samples before they are written
 (more than ``buffer_s`` behind), the overwritten samples are counted in
 ``stats()["counters"]["lost_samples"]``, logged as an error, and named in the next
-sidecar's ``recorder_lost_before``. A write that fails (disk full) is retried every
-second; ``error`` holds the failure meanwhile (the service shows it on /health).
+sidecar's ``recorder_lost_before``. A write that fails is retried every second;
+``error`` holds the failure and ``problem`` a sentence for people meanwhile (the service
+shows it on /health).
+
+A full disk is one such failure: the half-written temporary files are removed (they
+would hold the space), segments already on disk are left as they are, and the samples
+wait in the ring. Once space is freed the recorder writes what the ring still holds and
+goes on; only samples the ring overwrote meanwhile are lost, counted (``lost_samples``,
+``lost_s``), logged, and named in the next sidecar's ``recorder_lost_before``.
 
 Threads
 -------
@@ -53,6 +60,7 @@ Threads
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -65,7 +73,14 @@ from typing import Any
 
 import numpy as np
 
-from rtdecode._utils.files import PRIVATE, atomic_write, fsync_dir, publish
+from rtdecode._utils.files import (
+    PRIVATE,
+    free_bytes,
+    fsync_dir,
+    is_disk_full,
+    publish,
+    temporary_sibling,
+)
 from rtdecode.contracts import format_marker
 from rtdecode.lsl.streams import local_clock
 from rtdecode.stream.ring import OverwrittenError
@@ -107,6 +122,9 @@ class SegmentRecorder:
         The last write failure while it persists (None once a write succeeds again).
     """
 
+    #: What ``problem`` says while the disk is full (the service's /health reason).
+    DISK_FULL = "disk full"
+
     def __init__(
         self,
         reader: Any,
@@ -143,6 +161,11 @@ class SegmentRecorder:
         }
         self._lag_s = 0.0
         self._last_write_ms = 0.0
+        self._lost_s = 0.0
+        # Local clock when the disk was found full, and lost samples then (for the log
+        # line when writes resume).
+        self._full_since: float | None = None
+        self._lost_at_full = (0, 0.0)
 
     # ------------------------------------------------------------------ public
     def start(self) -> SegmentRecorder:
@@ -166,17 +189,49 @@ class SegmentRecorder:
         with self._lock:
             self._next_source = (reader, markers)
 
+    @property
+    def disk_full(self) -> bool:
+        """True while writes fail because the disk (or the quota) is full."""
+        error = self.error
+        return error is not None and is_disk_full(error)
+
+    @property
+    def problem(self) -> str | None:
+        """A sentence naming the folder and what is wrong while writes fail, else None."""
+        error = self.error
+        if error is None:
+            return None
+        with self._lock:
+            lost_n, lost_s = self._counts["lost_samples"], self._lost_s
+        lost = f"{lost_n} samples ({lost_s:.1f} s) lost so far"
+        if is_disk_full(error):
+            free = free_bytes(self.session_dir)
+            room = "" if free is None else f", {free / 1e6:.1f} MB free"
+            return (
+                f"recording to {self.session_dir}: {self.DISK_FULL} (no space left on its "
+                f"disk{room}); samples wait in the ring and recording resumes when space is "
+                f"freed; {lost}"
+            )
+        return (
+            f"recording to {self.session_dir} fails: {error}; retrying every "
+            f"{RETRY_S:.0f} s; {lost}"
+        )
+
     def stats(self) -> dict[str, Any]:
-        """Counters (``counters``: monotonic), the lag behind the stream and the folder."""
+        """Counters (``counters``: monotonic), seconds lost, the lag behind the stream,
+        the folder and what is wrong (``problem``, ``disk_full``)."""
         with self._lock:
             counts = dict(self._counts)
-            lag_s, last_ms = self._lag_s, self._last_write_ms
+            lag_s, last_ms, lost_s = self._lag_s, self._last_write_ms, self._lost_s
         return {
             "dir": str(self.session_dir),
             "counters": counts,
+            "lost_s": round(lost_s, 3),
             "lag_s": round(lag_s, 3),
             "last_write_ms": round(last_ms, 2),
             "error": None if self.error is None else str(self.error),
+            "disk_full": self.disk_full,
+            "problem": self.problem,
         }
 
     # ------------------------------------------------------------------ thread
@@ -220,15 +275,54 @@ class SegmentRecorder:
 
     def _write_failed(self, exc: Exception) -> None:
         if self.error is None or str(self.error) != str(exc):
-            log.error(
-                "Recording to %s failed (%r); retrying every %.0f s. Samples wait in the "
-                "ring meanwhile; any it overwrites are counted as lost.",
-                self.session_dir,
-                exc,
-                RETRY_S,
-            )
+            if is_disk_full(exc):
+                free = free_bytes(self.session_dir)
+                log.error(
+                    "Recording to %s: disk full (%r, %s bytes free). Segments already "
+                    "written are kept; samples wait in the ring and recording resumes when "
+                    "space is freed (retried every %.0f s); any sample the ring overwrites "
+                    "first is counted as lost.",
+                    self.session_dir,
+                    exc,
+                    free,
+                    RETRY_S,
+                )
+            else:
+                log.error(
+                    "Recording to %s failed (%r); retrying every %.0f s. Samples wait in the "
+                    "ring meanwhile; any it overwrites are counted as lost.",
+                    self.session_dir,
+                    exc,
+                    RETRY_S,
+                )
+        if self._full_since is None and is_disk_full(exc):
+            with self._lock:
+                self._full_since = time.monotonic()
+                self._lost_at_full = (self._counts["lost_samples"], self._lost_s)
         self.error = exc
         self._count(write_errors=1)
+
+    def _write_succeeded(self) -> None:
+        """A segment is on disk: clear the error; after a full disk, say what it cost."""
+        if self.error is None:
+            return
+        with self._lock:
+            since, (n0, s0) = self._full_since, self._lost_at_full
+            lost_n, lost_s = self._counts["lost_samples"] - n0, self._lost_s - s0
+            self._full_since = None
+        if since is not None:
+            log.warning(
+                "Recording to %s resumed: the disk was full for %.1f s; %d samples (%.2f s) "
+                "could not be written in that time and are lost (each range is in the log "
+                "above and in the next sidecar's recorder_lost_before).",
+                self.session_dir,
+                time.monotonic() - since,
+                lost_n,
+                lost_s,
+            )
+        else:
+            log.warning("Recording to %s resumed.", self.session_dir)
+        self.error = None
 
 
 class _Run:
@@ -313,18 +407,27 @@ class _Run:
         # Jump a little ahead of the writer so the next read is not overwritten again.
         new_a = min(ring.n_written, ring.oldest + max(1, ring.capacity // 10))
         lost = new_a - a
+        why = (
+            "The disk is full: free space on it."
+            if self.rec.disk_full
+            else "Record to a faster disk or raise buffer_s."
+        )
         log.error(
             "The recorder fell %.1f s behind the stream (more than the ring's %.1f s): "
             "samples %d..%d of run %d were overwritten before they could be written and "
-            "are lost (%d samples). Record to a faster disk or raise buffer_s.",
+            "are lost (%d samples, %.2f s). %s",
             (ring.n_written - a) / self.sfreq,
             ring.capacity / self.sfreq,
             a,
             new_a - 1,
             self.number,
             lost,
+            lost / self.sfreq,
+            why,
         )
         self.rec._count(lost_samples=lost)
+        with self.rec._lock:
+            self.rec._lost_s += lost / self.sfreq
         self.lost_before += lost
         self.next_sample = new_a
         return new_a
@@ -379,7 +482,7 @@ class _Run:
         self.lost_before = 0
         self.next_sample = b
         self.t_last_written = float(t_lsl[-1])
-        self.rec.error = None
+        self.rec._write_succeeded()
         with self.rec._lock:
             self.rec._last_write_ms = (time.perf_counter() - t0) * 1e3
 
@@ -464,11 +567,26 @@ def _write_segment(run: _Run, data: np.ndarray, first: int, sidecar: dict, insid
                 orig_time=None,
             )
         )
-    tmp = fif.with_name(f".{stem}.tmp_raw.fif")
-    # The ring holds float32: "single" keeps every value exactly.
-    raw.save(tmp, fmt="single", overwrite=True, verbose="error")
-    n_bytes = publish(tmp, fif, mode=PRIVATE)
-    n_bytes += atomic_write(run.rec.session_dir / f"{stem}.json", text, mode=PRIVATE)
+    side = run.rec.session_dir / f"{stem}.json"
+    tmp, side_tmp = fif.with_name(f".{stem}.tmp_raw.fif"), temporary_sibling(side)
+    published = False
+    try:
+        # Both files are whole on disk before either is renamed into place, so a full
+        # disk never leaves a segment without its sidecar.
+        # The ring holds float32: "single" keeps every value exactly.
+        raw.save(tmp, fmt="single", overwrite=True, verbose="error")
+        fd = os.open(side_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        n_bytes = publish(tmp, fif, mode=PRIVATE)
+        published = True
+        n_bytes += publish(side_tmp, side, mode=PRIVATE)
+    except BaseException:
+        # Half-written files would hold the space a full disk needs back.
+        for path in (tmp, side_tmp) + ((fif,) if published else ()):
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        raise
     fsync_dir(run.rec.session_dir)  # the renames survive a power cut too
     return n_bytes
 

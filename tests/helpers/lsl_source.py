@@ -5,9 +5,18 @@
         [--markers-every-s 1] [--nan-at 600 ...] [--inf-at 900 ...] [--drop-at 1200
         --drop-n 30] [--backwards-at 1500 --backwards-s 0.05] [--irregular]
         [--format float32|double64|string] [--no-desc]
+        [--clock-drift 0.0005 [--stamp-clock lsl|source]]
 
 Sample ``i`` of channel ``c`` is a pure function of ``(i, c)``, and sample ``i`` is
 stamped ``t0 + i / (sfreq * speed)``: two runs at different speeds carry the same data.
+
+``--clock-drift D`` gives the source a sample clock off by the fraction ``D`` against the
+LSL clock (``0.0005``: 0.05 % fast), as an amplifier's crystal is: it still declares
+``sfreq`` but acquires (and pushes) ``sfreq * (1 + D)`` samples per LSL second. Samples are
+stamped with the LSL time they were acquired at (``--stamp-clock lsl``, what an outlet
+that stamps with ``local_clock()`` does), or with the source's own clock,
+``t0 + i / sfreq`` (``--stamp-clock source``), which then drifts from the LSL clock by
+``D`` seconds per second.
 The source waits for its first consumer(s) before it pushes sample 0, so a reader that
 connects first receives every sample. With ``--counter`` a last channel ``RTD_COUNTER``
 holds ``i``. Markers go to a second stream ``<name>-markers`` (JSON strings, stamped with
@@ -156,6 +165,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-desc", action="store_true", help="no <channels> description")
     p.add_argument("--marker-ids", nargs="*", default=None,
                    help="image ids the markers cycle through (default img_000, img_001, ...)")
+    p.add_argument("--clock-drift", type=float, default=0.0,
+                   help="fraction by which the sample clock runs fast (+) or slow (-)")
+    p.add_argument("--stamp-clock", default="lsl", choices=["lsl", "source"],
+                   help="stamp samples with the LSL time of acquisition or the source clock")
     p.add_argument("--wait-consumer-s", type=float, default=30.0)
     p.add_argument("--linger-s", type=float, default=2.0)
     return p.parse_args(argv)
@@ -201,7 +214,11 @@ def main(argv=None) -> int:
             _say("no_consumer")
             return 3
 
-    rate = args.sfreq * args.speed
+    if not -0.1 < args.clock_drift < 0.1:
+        sys.exit(f"lsl_source.py: --clock-drift {args.clock_drift} is not a small fraction.")
+    # Samples per second of the LSL clock (the pace of pushing), and of the stamps.
+    rate = args.sfreq * args.speed * (1.0 + args.clock_drift)
+    stamp_rate = args.sfreq * args.speed if args.stamp_clock == "source" else rate
     n_total = None if args.duration is None else int(round(args.duration * args.sfreq))
     marker_every = int(round(args.markers_every_s * args.sfreq)) if marker_outlet else 0
     marker_first = int(round(args.markers_first_s * args.sfreq))
@@ -213,7 +230,7 @@ def main(argv=None) -> int:
     while n_total is None or first < n_total:
         n = args.chunk if n_total is None else min(args.chunk, n_total - first)
         idx = np.arange(first, first + n)
-        ts = t0 + idx / rate
+        ts = t0 + idx / stamp_rate
         if args.backwards_at is not None:
             ts = ts - args.backwards_s * (idx >= args.backwards_at)
         # Wait until the newest sample of the chunk has been "acquired".

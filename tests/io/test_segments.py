@@ -18,53 +18,22 @@ import logging
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import time
 
 import mne
-import numpy as np
 import pytest
 
 from rtdecode.io import segments
-from rtdecode.io.segments import SegmentRecorder, read_index
+from rtdecode.io.segments import SegmentRecorder
 from rtdecode.lsl.streams import local_clock
 from rtdecode.stream import MarkerReader, StreamReader
 from tests.helpers.lsl_source import SourceProcess, poll
-from tests.helpers.lsl_source import signal as source_signal
+from tests.helpers.recording import check_segments
 from tests.helpers.service import DEADLINE_S, build_tiny_model, model_ch_names, source_options
 
 TOKEN = "kJ3nq8-rel-token-never-in-logs"
-
-
-def expected(first: int, n: int, n_channels: int) -> np.ndarray:
-    """What the source sent for samples [first, first + n): float32 (n_channels, n),
-    the counter in the last row."""
-    x = source_signal(first, n, n_channels).astype(np.float32)
-    x[:, -1] = np.arange(first, first + n)
-    return x.T
-
-
-def check_segments(session_dir, n_channels: int, sfreq_hz: float) -> list[dict]:
-    """Every segment: readable by MNE, owner-only, equal to the source, within 2 s.
-    Returns the index."""
-    index = read_index(session_dir)
-    assert index, f"no segment in {session_dir}"
-    assert stat.S_IMODE(os.stat(session_dir).st_mode) == 0o700
-    for entry in index:
-        for path in (entry["path"], os.path.join(session_dir, entry["path"][:-8] + ".json")):
-            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
-        raw = mne.io.read_raw_fif(entry["path"], preload=True, verbose="error")
-        assert raw.first_samp == entry["first_sample"]
-        assert raw.n_times == entry["n_samples"] <= round(2.0 * sfreq_hz)
-        assert json.loads(raw.info["description"])["first_sample"] == entry["first_sample"]
-        data = raw.get_data().astype(np.float32)
-        counter = data[-1].astype(np.int64)
-        np.testing.assert_array_equal(
-            data, expected(int(counter[0]), raw.n_times, n_channels), err_msg=entry["file"]
-        )
-    return index
 
 
 # ---------------------------------------------------------------------------- SIGKILL
