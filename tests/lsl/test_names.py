@@ -14,10 +14,10 @@ import textwrap
 import uuid
 
 import pytest
-from tests.helpers.lsl_source import poll
 
 from rtdecode.lsl.streams import _xpath_literal, find
 from rtdecode.stream import MarkerReader, StreamReader
+from tests.helpers.lsl_source import poll
 
 ODD = [
     "it's",

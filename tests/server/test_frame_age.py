@@ -8,10 +8,8 @@ import asyncio
 import json
 import time
 
-from tests.helpers.frames import next_within, run, seq_of
-from tests.helpers.frames import make_frame
-
 from rtdecode.server.broadcast import MAX_FRAME_AGE_S, Broadcaster
+from tests.helpers.frames import make_frame, next_within, run, seq_of
 
 
 def test_frames_older_than_the_limit_are_dropped_counted_and_reported():

@@ -11,10 +11,10 @@ import socket
 
 import httpx
 import pytest
-from tests.helpers.server import DEADLINE_S, close_code, recv_until, serving
 from websockets.sync.client import connect
 
 from rtdecode.server.hosts import allowed_host_names, host_name
+from tests.helpers.server import DEADLINE_S, close_code, recv_until, serving
 
 EVIL = "evil.example"
 ROUTES = ["/", "/index.html", "/health", "/api/status", "/api/gallery/img_001", "/metrics", "/nope"]

@@ -5,6 +5,7 @@ show each lane's latencies."""
 
 from __future__ import annotations
 
+import json
 import time
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -51,7 +52,7 @@ def test_lanes_in_frame_headers_status_and_metrics():
                 if isinstance(msg, bytes):
                     header, image = decode_frame(msg)
                     headers.append(header)
-                    ws.send('{"type": "ack", "seq": %d}' % header["seq"])
+                    ws.send(json.dumps({"type": "ack", "seq": header["seq"]}))
         by_seq = {h["seq"]: h for h in headers}
         images = [h for h in headers if h["lane"] == "image"]
         assert len(images) == 3 and all(h["n_bytes"] > 0 for h in images)
