@@ -297,8 +297,8 @@ class TurboDecoder(BaseDecoder):
             )
 
         # use_safetensors: pickled weights are refused, never unpickled.
-        load = dict(local_files_only=True, use_safetensors=True, **_dtype_kwargs(dtype))
-        pipe = getattr(diffusers, cls_name).from_pretrained(folder, **load)
+        load = dict(local_files_only=True, **_dtype_kwargs(dtype))
+        pipe = getattr(diffusers, cls_name).from_pretrained(folder, use_safetensors=True, **load)
         pipe.load_ip_adapter(
             str(weights.parent),
             subfolder="",
@@ -308,7 +308,7 @@ class TurboDecoder(BaseDecoder):
         )
         tiny = None
         if tiny_path is not None:
-            tiny = diffusers.AutoencoderTiny.from_pretrained(tiny_path, **load)
+            tiny = diffusers.AutoencoderTiny.from_pretrained(tiny_path, use_safetensors=True, **load)
         options.setdefault("name", f"{cls.kind}:{folder.name}")
         if "normalizer" not in options:
             options["normalizer"] = load_normalizer(folder) or load_normalizer(weights.parent)

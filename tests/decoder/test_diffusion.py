@@ -331,7 +331,7 @@ def test_unknown_folder_gives_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a folder nor a bundled"):
         load_decoder(tmp_path / "missing")
     (tmp_path / "model_index.json").write_text(
-        json.dumps({"_class_name": "StableDiffusionPipeline"})
+        json.dumps({"_class_name": "StableDiffusionInpaintPipeline"})
     )
     with pytest.raises(ValueError, match="does not take image embeddings"):
         load_decoder(tmp_path)

@@ -116,7 +116,7 @@ def test_viewer_renders_frames_topk_truth_and_charts(page):
         # The session's decoding curve from the status messages: 30 lag bins, its peak
         # (top-5 75 % at +175 ms, median rank 2 of 40) and chance (12.5 %) named.
         wait_js(page, "() => window.rtdecodeViewer.curveBins === 30")
-        legend = page.inner_text("#curve-legend")
+        legend = " ".join(page.inner_text("#curve-legend").split())
         assert "peak top-5 75 % at +175 ms" in legend and "chance 12.5 %" in legend, legend
         curve = page.evaluate(CANVAS_FINGERPRINT, "curve-chart")
         assert curve["w"] > 100 and curve["std"] > 5, f"curve looks blank: {curve}"
