@@ -100,9 +100,10 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from rtdecode.data.simulate import simulate_subject
+    from rtdecode.data.simulate import simulate_cohort
 
-    simulate_subject(args.out, seed=args.seed, size=args.size)
+    simulate_cohort(args.out, seed=args.seed, n_subjects=args.subjects,
+                    difficulty=args.difficulty, size=args.size)
     return 0
 
 
@@ -261,9 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_record)
 
-    s = sub.add_parser("simulate", help="write the simulated subject (data + replay file)")
+    s = sub.add_parser("simulate", help="write the simulated cohort (data + replay files)")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--subjects", type=int, default=4, help="number of subjects (default 4)")
+    s.add_argument("--difficulty", choices=["demo", "paper"], default="demo")
     s.add_argument("--size", choices=["tiny", "small", "full"], default="full")
     s.set_defaults(func=_cmd_simulate)
 
