@@ -39,11 +39,11 @@ def _simulate(out: Path, seed: int, n_subjects: int, difficulty: str, size: str)
 
 
 def _retrieval(data: Path, subject: str, lags_s=LAGS_S) -> dict:
+    from rtdecode.evaluate import retrieval_scores, ridge_baseline
     from scipy.signal import butter, sosfilt
 
     from rtdecode.data.datasets import load_epochs
     from rtdecode.encoder.metrics import fit_target_stats, standardize
-    from rtdecode.evaluate import retrieval_scores, ridge_baseline
     from rtdecode.images import Gallery, get_image_encoder
 
     es = load_epochs(data, subjects=[subject], tmin_s=-0.5, tmax_s=1.1, progress=False)
