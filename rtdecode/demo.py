@@ -20,6 +20,8 @@ from pathlib import Path
 from rtdecode.lsl import LOCAL_CONFIG, use_local_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The simulated subject whose held-out session the demo replays (replay_raw.fif).
+DEMO_SUBJECT = "01"
 
 
 def default_data_dir() -> Path:
@@ -36,7 +38,7 @@ def ensure_simulated_subject(data_dir: Path) -> Path:
     if not replay.is_file():
         from rtdecode.data.simulate import simulate_subject
 
-        print(f"Simulating the demo subject into {data_dir} (about a minute, once) ...", flush=True)
+        print(f"Simulating the demo subject into {data_dir} (a minute or two, once) ...", flush=True)
         simulate_subject(data_dir, seed=0, size="full")
     return replay
 
@@ -94,6 +96,10 @@ def run_demo(
         model=encoder_dir,
         decoder=str(decoder_dir) if (decoder_dir / "config.json").is_file() else "none",
         gallery=data_dir / "images",
+        # the replayed session is sub-01's held-out one; retrieve among the zero-shot
+        # test images, the paper's "small test set" (distractors: --retrieval-set all)
+        subject=DEMO_SUBJECT,
+        retrieval_set="test",
         port=port,
         lsl_local=True,
     )

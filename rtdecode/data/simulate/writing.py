@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rtdecode.contracts import format_marker
 from rtdecode.data.simulate.design import EVENT_COLUMNS, marker_value
 from rtdecode.data.simulate.sensors import LINE_FREQ_HZ, SPECS
 
@@ -65,7 +66,7 @@ def write_raw(
     raw = mne.io.RawArray(full, info, verbose=False)
     raw.set_meas_date(meas_date)
     if annotate:
-        desc = [json.dumps(marker_value(r), separators=(",", ":")) for r in rows]
+        desc = [format_marker(marker_value(r)) for r in rows]
         raw.set_annotations(
             mne.Annotations(
                 [r["onset"] for r in rows], [r["duration"] for r in rows], desc, orig_time=meas_date
