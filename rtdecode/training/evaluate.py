@@ -178,8 +178,10 @@ def evaluate(
     tmin, tmax = start_s, start_s + window_s
     if time_resolved:
         tmin, tmax = min(tmin, curve_range_s[0]), max(tmax, curve_range_s[1])
+    # The checkpoint's subjects (a cohort may hold others, on another sensor layout).
     es = load_epochs(data_dir, tmin_s=tmin, tmax_s=tmax, pad_s=pre.config.pad_s,
-                     ch_names=meta["ch_names"], progress=progress)
+                     ch_names=meta["ch_names"], subjects=meta.get("subjects") or None,
+                     progress=progress)
     test, train = es.test, es.train
     if len(test) == 0:
         raise ValueError(f"{data_dir} has no test trials (trial_type 'test'); nothing to evaluate.")
