@@ -224,7 +224,7 @@ def replay_xdf(
                 n_pass += 1
                 if n_pass * pass_s < limit_s:
                     bar.reset()
-            stats.passes_completed = n_pass
+            stats.passes_completed = stats.samples_sent // main.n_samples
             stats.wall_s = local_clock() - t_start
             if stats.samples_sent and not stop.is_set():
                 time.sleep(linger_s)
