@@ -80,6 +80,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         chunk_ms=args.chunk_ms,
         counter=args.counter,
         progress=not args.quiet,
+        markers=args.markers,
     )
     return 0
 
@@ -219,6 +220,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         token=args.token,
         allowed_hosts=args.allowed_hosts,
         record=args.record,
+        events_table=args.events_table,
+        trigger_channel=args.trigger_channel,
         lsl_local=args.lsl_local or None,
     )
     return serve(settings)
@@ -243,17 +246,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("replay", help="publish a recording as a live LSL stream")
-    s.add_argument("path", type=Path, help="FIF, CTF .ds, EDF/BDF, BrainVision or BIDS path")
+    s.add_argument("path", type=Path, help="FIF, CTF .ds, EDF/BDF, BrainVision, BIDS path, or XDF file")
     s.add_argument("--name", default=None, help="stream name (default: the file's stem)")
     s.add_argument("--source-id", default=None)
     s.add_argument("--speed", type=float, default=1.0, help="1 = real time")
     s.add_argument("--loop", action="store_true", help="start over at the end")
     s.add_argument("--chunk-ms", type=float, default=10.0, help="samples pushed per chunk")
     s.add_argument("--counter", action="store_true", help="add a sample-counter channel")
+    s.add_argument(
+        "--markers",
+        choices=["json", "string", "none"],
+        default="json",
+        help="events as JSON objects, as plain image-id strings, or no marker stream",
+    )
     s.add_argument("--quiet", action="store_true", help="no progress line")
     s.set_defaults(func=_cmd_replay)
 
-    s = sub.add_parser("record", help="write an LSL stream (and its markers) to FIF")
+    s = sub.add_parser("record", help="write an LSL stream (and its markers) to FIF or XDF")
     s.add_argument("--name", required=True)
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
@@ -375,6 +384,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also write every received sample and marker to FIF segments in this folder "
         "(each on disk within 2 s of arriving)",
+    )
+    s.add_argument(
+        "--events-table",
+        type=Path,
+        default=None,
+        help="CSV/TSV mapping marker or trigger codes to images (columns code, image_id, "
+        "trial_type)",
+    )
+    s.add_argument(
+        "--trigger-channel",
+        default=None,
+        help="in-stream trigger channel whose rising edges are events (default: STI101, "
+        "STI 014, UPPT001 or a stim channel when present; 'none': off)",
     )
     s.add_argument("--config", type=Path, default=None)
     s.set_defaults(func=_cmd_serve)

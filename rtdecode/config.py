@@ -24,6 +24,16 @@ class Settings(BaseSettings):
     stream: str | None = Field(None, description="Name of the LSL data stream to decode.")
     source_id: str | None = Field(None, description="LSL source_id to match, if several streams share a name.")
     marker_stream: str | None = Field(None, description="Name of the LSL marker stream (default: '<stream>-markers').")
+    events_table: Path | None = Field(
+        None,
+        description="CSV/TSV file mapping marker or trigger codes to image ids and trial types "
+        "(columns: code, image_id, trial_type; common variants accepted).",
+    )
+    trigger_channel: str | None = Field(
+        None,
+        description="In-stream trigger channel whose rising edges are events (default: a "
+        "channel named STI101/STI 014/UPPT001 or typed stim, when present; 'none': off).",
+    )
     ch_names: list[str] | None = Field(None, description="Channel names for a peer stream without a description.")
     lsl_local: bool = Field(False, description="Apply the loopback-only liblsl configuration.")
     resolve_timeout_s: float = Field(10.0, gt=0)

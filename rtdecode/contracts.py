@@ -174,9 +174,19 @@ class Frame:
 MARKER_STREAM_SUFFIX = "-markers"
 
 
+#: mne-lsl's player publishes a file's annotations on ``<name>-annotations``.
+ANNOTATION_STREAM_SUFFIX = "-annotations"
+
+
 def marker_stream_name(name: str) -> str:
     """The name (or source_id) of the marker stream that goes with stream ``name``."""
     return f"{name}{MARKER_STREAM_SUFFIX}"
+
+
+def annotation_stream_name(name: str) -> str:
+    """The name of mne-lsl's annotation stream for stream ``name`` (a marker stream used
+    when there is no ``<name>-markers``)."""
+    return f"{name}{ANNOTATION_STREAM_SUFFIX}"
 
 
 def marker_text(sample: Sequence[Any]) -> str:

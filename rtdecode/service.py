@@ -25,7 +25,7 @@ from typing import Any
 
 from rtdecode._utils.devices import device_name
 from rtdecode.config import Settings
-from rtdecode.contracts import marker_stream_name
+from rtdecode.contracts import annotation_stream_name, marker_stream_name
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class Service:
         self.server = None
         self.recorder = None
         self.gallery = None
+        self.vocabulary = None
         self.meta: dict[str, Any] = {}
         self.t_started = time.time()
         self._thumb_cache: dict[str, tuple[bytes, str]] = {}
@@ -99,6 +100,7 @@ class Service:
         check_window(s, meta)  # before the (slow) gallery and decoder
         pre = Preprocessor.from_dict(meta["preprocess"])
         self.gallery, retrieval = load_retrieval(meta, s.model, s.gallery, s.retrieval_set)
+        self.vocabulary = self._marker_vocabulary(retrieval)
         decoder = None
         if s.decoder and s.decoder.lower() != "none":
             from rtdecode.decoder.registry import load_decoder
@@ -108,9 +110,28 @@ class Service:
                               "the decoder's image encoder", "--decoder")
         return model, meta, pre, retrieval, decoder, device
 
+    def _marker_vocabulary(self, retrieval):
+        """What plain-string and code markers mean: gallery ids and the events table."""
+        from rtdecode.stream.events import MarkerVocabulary, read_events_table
+
+        s = self.settings
+        table = None if s.events_table is None else read_events_table(s.events_table)
+        ids = set(getattr(self.gallery, "ids", None) or ())
+        ids |= set(getattr(retrieval, "ids", None) or ())
+        if table is not None:
+            unknown = sorted({i for i, _ in table.entries.values() if i is not None} - ids)
+            log.info("Events table %s: %d codes.", table.path, len(table))
+            if unknown and ids:
+                log.warning(
+                    "%d image ids of the events table are not in the gallery (e.g. %s); "
+                    "their events have no rank.", len(unknown), unknown[:3],
+                )
+        return MarkerVocabulary(ids, table)
+
     def _start_input(self, ch_names=None):
         """A started StreamReader, MarkerReader and Windower on the configured stream."""
         from rtdecode.stream import MarkerReader, StreamReader, Windower
+        from rtdecode.stream.triggers import CombinedMarkers, TriggerMarkers
 
         s = self.settings
         reader = StreamReader(
@@ -122,12 +143,21 @@ class Service:
         )
         reader.start()
         # The marker stream is optional: without it windows simply carry no true image.
+        # Without one named, '<stream>-markers' or else mne-lsl's '<stream>-annotations'.
         markers = MarkerReader(
-            s.marker_stream or marker_stream_name(s.stream), reader=reader, resolve_timeout_s=None
+            s.marker_stream or marker_stream_name(s.stream),
+            reader=reader,
+            resolve_timeout_s=None,
+            fallback_names=() if s.marker_stream else (annotation_stream_name(s.stream),),
+            interpret=self.vocabulary,
         )
         markers.start()
+        events = markers
+        if (s.trigger_channel or "").strip().lower() != "none":
+            triggers = TriggerMarkers(reader, s.trigger_channel, interpret=self.vocabulary)
+            events = CombinedMarkers(markers, triggers)
         windower = Windower(
-            reader, window_s=self._window_s, hop_s=s.hop_s, pad_s=self._pad_s, markers=markers
+            reader, window_s=self._window_s, hop_s=s.hop_s, pad_s=self._pad_s, markers=events
         )
         return reader, markers, windower
 

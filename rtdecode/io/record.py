@@ -131,7 +131,8 @@ def record_stream(
     out : str | Path
         The FIF file to write (``.fif`` or ``.fif.gz``). Longer recordings than FIF's
         2 GB per file are split into ``<stem>-1.fif``, ... next to it (MNE reads them
-        all when given ``out``).
+        all when given ``out``). An ``.xdf`` file is written by
+        :func:`rtdecode.io.xdf_record.record_xdf` instead.
     duration_s : float | None
         Stop after this many seconds of data (``round(duration_s * sfreq)`` samples).
         None: until Ctrl-C, ``stop_event``, or the stream going silent for ``timeout_s``.
@@ -170,6 +171,14 @@ def record_stream(
     _check_out(out, overwrite)
     if duration_s is not None and not duration_s > 0:
         raise ValueError(f"--duration must be a positive number of seconds, got {duration_s!r}.")
+    if out.suffix.lower() == ".xdf":
+        from rtdecode.io.xdf_record import record_xdf
+
+        return record_xdf(
+            name, out, duration_s=duration_s, source_id=source_id, timeout_s=timeout_s,
+            progress=progress, stop_event=stop_event, markers_name=markers_name,
+            overwrite=overwrite,
+        )  # fmt: skip
     stop = stop_event if stop_event is not None else threading.Event()
 
     info = resolve(name=name, source_id=source_id, timeout_s=timeout_s)
@@ -274,10 +283,10 @@ def record_stream(
 
 def _check_out(out: Path, overwrite: bool) -> None:
     name = out.name.lower()
-    if not (name.endswith(".fif") or name.endswith(".fif.gz")):
+    if not (name.endswith(".fif") or name.endswith(".fif.gz") or name.endswith(".xdf")):
         raise ValueError(
             f"--out {str(out)!r} must be a FIF file name ending in .fif (e.g. "
-            f"{out.with_suffix('').name}_raw.fif)."
+            f"{out.with_suffix('').name}_raw.fif), or an XDF file name ending in .xdf."
         )
     if not out.parent.is_dir():
         raise ValueError(f"The folder of --out {str(out)!r} does not exist; create it first.")

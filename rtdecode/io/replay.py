@@ -17,6 +17,7 @@ SIGTERM when called from the main thread) ends it cleanly.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import signal
 import sys
@@ -46,6 +47,10 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Pacer", "ProgressLine", "ReplayStats", "replay_file"]
 
 MARKER_STREAM_TYPE = "Markers"
+
+#: Files replayed stream by stream as recorded, by extension ("module:function"; the
+#: player module uses this one's pacing helpers, so it is loaded by name).
+_PLAYERS = {".xdf": "rtdecode.io.xdf_replay:replay_xdf"}
 
 # FIFF unit codes -> the SI unit strings put in the stream description.
 _UNIT_NAMES = {107: "V", 112: "T", 201: "T/m", 202: "Am", 114: "C", 6: "M", -1: ""}
@@ -270,6 +275,19 @@ def _marker_payload(event: Event) -> dict[str, Any]:
     return payload
 
 
+#: ``rtdecode replay --markers``: the forms in which events go out.
+MARKER_FORMS = ("json", "string", "none")
+
+
+def _marker_form(payload: dict[str, Any], form: str) -> str | None:
+    """The marker text of an event in ``form`` (None: not sent)."""
+    if form == "json":
+        return format_marker(payload)
+    if form == "string" and payload.get("image_id") is not None:
+        return str(payload["image_id"])
+    return None
+
+
 def _wait_for_consumer(outlet: Any, timeout_s: float, stop: threading.Event, name: str) -> None:
     deadline = local_clock() + timeout_s
     while not outlet.wait_for_consumers(0.05):
@@ -297,6 +315,7 @@ def replay_file(
     wait_for_consumer_s: float | None = None,
     block_s: float = 1.0,
     linger_s: float = 0.5,
+    markers: str = "json",
 ) -> ReplayStats:
     """Publish a recording on LSL at real-time pace (``rtdecode replay``).
 
@@ -334,6 +353,11 @@ def replay_file(
     linger_s : float
         After the last sample, keep the outlets open this long so that consumers
         receive the last chunk (closing an outlet drops what it has not sent yet).
+    markers : {"json", "string", "none"}
+        How events are sent, as labs do: JSON objects (``json``), the plain image id
+        text (``string``; events without an image are not sent), or no marker stream.
+        An ``.xdf`` file is replayed by :func:`rtdecode.io.xdf_replay.replay_xdf`, every
+        stream as recorded (``none`` leaves out its marker streams).
 
     Returns
     -------
@@ -341,12 +365,28 @@ def replay_file(
     """
     from rtdecode.data.recordings import read_recording
 
+    if markers not in MARKER_FORMS:
+        raise ValueError(f"--markers {markers!r} is not known; use one of {', '.join(MARKER_FORMS)}.")
     if not speed > 0 or not math.isfinite(speed):
         raise ValueError(f"--speed must be a positive number, got {speed!r}; 1 is real time.")
     if not chunk_ms > 0 or not math.isfinite(chunk_ms):
         raise ValueError(f"--chunk-ms must be a positive number of ms, got {chunk_ms!r}.")
     if max_duration_s is not None and not max_duration_s > 0:
         raise ValueError(f"max_duration_s must be positive, got {max_duration_s!r}.")
+
+    player = _PLAYERS.get(Path(path).suffix.lower())
+    if player is not None:
+        if counter:
+            raise ValueError(
+                "--counter adds a channel to an MNE recording; an XDF file is replayed as "
+                "recorded (record one with a counter channel instead)."
+            )
+        module, func = player.split(":")
+        return getattr(importlib.import_module(module), func)(
+            path, name=name, speed=speed, loop=loop, chunk_ms=chunk_ms, progress=progress,
+            stop_event=stop_event, max_duration_s=max_duration_s,
+            wait_for_consumer_s=wait_for_consumer_s, linger_s=linger_s, markers=markers,
+        )  # fmt: skip
 
     rec = read_recording(path)
     name = name or default_stream_name(rec.path)
@@ -369,13 +409,16 @@ def replay_file(
 
     data_info, marker_info = build_stream_infos(rec, name, source_id, counter=counter)
     outlet = make_outlet(data_info, chunk_size=0, max_buffered=360)
-    marker_outlet = make_outlet(marker_info, chunk_size=0, max_buffered=360)
+    marker_outlet = None
+    if markers != "none":
+        marker_outlet = make_outlet(marker_info, chunk_size=0, max_buffered=360)
     stats = ReplayStats(name=name)
     if progress:
         print(
             f"replay {name}: {rec.path.name}, {n_ch} channels at {sfreq:g} Hz, "
             f"{rec.duration_s:.1f} s, {len(events)} events ({rec.events_source}) -> LSL "
-            f"streams {name!r} and {marker_info.name()!r}"
+            f"stream {name!r}"
+            f"{'' if marker_outlet is None else f' and {marker_info.name()!r} ({markers})'}"
             f"{' (waiting for a consumer)' if wait_for_consumer_s else ''}.",
             file=sys.stderr,
         )
@@ -413,9 +456,10 @@ def replay_file(
                     lo, hi = np.searchsorted(ev_samples, [file_i + j, file_i + j + k])
                     for e in range(lo, hi):
                         sample = abs_i + int(ev_samples[e]) - file_i
-                        payload = dict(payloads[e], sample=sample)
-                        marker_outlet.push_sample([format_marker(payload)], pacer.t_of(sample))
-                    stats.markers_sent += int(hi - lo)
+                        text = _marker_form(dict(payloads[e], sample=sample), markers)
+                        if marker_outlet is not None and text is not None:
+                            marker_outlet.push_sample([text], pacer.t_of(sample))
+                            stats.markers_sent += 1
                     stats.samples_sent += k
                     stats.max_lag_ms = max(stats.max_lag_ms, float(lag_s) * 1e3)
                     sent_s = stats.samples_sent / sfreq

@@ -33,6 +33,7 @@ __all__ = [
     "counter_values",
     "describe",
     "find",
+    "find_first",
     "inlet_description",
     "local_clock",
     "make_info",
@@ -294,18 +295,61 @@ def find(
     resolver remembers a vanished stream for a few seconds). Quiet: for retry loops.
     """
     predicate = _predicate(name, stype, source_id)
-    # Nothing queryable: every stream comes back and is filtered here.
+
+    def pick(infos: list[pylsl.StreamInfo]) -> pylsl.StreamInfo | None:
+        return next((i for i in infos if _matches(i, name, stype, source_id)), None)
+
+    return _resolve_until(predicate, pick, timeout_s, exclude_uids, should_stop, poll_s)
+
+
+def _resolve_until(
+    predicate: str,
+    pick: Callable[[list[pylsl.StreamInfo]], pylsl.StreamInfo | None],
+    timeout_s: float | None,
+    exclude_uids: Collection[str],
+    should_stop: Callable[[], bool] | None,
+    poll_s: float,
+) -> pylsl.StreamInfo | None:
+    """Resolve continuously until ``pick`` chooses one of the streams seen (outlets in
+    ``exclude_uids`` left out), ``timeout_s`` passes or ``should_stop()``."""
+    # Nothing queryable: every stream comes back and is filtered by ``pick``.
     resolver = pylsl.ContinuousResolver(pred=predicate) if predicate else pylsl.ContinuousResolver()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
-        for info in resolver.results():
-            if info.uid() not in exclude_uids and _matches(info, name, stype, source_id):
-                return info
+        info = pick([i for i in resolver.results() if i.uid() not in exclude_uids])
+        if info is not None:
+            return info
         if deadline is not None and time.monotonic() >= deadline:
             return None
         if should_stop is not None and should_stop():
             return None
         time.sleep(poll_s)
+
+
+def find_first(
+    names: Sequence[str],
+    source_id: str | None = None,
+    timeout_s: float | None = 1.0,
+    *,
+    exclude_uids: Collection[str] = (),
+    should_stop: Callable[[], bool] | None = None,
+    poll_s: float = 0.02,
+) -> pylsl.StreamInfo | None:
+    """The first visible stream named one of ``names`` (an earlier name wins among the
+    streams seen at once), or None; otherwise as :func:`find`."""
+    names = [n for n in names if n]
+    if not names:
+        raise ValueError("Give at least one stream name to resolve.")
+    queried = [f"name={_xpath_literal(n)}" for n in names if _queryable(n)]
+    pred = " or ".join(queried) if len(queried) == len(names) else ""
+    if source_id and _queryable(source_id) and pred:
+        pred = f"({pred}) and source_id={_xpath_literal(source_id)}"
+
+    def pick(infos: list[pylsl.StreamInfo]) -> pylsl.StreamInfo | None:
+        seen = [i for i in infos if not source_id or i.source_id() == source_id]
+        return next((i for n in names for i in seen if i.name() == n), None)
+
+    return _resolve_until(pred, pick, timeout_s, exclude_uids, should_stop, poll_s)
 
 
 def not_found_error(
@@ -359,13 +403,16 @@ def open_inlet(
     max_buflen_s: int = 30,
     recover: bool = True,
     dejitter: bool = False,
+    clocksync: bool = True,
 ):
     """An inlet whose timestamps liblsl maps onto the local clock (``proc_clocksync``).
 
     Dejittering is off by default: it would smooth over the timestamp jumps that gap
     detection looks for, and monotonizing would hide timestamps that go backwards.
+    ``clocksync=False`` gives the source's own timestamps (an XDF file stores those and
+    the clock offsets separately, as LabRecorder does).
     """
-    flags = pylsl.proc_clocksync | (pylsl.proc_dejitter if dejitter else 0)
+    flags = (pylsl.proc_clocksync if clocksync else 0) | (pylsl.proc_dejitter if dejitter else 0)
     return pylsl.StreamInlet(info, max_buflen=max_buflen_s, recover=recover, processing_flags=flags)
 
 

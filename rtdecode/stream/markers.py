@@ -10,13 +10,18 @@ Threads
   reader's ring; a mapped marker is cached in the history.
 
 Markers are strings carrying JSON objects, e.g. ``{"image_id": "cat_03",
-"trial_type": "exp"}``. Anything else is kept as ``{"raw": "<text>"}``.
+"trial_type": "exp"}``. Anything else is kept as ``{"raw": "<text>"}``, and ``interpret``
+(a :class:`rtdecode.stream.events.MarkerVocabulary`) adds what a plain string or a code
+means. A numeric stream of several channels is one-hot (mne-lsl's annotations): each
+non-zero channel of a sample is a marker whose text is that channel's name.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from rtdecode.contracts import Marker, marker_text, parse_marker
@@ -25,6 +30,8 @@ from rtdecode.stream.reader import StreamFormatError, StreamReader, _InletThread
 from rtdecode.stream.ring import OverwrittenError
 
 __all__ = ["MarkerReader", "parse_marker"]
+
+log = logging.getLogger(__name__)
 
 
 class MarkerReader(_InletThread):
@@ -38,6 +45,11 @@ class MarkerReader(_InletThread):
         The data stream's reader, whose ring maps marker times to sample indices.
     history : int
         Markers kept (oldest dropped first; ``n_dropped`` counts them).
+    fallback_names : sequence of str
+        Names also accepted when no stream called ``name`` is visible (e.g. mne-lsl's
+        ``<stream>-annotations``); ``name`` is preferred when both are.
+    interpret : callable(dict) -> dict, optional
+        Applied to each marker's payload (e.g. a MarkerVocabulary).
     **options
         ``resolve_timeout_s``, ``reconnect``, ``max_buflen_s``, ``pull_timeout_s``, as
         for StreamReader.
@@ -53,6 +65,8 @@ class MarkerReader(_InletThread):
         *,
         reader: StreamReader | None = None,
         history: int = 1000,
+        fallback_names: Sequence[str] = (),
+        interpret: Callable[[dict], dict] | None = None,
         **options,
     ):
         # Markers are sparse: a generous inlet buffer costs nothing.
@@ -61,6 +75,9 @@ class MarkerReader(_InletThread):
         if history < 1:
             raise ValueError(f"history={history} must keep at least one marker.")
         self.reader = reader
+        self.fallback_names = tuple(fallback_names)
+        self.interpret = interpret
+        self._onehot: tuple[str, ...] = ()
         self._history: collections.deque[Marker] = collections.deque(maxlen=int(history))
         self._n_received = 0
         self._cond = threading.Condition(self._lock)
@@ -72,15 +89,47 @@ class MarkerReader(_InletThread):
                 f"Marker stream {desc.name!r} has channel format {desc.channel_format!r}; "
                 "give a stream of strings (JSON markers) or numbers."
             )
+        one_hot = desc.channel_format != "string" and desc.n_channels > 1
+        self._onehot = tuple(desc.ch_names) if one_hot else ()
+        if one_hot and len(set(self._onehot)) != desc.n_channels:
+            raise StreamFormatError(
+                f"Marker stream {desc.name!r} has {desc.n_channels} numeric channels but not "
+                "one distinct name per channel; a one-hot marker stream names each channel "
+                "after its event (as mne-lsl's annotations do)."
+            )
+        if first:
+            log.info("Markers from stream %r (%s).", desc.name,
+                     "one-hot" if one_hot else desc.channel_format)
+
+    def _find(self, timeout_s, source_id, exclude_uids=()):
+        if not self.fallback_names:
+            return super()._find(timeout_s, source_id, exclude_uids)
+        return lsl.find_first(
+            (self.name, *self.fallback_names),
+            source_id,
+            timeout_s,
+            exclude_uids=exclude_uids,
+            should_stop=self._stop.is_set,
+        )
+
+    def _texts(self, sample) -> list[str]:
+        """The marker text(s) of one sample: one per non-zero channel when one-hot."""
+        if self._onehot:
+            return [name for name, v in zip(self._onehot, sample, strict=True) if v]
+        return [marker_text(sample)]
 
     def _pull(self, inlet) -> int:
         samples, ts = inlet.pull_chunk(timeout=self.pull_timeout_s, max_samples=64, min_samples=1)
         if not ts:
             return 0
+        interpret = self.interpret or (lambda value: value)
         new = [
-            Marker(t_lsl=float(t), value=parse_marker(marker_text(s)))
+            Marker(t_lsl=float(t), value=interpret(parse_marker(text)))
             for s, t in zip(samples, ts, strict=True)
+            for text in self._texts(s)
         ]
+        if not new:
+            return 0
         with self._cond:
             self._history.extend(new)
             self._n_received += len(new)

@@ -4,7 +4,8 @@
         [--sfreq 1200] [--chunk 12] [--counter] [--duration 10] [--speed 1]
         [--markers-every-s 1] [--nan-at 600 ...] [--inf-at 900 ...] [--drop-at 1200
         --drop-n 30] [--backwards-at 1500 --backwards-s 0.05] [--irregular]
-        [--format float32|double64|string] [--no-desc]
+        [--format float32|double64|string] [--no-desc] [--marker-ids ID ...]
+        [--marker-format json|string|code] [--trigger-channel NAME]
         [--clock-drift 0.0005 [--stamp-clock lsl|source]]
 
 Sample ``i`` of channel ``c`` is a pure function of ``(i, c)``, and sample ``i`` is
@@ -21,7 +22,9 @@ The source waits for its first consumer(s) before it pushes sample 0, so a reade
 connects first receives every sample. With ``--counter`` a last channel ``RTD_COUNTER``
 holds ``i``. Markers go to a second stream ``<name>-markers`` (JSON strings, stamped with
 the time of the sample they mark: ``{"image_id": "img_003", "trial_type": "exp",
-"sample": i}``).
+"sample": i}``). ``--marker-format string`` sends the image id as plain text, ``code``
+the marker's code (``1 + n % len(marker_ids)``). ``--trigger-channel NAME`` adds a channel
+(before the counter) that holds that code for 3 samples from each marker's sample.
 
 It prints one JSON line per event on stdout (``ready``, ``started``, ``done``), keeps the
 outlets open ``--linger-s`` seconds after the last sample, then exits. The caller must
@@ -169,6 +172,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="fraction by which the sample clock runs fast (+) or slow (-)")
     p.add_argument("--stamp-clock", default="lsl", choices=["lsl", "source"],
                    help="stamp samples with the LSL time of acquisition or the source clock")
+    p.add_argument("--marker-format", default="json", choices=["json", "string", "code"])
+    p.add_argument("--trigger-channel", default=None, help="add a trigger channel of this name")
     p.add_argument("--wait-consumer-s", type=float, default=30.0)
     p.add_argument("--linger-s", type=float, default=2.0)
     return p.parse_args(argv)
@@ -181,22 +186,24 @@ def main(argv=None) -> int:
     from rtdecode.lsl.streams import COUNTER_CHANNEL, local_clock, make_info, make_outlet
 
     n_data = args.n_channels
-    ch_names = [f"MEG{k:04d}" for k in range(n_data)] + ([COUNTER_CHANNEL] if args.counter else [])
+    trig = [args.trigger_channel] if args.trigger_channel else []
+    ch_names = [f"MEG{k:04d}" for k in range(n_data)] + trig
+    ch_names += [COUNTER_CHANNEL] if args.counter else []
     n_ch = len(ch_names)
     info = make_info(
         args.name,
         args.stype,
         0.0 if args.irregular else args.sfreq,
         ch_names,
-        ch_types=["mag"] * n_data + (["misc"] if args.counter else []),
-        units=["T"] * n_data + (["n/a"] if args.counter else []),
+        ch_types=["mag"] * n_data + ["stim"] * len(trig) + (["misc"] if args.counter else []),
+        units=["T"] * n_data + [""] * len(trig) + (["n/a"] if args.counter else []),
         source_id=args.source_id,
         channel_format=args.format,
         describe_channels=not args.no_desc,
     )
     outlet = make_outlet(info, chunk_size=0, max_buffered=60)
     marker_outlet = None
-    if args.markers_every_s > 0:
+    if args.markers_every_s > 0 and not trig:
         minfo = make_info(
             f"{args.name}-markers",
             "Markers",
@@ -220,7 +227,7 @@ def main(argv=None) -> int:
     rate = args.sfreq * args.speed * (1.0 + args.clock_drift)
     stamp_rate = args.sfreq * args.speed if args.stamp_clock == "source" else rate
     n_total = None if args.duration is None else int(round(args.duration * args.sfreq))
-    marker_every = int(round(args.markers_every_s * args.sfreq)) if marker_outlet else 0
+    marker_every = int(round(args.markers_every_s * args.sfreq)) if marker_outlet or trig else 0
     marker_first = int(round(args.markers_first_s * args.sfreq))
     bad = {i: np.nan for i in args.nan_at} | {i: np.inf for i in args.inf_at}
     t0 = local_clock() + 0.01
@@ -238,6 +245,12 @@ def main(argv=None) -> int:
         if wait_s > 0:
             time.sleep(wait_s)
         x = signal(first, n, n_ch)
+        if trig:  # the code of the marker at or up to 2 samples before each sample
+            for j, i in enumerate(idx):
+                since = i - marker_first
+                k = since // marker_every if marker_every else -1
+                on = since >= 0 and since - k * marker_every < 3
+                x[j, n_data] = 1 + k % len(args.marker_ids or [0] * 1000) if on else 0
         if args.counter:
             x[:, -1] = (idx + args.counter_start) % 2**24
         for i, value in bad.items():
@@ -260,13 +273,16 @@ def main(argv=None) -> int:
         if marker_every:
             for i in idx:
                 if i >= marker_first and (i - marker_first) % marker_every == 0:
-                    payload = {
-                        "image_id": (args.marker_ids[n_markers % len(args.marker_ids)]
-                                     if args.marker_ids else f"img_{n_markers:03d}"),
-                        "trial_type": "exp",
-                        "sample": int(i),
-                    }
-                    marker_outlet.push_sample([json.dumps(payload)], float(ts[i - first]))
+                    image_id = (args.marker_ids[n_markers % len(args.marker_ids)]
+                                if args.marker_ids else f"img_{n_markers:03d}")
+                    payload = {"image_id": image_id, "trial_type": "exp", "sample": int(i)}
+                    text = {
+                        "json": json.dumps(payload),
+                        "string": image_id,
+                        "code": str(1 + n_markers % len(args.marker_ids or [0] * 1000)),
+                    }[args.marker_format]
+                    if marker_outlet is not None:
+                        marker_outlet.push_sample([text], float(ts[i - first]))
                     n_markers += 1
         first += n
     _say("done", n_samples=first, n_markers=n_markers)
