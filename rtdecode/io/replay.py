@@ -16,13 +16,11 @@ SIGTERM when called from the main thread) ends it cleanly.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rtdecode._utils.jsonable import jsonable
+from rtdecode._utils.progress import ProgressLine, stop_on_sigterm
 from rtdecode.contracts import format_marker, marker_stream_name
 from rtdecode.lsl.streams import (
     COUNTER_CHANNEL,
@@ -43,7 +42,7 @@ from rtdecode.lsl.streams import (
 if TYPE_CHECKING:  # pragma: no cover
     from rtdecode.data.recordings import Event, Recording
 
-__all__ = ["Pacer", "ProgressLine", "ReplayStats", "replay_file"]
+__all__ = ["Pacer", "ReplayStats", "replay_file"]
 
 MARKER_STREAM_TYPE = "Markers"
 
@@ -108,59 +107,6 @@ class Pacer:
 
 
 # ---------------------------------------------------------------- progress, signals
-
-
-class ProgressLine:
-    """One self-updating progress line on stderr (tqdm), or nothing when disabled."""
-
-    def __init__(self, desc: str, total: int | None, enabled: bool, unit: str = "sample"):
-        self._bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self._bar = tqdm(
-                total=total,
-                desc=desc,
-                unit=unit,
-                unit_scale=True,
-                file=sys.stderr,
-                mininterval=0.5,
-                dynamic_ncols=True,
-                # tqdm puts ", " before the postfix text.
-                bar_format="{desc} [{bar:16}] {percentage:3.0f}%{postfix}"
-                if total
-                else "{desc}{postfix}",
-            )
-
-    def update(self, n: int, text: str) -> None:
-        if self._bar is not None:
-            self._bar.set_postfix_str(text, refresh=False)
-            self._bar.update(n)
-
-    def reset(self) -> None:
-        if self._bar is not None:
-            self._bar.reset()
-
-    def write(self, text: str) -> None:
-        if self._bar is not None:
-            self._bar.write(text, file=sys.stderr)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-@contextlib.contextmanager
-def stop_on_sigterm(stop_event: threading.Event) -> Iterator[None]:
-    """SIGTERM (``docker stop``) sets ``stop_event`` while inside; main thread only."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 # ---------------------------------------------------------------- stream description
