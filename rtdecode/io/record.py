@@ -38,7 +38,7 @@ import numpy as np
 
 from rtdecode._utils.files import PRIVATE, publish
 from rtdecode._utils.progress import ProgressLine, stop_on_sigterm
-from rtdecode.contracts import marker_stream_name, marker_text, parse_marker
+from rtdecode.contracts import ParameterError, marker_stream_name, marker_text, parse_marker
 from rtdecode.io.fif import build_info
 from rtdecode.lsl.streams import (
     COUNTER_CHANNEL,
@@ -120,7 +120,9 @@ def record_stream(
     out = Path(out).expanduser()
     _check_out(out, overwrite)
     if duration_s is not None and not duration_s > 0:
-        raise ValueError(f"--duration must be a positive number of seconds, got {duration_s!r}.")
+        raise ParameterError(
+            "duration_s", f"{{param}} must be a positive number of seconds, got {duration_s!r}."
+        )
     stop = stop_event if stop_event is not None else threading.Event()
 
     info = resolve(name=name, source_id=source_id, timeout_s=timeout_s)

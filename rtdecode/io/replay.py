@@ -30,7 +30,7 @@ import numpy as np
 
 from rtdecode._utils.jsonable import jsonable
 from rtdecode._utils.progress import ProgressLine, stop_on_sigterm
-from rtdecode.contracts import format_marker, marker_stream_name
+from rtdecode.contracts import ParameterError, format_marker, marker_stream_name
 from rtdecode.lsl.streams import (
     COUNTER_CHANNEL,
     counter_values,
@@ -305,11 +305,17 @@ class Player:
         from rtdecode.data.recordings import read_recording
 
         if not speed > 0 or not math.isfinite(speed):
-            raise ValueError(f"--speed must be a positive number, got {speed!r}; 1 is real time.")
+            raise ParameterError(
+                "speed", f"{{param}} must be a positive number, got {speed!r}; 1 is real time."
+            )
         if not chunk_ms > 0 or not math.isfinite(chunk_ms):
-            raise ValueError(f"--chunk-ms must be a positive number of ms, got {chunk_ms!r}.")
+            raise ParameterError(
+                "chunk_ms", f"{{param}} must be a positive number of ms, got {chunk_ms!r}."
+            )
         if max_duration_s is not None and not max_duration_s > 0:
-            raise ValueError(f"max_duration_s must be positive, got {max_duration_s!r}.")
+            raise ParameterError(
+                "max_duration_s", f"{{param}} must be positive, got {max_duration_s!r}."
+            )
         self.recording = read_recording(path)
         self.name = name or default_stream_name(self.recording.path)
         self.source_id = source_id or f"rtdecode-replay-{self.name}"

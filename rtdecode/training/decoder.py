@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from rtdecode._utils.devices import resolve_device
+from rtdecode.contracts import ParameterError
 from rtdecode.decoder.base import ImageDecoder, fit_image, pil_to_tensor
 from rtdecode.decoder.normalize import EmbeddingNormalizer
 from rtdecode.decoder.tiny import (
@@ -174,7 +175,7 @@ def train_decoder(
         )
     max_steps = DEFAULT_MAX_STEPS if max_steps is None else int(max_steps)
     if max_steps < 1:
-        raise ValueError(f"max_steps={max_steps} must be at least 1.")
+        raise ParameterError("max_steps", f"{{param}}={max_steps} must be at least 1.")
     dev = resolve_device(device)
 
     saved_config = json.loads((out / CONFIG_FILE).read_text()) if has_state else None

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rtdecode.contracts import ParameterError
 from rtdecode.encoder.checkpoint import WEIGHTS_FILE, resolve_device, save_checkpoint
 from rtdecode.encoder.losses import CombinedLoss, clip_loss, mse_loss
 from rtdecode.encoder.metrics import fit_target_stats, retrieval_metrics, standardize
@@ -125,12 +126,16 @@ class Recipe:
         if self.monitor not in MONITORS:
             raise ValueError(f"monitor={self.monitor!r} is unknown; use one of {sorted(MONITORS)}.")
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction={self.val_fraction} must lie in [0, 1).")
+            raise ParameterError(
+                "val_fraction", f"{{param}}={self.val_fraction} must lie in [0, 1)."
+            )
         for name in ("batch_size", "max_epochs", "patience"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer.")
+                raise ParameterError(
+                    name, f"{{param}}={getattr(self, name)} must be a positive integer."
+                )
         if self.lr <= 0:
-            raise ValueError(f"lr={self.lr} must be positive.")
+            raise ParameterError("lr", f"{{param}}={self.lr} must be positive.")
         if self.window_sampling not in WINDOW_SAMPLINGS:
             raise ValueError(
                 f"window_sampling={self.window_sampling!r} is unknown; use one of "

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from rtdecode.contracts import ParameterError
 from rtdecode.encoder.metrics import LagCurve
 
 __all__ = ["evaluate_online"]
@@ -98,7 +99,7 @@ def evaluate_online(
     from rtdecode.worker import load_retrieval, subject_index
 
     if not speed > 0:
-        raise ValueError(f"speed={speed} must be positive (1 = real time).")
+        raise ParameterError("speed", f"{{param}}={speed} must be positive (1 = real time).")
     model, meta = load_checkpoint(ckpt_dir, device=device)
     pre = Preprocessor.from_dict(meta["preprocess"])
     window_s = float(meta["window_s"])

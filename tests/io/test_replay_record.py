@@ -19,6 +19,7 @@ import mne
 import numpy as np
 import pytest
 
+from rtdecode.contracts import ParameterError
 from rtdecode.data.recordings import read_recording
 from rtdecode.io.record import record_stream
 from rtdecode.io.replay import Pacer, Player, replay_file
@@ -367,9 +368,10 @@ def test_a_player_starts_and_stops_a_looping_replay(meg_file, unique_name):
 
 
 def test_replay_rejects_bad_arguments(meg_file, tmp_path):
-    with pytest.raises(ValueError, match="--speed must be a positive number"):
+    with pytest.raises(ParameterError, match="^speed must be a positive number") as bad:
         replay_file(meg_file, speed=0)
-    with pytest.raises(ValueError, match="--chunk-ms"):
+    assert bad.value.parameter == "speed"
+    with pytest.raises(ParameterError, match="^chunk_ms must be a positive number of ms"):
         replay_file(meg_file, chunk_ms=-1)
     with pytest.raises(FileNotFoundError):
         replay_file(tmp_path / "missing_raw.fif")
