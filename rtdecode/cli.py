@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from rtdecode.contracts import ParameterError
+
 ENV_PREFIX = "RTDECODE"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -66,6 +68,24 @@ def apply_env_defaults(parser: argparse.ArgumentParser, environ=None) -> None:
                     parser.error(f"{name}={raw!r} is not one of {choices}.")
             action.default = value
             action.required = False
+
+
+#: Library parameters whose flag is not the parameter's name (``duration_s``: ``--duration``).
+_FLAG_OF_PARAMETER = {"duration_s": "duration", "timeout_s": "timeout", "out_dir": "out"}
+
+
+def flag_for(parser: argparse.ArgumentParser, command: str, parameter: str) -> str:
+    """The flag of ``rtdecode COMMAND`` that sets library ``parameter`` (e.g. ``--speed``).
+
+    A parameter with no flag of its own (a library-only option) keeps its name.
+    """
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    sub = subparsers[0].choices.get(command)
+    dest = _FLAG_OF_PARAMETER.get(parameter, parameter)
+    for action in [] if sub is None else sub._actions:
+        if action.dest == dest:
+            return action.option_strings[0] if action.option_strings else action.dest.upper()
+    return parameter
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -421,6 +441,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except ParameterError as exc:
+        message = exc.naming(flag_for(parser, args.command, exc.parameter))
+        print(f"rtdecode {args.command}: error: {message}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         # Library errors are written for people: show the sentence, not a traceback.
         print(f"rtdecode {args.command}: error: {exc}", file=sys.stderr)

@@ -169,6 +169,37 @@ class Frame:
     window_seq: int | None = None
 
 
+# ----------------------------------------------------------------- errors
+class ParameterError(ValueError):
+    """A bad argument to a library call; it names the parameter.
+
+    The message is a whole sentence in which ``{param}`` stands for the parameter, so
+    that a library caller reads ``speed=0 ...`` and the command line reads
+    ``--speed 0 ...`` (``rtdecode.cli`` maps each parameter to its flag).
+
+    Parameters
+    ----------
+    parameter : str
+        The library parameter's name (``"speed"``, ``"window_s"``).
+    message : str
+        The sentence, with ``{param}`` where the parameter is named.
+
+    Examples
+    --------
+    >>> str(ParameterError("speed", "{param}=0 must be positive; 1 is real time."))
+    'speed=0 must be positive; 1 is real time.'
+    """
+
+    def __init__(self, parameter: str, message: str) -> None:
+        self.parameter = parameter
+        self.template = message
+        super().__init__(message.replace("{param}", parameter))
+
+    def naming(self, name: str) -> str:
+        """The message with the parameter called ``name`` (a flag, a variable)."""
+        return self.template.replace("{param}", name)
+
+
 # ----------------------------------------------------------------- marker codec
 #: A data stream's markers travel on a second stream named ``<name>-markers``.
 MARKER_STREAM_SUFFIX = "-markers"

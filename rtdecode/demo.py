@@ -1,7 +1,7 @@
 """``rtdecode demo``: the simulated subject, replayed on a loopback-only LSL stream and
 decoded live by the service with the bundled models; one command, Ctrl-C to stop.
 
-Threading: the replay runs in a child process (as a lab's acquisition would); the
+Threading: the replay runs in a thread of its own (``rtdecode.io.replay.Player``); the
 service's threads are described in ``rtdecode.service``; this module's main thread only
 prints a status line and waits for Ctrl-C.
 """
@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import webbrowser
 from pathlib import Path
 
-from rtdecode.lsl import LOCAL_CONFIG, use_local_config
+from rtdecode.lsl import use_local_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The simulated subject whose held-out session the demo replays (replay_raw.fif).
@@ -43,16 +41,6 @@ def ensure_simulated_subject(data_dir: Path) -> Path:
     return replay
 
 
-def start_replay(path: Path, name: str) -> subprocess.Popen:
-    """Replay ``path`` in a loop on a loopback-only LSL stream, in a child process."""
-    env = dict(os.environ, LSLAPICFG=str(LOCAL_CONFIG))
-    cmd = [
-        sys.executable, "-m", "rtdecode.cli", "--lsl-local", "replay", str(path),
-        "--name", name, "--source-id", name, "--loop", "--quiet",
-    ]
-    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
-
-
 def _status_line(service) -> str:
     st = service.worker.stats() if service.worker else {}
     c = st.get("counters", {})
@@ -75,6 +63,7 @@ def run_demo(
     """Run the demo until Ctrl-C (or ``duration_s``). Returns the exit code."""
     use_local_config()
     from rtdecode.config import Settings
+    from rtdecode.io.replay import Player
     from rtdecode.service import Service
 
     data_dir = Path(data_dir or default_data_dir())
@@ -88,7 +77,8 @@ def run_demo(
         )
     replay_path = ensure_simulated_subject(data_dir)
     name = f"rtdecode-demo-{os.getpid()}"
-    replay = start_replay(replay_path, name)
+    # In a loop on the loopback-only LSL configuration applied above.
+    replay = Player(replay_path, name=name, source_id=name, loop=True).start()
     settings = Settings.load(
         None,
         stream=name,
@@ -111,8 +101,8 @@ def run_demo(
         service.start()
         deadline = time.monotonic() + 120
         while service.health()[0] != "ready" and not stop.is_set():
-            if replay.poll() is not None:
-                raise RuntimeError(f"The replay process ended early (exit code {replay.returncode}).")
+            if not replay.running:
+                raise RuntimeError(f"The replay ended early: {replay.stop()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"The service did not become ready: {service.health()[1]}")
             stop.wait(0.2)
@@ -120,18 +110,14 @@ def run_demo(
         if open_browser:
             webbrowser.open(service.url)
         while not stop.wait(2.0):
-            if replay.poll() is not None:
-                raise RuntimeError(f"The replay process ended (exit code {replay.returncode}).")
+            if not replay.running:
+                raise RuntimeError(f"The replay ended: {replay.stop()}")
             print("  " + _status_line(service), flush=True)
             if duration_s is not None and time.monotonic() - t_start >= duration_s:
                 break
     finally:
         service.stop()
-        replay.terminate()
-        try:
-            replay.wait(10)
-        except subprocess.TimeoutExpired:
-            replay.kill()
+        replay.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0

@@ -241,7 +241,7 @@ def test_unusable_streams_are_named_on_health_and_the_service_lives(
                 f"/health to say {says!r} (now {service.health()})",
             )
             response = httpx.get(f"{service.url}health", timeout=10)
-            alive = service.worker.is_alive() and service._supervisor.is_alive()
+            alive = service.worker.is_alive() and service.supervisor.is_alive()
             frame_errors = service.worker.stats()["counters"]["frame_errors"]
     assert response.status_code == 503 and says in str(response.json()["reasons"])
     assert alive

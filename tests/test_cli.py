@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from rtdecode.cli import apply_env_defaults, build_parser, env_name
+from rtdecode.cli import apply_env_defaults, build_parser, env_name, flag_for, main
 
 
 def parse(argv, environ):
@@ -48,3 +48,24 @@ def test_bad_values_are_usage_errors_naming_the_variable(env, says, capsys):
     with pytest.raises(SystemExit) as info:
         parse(["replay", "f.fif"], env)
     assert info.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_library_parameter_errors_name_the_flag(tmp_path, capsys):
+    """A ParameterError names the library parameter; the command line names its flag."""
+    missing = str(tmp_path / "missing_raw.fif")  # arguments are checked before the file
+    cases = [
+        (["replay", missing, "--speed", "0"], "--speed must be a positive number, got 0.0"),
+        (["replay", missing, "--chunk-ms", "-1"], "--chunk-ms must be a positive number of ms"),
+        (
+            ["record", "--name", "x", "--out", str(tmp_path / "a.fif"), "--duration", "0"],
+            "--duration must be a positive number of seconds",
+        ),
+    ]
+    for argv, says in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"rtdecode {argv[0]}: error: {says}" in err, err
+    parser = build_parser()
+    assert flag_for(parser, "evaluate-online", "speed") == "--speed"
+    assert flag_for(parser, "train-decoder", "max_steps") == "--max-steps"
+    assert flag_for(parser, "replay", "max_duration_s") == "max_duration_s"  # no flag

@@ -107,7 +107,7 @@ def test_source_back_with_another_rate_or_channel_count_is_an_error_until_it_ret
             body = response.json()
             assert body["state"] == "error", body
             assert any(says in r and "waiting for" in r for r in body["reasons"]), body
-            assert service.worker.is_alive() and service._supervisor.is_alive()
+            assert service.worker.is_alive() and service.supervisor.is_alive()
         # The first wrong stream ended the reader; its error names the mismatch.
         assert "different rate" in str(service.reader.error)
         samples_before = service.status()["reader"]["samples"]

@@ -1,4 +1,4 @@
-"""Small helpers every layer may use: device names and lazy exports.
+"""Small helpers every layer may use: files, jsonable, devices, lazy exports, progress.
 
 Nothing here imports torch, pylsl or another rtdecode package at import time.
 """

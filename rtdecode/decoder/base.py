@@ -31,9 +31,10 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from rtdecode.decoder.normalize import EmbeddingNormalizer
+from rtdecode.images.encoders import fit_image
 
 NORMALIZER_FILE = "embedding_normalizer.json"
 
@@ -153,14 +154,6 @@ def img2img_timesteps(timesteps: torch.Tensor, strength: float) -> torch.Tensor:
     n = len(timesteps)
     n_keep = min(n, max(1, int(n * strength)))
     return timesteps[n - n_keep :]
-
-
-def fit_image(img: Image.Image, size: int) -> Image.Image:
-    """Centre-crop to a square and resize to ``size`` x ``size`` (RGB)."""
-    img = img.convert("RGB")
-    if img.size == (size, size):
-        return img
-    return ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC)
 
 
 def pil_to_tensor(images: Sequence[Image.Image], size: int) -> torch.Tensor:

@@ -22,8 +22,8 @@ timesteps so that 4 steps start from pure noise. A learned
 
 A decoder folder holds ``config.json`` (``_class_name`` ``RtdecodeTinyDecoder``),
 ``model.safetensors`` (EMA weights), ``scheduler/scheduler_config.json``,
-``embedding_normalizer.json`` and, while training, ``training_state/`` (raw weights,
-optimizer state and RNG state as safetensors, step count in JSON; never pickle).
+``embedding_normalizer.json`` and, while training, ``training/`` (the resume state of
+``rtdecode.training.state``: raw weights, optimizer and RNG state; never pickle).
 
 Threads: :class:`TinyDecoder` belongs to the thread that owns the models;
 ``rtdecode.training.decoder.train_decoder`` trains it.
@@ -60,7 +60,6 @@ FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 SCHEDULER_DIR = "scheduler"
-STATE_DIR = "training_state"
 DEFAULT_MAX_STEPS = 1800
 
 
@@ -306,26 +305,6 @@ class TinyDecoder(BaseDecoder):
 
 
 # ------------------------------------------------------------ checkpoint I/O
-def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
-    """Split an optimizer state_dict into flat tensors (safetensors) and JSON param groups."""
-    sd = opt.state_dict()
-    tensors = {}
-    for idx, state in sd["state"].items():
-        for key, value in state.items():
-            t = value if torch.is_tensor(value) else torch.tensor(value)
-            tensors[f"{idx}.{key}"] = t
-    return tensors, sd["param_groups"]
-
-
-def optimizer_from_tensors(tensors: dict[str, torch.Tensor], param_groups: list) -> dict:
-    """Inverse of :func:`optimizer_to_tensors`: a state_dict for ``load_state_dict``."""
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        idx, key = name.split(".", 1)
-        state.setdefault(int(idx), {})[key] = value
-    return {"state": state, "param_groups": param_groups}
-
-
 def save_decoder_folder(
     out_dir: Path,
     net: TinyDecoderNet,

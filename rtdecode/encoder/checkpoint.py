@@ -8,8 +8,7 @@ provenance. Tensors are read with safetensors only: a pickle file (``.pt``, ``.b
 ...) is refused, never unpickled. Files are written to a temporary name and renamed,
 so a crash never leaves half a checkpoint under the real name.
 
-Training state for ``--resume`` (optimizer moments, RNG states, loop counters) lives in
-``<ckpt>/training/`` as one safetensors file plus one JSON file, again without pickle.
+Training state for ``--resume`` lives in ``<ckpt>/training/`` (``rtdecode.training.state``).
 
 Threading: these functions are called from one thread (training loop, service start-up).
 """
@@ -32,7 +31,6 @@ from rtdecode.encoder.presets import BrainConfig, get_preset
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-TRAINING_DIR = "training"
 FORMAT = "rtdecode.encoder"
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
@@ -68,7 +66,7 @@ def _positions_array(value: Any, n_channels: int, width: int, what: str) -> np.n
     return arr
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """Read a safetensors file; a damaged one is a ValueError that names it."""
     from safetensors.torch import load
 
@@ -295,7 +293,7 @@ def load_checkpoint(ckpt_dir: str | Path, device: str | torch.device = "cpu") ->
     meta = read_config(folder)
     cfg, positions = config_from_meta(meta)
     weights = folder / WEIGHTS_FILE
-    tensors = _read_tensors(weights)
+    tensors = read_tensors(weights)
     model = BrainModule(cfg, positions)
     _check_tensors(model, tensors, weights)
     model.load_state_dict(tensors, strict=True)
@@ -370,104 +368,11 @@ def describe_model(ckpt_dir: str | Path | None = None, preset: str | None = None
 
 
 # --------------------------------------------------------------------------- training state
-def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, pstate in state["state"].items():
-        for name, value in pstate.items():
-            if torch.is_tensor(value):
-                tensors[f"optim.{pid}.{name}"] = value
-            else:
-                scalars.setdefault(str(pid), {})[name] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = value
-    for pid, values in info.get("scalars", {}).items():
-        state.setdefault(int(pid), {}).update(values)
-    return {"state": state, "param_groups": info["param_groups"]}
-
-
-def save_training_state(
-    ckpt_dir: str | Path,
-    modules: dict[str, nn.Module],
-    optimizer: torch.optim.Optimizer,
-    state: dict[str, Any],
-) -> Path:
-    """Save what ``--resume`` needs into ``<ckpt_dir>/training/`` (no pickle).
-
-    Parameters
-    ----------
-    modules : dict name -> Module
-        e.g. ``{"model": model, "loss": loss}``; their state dicts are saved.
-    optimizer : torch optimizer
-    state : dict
-        JSON-able loop state (epoch, best score, patience, RNG states, ...).
-        Tensors in ``state["tensors"]`` (a dict) are stored in the safetensors file.
-    """
-    folder = Path(ckpt_dir) / TRAINING_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors: dict[str, torch.Tensor] = {}
-    for prefix, module in modules.items():
-        for k, v in module.state_dict().items():
-            tensors[f"{prefix}.{k}"] = v
-    opt_tensors, opt_info = _flatten_optimizer(optimizer.state_dict())
-    tensors.update(opt_tensors)
-    state = dict(state)
-    for k, v in (state.pop("tensors", None) or {}).items():
-        tensors[f"extra.{k}"] = v
-    atomic_save_tensors(folder / "state.safetensors", tensors, {"format": "pt"})
-    doc = {"optimizer": opt_info, "state": state, "modules": sorted(modules)}
-    atomic_write(folder / "state.json", json.dumps(jsonable(doc), indent=1).encode())
-    return folder
-
-
-def load_training_state(
-    ckpt_dir: str | Path,
-    modules: dict[str, nn.Module],
-    optimizer: torch.optim.Optimizer,
-) -> dict[str, Any]:
-    """Restore modules and optimizer from :func:`save_training_state`; return the loop state
-    (with its tensors under ``"tensors"``)."""
-    folder = Path(ckpt_dir) / TRAINING_DIR
-    json_path, tensor_path = folder / "state.json", folder / "state.safetensors"
-    if not json_path.is_file() or not tensor_path.is_file():
-        raise FileNotFoundError(
-            f"Nothing to resume in {Path(ckpt_dir)}: {TRAINING_DIR}/state.json and "
-            f"{TRAINING_DIR}/state.safetensors are written after each epoch; train "
-            "without --resume first."
-        )
-    try:
-        doc = json.loads(json_path.read_text("utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{json_path} is not valid JSON ({exc}).") from None
-    tensors = _read_tensors(tensor_path)
-    for prefix, module in modules.items():
-        sub = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-        try:
-            module.load_state_dict(sub, strict=True)
-        except RuntimeError as exc:
-            raise ValueError(
-                f"The saved training state in {folder} does not fit the {prefix} being "
-                f"trained ({exc}); resume with the same preset and data, or start afresh."
-            ) from None
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, doc["optimizer"]))
-    state = dict(doc["state"])
-    state["tensors"] = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
-    return state
-
-
 __all__ = [
     "describe_model",
+    "read_tensors",
     "load_checkpoint",
-    "load_training_state",
     "read_config",
     "resolve_device",
     "save_checkpoint",
-    "save_training_state",
 ]

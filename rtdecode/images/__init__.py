@@ -8,7 +8,9 @@ gallery is made.
 from rtdecode.images.demo import make_demo_gallery
 from rtdecode.images.encoders import (
     ImageEncoder,
+    fit_image,
     get_image_encoder,
+    image_encoder_for,
     list_image_encoders,
     register_image_encoder,
 )
@@ -18,7 +20,9 @@ __all__ = [
     "Gallery",
     "GalleryWarning",
     "ImageEncoder",
+    "fit_image",
     "get_image_encoder",
+    "image_encoder_for",
     "list_image_encoders",
     "load_rgb",
     "make_demo_gallery",

@@ -26,7 +26,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,13 +133,49 @@ def get_image_encoder(
     return factory(path=path, readout=readout, device=device)
 
 
-def _square(image: Image.Image, size: int) -> Image.Image:
-    """Centre-crop to a square and resize to ``size`` x ``size`` (RGB)."""
+def fit_image(
+    image: Image.Image, size: int, resample: Image.Resampling = Image.Resampling.BICUBIC
+) -> Image.Image:
+    """Centre-crop to a square and resize to ``size`` x ``size`` (RGB).
+
+    The one centre crop: image encoders (bilinear) and decoders (bicubic) both use it.
+
+    Parameters
+    ----------
+    image : PIL.Image.Image
+        Any mode and size.
+    size : int
+        Side of the square output, in pixels.
+    resample : PIL.Image.Resampling
+        The resampling filter.
+    """
     im = image.convert("RGB")
     w, h = im.size
+    if (w, h) == (size, size):
+        return im
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
-    return im.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + s, top + s))
+    return im.resize((size, size), resample, box=(left, top, left + s, top + s))
+
+
+def image_encoder_for(target: Mapping[str, Any], device: str = "cpu") -> ImageEncoder:
+    """The image encoder a checkpoint's ``target`` section names.
+
+    Parameters
+    ----------
+    target : mapping
+        ``encoder`` (registry name, default ``"handcrafted"``), ``encoder_path``
+        (optional local model folder) and ``readout`` (default ``"cls"``), as a
+        checkpoint's ``config.json`` or a training recipe gives them.
+    device : str
+        As for :func:`get_image_encoder`.
+    """
+    return get_image_encoder(
+        target.get("encoder", "handcrafted"),
+        path=target.get("encoder_path"),
+        readout=target.get("readout", "cls"),
+        device=device,
+    )
 
 
 def _l2(v: np.ndarray) -> np.ndarray:
@@ -198,7 +234,7 @@ class HandcraftedEncoder(ImageEncoder):
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
         out = np.empty((len(images), self.dim), dtype=np.float32)
         for i, im in enumerate(images):
-            out[i] = self._features(np.asarray(_square(im, self.image_size)))
+            out[i] = self._features(np.asarray(fit_image(im, self.image_size, Image.Resampling.BILINEAR)))
         return out
 
     def _features(self, rgb: np.ndarray) -> np.ndarray:

@@ -6,3 +6,21 @@ write a stream to rolling segments while the service runs.
 - segments.py  SegmentRecorder: ``serve --record``'s rolling FIF segments.
 - xdf.py       XDF files (LabRecorder's format): read through pyxdf, and our own writer.
 """
+
+from __future__ import annotations
+
+from rtdecode._utils.lazy import lazy_exports
+
+_EXPORTS = {
+    "Player": "replay",
+    "ReplayStats": "replay",
+    "replay_file": "replay",
+    "record_stream": "record",
+    "SegmentRecorder": "segments",
+    "build_info": "fif",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -45,21 +45,24 @@ import mne
 import numpy as np
 
 from rtdecode._utils.files import PRIVATE, free_bytes, is_disk_full, publish
-from rtdecode.contracts import marker_stream_name, marker_text, parse_marker
-from rtdecode.io.replay import ProgressLine, stop_on_sigterm
+from rtdecode._utils.progress import ProgressLine, stop_on_sigterm
+from rtdecode.contracts import ParameterError, marker_stream_name, marker_text, parse_marker
+from rtdecode.io.fif import build_info
 from rtdecode.lsl.streams import (
     COUNTER_CHANNEL,
     COUNTER_MODULUS,
     DTYPES,
-    FIFF_INT_KEYS,
     describe,
     find,
     local_clock,
     open_inlet,
+    pull_into,
+    pull_markers,
     read_fiff_details,
     resolve,
     unwrap_counter,
 )
+from rtdecode.stream.ring import nearest_index
 
 __all__ = ["record_stream", "marker_stream_name", "DiskFullError"]
 
@@ -88,25 +91,6 @@ class _SpoolFull(Exception):
 
 # What the spool (and the FIF) store for each stream format: exact for every value.
 _SPOOL_DTYPES = {"float32": np.float32, "int8": np.float32, "int16": np.float32}
-
-# Scaled units a source may declare -> factor to SI (lower case, as mne-lsl reads them).
-_UNIT_SCALE = {
-    "uv": 1e-6,
-    "µv": 1e-6,
-    "microvolt": 1e-6,
-    "microvolts": 1e-6,
-    "mv": 1e-3,
-    "millivolt": 1e-3,
-    "millivolts": 1e-3,
-    "nv": 1e-9,
-    "ft": 1e-15,
-    "femtotesla": 1e-15,
-    "pt": 1e-12,
-    "picotesla": 1e-12,
-    "nt": 1e-9,
-    "ft/cm": 1e-13,
-    "ft/m": 1e-15,
-}
 
 
 def record_stream(
@@ -170,7 +154,9 @@ def record_stream(
     out = Path(out).expanduser()
     _check_out(out, overwrite)
     if duration_s is not None and not duration_s > 0:
-        raise ValueError(f"--duration must be a positive number of seconds, got {duration_s!r}.")
+        raise ParameterError(
+            "duration_s", f"{{param}} must be a positive number of seconds, got {duration_s!r}."
+        )
     if out.suffix.lower() == ".xdf":
         from rtdecode.io.xdf_record import record_xdf
 
@@ -428,20 +414,14 @@ class _Spooler:
         Returns the number of samples and the lag of the newest one (s).
         """
         if self.m_inlet is not None:
-            texts, stamps = self.m_inlet.pull_chunk(timeout=0.0)
+            texts, stamps = pull_markers(self.m_inlet, 0.0, max_samples=1024)
             self.markers.extend(zip(stamps, map(marker_text, texts), strict=True))
         want = len(self.buf) - self.fill
         if n_max is not None:
             want = min(want, n_max)
         if want <= 0:
             return 0, 0.0
-        _, stamps = self.inlet.pull_chunk(
-            timeout=timeout_s,
-            max_samples=want,
-            dest_obj=self.buf[self.fill :],
-            min_samples=1,
-            as_numpy=True,
-        )
+        stamps = pull_into(self.inlet, self.buf[self.fill : self.fill + want], timeout_s)
         n = len(stamps)
         if n == 0:
             return 0, 0.0
@@ -482,59 +462,6 @@ class _Spooler:
             n, _ = self.pull(0.0, left)
             if n == 0:
                 return
-
-
-def _mne_type(ch_type: str, default: str) -> str:
-    t = (ch_type or "").strip().lower()
-    if t in {"marker", "markers", "trigger"}:
-        t = "stim"
-    if t == "meg":
-        t = "mag"
-    return t if t in mne.io.get_channel_type_constants() else default
-
-
-def _unique(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for n in names:
-        if n in seen:
-            seen[n] += 1
-            n = f"{n}-{seen[n]}"
-        seen.setdefault(n, 0)
-        out.append(n)
-    return out
-
-
-def _build_info(desc, fiff_chs, filters) -> mne.Info:
-    """mne.Info from the stream description; generic names when there is none."""
-    stype = desc.stype.strip().lower()
-    default = {"meg": "mag", "eeg": "eeg"}.get(stype, "misc")
-    if desc.has_description:
-        names = _unique(list(desc.ch_names))
-        types = [_mne_type(t, default) for t in desc.ch_types]
-        units = [u.strip().lower() for u in desc.units]
-    else:
-        names = [f"ch{i:03d}" for i in range(desc.n_channels)]
-        types = [default] * desc.n_channels
-        units = [""] * desc.n_channels
-    info = mne.create_info(names, desc.sfreq, types)
-    for i, ch in enumerate(info["chs"]):
-        details = fiff_chs[i] if i < len(fiff_chs) else {}
-        for key in FIFF_INT_KEYS:
-            if key in details:
-                ch[key] = details[key]
-        if "loc" in details:
-            ch["loc"][:] = details["loc"]
-        elif desc.positions is not None and np.isfinite(desc.positions[i]).all():
-            ch["loc"][:3] = desc.positions[i]
-        # Values in uV/fT... are stored as sent, with the calibration to SI.
-        ch["cal"] = _UNIT_SCALE.get(units[i], 1.0)
-        ch["range"] = 1.0
-    hp, lp = filters.get("highpass"), filters.get("lowpass")
-    if hp is not None and lp is not None and 0 <= hp < lp <= desc.sfreq / 2:
-        with info._unlock():  # MNE locks these; the source's description is the truth
-            info["highpass"], info["lowpass"] = hp, lp
-    return info
 
 
 class _SpoolRaw(mne.io.BaseRaw):
@@ -633,9 +560,7 @@ def _markers_to_annotations(
         if t < stamps[0] - dt or t > stamps[-1] + dt:
             dropped += 1
             continue
-        i = int(np.searchsorted(stamps, t))
-        if i == len(stamps) or (i > 0 and t - stamps[i - 1] <= stamps[i] - t):
-            i -= 1
+        i = nearest_index(stamps, t)
         named = _marker_sample(text) if counter_at is not None else None
         if named is not None:
             a, b = max(0, i - 2), min(len(stamps), i + 3)
@@ -651,7 +576,7 @@ def _markers_to_annotations(
 def _write_fif(
     out, tmp_dir, desc, fiff_chs, filters, spool_dtype, n_total, marker_log, wall_first
 ) -> dict[str, Any]:
-    info = _build_info(desc, fiff_chs, filters)
+    info = build_info(desc, fiff_chs, filters)
     if wall_first is not None:
         info.set_meas_date(datetime.fromtimestamp(wall_first, tz=UTC))
     stamps = np.fromfile(tmp_dir / "times.spool", dtype=np.float64, count=n_total)

@@ -9,21 +9,20 @@ across loops) has the LSL timestamp ``t0 + i / (sfreq * speed)``, and each chunk
 once the clock has reached its last sample's timestamp. A late wake-up makes that one
 chunk late; it never shifts the ones after it.
 
-Threads: everything here runs in the thread that calls ``replay_file`` (the outlets are
-made and used there); a ``threading.Event`` passed as ``stop_event`` (or Ctrl-C, or
-SIGTERM when called from the main thread) ends it cleanly.
+Threads: :class:`Player` makes and uses its outlets in one thread: the caller's with
+``run()`` / ``replay_file``, its own with ``start()``. ``stop()``, a ``threading.Event``
+passed as ``stop_event``, Ctrl-C, or SIGTERM (when run from the main thread) end it
+cleanly.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import math
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rtdecode._utils.jsonable import jsonable
-from rtdecode.contracts import format_marker, marker_stream_name
+from rtdecode._utils.progress import ProgressLine, stop_on_sigterm
+from rtdecode.contracts import ParameterError, format_marker, marker_stream_name
 from rtdecode.lsl.streams import (
     COUNTER_CHANNEL,
     counter_values,
@@ -44,13 +44,9 @@ from rtdecode.lsl.streams import (
 if TYPE_CHECKING:  # pragma: no cover
     from rtdecode.data.recordings import Event, Recording
 
-__all__ = ["Pacer", "ProgressLine", "ReplayStats", "replay_file"]
+__all__ = ["Pacer", "Player", "ReplayStats", "replay_file"]
 
 MARKER_STREAM_TYPE = "Markers"
-
-#: Files replayed stream by stream as recorded, by extension ("module:function"; the
-#: player module uses this one's pacing helpers, so it is loaded by name).
-_PLAYERS = {".xdf": "rtdecode.io.xdf_replay:replay_xdf"}
 
 # FIFF unit codes -> the SI unit strings put in the stream description.
 _UNIT_NAMES = {107: "V", 112: "T", 201: "T/m", 202: "Am", 114: "C", 6: "M", -1: ""}
@@ -113,59 +109,6 @@ class Pacer:
 
 
 # ---------------------------------------------------------------- progress, signals
-
-
-class ProgressLine:
-    """One self-updating progress line on stderr (tqdm), or nothing when disabled."""
-
-    def __init__(self, desc: str, total: int | None, enabled: bool, unit: str = "sample"):
-        self._bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self._bar = tqdm(
-                total=total,
-                desc=desc,
-                unit=unit,
-                unit_scale=True,
-                file=sys.stderr,
-                mininterval=0.5,
-                dynamic_ncols=True,
-                # tqdm puts ", " before the postfix text.
-                bar_format="{desc} [{bar:16}] {percentage:3.0f}%{postfix}"
-                if total
-                else "{desc}{postfix}",
-            )
-
-    def update(self, n: int, text: str) -> None:
-        if self._bar is not None:
-            self._bar.set_postfix_str(text, refresh=False)
-            self._bar.update(n)
-
-    def reset(self) -> None:
-        if self._bar is not None:
-            self._bar.reset()
-
-    def write(self, text: str) -> None:
-        if self._bar is not None:
-            self._bar.write(text, file=sys.stderr)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-@contextlib.contextmanager
-def stop_on_sigterm(stop_event: threading.Event) -> Iterator[None]:
-    """SIGTERM (``docker stop``) sets ``stop_event`` while inside; main thread only."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 # ---------------------------------------------------------------- stream description
@@ -278,6 +221,10 @@ def _marker_payload(event: Event) -> dict[str, Any]:
 #: ``rtdecode replay --markers``: the forms in which events go out.
 MARKER_FORMS = ("json", "string", "none")
 
+#: Files replayed stream by stream as recorded, by extension ("module:function"; the
+#: player module uses this one's pacing helpers, so it is loaded by name).
+_PLAYERS = {".xdf": "rtdecode.io.xdf_replay:replay_xdf"}
+
 
 def _marker_form(payload: dict[str, Any], form: str) -> str | None:
     """The marker text of an event in ``form`` (None: not sent)."""
@@ -300,29 +247,40 @@ def _wait_for_consumer(outlet: Any, timeout_s: float, stop: threading.Event, nam
             )
 
 
-def replay_file(
-    path: str | Path,
-    *,
-    name: str | None = None,
-    source_id: str | None = None,
-    speed: float = 1.0,
-    loop: bool = False,
-    chunk_ms: float = 10.0,
-    counter: bool = False,
-    progress: bool = True,
-    stop_event: threading.Event | None = None,
-    max_duration_s: float | None = None,
-    wait_for_consumer_s: float | None = None,
-    block_s: float = 1.0,
-    linger_s: float = 0.5,
-    markers: str = "json",
-) -> ReplayStats:
-    """Publish a recording on LSL at real-time pace (``rtdecode replay``).
+def check_replay_options(*, speed: float = 1.0, chunk_ms: float = 10.0,
+                         max_duration_s: float | None = None, markers: str = "json") -> None:
+    """Refuse replay options that cannot work, naming the parameter (any file type)."""
+    if markers not in MARKER_FORMS:
+        raise ParameterError(
+            "markers", f"{{param}} {markers!r} is not known; use one of {', '.join(MARKER_FORMS)}."
+        )
+
+    if not speed > 0 or not math.isfinite(speed):
+        raise ParameterError(
+            "speed", f"{{param}} must be a positive number, got {speed!r}; 1 is real time."
+        )
+    if not chunk_ms > 0 or not math.isfinite(chunk_ms):
+        raise ParameterError(
+            "chunk_ms", f"{{param}} must be a positive number of ms, got {chunk_ms!r}."
+        )
+    if max_duration_s is not None and not max_duration_s > 0:
+        raise ParameterError(
+            "max_duration_s", f"{{param}} must be positive, got {max_duration_s!r}."
+        )
+
+
+class Player:
+    """A recording published on LSL at real-time pace, as an object (``rtdecode replay``).
+
+    ``start()`` runs the replay in a thread of its own and returns once its outlets
+    exist; ``stop()`` ends it and returns what it did. It is also a context manager, and
+    ``run()`` replays in the calling thread (what :func:`replay_file` does).
 
     Parameters
     ----------
     path : str | Path
-        Anything ``rtdecode.data.recordings.read_recording`` reads.
+        Anything ``rtdecode.data.recordings.read_recording`` reads (read here, so a bad
+        file is an error of the constructor).
     name : str | None
         Data stream name (default: the file's stem); the markers go to
         ``<name>-markers``.
@@ -341,8 +299,6 @@ def replay_file(
         ``COUNTER_MODULUS`` (exact in float32).
     progress : bool
         Show a progress line on stderr (stream seconds sent / total, samples, lag).
-    stop_event : threading.Event | None
-        Set it to stop the replay from another thread.
     max_duration_s : float | None
         Stop after this many seconds of recording were sent (across passes).
     wait_for_consumer_s : float | None
@@ -353,143 +309,282 @@ def replay_file(
     linger_s : float
         After the last sample, keep the outlets open this long so that consumers
         receive the last chunk (closing an outlet drops what it has not sent yet).
-    markers : {"json", "string", "none"}
-        How events are sent, as labs do: JSON objects (``json``), the plain image id
-        text (``string``; events without an image are not sent), or no marker stream.
-        An ``.xdf`` file is replayed by :func:`rtdecode.io.xdf_replay.replay_xdf`, every
-        stream as recorded (``none`` leaves out its marker streams).
+
+    Attributes
+    ----------
+    name, source_id : str
+        The data stream's name and source id (the markers': ``marker_stream_name`` of
+        each).
+    stats : ReplayStats
+        Updated while the replay runs.
+    error : BaseException | None
+        What ended a started replay's thread, if anything (``stop()`` re-raises it).
+
+    Examples
+    --------
+    >>> with Player("sub-01_raw.fif", name="meg", speed=2.0, loop=True) as player:
+    ...     run_the_service_on(player.name)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        source_id: str | None = None,
+        speed: float = 1.0,
+        loop: bool = False,
+        chunk_ms: float = 10.0,
+        counter: bool = False,
+        progress: bool = False,
+        max_duration_s: float | None = None,
+        wait_for_consumer_s: float | None = None,
+        block_s: float = 1.0,
+        linger_s: float = 0.5,
+        markers: str = "json",
+    ) -> None:
+        from rtdecode.data.recordings import read_recording
+
+        check_replay_options(speed=speed, chunk_ms=chunk_ms, max_duration_s=max_duration_s,
+                             markers=markers)
+        self.recording = read_recording(path)
+        self.name = name or default_stream_name(self.recording.path)
+        self.source_id = source_id or f"rtdecode-replay-{self.name}"
+        self.speed, self.loop, self.chunk_ms, self.counter = speed, loop, chunk_ms, counter
+        self.progress = progress
+        self.max_duration_s = max_duration_s
+        self.wait_for_consumer_s = wait_for_consumer_s
+        self.block_s, self.linger_s = block_s, linger_s
+        self.markers = markers
+        self.stats = ReplayStats(name=self.name)
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._streaming = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"<Player {self.name!r} of {self.recording.path.name} running={self.running}>"
+
+    # ------------------------------------------------------------------ thread API
+    @property
+    def running(self) -> bool:
+        """True while a started replay's thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, timeout_s: float = 10.0) -> Player:
+        """Replay in a background thread; return once the outlets exist.
+
+        Raises
+        ------
+        RuntimeError
+            When started twice, or when the outlets are not up within ``timeout_s``.
+        """
+        if self._thread is not None:
+            raise RuntimeError(f"{self!r} was already started; make a new Player.")
+        self._thread = threading.Thread(
+            target=self._run_in_thread, name=f"rtdecode-replay-{self.name}", daemon=True
+        )
+        self._thread.start()
+        if not self._streaming.wait(timeout_s):
+            self.stop()
+            raise RuntimeError(f"The replay of {self.name!r} did not start within {timeout_s} s.")
+        if self.error is not None:
+            self.stop()  # re-raises the error
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> ReplayStats:
+        """End the replay (idempotent) and return its stats.
+
+        Raises
+        ------
+        BaseException
+            The error that ended the replay's thread, if there was one.
+        """
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        return self.stats
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait for a started replay to end by itself; True when it has."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def __enter__(self) -> Player:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run_in_thread(self) -> None:
+        try:
+            self.run()
+        except BaseException as exc:  # surfaces in stop(), never lost
+            self.error = exc
+        finally:
+            self._streaming.set()
+
+    # ------------------------------------------------------------------ the replay
+    def run(self, stop_event: threading.Event | None = None) -> ReplayStats:
+        """Replay in the calling thread until the end, ``stop()`` or ``stop_event``.
+
+        Called from the main thread, SIGTERM stops it too.
+        """
+        if stop_event is not None:
+            self._stop = stop_event
+        stop = self._stop
+        rec, name, progress, counter = self.recording, self.name, self.progress, self.counter
+        sfreq = rec.sfreq
+        n_file = rec.n_times
+        n_ch = len(rec.raw.ch_names)
+        n_chunk = max(1, round(self.chunk_ms * 1e-3 * sfreq))
+        n_block = n_chunk * max(1, round(self.block_s * sfreq / n_chunk))
+        n_limit = None if self.loop else n_file
+        if self.max_duration_s is not None:
+            n_max = round(self.max_duration_s * sfreq)
+            n_limit = n_max if n_limit is None else min(n_limit, n_max)
+
+        events = rec.events
+        ev_samples = np.array([e.sample for e in events], dtype=np.int64)
+        payloads = [_marker_payload(e) for e in events]
+
+        data_info, marker_info = build_stream_infos(rec, name, self.source_id, counter=counter)
+        outlet = make_outlet(data_info, chunk_size=0, max_buffered=360)
+        marker_outlet = None
+        if self.markers != "none":
+            marker_outlet = make_outlet(marker_info, chunk_size=0, max_buffered=360)
+        stats = self.stats = ReplayStats(name=name)
+        self._streaming.set()
+        if progress:
+            print(
+                f"replay {name}: {rec.path.name}, {n_ch} channels at {sfreq:g} Hz, "
+                f"{rec.duration_s:.1f} s, {len(events)} events ({rec.events_source}) -> LSL "
+                f"stream {name!r}"
+                f"{'' if marker_outlet is None else f' and {marker_info.name()!r} ({self.markers})'}"
+                f"{' (waiting for a consumer)' if self.wait_for_consumer_s else ''}.",
+                file=sys.stderr,
+            )
+            for note in rec.notes:
+                print(f"replay {name}: note: {note}.", file=sys.stderr)
+        block = np.empty((n_block, n_ch + int(counter)), dtype=np.float32)
+        bar = ProgressLine(f"replay {name}", n_limit or n_file, progress)
+        t_start = None
+        try:
+            with stop_on_sigterm(stop):
+                if self.wait_for_consumer_s is not None:
+                    _wait_for_consumer(outlet, self.wait_for_consumer_s, stop, name)
+                pacer = Pacer(sfreq, self.speed, wait=stop.wait)
+                stats.t0_lsl = t_start = pacer.t0
+                abs_i = 0
+                while not stop.is_set() and (n_limit is None or abs_i < n_limit):
+                    file_i = abs_i % n_file
+                    if file_i == 0 and abs_i > 0 and n_limit is None:
+                        bar.reset()  # an endless loop shows the progress of each pass
+                    n = min(n_block, n_file - file_i)
+                    if n_limit is not None:
+                        n = min(n, n_limit - abs_i)
+                    blk = block[:n]
+                    blk[:, :n_ch] = rec.raw.get_data(start=file_i, stop=file_i + n).T
+                    if counter:
+                        blk[:, n_ch] = counter_values(abs_i, n)
+                    stamps = pacer.timestamps(abs_i, n)
+                    for j in range(0, n, n_chunk):
+                        k = min(n_chunk, n - j)
+                        lag_s, stopped = pacer.wait_until(stamps[j + k - 1])
+                        if stopped:
+                            break
+                        outlet.push_chunk(blk[j : j + k], stamps[j : j + k])
+                        # Markers go out with the chunk that holds their sample.
+                        lo, hi = np.searchsorted(ev_samples, [file_i + j, file_i + j + k])
+                        for e in range(lo, hi):
+                            sample = abs_i + int(ev_samples[e]) - file_i
+                            text = _marker_form(dict(payloads[e], sample=sample), self.markers)
+                            if marker_outlet is not None and text is not None:
+                                marker_outlet.push_sample([text], pacer.t_of(sample))
+                                stats.markers_sent += 1
+                        stats.samples_sent += k
+                        stats.max_lag_ms = max(stats.max_lag_ms, float(lag_s) * 1e3)
+                        sent_s = stats.samples_sent / sfreq
+                        where = (
+                            f"{sent_s:.1f}/{n_limit / sfreq:.1f} s"
+                            if n_limit
+                            else f"{sent_s:.1f} s (pass {abs_i // n_file + 1})"
+                        )
+                        bar.update(
+                            k,
+                            f"{where}, {stats.samples_sent} samples, lag {lag_s * 1e3:.1f} ms, "
+                            f"{stats.markers_sent} markers",
+                        )
+                    abs_i += n
+                stats.wall_s = local_clock() - t_start
+                if stats.samples_sent and not stop.is_set():
+                    time.sleep(self.linger_s)
+        finally:
+            stats.passes_completed = stats.samples_sent // n_file
+            stats.stopped = stop.is_set() or self.loop or stats.samples_sent < n_file
+            if t_start is not None and not stats.wall_s:
+                stats.wall_s = local_clock() - t_start
+            bar.close()
+            if progress:
+                print(
+                    f"replay {name}: sent {stats.samples_sent} samples "
+                    f"({stats.samples_sent / sfreq:.1f} s of recording) and "
+                    f"{stats.markers_sent} markers in {stats.wall_s:.1f} s; "
+                    f"max lag {stats.max_lag_ms:.1f} ms.",
+                    file=sys.stderr,
+                )
+            del outlet, marker_outlet
+        return stats
+
+
+def replay_file(
+    path: str | Path,
+    *,
+    stop_event: threading.Event | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> ReplayStats:
+    """Publish a recording on LSL at real-time pace, in the calling thread.
+
+    A thin wrapper over :class:`Player` (``Player(path, progress=progress,
+    **options).run(stop_event)``), what ``rtdecode replay`` runs.
+
+    Parameters
+    ----------
+    path : str | Path
+        Anything ``rtdecode.data.recordings.read_recording`` reads.
+    stop_event : threading.Event | None
+        Set it to stop the replay from another thread.
+    progress : bool
+        Show a progress line on stderr.
+    **options
+        ``name``, ``source_id``, ``speed``, ``loop``, ``chunk_ms``, ``counter``,
+        ``max_duration_s``, ``wait_for_consumer_s``, ``block_s``, ``linger_s``,
+        ``markers``: as for :class:`Player`. An ``.xdf`` file is replayed by
+        :func:`rtdecode.io.xdf_replay.replay_xdf`, every stream as recorded.
 
     Returns
     -------
     ReplayStats
     """
-    from rtdecode.data.recordings import read_recording
-
-    if markers not in MARKER_FORMS:
-        raise ValueError(f"--markers {markers!r} is not known; use one of {', '.join(MARKER_FORMS)}.")
-    if not speed > 0 or not math.isfinite(speed):
-        raise ValueError(f"--speed must be a positive number, got {speed!r}; 1 is real time.")
-    if not chunk_ms > 0 or not math.isfinite(chunk_ms):
-        raise ValueError(f"--chunk-ms must be a positive number of ms, got {chunk_ms!r}.")
-    if max_duration_s is not None and not max_duration_s > 0:
-        raise ValueError(f"max_duration_s must be positive, got {max_duration_s!r}.")
-
     player = _PLAYERS.get(Path(path).suffix.lower())
-    if player is not None:
-        if counter:
-            raise ValueError(
-                "--counter adds a channel to an MNE recording; an XDF file is replayed as "
-                "recorded (record one with a counter channel instead)."
+    if player is not None:  # e.g. XDF: every stream of the file, as recorded
+        if options.pop("counter", False):
+            raise ParameterError(
+                "counter", "{param} adds a channel to an MNE recording; an XDF file is "
+                "replayed as recorded (record one with a counter channel instead).",
             )
+        for key in ("source_id", "block_s"):
+            options.pop(key, None)
+        check_replay_options(**{k: v for k, v in options.items()
+                                if k in ("speed", "chunk_ms", "max_duration_s", "markers")})
         module, func = player.split(":")
         return getattr(importlib.import_module(module), func)(
-            path, name=name, speed=speed, loop=loop, chunk_ms=chunk_ms, progress=progress,
-            stop_event=stop_event, max_duration_s=max_duration_s,
-            wait_for_consumer_s=wait_for_consumer_s, linger_s=linger_s, markers=markers,
-        )  # fmt: skip
-
-    rec = read_recording(path)
-    name = name or default_stream_name(rec.path)
-    source_id = source_id or f"rtdecode-replay-{name}"
-    stop = stop_event if stop_event is not None else threading.Event()
-
-    sfreq = rec.sfreq
-    n_file = rec.n_times
-    n_ch = len(rec.raw.ch_names)
-    n_chunk = max(1, round(chunk_ms * 1e-3 * sfreq))
-    n_block = n_chunk * max(1, round(block_s * sfreq / n_chunk))
-    n_limit = None if loop else n_file
-    if max_duration_s is not None:
-        n_max = round(max_duration_s * sfreq)
-        n_limit = n_max if n_limit is None else min(n_limit, n_max)
-
-    events = rec.events
-    ev_samples = np.array([e.sample for e in events], dtype=np.int64)
-    payloads = [_marker_payload(e) for e in events]
-
-    data_info, marker_info = build_stream_infos(rec, name, source_id, counter=counter)
-    outlet = make_outlet(data_info, chunk_size=0, max_buffered=360)
-    marker_outlet = None
-    if markers != "none":
-        marker_outlet = make_outlet(marker_info, chunk_size=0, max_buffered=360)
-    stats = ReplayStats(name=name)
-    if progress:
-        print(
-            f"replay {name}: {rec.path.name}, {n_ch} channels at {sfreq:g} Hz, "
-            f"{rec.duration_s:.1f} s, {len(events)} events ({rec.events_source}) -> LSL "
-            f"stream {name!r}"
-            f"{'' if marker_outlet is None else f' and {marker_info.name()!r} ({markers})'}"
-            f"{' (waiting for a consumer)' if wait_for_consumer_s else ''}.",
-            file=sys.stderr,
+            path, progress=progress, stop_event=stop_event, **options
         )
-        for note in rec.notes:
-            print(f"replay {name}: note: {note}.", file=sys.stderr)
-    block = np.empty((n_block, n_ch + int(counter)), dtype=np.float32)
-    bar = ProgressLine(f"replay {name}", n_limit or n_file, progress)
-    t_start = None
-    try:
-        with stop_on_sigterm(stop):
-            if wait_for_consumer_s is not None:
-                _wait_for_consumer(outlet, wait_for_consumer_s, stop, name)
-            pacer = Pacer(sfreq, speed, wait=stop.wait)
-            stats.t0_lsl = t_start = pacer.t0
-            abs_i = 0
-            while not stop.is_set() and (n_limit is None or abs_i < n_limit):
-                file_i = abs_i % n_file
-                if file_i == 0 and abs_i > 0 and n_limit is None:
-                    bar.reset()  # an endless loop shows the progress of each pass
-                n = min(n_block, n_file - file_i)
-                if n_limit is not None:
-                    n = min(n, n_limit - abs_i)
-                blk = block[:n]
-                blk[:, :n_ch] = rec.raw.get_data(start=file_i, stop=file_i + n).T
-                if counter:
-                    blk[:, n_ch] = counter_values(abs_i, n)
-                stamps = pacer.timestamps(abs_i, n)
-                for j in range(0, n, n_chunk):
-                    k = min(n_chunk, n - j)
-                    lag_s, stopped = pacer.wait_until(stamps[j + k - 1])
-                    if stopped:
-                        break
-                    outlet.push_chunk(blk[j : j + k], stamps[j : j + k])
-                    # Markers go out with the chunk that holds their sample.
-                    lo, hi = np.searchsorted(ev_samples, [file_i + j, file_i + j + k])
-                    for e in range(lo, hi):
-                        sample = abs_i + int(ev_samples[e]) - file_i
-                        text = _marker_form(dict(payloads[e], sample=sample), markers)
-                        if marker_outlet is not None and text is not None:
-                            marker_outlet.push_sample([text], pacer.t_of(sample))
-                            stats.markers_sent += 1
-                    stats.samples_sent += k
-                    stats.max_lag_ms = max(stats.max_lag_ms, float(lag_s) * 1e3)
-                    sent_s = stats.samples_sent / sfreq
-                    where = (
-                        f"{sent_s:.1f}/{n_limit / sfreq:.1f} s"
-                        if n_limit
-                        else f"{sent_s:.1f} s (pass {abs_i // n_file + 1})"
-                    )
-                    bar.update(
-                        k,
-                        f"{where}, {stats.samples_sent} samples, lag {lag_s * 1e3:.1f} ms, "
-                        f"{stats.markers_sent} markers",
-                    )
-                abs_i += n
-            stats.wall_s = local_clock() - t_start
-            if stats.samples_sent and not stop.is_set():
-                time.sleep(linger_s)
-    finally:
-        stats.passes_completed = stats.samples_sent // n_file
-        stats.stopped = stop.is_set() or loop or stats.samples_sent < n_file
-        if t_start is not None and not stats.wall_s:
-            stats.wall_s = local_clock() - t_start
-        bar.close()
-        if progress:
-            print(
-                f"replay {name}: sent {stats.samples_sent} samples "
-                f"({stats.samples_sent / sfreq:.1f} s of recording) and "
-                f"{stats.markers_sent} markers in {stats.wall_s:.1f} s; "
-                f"max lag {stats.max_lag_ms:.1f} ms.",
-                file=sys.stderr,
-            )
-        del outlet, marker_outlet
-    return stats
+    return Player(path, progress=progress, **options).run(stop_event)

@@ -83,7 +83,7 @@ from rtdecode._utils.files import (
 )
 from rtdecode.contracts import format_marker
 from rtdecode.lsl.streams import local_clock
-from rtdecode.stream.ring import OverwrittenError
+from rtdecode.stream.ring import OverwrittenError, nearest_index
 
 log = logging.getLogger(__name__)
 
@@ -446,10 +446,7 @@ class _Run:
             if m.t_lsl < t_lsl[0] - half:
                 late.append(_marker_json(m, None))  # its segment is written already
                 continue
-            k = min(int(np.searchsorted(t_lsl, m.t_lsl)), len(t_lsl) - 1)
-            if k > 0 and m.t_lsl - t_lsl[k - 1] <= t_lsl[k] - m.t_lsl:
-                k -= 1  # the nearest sample
-            inside.append((a + k, m))
+            inside.append((a + nearest_index(t_lsl, m.t_lsl), m))
         if a == 0 and self.t_previous is not None:  # a new run: the gap since the old one
             gap_before = max(0, round((float(t_lsl[0]) - self.t_previous) * self.sfreq) - 1)
         sidecar = {
@@ -524,7 +521,7 @@ def _marker_json(marker, sample: int | None) -> dict[str, Any]:
 def _run_info(run: _Run):
     """mne.Info for a run (built once): the stream's channels, calibrated to SI."""
     if run.info is None:
-        from rtdecode.io.record import _build_info  # one place builds Info from a description
+        from rtdecode.io.fif import build_info  # one place builds Info from a description
 
         desc = run.reader.description
         if not desc.has_description:
@@ -536,7 +533,7 @@ def _run_info(run: _Run):
                 units=("",) * n,
                 has_description=True,
             )
-        run.info = _build_info(desc, [], {})
+        run.info = build_info(desc, [], {})
         run.cal = np.array([ch["cal"] for ch in run.info["chs"]], dtype=np.float64)[:, None]
     return run.info
 

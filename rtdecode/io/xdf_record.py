@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from rtdecode._utils.files import PRIVATE, publish
+from rtdecode._utils.progress import ProgressLine, stop_on_sigterm
 from rtdecode.contracts import annotation_stream_name, marker_stream_name
-from rtdecode.io.replay import ProgressLine, stop_on_sigterm
 from rtdecode.io.xdf import FORMATS, XdfWriter
 from rtdecode.lsl.streams import describe, find_first, local_clock, open_inlet, resolve
 

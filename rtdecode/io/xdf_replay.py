@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode.io.replay import ProgressLine, ReplayStats, stop_on_sigterm
+from rtdecode._utils.progress import ProgressLine, stop_on_sigterm
+from rtdecode.io.replay import ReplayStats
 from rtdecode.io.xdf import XdfStream, read_xdf
 from rtdecode.lsl.streams import DTYPES, local_clock, make_info, make_outlet
 

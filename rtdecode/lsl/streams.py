@@ -40,6 +40,8 @@ __all__ = [
     "make_outlet",
     "not_found_error",
     "open_inlet",
+    "pull_into",
+    "pull_markers",
     "read_fiff_details",
     "resolve",
     "unwrap_counter",
@@ -414,6 +416,46 @@ def open_inlet(
     """
     flags = (pylsl.proc_clocksync if clocksync else 0) | (pylsl.proc_dejitter if dejitter else 0)
     return pylsl.StreamInlet(info, max_buflen=max_buflen_s, recover=recover, processing_flags=flags)
+
+
+def pull_into(inlet, dest: np.ndarray, timeout_s: float) -> np.ndarray:
+    """Pull up to ``len(dest)`` samples straight into ``dest``; the one data pull.
+
+    Waits at most ``timeout_s`` for the first sample and returns as soon as one is there
+    (no fixed chunk to fill), without allocating per chunk.
+
+    Parameters
+    ----------
+    inlet : pylsl.StreamInlet
+        A numeric stream's inlet (see :func:`open_inlet`).
+    dest : ndarray, shape (n_max, n_channels)
+        C-contiguous, of the stream's dtype (``DTYPES``); rows ``[:n]`` are written.
+    timeout_s : float
+        Seconds to wait for the first sample (0: only what is queued).
+
+    Returns
+    -------
+    ndarray, shape (n,)
+        The samples' timestamps (clock-corrected); ``n`` may be 0.
+    """
+    _, stamps = inlet.pull_chunk(
+        timeout=timeout_s, max_samples=len(dest), dest_obj=dest, min_samples=1, as_numpy=True
+    )
+    return stamps
+
+
+def pull_markers(inlet, timeout_s: float, max_samples: int = 64) -> tuple[list, list[float]]:
+    """Pull up to ``max_samples`` markers; the one marker pull.
+
+    Returns
+    -------
+    samples : list
+        One list of channel values per marker (strings or numbers), as sent; read them
+        with :func:`rtdecode.contracts.marker_text`.
+    stamps : list of float
+        Their timestamps (clock-corrected).
+    """
+    return inlet.pull_chunk(timeout=timeout_s, max_samples=max_samples, min_samples=1)
 
 
 # ---------------------------------------------------------------- sample counter

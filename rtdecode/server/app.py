@@ -164,6 +164,19 @@ class _AppState:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
 
+    def tell_viewers(self, type_: str, **fields: Any) -> None:
+        """Queue one JSON text message to every viewer (from any thread; a no-op before
+        the loop started or once it closed)."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(
+                self.broadcaster.broadcast_text, text_message(type_, **fields)
+            )
+        except RuntimeError:  # the loop closed meanwhile: the server is stopping
+            pass
+
     # -- source access (thread pool) ----------------------------------------------------
     def health(self) -> tuple[str, list[str]]:
         if self._shutdown is not None:
@@ -465,6 +478,15 @@ class ServerHandle:
     @property
     def ws_url(self) -> str:
         return f"ws://{_url_host(self.host)}:{self.port}/ws"
+
+    def tell_viewers(self, type_: str, **fields: Any) -> None:
+        """Send one JSON text message (``{"v", "type", **fields}``) to every viewer.
+
+        Safe from any thread; does nothing before the server started or once it stopped.
+        """
+        state: _AppState | None = getattr(self.app.state, "server", None)
+        if state is not None:
+            state.tell_viewers(type_, **fields)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Shut down in order (viewers closed with 1001, Broadcaster stopped, uvicorn

@@ -4,6 +4,7 @@
 - reader.py   StreamReader: the thread that owns the LSL inlet and writes the ring.
 - markers.py  MarkerReader: event markers with corrected LSL times.
 - windows.py  Windower: continuous or event-locked windows, cut by sample index.
+- supervisor.py  StreamSupervisor: opens the input, reports gaps, replaces a failed reader.
 
 Names are imported on first use, so ``import rtdecode.stream`` does not load liblsl.
 """
@@ -27,6 +28,7 @@ _EXPORTS = {
     "parse_marker": "markers",
     "Windower": "windows",
     "WindowerStats": "windows",
+    "StreamSupervisor": "supervisor",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -27,7 +27,7 @@ from dataclasses import replace
 from rtdecode.contracts import Marker, marker_text, parse_marker
 from rtdecode.lsl import streams as lsl
 from rtdecode.stream.reader import StreamFormatError, StreamReader, _InletThread
-from rtdecode.stream.ring import OverwrittenError
+from rtdecode.stream.ring import OverwrittenError, locate_time
 
 __all__ = ["MarkerReader", "parse_marker"]
 
@@ -119,7 +119,7 @@ class MarkerReader(_InletThread):
         return [marker_text(sample)]
 
     def _pull(self, inlet) -> int:
-        samples, ts = inlet.pull_chunk(timeout=self.pull_timeout_s, max_samples=64, min_samples=1)
+        samples, ts = lsl.pull_markers(inlet, self.pull_timeout_s)
         if not ts:
             return 0
         interpret = self.interpret or (lambda value: value)
@@ -223,9 +223,7 @@ class MarkerReader(_InletThread):
         if marker.sample is not None or data is None or data.ring is None:
             return marker
         try:
-            k = data.ring.index_of_time(
-                marker.t_lsl, tolerance_s=0.5 / data.sfreq, tolerance_samples=0.5
-            )
+            k = locate_time(data.ring, marker.t_lsl, data.sfreq)
         except OverwrittenError:
             return marker
         return marker if k is None else replace(marker, sample=k)

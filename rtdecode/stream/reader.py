@@ -566,13 +566,7 @@ class StreamReader(_InletThread):
 
     # ------------------------------------------------------------------ pulling
     def _pull(self, inlet) -> int:
-        _, ts = inlet.pull_chunk(
-            timeout=self.pull_timeout_s,
-            max_samples=self._max_chunk,
-            dest_obj=self._dest,
-            min_samples=1,
-            as_numpy=True,
-        )
+        ts = lsl.pull_into(inlet, self._dest, self.pull_timeout_s)
         t_arrived = lsl.local_clock()
         n = int(ts.size)
         if n == 0:

@@ -25,7 +25,13 @@ import time
 
 import numpy as np
 
-__all__ = ["RingBuffer", "OverwrittenError", "NotYetWrittenError"]
+__all__ = [
+    "RingBuffer",
+    "OverwrittenError",
+    "NotYetWrittenError",
+    "locate_time",
+    "nearest_index",
+]
 
 
 _NEVER = 2**63
@@ -332,3 +338,51 @@ class RingBuffer:
             )
         k = int(np.searchsorted(times, target, side="left"))
         return None if k >= times.size else start + k
+
+
+def locate_time(ring: RingBuffer, t_lsl: float, sfreq_hz: float) -> int | None:
+    """Absolute index of the first held sample at or after ``t_lsl`` (a marker's time).
+
+    The one rule that maps a marker onto the live stream: within half a sample period,
+    measured on the held timestamps (so a replay faster than real time still lands a
+    marker on its own sample), or ``0.5 / sfreq_hz`` while only one sample is held.
+
+    Parameters
+    ----------
+    ring : RingBuffer
+        The data stream's ring.
+    t_lsl : float
+        The marker's LSL time (clock-corrected).
+    sfreq_hz : float
+        The stream's nominal rate.
+
+    Returns
+    -------
+    int or None
+        None while no held sample is that late yet.
+
+    Raises
+    ------
+    OverwrittenError
+        When ``t_lsl`` is older than the oldest held sample.
+    """
+    return ring.index_of_time(t_lsl, tolerance_s=0.5 / sfreq_hz, tolerance_samples=0.5)
+
+
+def nearest_index(t_lsl: np.ndarray, t: float) -> int:
+    """Index of the sample whose time is nearest ``t`` (the earlier one on a tie).
+
+    The rule that places a marker on a written file's samples (``rtdecode record`` and
+    ``serve --record``).
+
+    Parameters
+    ----------
+    t_lsl : ndarray, shape (n_samples,)
+        Increasing sample times, n_samples >= 1.
+    t : float
+        The marker's time, on the same clock.
+    """
+    k = min(int(np.searchsorted(t_lsl, t)), len(t_lsl) - 1)
+    if k > 0 and t - t_lsl[k - 1] <= t_lsl[k] - t:
+        k -= 1
+    return k

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from rtdecode.contracts import Marker, Window
-from rtdecode.stream.ring import OverwrittenError
+from rtdecode.stream.ring import OverwrittenError, locate_time
 
 __all__ = ["Windower", "WindowerStats"]
 
@@ -249,7 +249,7 @@ class Windower:
         period = 1.0 / self.reader.sfreq
         sample = marker.sample
         if sample is None:
-            sample = ring.index_of_time(marker.t_lsl, tolerance_s=0.5 * period, tolerance_samples=0.5)
+            sample = locate_time(ring, marker.t_lsl, self.reader.sfreq)
             if sample is None:
                 return None
             marker = replace(marker, sample=sample)

@@ -24,20 +24,25 @@ from safetensors.torch import load_file
 from torch import nn
 
 from rtdecode._utils.devices import resolve_device
-from rtdecode._utils.files import atomic_save_tensors, atomic_write
+from rtdecode.contracts import ParameterError
 from rtdecode.decoder.base import ImageDecoder, fit_image, pil_to_tensor
 from rtdecode.decoder.normalize import EmbeddingNormalizer
 from rtdecode.decoder.tiny import (
     CONFIG_FILE,
     DEFAULT_MAX_STEPS,
     MODEL_FILE,
-    STATE_DIR,
     TinyDecoderConfig,
     TinyDecoderNet,
-    optimizer_from_tensors,
-    optimizer_to_tensors,
     save_decoder_folder,
 )
+from rtdecode.training.state import (
+    has_training_state,
+    load_training_state,
+    save_training_state,
+)
+
+#: Where versions before the one resume format kept a decoder run's state.
+LEGACY_STATE_DIR = "training_state"
 
 
 @dataclass
@@ -134,7 +139,7 @@ def train_decoder(
     device : str
         ``"auto"``, ``"cpu"`` or ``"cuda"``. On CUDA the forward pass runs in bfloat16.
     resume : bool
-        Continue from ``out_dir/training_state``. Without it, an ``out_dir`` that already
+        Continue from ``out_dir/training`` (``rtdecode.training.state``). Without it, an ``out_dir`` that already
         holds a training state is an error (nothing is overwritten by accident).
     seed : int
         Seeds weights, batches, noise and flips; a resumed run continues the same stream.
@@ -155,8 +160,14 @@ def train_decoder(
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
-    state_dir = out / STATE_DIR
-    has_state = (state_dir / "state.json").is_file()
+    if (out / LEGACY_STATE_DIR / "state.json").is_file() and not has_training_state(out):
+        raise ValueError(
+            f"{out} holds a decoder training state in the layout of earlier versions "
+            f"({LEGACY_STATE_DIR}/), which this version cannot resume; the decoder in it "
+            "still loads. Train into a new folder (--out), or delete "
+            f"{out / LEGACY_STATE_DIR} to start this folder afresh."
+        )
+    has_state = has_training_state(out)
     if has_state and not resume:
         raise FileExistsError(
             f"{out} already holds a decoder training state; pass resume=True (--resume) to "
@@ -164,7 +175,7 @@ def train_decoder(
         )
     max_steps = DEFAULT_MAX_STEPS if max_steps is None else int(max_steps)
     if max_steps < 1:
-        raise ValueError(f"max_steps={max_steps} must be at least 1.")
+        raise ParameterError("max_steps", f"{{param}}={max_steps} must be at least 1.")
     dev = resolve_device(device)
 
     saved_config = json.loads((out / CONFIG_FILE).read_text()) if has_state else None
@@ -199,15 +210,9 @@ def train_decoder(
     gen = torch.Generator(device="cpu").manual_seed(seed)
     step = 0
     if has_state:
-        state = json.loads((state_dir / "state.json").read_text())
-        net.load_state_dict(load_file(state_dir / MODEL_FILE))
+        state = load_training_state(out, {"model": net}, opt)
         ema.load_state_dict(load_file(out / MODEL_FILE))
-        opt.load_state_dict(
-            optimizer_from_tensors(
-                load_file(state_dir / "optimizer.safetensors"), state["param_groups"]
-            )
-        )
-        gen.set_state(load_file(state_dir / "rng.safetensors")["generator"])
+        gen.set_state(state["tensors"]["generator"])
         step = int(state["step"])
 
     net.to(dev).train()
@@ -262,14 +267,11 @@ def train_decoder(
             }
         )
         save_decoder_folder(out, ema, normalizer, {**meta, "training": training})
-        state_dir.mkdir(parents=True, exist_ok=True)
-        atomic_save_tensors(state_dir / MODEL_FILE, net.state_dict())
-        tensors, groups = optimizer_to_tensors(opt)
-        atomic_save_tensors(state_dir / "optimizer.safetensors", tensors)
-        atomic_save_tensors(state_dir / "rng.safetensors", {"generator": gen.get_state()})
-        atomic_write(
-            state_dir / "state.json",
-            json.dumps({"step": step_now, "param_groups": groups, "seed": seed}, indent=2),
+        save_training_state(
+            out,
+            {"model": net},
+            opt,
+            {"step": step_now, "seed": seed, "tensors": {"generator": gen.get_state()}},
         )
 
     last_saved = step

@@ -46,17 +46,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from rtdecode.encoder.checkpoint import (
-    TRAINING_DIR,
-    WEIGHTS_FILE,
-    load_training_state,
-    resolve_device,
-    save_checkpoint,
-    save_training_state,
-)
+from rtdecode.contracts import ParameterError
+from rtdecode.encoder.checkpoint import WEIGHTS_FILE, resolve_device, save_checkpoint
 from rtdecode.encoder.losses import CombinedLoss, clip_loss, mse_loss
 from rtdecode.encoder.metrics import fit_target_stats, retrieval_metrics, standardize
 from rtdecode.encoder.model import BrainModule, build_model
+from rtdecode.training.state import TRAINING_DIR, load_training_state, save_training_state
 
 __all__ = [
     "Recipe",
@@ -131,12 +126,16 @@ class Recipe:
         if self.monitor not in MONITORS:
             raise ValueError(f"monitor={self.monitor!r} is unknown; use one of {sorted(MONITORS)}.")
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction={self.val_fraction} must lie in [0, 1).")
+            raise ParameterError(
+                "val_fraction", f"{{param}}={self.val_fraction} must lie in [0, 1)."
+            )
         for name in ("batch_size", "max_epochs", "patience"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer.")
+                raise ParameterError(
+                    name, f"{{param}}={getattr(self, name)} must be a positive integer."
+                )
         if self.lr <= 0:
-            raise ValueError(f"lr={self.lr} must be positive.")
+            raise ParameterError("lr", f"{{param}}={self.lr} must be positive.")
         if self.window_sampling not in WINDOW_SAMPLINGS:
             raise ValueError(
                 f"window_sampling={self.window_sampling!r} is unknown; use one of "
@@ -753,16 +752,6 @@ def image_targets(gallery: Any, encoder: Any, image_ids: Sequence[str], progress
     return np.ascontiguousarray(emb[[gallery.index(str(i)) for i in image_ids]])
 
 
-def _image_encoder(rc_or_target: Any):
-    from rtdecode.images import get_image_encoder
-
-    if isinstance(rc_or_target, Recipe):
-        name, path, readout = rc_or_target.image_encoder, rc_or_target.image_encoder_path, rc_or_target.image_readout
-    else:
-        name, path, readout = rc_or_target["encoder"], rc_or_target.get("encoder_path"), rc_or_target.get("readout", "cls")
-    return get_image_encoder(name, path=path, readout=readout)
-
-
 def _preprocessor(rc: Recipe, ch_names: Sequence[str]):
     from rtdecode.signal import PreprocessConfig, Preprocessor
 
@@ -806,7 +795,7 @@ def train(
         ``out_dir``.
     """
     from rtdecode.data.datasets import load_epochs
-    from rtdecode.images import Gallery
+    from rtdecode.images import Gallery, image_encoder_for
 
     rc = load_recipe(recipe, preset=preset, max_epochs=max_epochs, seed=seed)
     out = Path(out_dir)
@@ -838,7 +827,12 @@ def train(
     preprocessor.fit(es_train.window(rc.window_start_s, rc.window_s), es.sfreq_hz,
                      es.ch_names, es.n_pad)
     X, Y_index = lagged_windows(es_train, preprocessor, lags, rc.window_s, progress=progress)
-    encoder = _image_encoder(rc)
+    image_spec = {
+        "encoder": rc.image_encoder,
+        "encoder_path": rc.image_encoder_path,
+        "readout": rc.image_readout,
+    }
+    encoder = image_encoder_for(image_spec)
     gallery = Gallery.from_folder(es.gallery_root)
     Y = image_targets(gallery, encoder, es_train.image_ids, progress=progress)[Y_index]
     meta = {
@@ -852,11 +846,7 @@ def train(
         "offsets": rc.window_meta(),
         "preprocess": preprocessor.to_dict(),
         "clamp": preprocessor.config.clamp,
-        "target": {
-            "name": encoder.name, "encoder": rc.image_encoder,
-            "encoder_path": rc.image_encoder_path, "readout": rc.image_readout,
-            "gallery": str(es.gallery_root),
-        },
+        "target": {"name": encoder.name, **image_spec, "gallery": str(es.gallery_root)},
         "subjects": list(es.subjects),
         # the held-out (zero-shot) images: `serve --retrieval-set test` retrieves among them
         "test_images": sorted({str(i) for i in es.test.image_ids}),

@@ -167,9 +167,9 @@ def evaluate(
 
     from rtdecode.data.datasets import load_epochs
     from rtdecode.encoder.checkpoint import load_checkpoint
-    from rtdecode.images import Gallery
+    from rtdecode.images import Gallery, image_encoder_for
     from rtdecode.signal import Preprocessor
-    from rtdecode.training.encoder import _image_encoder, image_targets, predict, preprocess_windows
+    from rtdecode.training.encoder import image_targets, predict, preprocess_windows
 
     model, meta = load_checkpoint(ckpt_dir, device=device)
     pre = Preprocessor.from_dict(meta["preprocess"])
@@ -187,7 +187,7 @@ def evaluate(
         raise ValueError(f"{data_dir} has no test trials (trial_type 'test'); nothing to evaluate.")
     if es.gallery_root is None:
         raise ValueError(f"The images of {data_dir} were not found; retrieval needs the gallery.")
-    encoder = _image_encoder(meta["target"])
+    encoder = image_encoder_for(meta["target"])
     if meta["target"].get("name") not in (None, encoder.name):
         raise ValueError(
             f"The checkpoint was trained on {meta['target']['name']!r} embeddings but the "

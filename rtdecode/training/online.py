@@ -13,15 +13,14 @@ relative difference between the online and offline embeddings and whether every 
 the same. The replay adds a sample-counter channel, which maps each online window onto
 the file's samples exactly.
 
-Threads: the replay runs in a thread of its own, the reader, marker reader and worker in
-theirs (as in the service); this function collects the frames and returns when the
+Threads: the replay runs in a thread of its own (``Player.start``), the reader, marker
+reader and worker in theirs (as in the service); this function collects the frames and returns when the
 recording has been decoded to its end.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from rtdecode.contracts import ParameterError
 from rtdecode.encoder.metrics import LagCurve
 
 __all__ = ["evaluate_online"]
@@ -99,7 +99,7 @@ def evaluate_online(
     from rtdecode.worker import load_retrieval, subject_index
 
     if not speed > 0:
-        raise ValueError(f"speed={speed} must be positive (1 = real time).")
+        raise ParameterError("speed", f"{{param}}={speed} must be positive (1 = real time).")
     model, meta = load_checkpoint(ckpt_dir, device=device)
     pre = Preprocessor.from_dict(meta["preprocess"])
     window_s = float(meta["window_s"])
@@ -205,24 +205,15 @@ def _decode_live(recording, pre, model, retrieval, meta, subj, window_s, hop_s, 
     """Replay the file on loopback LSL and decode every window of it, in order."""
     from tqdm.auto import tqdm
 
-    from rtdecode.io.replay import replay_file
+    from rtdecode.io.replay import Player
     from rtdecode.stream import MarkerReader, StreamReader, Windower
     from rtdecode.worker import DecodeWorker, WorkerOptions
 
     name = f"rtdecode-eval-{uuid.uuid4().hex[:8]}"
-    stop = threading.Event()
-    replay_error: list[BaseException] = []
-
-    def _replay() -> None:
-        try:
-            replay_file(recording, name=name, source_id=name, speed=speed, counter=True,
-                        progress=False, stop_event=stop, wait_for_consumer_s=resolve_timeout_s)
-        except BaseException as exc:  # surfaced below, in the caller's thread
-            replay_error.append(exc)
-
     frames: list[Any] = []
-    replay = threading.Thread(target=_replay, name="rtdecode-eval-replay", daemon=True)
-    replay.start()
+    # Waits for the reader below before sending, so that no sample is missed.
+    replay = Player(recording, name=name, source_id=name, speed=speed, counter=True,
+                    wait_for_consumer_s=resolve_timeout_s).start()
     # The ring holds the whole recording: windows are taken in order, none is skipped.
     reader = StreamReader(name=name, source_id=name, buffer_s=max(30.0, duration_s + 5.0),
                           resolve_timeout_s=resolve_timeout_s)
@@ -242,13 +233,16 @@ def _decode_live(recording, pre, model, retrieval, meta, subj, window_s, hop_s, 
     try:
         idle_since = None
         while True:
-            if replay_error:
-                raise RuntimeError(f"The replay of {recording} failed: {replay_error[0]}")
+            if replay.error is not None:
+                try:
+                    replay.stop()  # re-raises the replay's error (once)
+                except Exception as exc:
+                    raise RuntimeError(f"The replay of {recording} failed: {exc}") from exc
             if worker.error is not None:
                 raise RuntimeError(f"The decode worker failed: {worker.error}")
             n = len(frames)
             bar.update(n - bar.n)
-            if not replay.is_alive():
+            if not replay.running:
                 # finished sending: done once the worker has had nothing new for 2 s
                 if idle_since is None or n != idle_since[1]:
                     idle_since = (time.monotonic(), n)
@@ -257,11 +251,10 @@ def _decode_live(recording, pre, model, retrieval, meta, subj, window_s, hop_s, 
             time.sleep(0.1)
     finally:
         bar.close()
-        stop.set()
         worker.stop()
         markers.stop()
         reader.stop()
-        replay.join(10)
+        replay.stop()
     return list(frames)
 
 

@@ -392,8 +392,8 @@ def test_training_folder_layout_and_metadata(tiny_dir):
         json.loads((tiny_dir / "embedding_normalizer.json").read_text())
     )
     assert norm.dim == cfg["embed_dim"]
-    state = json.loads((tiny_dir / "training_state" / "state.json").read_text())
-    assert state["step"] == 2
+    state = json.loads((tiny_dir / "training" / "state.json").read_text())
+    assert state["state"]["step"] == 2
     # Weights and optimizer state are safetensors; nothing is pickled.
     files = {p.suffix for p in tiny_dir.rglob("*") if p.is_file()}
     assert files <= {".json", ".safetensors"}
@@ -412,30 +412,24 @@ def test_resume_continues_the_step_count_and_the_same_run(gallery_dir, tmp_path)
         train_decoder(gallery_dir, split, max_steps=4, **kwargs)
     train_decoder(gallery_dir, split, max_steps=4, resume=True, **kwargs)
 
-    assert json.loads((split / "training_state" / "state.json").read_text())["step"] == 4
+    assert json.loads((split / "training" / "state.json").read_text())["state"]["step"] == 4
     assert json.loads((split / "config.json").read_text())["training"]["steps"] == 4
     # Same seed, same data: the resumed run is the straight run, weight for weight.
-    for name in ("model.safetensors", "training_state/model.safetensors"):
+    # The resume state (raw weights, optimizer moments, RNG) is the straight run's too.
+    for name in ("model.safetensors", "training/state.safetensors"):
         a, b = load_file(straight / name), load_file(split / name)
         assert a.keys() == b.keys()
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
-def test_optimizer_state_round_trips_through_tensors():
-    from rtdecode.decoder.tiny import optimizer_from_tensors, optimizer_to_tensors
-
-    net = torch.nn.Linear(3, 2)
-    opt = torch.optim.AdamW(net.parameters(), lr=0.01)
-    net(torch.ones(1, 3)).sum().backward()
-    opt.step()
-    tensors, groups = optimizer_to_tensors(opt)
-    json.dumps(groups)  # JSON-able
-    opt2 = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=0.5)
-    opt2.load_state_dict(optimizer_from_tensors(tensors, groups))
-    assert opt2.param_groups[0]["lr"] == 0.01
-    for k, v in opt.state_dict()["state"][0].items():
-        torch.testing.assert_close(opt2.state_dict()["state"][0][k], v)
+def test_a_run_in_the_old_resume_layout_is_a_clear_error(gallery_dir, tmp_path):
+    out = tmp_path / "old"
+    (out / "training_state").mkdir(parents=True)
+    (out / "training_state" / "state.json").write_text('{"step": 2, "param_groups": []}')
+    for resume in (False, True):
+        with pytest.raises(ValueError, match=r"earlier versions \(training_state/\).*new folder"):
+            train_decoder(gallery_dir, out, max_steps=4, resume=resume, device="cpu")
 
 
 def test_comparison_grid_is_written(tmp_path):

@@ -10,13 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rtdecode.encoder import build_model
-from rtdecode.encoder.checkpoint import (
-    load_checkpoint,
-    load_training_state,
-    read_config,
-    save_checkpoint,
-    save_training_state,
-)
+from rtdecode.encoder.checkpoint import load_checkpoint, read_config, save_checkpoint
+from rtdecode.training.state import load_training_state, save_training_state
 
 torch.set_num_threads(1)
 

@@ -1,6 +1,6 @@
 """rtdecode replay / record over real LSL on loopback.
 
-Replays run in a thread (``replay_file``) or as the real command in a subprocess
+Replays run in a thread (``Player``) or as the real command in a subprocess
 (``python -m rtdecode.cli --lsl-local replay ...``); every test uses its own stream name.
 The counter channel proves that no sample was lost, repeated or altered.
 """
@@ -19,9 +19,10 @@ import mne
 import numpy as np
 import pytest
 
+from rtdecode.contracts import ParameterError
 from rtdecode.data.recordings import read_recording
 from rtdecode.io.record import record_stream
-from rtdecode.io.replay import Pacer, replay_file
+from rtdecode.io.replay import Pacer, Player, replay_file
 from rtdecode.lsl.streams import (
     COUNTER_CHANNEL,
     COUNTER_MODULUS,
@@ -72,36 +73,10 @@ def file_data(meg_file) -> np.ndarray:
     return read_recording(meg_file).raw.get_data().astype(np.float32)
 
 
-class ReplayThread(threading.Thread):
-    """``replay_file`` in a thread; ``finish()`` re-raises its error."""
-
-    def __init__(self, path, **kwargs):
-        super().__init__(daemon=True)
-        self.path, self.kwargs = path, kwargs
-        self.stop = threading.Event()
-        self.stats = None
-        self.error: BaseException | None = None
-
-    def run(self):
-        try:
-            self.stats = replay_file(self.path, progress=False, stop_event=self.stop, **self.kwargs)
-        except BaseException as exc:  # surfaced by finish()
-            self.error = exc
-
-    def finish(self, timeout_s: float = 30.0):
-        self.join(timeout_s)
-        assert not self.is_alive(), f"replay still running after {timeout_s} s"
-        if self.error is not None:
-            raise self.error
-        return self.stats
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.join(10)
+def _finish(player: Player, timeout_s: float = 30.0):
+    """Wait for a started replay to end by itself; its stats (or its error, raised)."""
+    assert player.wait(timeout_s), f"replay still running after {timeout_s} s"
+    return player.stop()
 
 
 def _connect(name: str, *, markers: bool = True):
@@ -156,10 +131,10 @@ def _replay_and_pull(path, name: str, n_samples: int, *, markers: bool = True, *
 
     Returns data, timestamps, arrival times, markers (see ``_pull``) and ReplayStats.
     """
-    with ReplayThread(path, name=name, wait_for_consumer_s=20, **kwargs) as rt:
+    with Player(path, name=name, wait_for_consumer_s=20, **kwargs) as rt:
         inlet, m_inlet = _connect(name, markers=markers)
         pulled = _pull(inlet, n_samples, m_inlet=m_inlet)
-        return (*pulled, rt.finish())
+        return (*pulled, _finish(rt))
 
 
 def _cli(*args: str) -> subprocess.Popen:
@@ -354,12 +329,12 @@ def test_mne_lsl_reads_our_replay(meg_file, file_data, unique_name):
     from mne_lsl.stream import StreamLSL
 
     raw = read_recording(meg_file).raw
-    with ReplayThread(
+    with Player(
         meg_file, name=unique_name, counter=True, max_duration_s=1.5, wait_for_consumer_s=20
     ) as rt:
         stream = StreamLSL(bufsize=4.0, name=unique_name).connect(timeout=10)
         try:
-            rt.finish()
+            _finish(rt)
             deadline = local_clock() + 10
             while True:  # mne-lsl pulls in its own thread
                 data, stamps = stream.get_data()
@@ -380,10 +355,23 @@ def test_mne_lsl_reads_our_replay(meg_file, file_data, unique_name):
     np.testing.assert_array_equal(got[:-1].astype(np.float32), file_data[:, sample])
 
 
+def test_a_player_starts_and_stops_a_looping_replay(meg_file, unique_name):
+    player = Player(meg_file, name=unique_name, loop=True, speed=4.0)
+    with player:
+        assert player.running
+        inlet, _ = _connect(unique_name, markers=False)
+        data, *_ = _pull(inlet, 500)
+    assert not player.running and player.stats.stopped
+    assert player.stats.samples_sent >= data.shape[0] >= 500
+    with pytest.raises(RuntimeError, match="already started"):
+        player.start()
+
+
 def test_replay_rejects_bad_arguments(meg_file, tmp_path):
-    with pytest.raises(ValueError, match="--speed must be a positive number"):
+    with pytest.raises(ParameterError, match="^speed must be a positive number") as bad:
         replay_file(meg_file, speed=0)
-    with pytest.raises(ValueError, match="--chunk-ms"):
+    assert bad.value.parameter == "speed"
+    with pytest.raises(ParameterError, match="^chunk_ms must be a positive number of ms"):
         replay_file(meg_file, chunk_ms=-1)
     with pytest.raises(FileNotFoundError):
         replay_file(tmp_path / "missing_raw.fif")
@@ -394,11 +382,11 @@ def test_replay_rejects_bad_arguments(meg_file, tmp_path):
 
 def test_record_of_a_full_replay_gives_back_the_file(meg_file, file_data, tmp_path, unique_name):
     out = tmp_path / "rec_raw.fif"
-    with ReplayThread(
+    with Player(
         meg_file, name=unique_name, counter=True, speed=3.0, wait_for_consumer_s=20
     ) as rt:
         path = record_stream(unique_name, out, timeout_s=1.5, progress=False)
-        stats = rt.finish()
+        stats = _finish(rt)
     assert path == out and stats.samples_sent == 3000
     assert os.stat(out).st_mode & 0o777 == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rec_raw.fif"]  # no temp left
