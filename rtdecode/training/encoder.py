@@ -162,6 +162,12 @@ class Recipe:
         n = int(np.floor((self.lag_max_s - self.lag_min_s) / self.lag_step_s + 1e-6)) + 1
         return np.round(self.lag_min_s + self.lag_step_s * np.arange(n), 6) + 0.0
 
+    @property
+    def image_spec(self) -> dict[str, Any]:
+        """The image encoder of the targets, as ``images.image_encoder_for`` takes it."""
+        return {"encoder": self.image_encoder, "encoder_path": self.image_encoder_path,
+                "readout": self.image_readout}
+
     def window_meta(self) -> dict[str, Any]:
         """How training windows were cut, as stored in the checkpoint's ``offsets``."""
         out: dict[str, Any] = {"window_start_s": self.window_start_s,
@@ -827,12 +833,7 @@ def train(
     preprocessor.fit(es_train.window(rc.window_start_s, rc.window_s), es.sfreq_hz,
                      es.ch_names, es.n_pad)
     X, Y_index = lagged_windows(es_train, preprocessor, lags, rc.window_s, progress=progress)
-    image_spec = {
-        "encoder": rc.image_encoder,
-        "encoder_path": rc.image_encoder_path,
-        "readout": rc.image_readout,
-    }
-    encoder = image_encoder_for(image_spec)
+    encoder = image_encoder_for(rc.image_spec)
     gallery = Gallery.from_folder(es.gallery_root)
     Y = image_targets(gallery, encoder, es_train.image_ids, progress=progress)[Y_index]
     meta = {
@@ -846,7 +847,7 @@ def train(
         "offsets": rc.window_meta(),
         "preprocess": preprocessor.to_dict(),
         "clamp": preprocessor.config.clamp,
-        "target": {"name": encoder.name, **image_spec, "gallery": str(es.gallery_root)},
+        "target": {"name": encoder.name, **rc.image_spec, "gallery": str(es.gallery_root)},
         "subjects": list(es.subjects),
         # the held-out (zero-shot) images: `serve --retrieval-set test` retrieves among them
         "test_images": sorted({str(i) for i in es.test.image_ids}),

@@ -64,7 +64,6 @@ from rtdecode._utils.jsonable import jsonable
 from rtdecode.encoder.metrics import fit_target_stats, standardize
 from rtdecode.training.encoder import (
     Recipe,
-    _image_encoder,
     _preprocessor,
     image_targets,
     load_recipe,
@@ -269,7 +268,7 @@ def prepare(settings: SweepSettings, out_dir: str | Path, *, progress: bool = Tr
         epochs are preprocessed whole, so a window baseline cannot be applied).
     """
     from rtdecode.data.datasets import load_epochs
-    from rtdecode.images import Gallery
+    from rtdecode.images import Gallery, image_encoder_for
 
     s = settings
     rc = load_recipe(s.recipe)
@@ -301,7 +300,7 @@ def prepare(settings: SweepSettings, out_dir: str | Path, *, progress: bool = Tr
     tr, te = es.train_mask, es.test_mask
     test_ids = [str(i) for i in es.image_ids[te]]
     candidate_ids = list(dict.fromkeys(test_ids))
-    encoder = _image_encoder(rc)
+    encoder = image_encoder_for(rc.image_spec)
     gallery = Gallery.from_folder(es.gallery_root)
     Y_train = image_targets(gallery, encoder, es.image_ids[tr], progress=progress)
     Y_candidates = image_targets(gallery, encoder, candidate_ids, progress=False)
