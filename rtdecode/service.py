@@ -229,7 +229,12 @@ class Service:
                 *filter(None, [self.supervisor.waiting_for]),
             ]
         if not self.reader.connected:
+            last = self.supervisor.last_error
+            if last is not None:  # a replacement is connecting; say why the last one failed
+                return "error", [f"stream: {last}", *filter(None, [self.supervisor.waiting_for])]
             reasons.append(f"stream {self.settings.stream!r} not connected")
+        else:
+            self.supervisor.last_error = None
         worker = self.worker.stats()
         if worker["consecutive_frame_errors"] >= FAILING_WINDOWS:
             reasons.append(f"decoding fails on every window: {worker['last_frame_error']}")

@@ -557,7 +557,7 @@ def _markers_to_annotations(
     dt = float(np.median(np.diff(stamps[:10_000]))) if len(stamps) > 1 else 1.0 / sfreq
     onsets, texts, dropped = [], [], 0
     for t, text in sorted(marker_log):
-        if t < stamps[0] - dt or t > stamps[-1] + dt:
+        if t < stamps[0] - 0.5 * dt or t > stamps[-1] + 0.5 * dt:  # not on a kept sample
             dropped += 1
             continue
         i = nearest_index(stamps, t)

@@ -128,6 +128,9 @@ class StreamSupervisor:
         self.windower: Any = None
         self.restarts = 0
         self.waiting_for: str | None = None
+        # The error of the last reader that failed, until a replacement connects: a
+        # replacement that fails the same way would otherwise hide it for a moment.
+        self.last_error: str | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -305,6 +308,8 @@ class StreamSupervisor:
             )
             log.error(self.waiting_for)
             return False
+        if old.error is not None:
+            self.last_error = str(old.error)
         # The channels of the first stream when it was seen, else the ones asked for.
         new = self._open_input(self._shape[2] if self._shape else self.ch_names)
         old_markers, old_windower = self.markers, self.windower
