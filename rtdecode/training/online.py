@@ -87,8 +87,10 @@ def evaluate_online(
     -------
     dict
         ``per_lag`` (``[{lag_s, n, top1, top5, median_rank}]``, online), ``chance_top5``,
-        ``n_candidates``, ``offline_per_lag`` (the same windows scored offline),
-        ``parity`` (``{n_windows, max_rel_err, ranks_equal, lags_equal}``), ``best``
+        ``n_candidates``, ``offline_per_lag`` (the same windows scored against the
+        file's events), ``parity`` (``{n_windows, max_rel_err, ranks_equal, lags_equal,
+        n_late_marker_windows}``: ranks of the same stimulus on the online and offline
+        embeddings; windows whose marker had not arrived when they were cut), ``best``
         (the lag bin with the highest top-5), counts and settings.
     """
     from rtdecode.data.recordings import read_recording
@@ -148,22 +150,26 @@ def evaluate_online(
     online, offline = LagCurve(len(retrieval), max_lag_s=HOLD_S + 1e-6), LagCurve(
         len(retrieval), max_lag_s=HOLD_S + 1e-6
     )
-    n_ranked, ranks_equal, lags_equal = 0, True, True
+    # Parity: the online rank of each window's stimulus equals the offline rank of the
+    # same stimulus on the offline embedding. Separately, the stimulus the live path knew
+    # is compared with the file's events: a marker that arrives after the data of a window
+    # that starts at its onset leaves that window with the previous stimulus (counted).
+    n_ranked, ranks_equal, late = 0, True, []
     for f, first, vec in zip(kept, file_firsts, off, strict=True):
         last = first + f.embedding.window.data.shape[1] - 1
         k = int(np.searchsorted(onsets, last, side="right")) - 1
         lag_off = None if k < 0 else round((last + 1 - int(onsets[k])) / sfreq_hz, 6)
         true_off = None if k < 0 or lag_off > HOLD_S else ids[k]
-        lags_equal &= (f.lag_s is None) == (lag_off is None) and (
-            lag_off is None or abs(f.lag_s - lag_off) < 0.5 / sfreq_hz
-        )
-        if true_off is None or true_off not in retrieval:
-            continue
-        rank_off = int(retrieval.rank_of(vec, true_off))
-        n_ranked += 1
-        ranks_equal &= f.true_id == true_off and f.true_rank == rank_off
-        online.add(f.lag_s, f.true_rank)
-        offline.add(lag_off, rank_off)
+        if (f.lag_s is None) != (lag_off is None) or (
+            lag_off is not None and abs(f.lag_s - lag_off) >= 0.5 / sfreq_hz
+        ):
+            late.append((f.lag_s, lag_off))
+        if f.true_rank is not None:
+            n_ranked += 1
+            ranks_equal &= f.true_rank == int(retrieval.rank_of(vec, f.true_id))
+            online.add(f.lag_s, f.true_rank)
+        if true_off is not None and true_off in retrieval:
+            offline.add(lag_off, int(retrieval.rank_of(vec, true_off)))
 
     curve = online.as_dict()
     best = max(curve["per_lag"], key=lambda r: (r["top5"], -r["lag_s"]), default=None)
@@ -187,7 +193,9 @@ def evaluate_online(
             "n_windows": len(kept),
             "max_rel_err": rel_err,
             "ranks_equal": bool(ranks_equal),
-            "lags_equal": bool(lags_equal),
+            "lags_equal": not late,
+            "n_late_marker_windows": len(late),
+            "late_marker_windows": late[:10],
         },
     }
     if plots_dir is not None:
