@@ -254,6 +254,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Build the ``rtdecode`` argument parser with every subcommand."""
     p = argparse.ArgumentParser(
         prog="rtdecode",
         description="Real-time decoding of visual perception from a live MEG stream.",
@@ -430,6 +431,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``rtdecode`` command line.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments after the program name; ``sys.argv[1:]`` when None.
+
+    Returns
+    -------
+    int
+        The process exit status.
+    """
     parser = build_parser()
     apply_env_defaults(parser)
     args = parser.parse_args(argv)

@@ -1,5 +1,7 @@
-"""One Settings object for the service. Every option is also an ``RTDECODE_*``
-environment variable and a key of the TOML file given by ``--config``.
+"""One Settings object for the service.
+
+Every option is also an ``RTDECODE_*`` environment variable and a key of the TOML file
+given by ``--config``.
 
 Precedence, highest first: command-line flags, environment variables, the TOML file,
 defaults.

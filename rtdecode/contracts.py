@@ -41,6 +41,7 @@ class Marker:
 
     @property
     def image_id(self) -> str | None:
+        """The payload's ``image_id`` as a string, or None when the marker names no image."""
         v = self.value.get("image_id")
         return None if v is None else str(v)
 
@@ -88,10 +89,12 @@ class Window:
 
     @property
     def n_times(self) -> int:
+        """Samples in the window proper, without the leading padding."""
         return int(self.data.shape[1]) - self.n_pad
 
     @property
     def last_sample(self) -> int:
+        """Absolute index of the window's last sample."""
         return self.first_sample + int(self.data.shape[1]) - 1
 
     @property
@@ -215,8 +218,10 @@ def marker_stream_name(name: str) -> str:
 
 
 def annotation_stream_name(name: str) -> str:
-    """The name of mne-lsl's annotation stream for stream ``name`` (a marker stream used
-    when there is no ``<name>-markers``)."""
+    """The name of mne-lsl's annotation stream for stream ``name``.
+
+    It is used as the marker stream when there is no ``<name>-markers``.
+    """
     return f"{name}{ANNOTATION_STREAM_SUFFIX}"
 
 

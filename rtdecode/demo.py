@@ -1,5 +1,7 @@
-"""``rtdecode demo``: the simulated subject, replayed on a loopback-only LSL stream and
-decoded live by the service with the bundled models; one command, Ctrl-C to stop.
+"""``rtdecode demo``: the simulated subject, decoded live.
+
+The subject is replayed on a loopback-only LSL stream and decoded by the service with the
+bundled models; one command, Ctrl-C to stop.
 
 Threading: the replay runs in a thread of its own (``rtdecode.io.replay.Player``); the
 service's threads are described in ``rtdecode.service``; this module's main thread only
@@ -23,10 +25,12 @@ DEMO_SUBJECT = "01"
 
 
 def default_data_dir() -> Path:
+    """Folder of the demo's simulated data (``RTDECODE_DEMO_DATA`` overrides it)."""
     return Path(os.environ.get("RTDECODE_DEMO_DATA", REPO_ROOT / "data" / "sim"))
 
 
 def default_models_dir() -> Path:
+    """Folder of the demo's models (``RTDECODE_DEMO_MODELS`` overrides it)."""
     return Path(os.environ.get("RTDECODE_DEMO_MODELS", REPO_ROOT / "models" / "demo"))
 
 

@@ -188,6 +188,7 @@ class Service:
 
     @property
     def url(self) -> str:
+        """The service's HTTP address."""
         host = self.settings.host
         return f"http://{host}:{self.server.port}/"
 
@@ -250,6 +251,7 @@ class Service:
         return ("degraded", reasons) if reasons else ("ready", [])
 
     def gallery_thumbnail(self, image_id: str) -> tuple[bytes, str] | None:
+        """A gallery image's thumbnail as (encoded bytes, media type), None if unknown."""
         if self.gallery is None or image_id not in self.gallery:
             return None
         if image_id not in self._thumb_cache:

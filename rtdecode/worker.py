@@ -285,8 +285,10 @@ class DecodeWorker(threading.Thread):
                 thread.join(timeout_s)
 
     def stats(self) -> dict[str, Any]:
-        """Counters and latency percentiles (p50/p95/p99, ms) per stage and per lane;
-        ``consecutive_frame_errors``: windows in a row that failed, up to now."""
+        """Counters and latency percentiles (p50/p95/p99, ms) per stage and per lane.
+
+        ``consecutive_frame_errors``: windows in a row that failed, up to now.
+        """
         with self._lock:
             counters = dict(self._counters)
             if self._two_lanes:
@@ -339,6 +341,11 @@ class DecodeWorker(threading.Thread):
 
     # ------------------------------------------------------------------ lane 1
     def run(self) -> None:
+        """Lane 1's thread: warm up (starting lane 2 if any), then process windows until stopped.
+
+        A failure while warming up is kept in ``error`` (shown on /health) and ends the worker;
+        a failing window is counted and the loop goes on.
+        """
         try:
             import torch
 
@@ -416,8 +423,10 @@ class DecodeWorker(threading.Thread):
             self._last_error_msg = msg
 
     def _warm_up(self) -> np.ndarray | None:
-        """Run the lane-1 models once so the first real frame pays no lazy-init cost (in
-        single-lane mode the decoder too); return the prediction lane 2 warms up with."""
+        """Run the lane-1 models once so the first real frame pays no lazy-init cost.
+
+        In single-lane mode the decoder too; return the prediction lane 2 warms up with.
+        """
         if self.window_shape is None:
             return None
         n_ch, n_t = self.window_shape
@@ -432,6 +441,7 @@ class DecodeWorker(threading.Thread):
 
     @property
     def retrieval_dim(self) -> int:
+        """Leading dimensions of the prediction the retrieval index compares (all when unknown)."""
         return int(getattr(self.retrieval, "dim", 0)) or 10**9
 
     def _encode_tensor(self, x):
@@ -565,8 +575,10 @@ class DecodeWorker(threading.Thread):
 
     # ------------------------------------------------------------------ lane 2
     def _image_lane(self, warm_vec: np.ndarray | None) -> None:
-        """Lane 2's thread: warm the decoder up, then generate from the newest prediction
-        at most ``max_fps`` times per second until stopped."""
+        """Lane 2's thread: warm the decoder up, then generate until stopped.
+
+        Generates from the newest prediction at most ``max_fps`` times per second.
+        """
         torch = self._torch
         try:
             self._set_threads("image", lane_threads(self.options)[1])
@@ -675,8 +687,9 @@ RETRIEVAL_SETS = ("test", "all")
 def load_retrieval(
     meta: dict[str, Any], ckpt_dir: Any, gallery_dir: Any = None, retrieval_set: str = "all"
 ) -> tuple[Any, Any]:
-    """The gallery and the retrieval index a checkpoint decodes into (serve and
-    ``rtdecode evaluate-online`` build theirs here, so both search the same set).
+    """The gallery and the retrieval index a checkpoint decodes into.
+
+    serve and ``rtdecode evaluate-online`` build theirs here, so both search the same set.
 
     Parameters
     ----------

@@ -1,5 +1,8 @@
-"""Which torch device to run on; one rule for the encoder, the decoders, the image
-encoders, training and the service. torch is imported on first use."""
+"""Which torch device to run on.
+
+One rule for the encoder, the decoders, the image encoders, training and the service.
+torch is imported on first use.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ def resolve_device(device: Any = "auto") -> Any:
 
 
 def device_name(device: Any = "auto") -> str:
-    """:func:`resolve_device` as a string (``"cpu"``, ``"cuda"``, ``"cuda:1"``), for
-    settings, logs and libraries that take one."""
+    """:func:`resolve_device` as a string (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+
+    For settings, logs and libraries that take one.
+    """
     return str(resolve_device(device))

@@ -85,7 +85,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, mode: int = PUBL
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
-    """fsync a folder, so the renames into it survive a power cut."""
+    """Flush a folder to disk (fsync), so the renames into it survive a power cut."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -128,8 +128,10 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 def free_bytes(path: str | os.PathLike) -> int | None:
-    """Bytes an unprivileged writer may still use on the file system of ``path``
-    (None when it cannot be asked, e.g. the folder is gone)."""
+    """Bytes an unprivileged writer may still use on the file system of ``path``.
+
+    None when it cannot be asked (e.g. the folder is gone).
+    """
     try:
         return shutil.disk_usage(path).free
     except OSError:

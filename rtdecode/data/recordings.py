@@ -143,6 +143,7 @@ class Recording:
 
     @property
     def ch_names(self) -> list[str]:
+        """Channel names of the raw recording."""
         return list(self.raw.ch_names)
 
 

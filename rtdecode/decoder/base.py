@@ -195,8 +195,11 @@ class BaseDecoder:
         strength: float = 0.6,
         guidance_scale: float | None = None,
     ) -> Image.Image:
-        """See :meth:`ImageDecoder.generate`; ``guidance_scale`` overrides the default
-        classifier-free guidance (1 = off, one denoiser pass per step)."""
+        """See :meth:`ImageDecoder.generate`, with a guidance scale.
+
+        ``guidance_scale`` overrides the default classifier-free guidance (1 = off, one
+        denoiser pass per step).
+        """
         vec = check_embedding(embedding, self.embed_dim, self.name, self.image_encoder)
         if int(steps) < 1:
             raise ValueError(f"steps={steps} must be at least 1.")

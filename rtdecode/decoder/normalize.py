@@ -88,6 +88,7 @@ class EmbeddingNormalizer:
 
     @property
     def is_fitted(self) -> bool:
+        """True once ``fit`` (or loading) has set the mean and std."""
         return self.mean is not None and self.std is not None
 
     def fit(self, embeddings: np.ndarray) -> EmbeddingNormalizer:

@@ -235,7 +235,7 @@ def _unclip_img2img(
     scale: float,
     gen: torch.Generator,
 ) -> Image.Image:
-    """unCLIP denoising that starts from ``init_image``'s latents noised to ``strength``.
+    """Denoise with unCLIP, starting from ``init_image``'s latents noised to ``strength``.
 
     Mirrors the pipeline's own loop (same prompt embeddings, embedding noise augmentation,
     guidance and scheduler); only the start differs.

@@ -274,9 +274,11 @@ def build_kandinsky22_from_config(
     *,
     seed: int = 0,
 ) -> Any:
-    """A ``KandinskyV22Pipeline`` with random weights from ``unet``, ``movq`` and
-    ``scheduler`` config dicts (default :data:`KANDINSKY22_CONFIGS`); wrap it with
-    :class:`Kandinsky22Decoder`."""
+    """A ``KandinskyV22Pipeline`` with random weights.
+
+    Built from ``unet``, ``movq`` and ``scheduler`` config dicts (default
+    :data:`KANDINSKY22_CONFIGS`); wrap it with :class:`Kandinsky22Decoder`.
+    """
     from diffusers import KandinskyV22Pipeline, UNet2DConditionModel, VQModel
 
     configs = copy.deepcopy(KANDINSKY22_CONFIGS if configs is None else configs)
@@ -373,8 +375,11 @@ SDXL_TURBO_CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def tiny_turbo_configs(embed_dim: int = 16) -> dict[str, dict[str, Any]]:
-    """:data:`SDXL_TURBO_CONFIGS` at toy size (same block types, 32 x 32 images) for CPU
-    tests and benchmark dry runs; ``embed_dim`` is the IP-Adapter's embedding dimension."""
+    """:data:`SDXL_TURBO_CONFIGS` at toy size (same block types, 32 x 32 images).
+
+    For CPU tests and benchmark dry runs; ``embed_dim`` is the IP-Adapter's embedding
+    dimension.
+    """
     cfg = copy.deepcopy(SDXL_TURBO_CONFIGS)
     cfg["unet"].update(
         sample_size=16,

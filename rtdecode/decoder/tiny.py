@@ -85,6 +85,7 @@ class TinyDecoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TinyDecoderConfig:
+        """Build a config from a dict; unknown keys are an error that lists the known ones."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -98,6 +99,7 @@ class TinyDecoderConfig:
 
     @property
     def grid(self) -> int:
+        """Patches per image side (``image_size // patch``)."""
         return self.image_size // self.patch
 
     def scheduler(self) -> DDIMScheduler:
@@ -181,6 +183,7 @@ class TinyDecoderNet(nn.Module):
         return self.to_global(h), self.to_map(h).view(-1, self.config.cond_map_channels, g, g)
 
     def null_condition(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conditioning of the null embedding, for ``batch`` unconditional samples."""
         z = self.null_embedding[None].expand(batch, -1)
         return self.condition(z * self.emb_std + self.emb_mean)
 
@@ -250,6 +253,7 @@ class TinyDecoder(BaseDecoder):
         guidance_scale: float | None = None,
         guidance_min_timestep: int | None = None,
     ) -> TinyDecoder:
+        """Load a trained tiny decoder from its folder (config, weights and scheduler)."""
         folder = Path(folder)
         cfg = json.loads((folder / CONFIG_FILE).read_text())
         net = TinyDecoderNet(TinyDecoderConfig.from_dict(cfg["architecture"]))

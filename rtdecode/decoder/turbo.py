@@ -53,8 +53,10 @@ IP_ADAPTER_TOKENS = 4
 
 
 def is_turbo_folder(folder: str | Path) -> bool:
-    """True when ``folder`` holds a pipeline this decoder loads (an SD/SDXL text-to-image
-    pipeline in diffusers layout)."""
+    """True when ``folder`` holds a pipeline this decoder loads.
+
+    That is an SD/SDXL text-to-image pipeline in diffusers layout.
+    """
     index = Path(folder) / "model_index.json"
     if not index.is_file():
         return False

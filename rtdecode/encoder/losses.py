@@ -110,6 +110,7 @@ class CombinedLoss(nn.Module):
 
     @property
     def logit_scale(self) -> torch.Tensor:
+        """The CLIP loss's temperature as a multiplier, clamped to ``CLIP_MAX_LOGIT_SCALE``."""
         return self.log_logit_scale.exp().clamp(max=CLIP_MAX_LOGIT_SCALE)
 
     def forward(

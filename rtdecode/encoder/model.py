@@ -40,8 +40,11 @@ def world_size() -> int:
 
 
 class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks; the gradient of every rank's input is the sum of the incoming
-    gradients of all ranks (each rank's loss depends on every input)."""
+    """Sum over ranks, differentiably.
+
+    The gradient of every rank's input is the sum of the incoming gradients of all ranks
+    (each rank's loss depends on every input).
+    """
 
     @staticmethod
     def forward(ctx, x):
@@ -57,8 +60,11 @@ class _AllReduceSum(torch.autograd.Function):
 
 
 class _AllGather(torch.autograd.Function):
-    """Concatenate every rank's rows; backward sums the gradients of all ranks and keeps
-    this rank's rows (a reduce-scatter, written with all_reduce, which gloo has)."""
+    """Concatenate every rank's rows.
+
+    Backward sums the gradients of all ranks and keeps this rank's rows (a reduce-scatter,
+    written with all_reduce, which gloo has).
+    """
 
     @staticmethod
     def forward(ctx, x):
@@ -81,8 +87,10 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
 
 
 def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
-    """Differentiable concatenation of every rank's ``x`` along dim 0 (same row count on
-    every rank); identity without a process group."""
+    """Differentiable concatenation of every rank's ``x`` along dim 0.
+
+    Every rank must have the same row count; identity without a process group.
+    """
     return _AllGather.apply(x) if world_size() > 1 else x
 
 
@@ -227,7 +235,7 @@ class SpatialAttention(nn.Module):
         return self._cache[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, C, T) -> (B, n_out, T)."""
+        """Map ``x`` (B, C, T) to (B, n_out, T)."""
         return channel_mix(x, self.weights())
 
 
@@ -243,7 +251,7 @@ class SubjectLayers(nn.Module):
         self.weight = nn.Parameter(torch.eye(channels).repeat(n_subjects, 1, 1))
 
     def forward(self, x: torch.Tensor, subject: torch.Tensor | None) -> torch.Tensor:
-        """x (B, C, T), subject (B,) long or None (one subject) -> (B, C, T)."""
+        """Map ``x`` (B, C, T) to (B, C, T); ``subject`` (B,) long, or None for one subject."""
         if subject is None:
             return channel_mix(x, self.weight[0].T)
         w = self.weight[subject]  # (B, C_in, C_out)
@@ -251,8 +259,9 @@ class SubjectLayers(nn.Module):
 
 
 class BatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm1d with debiased running statistics and, under DDP, batch statistics
-    that span every rank.
+    """BatchNorm1d with debiased running statistics.
+
+    Under DDP, batch statistics span every rank.
 
     * Running statistics: the n-th update uses momentum ``max(momentum, 1/n)``, i.e. a
       plain average of the first ``1/momentum`` batches and then torch's usual
@@ -331,8 +340,10 @@ class Conv1d(nn.Conv1d):
 
 
 class ConvLayer(nn.Module):
-    """Dilated 'same' convolution -> BatchNorm -> GELU, with a residual skip when the
-    input and output channel counts match."""
+    """Dilated 'same' convolution -> BatchNorm -> GELU.
+
+    With a residual skip when the input and output channel counts match.
+    """
 
     def __init__(self, c_in: int, c_out: int, kernel: int, dilation: int, batch_norm: bool):
         super().__init__()
@@ -399,7 +410,7 @@ class TemporalAggregation(nn.Module):
             self.score = nn.Linear(projection_dim, 1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """h (B, H, T) -> (B, P)."""
+        """Aggregate ``h`` (B, H, T) over time to (B, P)."""
         w_proj = self.projection.weight[:, :, 0]  # (P, H)
         b_proj = self.projection.bias
         if self.mode == "affine":

@@ -142,6 +142,7 @@ class BrainConfig:
         return cls(**d)
 
     def replace(self, **changes: Any) -> BrainConfig:
+        """A copy of this config with ``changes`` applied."""
         return dataclasses.replace(self, **changes)
 
 

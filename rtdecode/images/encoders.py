@@ -232,6 +232,7 @@ class HandcraftedEncoder(ImageEncoder):
         self.name = f"handcrafted-v{self.version}"
 
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Embed images, shape (n_images, dim), float32."""
         out = np.empty((len(images), self.dim), dtype=np.float32)
         for i, im in enumerate(images):
             out[i] = self._features(np.asarray(fit_image(im, self.image_size, Image.Resampling.BILINEAR)))
@@ -276,8 +277,11 @@ class HandcraftedEncoder(ImageEncoder):
 
 # ---------------------------------------------------------------------- transformers
 def _folder_identity(model_dir: Path) -> str:
-    """``<folder name>@<hash>``: the hash covers config.json and the weight files' names
-    and sizes, so two copies of the same weights share a cache and a retrained model does not."""
+    """``<folder name>@<hash>``, the cache key of a local model folder.
+
+    The hash covers config.json and the weight files' names and sizes, so two copies of the
+    same weights share a cache and a retrained model does not.
+    """
     h = hashlib.sha1()
     cfg = model_dir / "config.json"
     if cfg.is_file():
@@ -378,7 +382,9 @@ class _TransformersEncoder(ImageEncoder):
 
 @register_image_encoder("dinov2")
 class Dinov2Encoder(_TransformersEncoder):
-    """DINOv2 from a local folder (``AutoModel``), readouts:
+    """DINOv2 from a local folder (``AutoModel``).
+
+    Readouts:
 
     ``cls``  (hidden_size,)          ``pooler_output``: the layer-normed CLS token
     ``mean`` (hidden_size,)          mean of the layer-normed patch tokens
@@ -407,7 +413,9 @@ class Dinov2Encoder(_TransformersEncoder):
 
 @register_image_encoder("clip-vision")
 class ClipVisionEncoder(_TransformersEncoder):
-    """CLIP vision tower with projection (``CLIPVisionModelWithProjection``), readouts:
+    """CLIP vision tower with projection (``CLIPVisionModelWithProjection``).
+
+    Readouts:
 
     ``cls``  (projection_dim,)       ``image_embeds``: the CLIP image embedding (what
              Stable unCLIP is conditioned on)

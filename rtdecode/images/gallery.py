@@ -325,6 +325,7 @@ class Gallery:
             ) from None
 
     def category(self, image_id: str) -> str:
+        """The category of image ``image_id``."""
         return self.categories[self.index(image_id)]
 
     def image(self, image_id: str) -> Image.Image:

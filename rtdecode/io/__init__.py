@@ -1,5 +1,7 @@
-"""Files <-> LSL: replay a recording as a live stream, record a stream to a file, and
-write a stream to rolling segments while the service runs.
+"""Files <-> LSL.
+
+Replay a recording as a live stream, record a stream to a file, and write a stream to
+rolling segments while the service runs.
 
 - replay.py    ``rtdecode replay``: a recording's samples and events as LSL outlets.
 - record.py    ``rtdecode record``: one LSL stream and its markers to a FIF file.

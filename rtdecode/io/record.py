@@ -284,8 +284,10 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def _open_private(path: Path) -> BinaryIO:
-    """A new binary file that only its owner can read (unbuffered: a failed write
-    leaves nothing pending in a buffer)."""
+    """A new binary file that only its owner can read.
+
+    Unbuffered: a failed write leaves nothing pending in a buffer.
+    """
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb", buffering=0)
 
 
@@ -377,8 +379,10 @@ class _Spooler:
             self.f_times.close()
 
     def flush(self) -> None:
-        """Append the block to the spool, unless the disk could then not hold the FIF
-        file too (``_SpoolFull``; the spool stays whole, ``full`` is set)."""
+        """Append the block to the spool, unless the disk could then not hold the FIF too.
+
+        Then raise ``_SpoolFull``; the spool stays whole and ``full`` is set.
+        """
         if not self.fill or self.full:
             return
         block = self.buf[: self.fill]
@@ -498,7 +502,8 @@ def _read_spool(path, dtype, n_ch: int, start: int, stop: int) -> np.ndarray:
     """Samples [start, stop) of the sample-major spool file, shape (stop - start, n_ch).
 
     Plain reads, not a memmap: mapped pages would count as resident memory for the whole
-    recording."""
+    recording.
+    """
     itemsize = np.dtype(dtype).itemsize
     values = np.fromfile(
         path, dtype=dtype, count=(stop - start) * n_ch, offset=start * n_ch * itemsize

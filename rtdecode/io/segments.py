@@ -1,5 +1,7 @@
-"""SegmentRecorder: every received sample and marker on disk, continuously, as small FIF
-files, so that a crash of the service loses at most the newest couple of seconds.
+"""SegmentRecorder: every received sample and marker on disk, continuously.
+
+Small FIF files, so that a crash of the service loses at most the newest couple of
+seconds.
 
 ``rtdecode serve --record DIR`` (``Settings.record``) runs one. It follows the
 StreamReader's RingBuffer by absolute sample index, as the Windower does, and writes each
@@ -169,6 +171,7 @@ class SegmentRecorder:
 
     # ------------------------------------------------------------------ public
     def start(self) -> SegmentRecorder:
+        """Start the writer thread; returns the recorder itself."""
         self._thread.start()
         return self
 
@@ -182,6 +185,7 @@ class SegmentRecorder:
 
     @property
     def is_alive(self) -> bool:
+        """True while the writer thread runs."""
         return self._thread.is_alive()
 
     def follow(self, reader: Any, markers: Any | None = None) -> None:
@@ -218,8 +222,11 @@ class SegmentRecorder:
         )
 
     def stats(self) -> dict[str, Any]:
-        """Counters (``counters``: monotonic), seconds lost, the lag behind the stream,
-        the folder and what is wrong (``problem``, ``disk_full``)."""
+        """The recorder's state.
+
+        Counters (``counters``: monotonic), seconds lost, the lag behind the stream, the folder
+        and what is wrong (``problem``, ``disk_full``).
+        """
         with self._lock:
             counts = dict(self._counts)
             lag_s, last_ms, lost_s = self._lag_s, self._last_write_ms, self._lost_s
@@ -326,8 +333,10 @@ class SegmentRecorder:
 
 
 class _Run:
-    """One reader's samples: the cursor, pending markers and the FIF info (recorder
-    thread only)."""
+    """One reader's samples: the cursor, pending markers and the FIF info.
+
+    Used by the recorder thread only.
+    """
 
     def __init__(self, rec: SegmentRecorder, reader, markers, number: int, previous=None):
         self.rec = rec
@@ -370,7 +379,8 @@ class _Run:
     def step(self, final: bool) -> bool:
         """Write one segment if one is due, else wait a little for data.
 
-        Returns True when every sample in the ring is written."""
+        Returns True when every sample in the ring is written.
+        """
         ring, rec = self.ring, self.rec
         n_seg = max(1, round(rec.segment_s * self.sfreq))
         n_margin = round(rec.marker_margin_s * self.sfreq)
@@ -485,8 +495,10 @@ class _Run:
 
     # -------------------------------------------------------------- markers
     def _due_markers(self, t_until: float) -> list:
-        """Markers up to ``t_until`` (LSL time) not yet written (they stay pending until
-        the segment is written)."""
+        """Markers up to ``t_until`` (LSL time) not yet written.
+
+        They stay pending until the segment is written.
+        """
         if self.markers is not None:
             items, self.marker_seq, missed = self.markers.since(self.marker_seq)
             if missed:

@@ -89,10 +89,12 @@ class XdfStream:
 
     @property
     def n_channels(self) -> int:
+        """Number of channels."""
         return len(self.ch_names)
 
     @property
     def n_samples(self) -> int:
+        """Number of samples (one per timestamp)."""
         return int(len(self.timestamps))
 
     @property
@@ -102,6 +104,7 @@ class XdfStream:
 
     @property
     def is_strings(self) -> bool:
+        """True when the stream's channel format is ``string``."""
         return self.channel_format == "string"
 
 

@@ -1,5 +1,6 @@
-"""Record an LSL stream and its markers to an XDF file (``rtdecode record --out
-FILE.xdf``), as LabRecorder does.
+"""Record an LSL stream and its markers to an XDF file, as LabRecorder does.
+
+This is ``rtdecode record --out FILE.xdf``.
 
 One :class:`~rtdecode.io.xdf.XdfWriter`, owned by the recording thread (the one that
 calls :func:`record_xdf`, which also makes and pulls the inlets), gets a StreamHeader per
@@ -83,8 +84,9 @@ def record_xdf(
     overwrite: bool = False,
     offset_every_s: float = 5.0,
 ) -> Path:
-    """Record an LSL stream (and its markers) to an XDF file (called by
-    :func:`rtdecode.io.record.record_stream`, which checks the arguments).
+    """Record an LSL stream (and its markers) to an XDF file.
+
+    Called by :func:`rtdecode.io.record.record_stream`, which checks the arguments.
 
     Parameters
     ----------

@@ -1,5 +1,6 @@
-"""Replay every stream of an XDF file on LSL with its recorded timing (``rtdecode replay
-FILE.xdf``).
+"""Replay every stream of an XDF file on LSL with its recorded timing.
+
+This is ``rtdecode replay FILE.xdf``.
 
 Each stream of the file (data streams, marker streams, irregular streams of numbers)
 gets an outlet with the stream's name, type, source id, channel labels, types and units.
@@ -53,8 +54,11 @@ def _main_stream(streams: list[XdfStream]) -> XdfStream:
 
 
 def _renamed(stream_name: str, main_name: str, name: str | None) -> str:
-    """``--name`` replaces the main stream's name, also as the prefix of its companions
-    (``MEG`` -> ``NAME``, ``MEG-markers`` -> ``NAME-markers``)."""
+    """The name ``stream_name`` is replayed under.
+
+    ``--name`` replaces the main stream's name, also as the prefix of its companions
+    (``MEG`` -> ``NAME``, ``MEG-markers`` -> ``NAME-markers``).
+    """
     if not name:
         return stream_name
     if stream_name == main_name or stream_name.startswith(main_name + "-"):
@@ -82,8 +86,9 @@ def replay_xdf(
     linger_s: float = 0.5,
     markers: str = "json",
 ) -> ReplayStats:
-    """Publish every stream of an XDF file on LSL with its recorded timing (called by
-    :func:`rtdecode.io.replay.replay_file`, which checks the arguments).
+    """Publish every stream of an XDF file on LSL with its recorded timing.
+
+    Called by :func:`rtdecode.io.replay.replay_file`, which checks the arguments.
 
     Parameters
     ----------

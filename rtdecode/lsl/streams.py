@@ -247,8 +247,11 @@ def _queryable(value: str) -> bool:
 
 
 def _predicate(name: str | None, stype: str | None, source_id: str | None) -> str:
-    """The XPath predicate a resolver sends (values that cannot be queried are left out:
-    :func:`_matches` checks every value on what comes back)."""
+    """The XPath predicate a resolver sends.
+
+    Values that cannot be queried are left out: :func:`_matches` checks every value on what
+    comes back.
+    """
     terms = []
     given = False
     for prop, value in (("name", name), ("type", stype), ("source_id", source_id)):
@@ -312,8 +315,11 @@ def _resolve_until(
     should_stop: Callable[[], bool] | None,
     poll_s: float,
 ) -> pylsl.StreamInfo | None:
-    """Resolve continuously until ``pick`` chooses one of the streams seen (outlets in
-    ``exclude_uids`` left out), ``timeout_s`` passes or ``should_stop()``."""
+    """Resolve continuously until ``pick`` chooses one of the streams seen.
+
+    Outlets in ``exclude_uids`` are left out; gives up when ``timeout_s`` passes or
+    ``should_stop()``.
+    """
     # Nothing queryable: every stream comes back and is filtered by ``pick``.
     resolver = pylsl.ContinuousResolver(pred=predicate) if predicate else pylsl.ContinuousResolver()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -337,8 +343,10 @@ def find_first(
     should_stop: Callable[[], bool] | None = None,
     poll_s: float = 0.02,
 ) -> pylsl.StreamInfo | None:
-    """The first visible stream named one of ``names`` (an earlier name wins among the
-    streams seen at once), or None; otherwise as :func:`find`."""
+    """The first visible stream named one of ``names``, or None.
+
+    An earlier name wins among the streams seen at once; otherwise as :func:`find`.
+    """
     names = [n for n in names if n]
     if not names:
         raise ValueError("Give at least one stream name to resolve.")
@@ -510,10 +518,12 @@ FIFF_INT_KEYS = ("kind", "coil_type", "coord_frame")
 
 
 def write_fiff_details(lsl_info: Any, raw_info: Any) -> None:
-    """Add mne-lsl's per-channel FIFF fields (kind, coil_type, coord_frame, loc) and the
-    filter band of ``raw_info`` (an ``mne.Info``) to a StreamInfo, so that mne-lsl and
-    ``rtdecode record`` (:func:`read_fiff_details`) rebuild the full ``mne.Info``.
-    Channels past ``raw_info``'s (the counter) are left without them."""
+    """Add mne-lsl's per-channel FIFF fields and the filter band to a StreamInfo.
+
+    The fields are kind, coil_type, coord_frame and loc from ``raw_info`` (an ``mne.Info``),
+    so that mne-lsl and ``rtdecode record`` (:func:`read_fiff_details`) rebuild the full
+    ``mne.Info``. Channels past ``raw_info``'s (the counter) are left without them.
+    """
     desc = lsl_info.desc()
     ch = desc.child("channels").child("channel")
     for chan in raw_info["chs"]:

@@ -1,6 +1,7 @@
-"""The websocket server and the viewer: Broadcaster (broadcast.py), protocol v1
-(protocol.py), FastAPI app and background runner (app.py), Prometheus metrics
-(metrics.py), static viewer (static/).
+"""The websocket server and the viewer.
+
+Broadcaster (broadcast.py), protocol v1 (protocol.py), FastAPI app and background runner
+(app.py), Prometheus metrics (metrics.py), static viewer (static/).
 
 Import-light on purpose: names load on first use, so ``import rtdecode.server`` costs
 nothing; ``rtdecode.server.create_app`` loads FastAPI and uvicorn.

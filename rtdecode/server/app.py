@@ -1,5 +1,7 @@
-"""The FastAPI app: /ws (frames), /api/status, /api/gallery/{id}, /health, /metrics and
-the viewer at /; plus :func:`run_server_in_thread`, which runs it under uvicorn.
+"""The FastAPI app and its background runner.
+
+Routes: /ws (frames), /api/status, /api/gallery/{id}, /health, /metrics and the viewer at
+/; plus :func:`run_server_in_thread`, which runs it under uvicorn.
 
 Threading
 ---------
@@ -79,10 +81,12 @@ class FrameSource(Protocol):
     """
 
     def status(self) -> dict[str, Any]:
-        """JSON-able state for /api/status, /metrics and the viewer: stream, model,
-        rates, counters, latency percentiles. Numeric leaves become Prometheus metrics
-        (see ``rtdecode.server.metrics``); the viewer reads ``stream``, ``model`` and
-        counters named ``gaps`` and ``windows_skipped`` wherever they are nested."""
+        """JSON-able state for /api/status, /metrics and the viewer.
+
+        Stream, model, rates, counters, latency percentiles. Numeric leaves become Prometheus
+        metrics (see ``rtdecode.server.metrics``); the viewer reads ``stream``, ``model`` and
+        counters named ``gaps`` and ``windows_skipped`` wherever they are nested.
+        """
         ...
 
     def health(self) -> tuple[str, list[str]]:
@@ -116,8 +120,10 @@ class _AppState:
 
     # -- security -----------------------------------------------------------------------
     def token_ok(self, query_token: str | None, authorization: str | None) -> bool:
-        """True when no token is configured, or ``?token=`` or ``Authorization: Bearer``
-        carries it (constant-time comparison)."""
+        """True when the request carries the token, or when no token is configured.
+
+        The token comes as ``?token=`` or ``Authorization: Bearer`` (constant-time comparison).
+        """
         if not self.token:
             return True
         given = query_token
@@ -165,8 +171,10 @@ class _AppState:
             await asyncio.gather(self._ticker, return_exceptions=True)
 
     def tell_viewers(self, type_: str, **fields: Any) -> None:
-        """Queue one JSON text message to every viewer (from any thread; a no-op before
-        the loop started or once it closed)."""
+        """Queue one JSON text message to every viewer.
+
+        Safe from any thread; a no-op before the loop started or once it closed.
+        """
         loop = self.loop
         if loop is None or loop.is_closed():
             return
@@ -473,10 +481,12 @@ class ServerHandle:
 
     @property
     def url(self) -> str:
+        """The viewer's HTTP address."""
         return f"http://{_url_host(self.host)}:{self.port}/"
 
     @property
     def ws_url(self) -> str:
+        """The websocket address viewers connect to."""
         return f"ws://{_url_host(self.host)}:{self.port}/ws"
 
     def tell_viewers(self, type_: str, **fields: Any) -> None:
@@ -489,8 +499,9 @@ class ServerHandle:
             state.tell_viewers(type_, **fields)
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Shut down in order (viewers closed with 1001, Broadcaster stopped, uvicorn
-        stopped) and join the thread.
+        """Shut down in order and join the thread.
+
+        Viewers are closed with 1001, then the Broadcaster and uvicorn are stopped.
 
         Raises
         ------
@@ -531,9 +542,12 @@ class ServerHandle:
 
 
 class RedactTokens(logging.Filter):
-    """Blank ``?token=...`` and ``Bearer ...`` in log records: uvicorn logs websocket
-    handshakes with their query string (``"WebSocket /ws?token=..." [accepted]`` at
-    INFO, the request line at DEBUG), and a token must never reach a log file."""
+    """Blank ``?token=...`` and ``Bearer ...`` in log records.
+
+    uvicorn logs websocket handshakes with their query string
+    (``"WebSocket /ws?token=..." [accepted]`` at INFO, the request line at DEBUG), and a token
+    must never reach a log file.
+    """
 
     _SECRET = re.compile(r"((?:token=|[Bb]earer\s+))[^\s&\"',;]+")
 

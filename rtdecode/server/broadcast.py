@@ -151,7 +151,8 @@ class Client:
         """Queue a status snapshot, replacing one still waiting (newest wins).
 
         Like frames, it waits for room in the ack window, so a slow acking client gets
-        at most one status per frame it takes in instead of a backlog of them."""
+        at most one status per frame it takes in instead of a backlog of them.
+        """
         if self._status is not None:
             self.status_replaced += 1
         self._status = text
@@ -189,8 +190,11 @@ class Client:
         self._t_last_offer = None
 
     async def next_message(self) -> bytes | str | CloseRequest:
-        """Wait for the next thing to send: a control text, a gap notice, a frame
-        (bytes), or a :class:`CloseRequest` after which nothing else is returned."""
+        """Wait for the next thing to send.
+
+        A control text, a gap notice, a frame (bytes), or a :class:`CloseRequest` after which
+        nothing else is returned.
+        """
         while True:
             if self._control:
                 return self._control.popleft()
@@ -315,6 +319,7 @@ class Broadcaster:
 
     @property
     def running(self) -> bool:
+        """True between the loop's start and ``stop``."""
         return self._loop is not None and not self._stopped
 
     # -- producer side (any thread) -----------------------------------------------------
@@ -410,6 +415,7 @@ class Broadcaster:
 
     @property
     def clients(self) -> list[Client]:
+        """The connected clients (a snapshot)."""
         return list(self._clients.values())
 
     def broadcast_text(self, text: str) -> None:

@@ -70,8 +70,11 @@ def host_name(host_header: str | None) -> str | None:
 
 
 def allowed_host_names(configured_host: str | None, allowed_hosts: Iterable[str]) -> frozenset[str]:
-    """Loopback names, the configured host (unless a wildcard bind) and ``allowed_hosts``,
-    normalised like :func:`host_name` (brackets and ports are accepted and removed)."""
+    """The allowed Host names.
+
+    Loopback names, the configured host (unless a wildcard bind) and ``allowed_hosts``,
+    normalised like :func:`host_name` (brackets and ports are accepted and removed).
+    """
     names = set(LOOPBACK_HOSTS)
     for entry in [configured_host or "", *allowed_hosts]:
         entry = entry.strip()
@@ -125,6 +128,7 @@ class HostAllowlist:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass HTTP and websocket requests with an allowed Host on; refuse the others."""
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return

@@ -1,5 +1,6 @@
-"""Prometheus metrics of one app, in a CollectorRegistry of its own (two apps in one
-process, as in tests, never share or clash).
+"""Prometheus metrics of one app, in a CollectorRegistry of its own.
+
+Two apps in one process, as in tests, never share or clash.
 
 What is exported (names in docs/protocol.md, "Metrics"):
 

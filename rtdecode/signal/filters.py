@@ -27,8 +27,11 @@ _EPS = 1e-9
 
 
 def round_half_up(x: float) -> int:
-    """Round to the nearest integer, halves away from zero (Python's ``round`` rounds
-    halves to even, which would make 0.5-sample ties depend on parity)."""
+    """Round to the nearest integer, halves away from zero.
+
+    Python's ``round`` rounds halves to even, which would make 0.5-sample ties depend on
+    parity.
+    """
     return int(math.floor(x + 0.5)) if x >= 0 else -int(math.floor(-x + 0.5))
 
 
@@ -140,6 +143,7 @@ class ResamplePlan:
 
     @property
     def n_out_total(self) -> int:
+        """Output samples including the padding (``n_pad_out + n_out``)."""
         return self.n_pad_out + self.n_out
 
 

@@ -178,8 +178,10 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error (they would be ignored
-        settings, and a silently ignored filter breaks train/serve parity)."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error.
+
+        They would be ignored settings, and a silently ignored filter breaks train/serve parity.
+        """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -247,14 +249,17 @@ class Preprocessor:
 
     @property
     def config(self) -> PreprocessConfig:
+        """The preprocessing configuration."""
         return self._config
 
     @property
     def ch_names(self) -> tuple[str, ...]:
+        """Names of the input channels, in the order the model reads them."""
         return self._config.ch_names
 
     @property
     def n_channels(self) -> int:
+        """Number of input channels."""
         return len(self._config.ch_names)
 
     @property
@@ -269,6 +274,7 @@ class Preprocessor:
 
     @property
     def fitted(self) -> bool:
+        """True once the per-channel scaling has been fitted."""
         return self._scale is not None
 
     def __repr__(self) -> str:
@@ -580,10 +586,12 @@ class Preprocessor:
 
     def _run(self, x: np.ndarray, sfreq_hz: float, ch_names: Sequence[str], n_pad: int,
              *, scaled: bool) -> np.ndarray:
-        """The one code path: (n_epochs, n_channels_in, n_pad + n_times) -> float32
-        (n_epochs, n_model_channels, n_times_out). Rows (epoch x channel) go through
-        :meth:`_rows` in blocks of a fixed byte size, so one window and a thousand
-        epochs see the same per-row arithmetic."""
+        """The one code path, from raw epochs to model input.
+
+        (n_epochs, n_channels_in, n_pad + n_times) -> float32 (n_epochs, n_model_channels,
+        n_times_out). Rows (epoch x channel) go through :meth:`_rows` in blocks of a fixed byte
+        size, so one window and a thousand epochs see the same per-row arithmetic.
+        """
         x = np.asarray(x)
         if x.ndim != 3:
             raise ValueError(
@@ -635,8 +643,11 @@ class Preprocessor:
     def _finish(self, y: np.ndarray, baseline: slice | None,
                 stats: tuple[np.ndarray, np.ndarray] | None | bool = True,
                 to_float32: bool = True) -> np.ndarray:
-        """Baseline, robust scaling and clamp of model-rate rows (the block path's and the
-        streaming path's one tail). ``stats=True``: this Preprocessor's own statistics."""
+        """Baseline, robust scaling and clamp of model-rate rows.
+
+        The block path's and the streaming path's one tail. ``stats=True``: this Preprocessor's
+        own statistics.
+        """
         if stats is True:
             stats = None if self._scale is None else (self._center, self._scale)
         if baseline is not None:

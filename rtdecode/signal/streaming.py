@@ -204,8 +204,11 @@ class StreamingPreprocessor:
 
 
 def _stencils(ks: np.ndarray, step: float, n_have: int) -> tuple[np.ndarray, np.ndarray]:
-    """Causal 4-point stencils (stream-relative input indices) and Lagrange weights of
-    model samples ``ks`` at positions ``(k + 1) * step - 1``."""
+    """Causal 4-point stencils and Lagrange weights of model samples ``ks``.
+
+    Stencils are stream-relative input indices; sample k sits at position
+    ``(k + 1) * step - 1``.
+    """
     pos = (ks + 1) * step - 1.0
     near = np.round(pos)
     pos = np.where(np.abs(pos - near) < 1e-7, near, pos)

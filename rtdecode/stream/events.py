@@ -33,8 +33,10 @@ TRIAL_TYPE_COLUMNS = ("trial_type", "type", "condition", "trial")
 
 
 def code_key(text: Any) -> str:
-    """The form codes are compared in: ``"42"``, ``42``, ``42.0`` and ``" 42 "`` are
-    all ``"42"``; other texts are stripped."""
+    """The form codes are compared in.
+
+    ``"42"``, ``42``, ``42.0`` and ``" 42 "`` are all ``"42"``; other texts are stripped.
+    """
     if isinstance(text, bool):
         return str(text)
     if isinstance(text, int | float):

@@ -213,8 +213,10 @@ class MarkerReader(_InletThread):
         return self._located(first_seq + i, m)
 
     def locate(self, marker: Marker) -> Marker:
-        """``marker`` with ``sample`` set to the data stream's absolute index of the first
-        sample at or after the marker's time (within half a sample period).
+        """``marker`` with ``sample`` set to its index in the data stream.
+
+        The absolute index of the first sample at or after the marker's time (within half a
+        sample period).
 
         Unchanged when there is no data reader, the data has not arrived yet, or it has
         left the ring.

@@ -50,8 +50,10 @@ class StreamError(RuntimeError):
 
 
 class StreamFormatError(StreamError):
-    """The stream is not something windows can be cut from (strings, irregular rate,
-    no channel names)."""
+    """The stream is not something windows can be cut from.
+
+    Strings, an irregular rate or no channel names.
+    """
 
 
 class ChannelMismatchError(StreamFormatError):
@@ -139,6 +141,7 @@ class StreamStats:
     t_last_pull: float = 0.0
 
     def as_dict(self) -> dict:
+        """The counters as a JSON-ready dict (the last gap as a dict too)."""
         d = {f: getattr(self, f) for f in self.__dataclass_fields__}
         d["last_gap"] = (
             None
@@ -153,8 +156,10 @@ _NO_INDEX = np.empty(0, dtype=np.intp)
 
 
 class _InletThread:
-    """Resolve a stream, keep an inlet open in a background thread, reconnect when the
-    source is lost, and never die silently. Subclasses validate and pull.
+    """Resolve a stream and keep an inlet open in a background thread.
+
+    Reconnects when the source is lost, and never dies silently. Subclasses validate and
+    pull.
 
     The thread owns the pylsl objects; other threads see ``description``, ``error``,
     ``stats`` and whatever the subclass publishes.
@@ -474,6 +479,7 @@ class StreamReader(_InletThread):
 
     @property
     def n_channels(self) -> int:
+        """Channels of the connected stream (0 before the ring exists)."""
         return 0 if self.ring is None else self.ring.n_channels
 
     def gaps(self) -> list[Gap]:
@@ -624,8 +630,10 @@ class StreamReader(_InletThread):
         lost_before: np.ndarray,
         gaps: list[Gap],
     ) -> int:
-        """Gaps from the sample counter (into ``lost_before``/``gaps``); returns the
-        samples whose counter did not advance."""
+        """Gaps from the sample counter (into ``lost_before``/``gaps``).
+
+        Returns the samples whose counter did not advance.
+        """
         n = ts.size
         counter = block[:, self._counter_idx]
         ext = self._ext_c[: n + 1]

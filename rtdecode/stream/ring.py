@@ -193,8 +193,9 @@ class RingBuffer:
 
     # ------------------------------------------------------------------ readers
     def wait_for(self, n_written: int, timeout_s: float | None, predicate=None) -> bool:
-        """Block until at least ``n_written`` samples exist, the ring is closed, or
-        ``predicate()`` is true.
+        """Block until at least ``n_written`` samples exist.
+
+        Also returns when the ring is closed or ``predicate()`` is true.
 
         Returns
         -------
@@ -295,8 +296,10 @@ class RingBuffer:
         return getattr(self, name)
 
     def read_meta(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Copy of one per-sample array (``t_lsl``, ``t_arrived``, ``n_nonfinite``,
-        ``n_lost_before``) over samples [start, stop)."""
+        """Copy of one per-sample array over samples [start, stop).
+
+        One of ``t_lsl``, ``t_arrived``, ``n_nonfinite``, ``n_lost_before``.
+        """
         return self._gather(self._meta(name), start, stop)
 
     def sample_at(self, name: str, index: int):

@@ -36,8 +36,10 @@ TRIGGER_CHANNEL_NAMES = ("STI101", "STI 101", "STI 014", "STI014", "UPPT001", "U
 
 
 def find_trigger_channel(ch_names: Sequence[str], ch_types: Sequence[str] = ()) -> str | None:
-    """The trigger channel of a stream: a known trigger name, else the first channel typed
-    ``stim`` (or ``trigger``); None when there is none."""
+    """The trigger channel of a stream, or None when there is none.
+
+    A known trigger name, else the first channel typed ``stim`` (or ``trigger``).
+    """
     for name in TRIGGER_CHANNEL_NAMES:
         if name in ch_names:
             return name
@@ -124,8 +126,10 @@ class TriggerMarkers:
         return True
 
     def _scan(self) -> None:
-        """Turn the rising edges of the samples that arrived since the last scan into
-        markers (caller holds the lock)."""
+        """Turn the rising edges of newly arrived samples into markers.
+
+        Scans the samples since the last scan; the caller holds the lock.
+        """
         if not self._resolve():
             return
         ring = self.reader.ring
@@ -156,19 +160,23 @@ class TriggerMarkers:
     # ------------------------------------------------------------------ MarkerReader API
     @property
     def n_received(self) -> int:
+        """Markers decoded from the trigger channel so far."""
         return self._n_received
 
     def raise_if_failed(self) -> None:
+        """Raise the error that stopped the reader, if any."""
         if self.error is not None:
             raise self.error
 
     def start(self) -> TriggerMarkers:
+        """Nothing to start (no thread); returns ``self``."""
         return self
 
     def stop(self, timeout_s: float = 0.0) -> None:
         """Nothing to stop (no thread)."""
 
     def markers(self) -> list[Marker]:
+        """All markers in the history, oldest first."""
         items, _, _ = self.since(0)
         return items
 
@@ -202,12 +210,18 @@ class CombinedMarkers:
 
     @property
     def error(self) -> BaseException | None:
+        """The marker stream's error, if it failed."""
         return self.stream.error
 
     def raise_if_failed(self) -> None:
+        """Raise the marker stream's error, if any."""
         self.stream.raise_if_failed()
 
     def latest(self, t_lsl_max: float | None = None) -> Marker | None:
+        """The newest marker at or before ``t_lsl_max`` from the stream or the trigger channel.
+
+        A marker both report (same sample or time) counts once, the copy naming an image first.
+        """
         found = [m for m in (self.stream.latest(t_lsl_max), self.triggers.latest(t_lsl_max)) if m]
         if not found:
             return None

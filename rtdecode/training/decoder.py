@@ -1,5 +1,7 @@
-"""``rtdecode train-decoder``: the tiny decoder's training, and how well decoders keep
-the embedding they generate from (an evaluation and its picture).
+"""``rtdecode train-decoder``: the tiny decoder's training.
+
+Also how well decoders keep the embedding they generate from (an evaluation and its
+picture).
 
 Threads: everything runs in the caller's thread.
 """

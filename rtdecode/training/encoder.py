@@ -178,6 +178,7 @@ class Recipe:
         return out
 
     def to_dict(self) -> dict[str, Any]:
+        """The recipe as a plain dict (for JSON/TOML)."""
         return dataclasses.asdict(self)
 
 
@@ -339,8 +340,10 @@ def _validate(
     ids: np.ndarray,
     batch_size: int,
 ) -> dict[str, float]:
-    """Validation loss (same batches every epoch) and single-trial retrieval among the
-    validation images."""
+    """Validation loss and single-trial retrieval among the validation images.
+
+    The loss uses the same batches every epoch.
+    """
     out = predict(model, X, S, batch_size=batch_size)
     lam = loss_fn.lam
     scale = float(loss_fn.logit_scale.detach())
@@ -692,8 +695,10 @@ def _fit(rc, dist_info, dev, Xt, Yt, St, Xv, Yv, Sv, Gv, positions, n_subj, targ
 
 # --------------------------------------------------------------------------- data
 def preprocess_windows(epochs: Any, preprocessor: Any, window_start_s: float, window_s: float) -> np.ndarray:
-    """Cut ``[window_start_s, + window_s)`` (with filter history) from every epoch of an
-    EpochSet and run the Preprocessor on it: the same arithmetic as the live service.
+    """Cut a window from every epoch of an EpochSet and preprocess it.
+
+    Cuts ``[window_start_s, + window_s)`` (with filter history) and runs the Preprocessor on
+    it: the same arithmetic as the live service.
 
     Returns
     -------

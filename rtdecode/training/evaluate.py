@@ -314,8 +314,11 @@ def _plot_curve(curve: dict[str, Any], start_s: float, path: Path) -> Path:
 
 
 def _plot_examples(pred, test_ids, gallery, gallery_z, n_examples, path: Path, k: int = 5) -> Path:
-    """A grid: each row is a test image (left) and the top-k gallery images retrieved from
-    the average of its predictions, with cosine scores; correct ones framed in green."""
+    """A grid of test images and their top-k retrieved gallery images.
+
+    Each row is a test image (left) and the top-k gallery images retrieved from the average of
+    its predictions, with cosine scores; correct ones framed in green.
+    """
     from matplotlib.figure import Figure
 
     means, labels, _ = average_by_group(pred, test_ids)

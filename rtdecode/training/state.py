@@ -95,8 +95,10 @@ def load_training_state(
     modules: dict[str, nn.Module],
     optimizer: torch.optim.Optimizer,
 ) -> dict[str, Any]:
-    """Restore modules and optimizer from :func:`save_training_state`; return the loop state
-    (with its tensors under ``"tensors"``)."""
+    """Restore modules and optimizer from :func:`save_training_state`.
+
+    Returns the loop state (with its tensors under ``"tensors"``).
+    """
     folder = Path(ckpt_dir) / TRAINING_DIR
     json_path, tensor_path = folder / "state.json", folder / "state.safetensors"
     if not json_path.is_file() or not tensor_path.is_file():

@@ -155,6 +155,7 @@ class SweepSettings:
         object.__setattr__(self, "image_on_s", tuple(float(v) for v in self.image_on_s))
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as a JSON-ready dict (tuples as lists)."""
         d = dataclasses.asdict(self)
         d["models"] = list(self.models)
         d["image_on_s"] = list(self.image_on_s)
@@ -162,6 +163,7 @@ class SweepSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SweepSettings:
+        """Settings from a dict that ``to_dict`` wrote."""
         return cls(**{**d, "models": tuple(d["models"]), "image_on_s": tuple(d["image_on_s"])})
 
 
@@ -212,8 +214,11 @@ def window_positions(settings: SweepSettings, sfreq_model_hz: float) -> list[dic
 
 
 def _sweep_recipe(recipe: str | Path | dict | Recipe | None, max_epochs: int | None) -> dict:
-    """The deep model's recipe: ``recipe`` as given (a file or dict is a full Recipe, the
-    paper's defaults where it is silent), else :data:`SWEEP_RECIPE`; ``max_epochs`` wins."""
+    """The deep model's recipe; ``max_epochs`` wins.
+
+    ``recipe`` as given (a file or dict is a full Recipe, the paper's defaults where it is
+    silent), else :data:`SWEEP_RECIPE`.
+    """
     rc = load_recipe(SWEEP_RECIPE if recipe is None else recipe, max_epochs=max_epochs)
     return rc.to_dict()
 

@@ -195,6 +195,7 @@ class SubjectModel:
     placement: dict[str, Any]
 
     def info(self, sfreq_hz: float, *, stim: bool = True) -> mne.Info:
+        """The mne.Info of this subject's sensors at ``sfreq_hz`` (a stim channel when ``stim``)."""
         return sensor_info(self.system, sfreq_hz, stim=stim, dev_head_t=self.dev_head_t)
 
 

@@ -41,6 +41,8 @@ EVENT_COLUMNS = (
 
 @dataclass
 class Trial:
+    """One presentation: its trial type and the gallery row it shows."""
+
     trial_type: str  # "exp" | "test" | "catch"
     image: int  # gallery row, -1 for catch
 
@@ -57,6 +59,8 @@ class Split:
 
 @dataclass
 class Design:
+    """The train/test split and the trials of each session, in order."""
+
     split: Split
     sessions: list[list[Trial]] = field(default_factory=list)
 

@@ -26,10 +26,12 @@ TASK = "main"
 
 
 def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` to ``path`` as indented JSON."""
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
 def write_tsv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Write event rows to ``path`` as a BIDS events TSV (columns ``EVENT_COLUMNS``)."""
     lines = ["\t".join(EVENT_COLUMNS)]
     lines += ["\t".join(str(r[c]) for c in EVENT_COLUMNS) for r in rows]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
