@@ -115,3 +115,11 @@ def format_table(header: Sequence[str], rows: Iterable[Sequence[Any]], floatfmt:
         lines.append("  ".join(parts).rstrip())
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def first_subject(ckpt: str | Path) -> str | None:
+    """The checkpoint's first subject when it has several (the replayed session's), else None."""
+    import json
+
+    subjects = json.loads((Path(ckpt) / "config.json").read_text()).get("subjects") or []
+    return subjects[0] if len(subjects) > 1 else None

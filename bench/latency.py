@@ -54,7 +54,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import RESULTS_DIR, format_table, machine_info, percentiles, write_json  # noqa: E402
+from common import RESULTS_DIR, first_subject, format_table, machine_info, percentiles, write_json  # noqa: E402
 
 from rtdecode.lsl import LOCAL_CONFIG, use_local_config  # noqa: E402  (cheap: no liblsl)
 
@@ -233,9 +233,9 @@ def measure(
         stream=name, source_id=name, model=inputs.encoder, decoder=inputs.decoder,
         gallery=inputs.gallery, port=0, lsl_local=True, hop_s=hop_s, device=device,
         max_fps=max_fps, diffusion_steps=diffusion_steps, lanes=lanes,
-        # The bundled demo encoder is an old fixed-window checkpoint; latency does not
-        # depend on how the encoder was trained.
-        allow_fixed_window=True,
+        # The demo replays subject 01's session; an older fixed-window checkpoint is
+        # served too (latency does not depend on how the encoder was trained).
+        subject=first_subject(inputs.encoder), allow_fixed_window=True,
     )
     service = Service(settings)
     raw: list[tuple[float, bytes]] = []

@@ -56,7 +56,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import RESULTS_DIR, format_table, machine_info, percentiles, write_json  # noqa: E402
+from common import RESULTS_DIR, first_subject, format_table, machine_info, percentiles, write_json  # noqa: E402
 from latency import resolve_inputs, stop_process  # noqa: E402
 
 from rtdecode.lsl import use_local_config  # noqa: E402  (cheap: no liblsl)
@@ -90,6 +90,9 @@ class ServiceProcess:
         )
         argv = [sys.executable, "-m", "rtdecode.cli", "--lsl-local", "serve", "--stream", name]
         argv += ["--model", str(inputs.encoder), "--decoder", inputs.decoder, "--port", "0"]
+        subject = first_subject(inputs.encoder)
+        if subject is not None:
+            argv += ["--subject", subject]  # the replayed session is the first subject's
         self.log_path = log_path
         with log_path.open("w") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
