@@ -275,7 +275,7 @@ def measure(
             if bar is not None:
                 bar.update(int(duration_s) - shown)
                 bar.close()
-        sfreq = float(service.reader.sfreq)
+        sfreq = float(service.reader.sfreq_hz)
         clock_offset_s = service.reader.stats_dict().get("clock_offset_s")
         torch_threads = _torch_threads()
     finally:

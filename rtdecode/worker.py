@@ -467,9 +467,9 @@ class DecodeWorker(threading.Thread):
         if m is None:
             return None, None
         if m.sample is not None:
-            lag = (window.last_sample + 1 - m.sample) / window.sfreq
+            lag = (window.last_sample + 1 - m.sample) / window.sfreq_hz
         else:
-            lag = window.t_last + 1.0 / window.sfreq - m.t_lsl
+            lag = window.t_last + 1.0 / window.sfreq_hz - m.t_lsl
         lag = round(float(lag), 6)
         if m.image_id is None or not 0.0 <= lag <= self.options.stimulus_hold_s:
             return None, lag

@@ -335,7 +335,7 @@ class _Run:
         self.markers = markers
         self.number = number
         self.ring = None
-        self.sfreq = 0.0
+        self.sfreq_hz = 0.0
         self.next_sample = 0
         self.marker_seq = 0
         self.pending_markers: list = []
@@ -353,7 +353,7 @@ class _Run:
                 self.rec._stop.wait(_TICK_S)
             return False
         self.ring = self.reader.ring
-        self.sfreq = float(self.reader.sfreq)
+        self.sfreq_hz = float(self.reader.sfreq_hz)
         self.rec._count(runs=1)
         return True
 
@@ -372,12 +372,12 @@ class _Run:
 
         Returns True when every sample in the ring is written."""
         ring, rec = self.ring, self.rec
-        n_seg = max(1, round(rec.segment_s * self.sfreq))
-        n_margin = round(rec.marker_margin_s * self.sfreq)
+        n_seg = max(1, round(rec.segment_s * self.sfreq_hz))
+        n_margin = round(rec.marker_margin_s * self.sfreq_hz)
         a = self._skip_overwritten()
         n_written = ring.n_written
         with rec._lock:
-            rec._lag_s = (n_written - a) / self.sfreq
+            rec._lag_s = (n_written - a) / self.sfreq_hz
         if n_written <= a:
             if not final:
                 ring.wait_for(a + 1, _TICK_S)
@@ -416,18 +416,18 @@ class _Run:
             "The recorder fell %.1f s behind the stream (more than the ring's %.1f s): "
             "samples %d..%d of run %d were overwritten before they could be written and "
             "are lost (%d samples, %.2f s). %s",
-            (ring.n_written - a) / self.sfreq,
-            ring.capacity / self.sfreq,
+            (ring.n_written - a) / self.sfreq_hz,
+            ring.capacity / self.sfreq_hz,
             a,
             new_a - 1,
             self.number,
             lost,
-            lost / self.sfreq,
+            lost / self.sfreq_hz,
             why,
         )
         self.rec._count(lost_samples=lost)
         with self.rec._lock:
-            self.rec._lost_s += lost / self.sfreq
+            self.rec._lost_s += lost / self.sfreq_hz
         self.lost_before += lost
         self.next_sample = new_a
         return new_a
@@ -439,7 +439,7 @@ class _Run:
         gap_before = int(ring.sample_at("n_lost_before", a))
         n_nonfinite = int(ring.read_meta("n_nonfinite", a, b).sum())
         t0 = time.perf_counter()
-        half = 0.5 / self.sfreq
+        half = 0.5 / self.sfreq_hz
         t_until = float(t_lsl[-1]) + half
         inside, late = [], []
         for m in self._due_markers(t_until):
@@ -448,14 +448,14 @@ class _Run:
                 continue
             inside.append((a + nearest_index(t_lsl, m.t_lsl), m))
         if a == 0 and self.t_previous is not None:  # a new run: the gap since the old one
-            gap_before = max(0, round((float(t_lsl[0]) - self.t_previous) * self.sfreq) - 1)
+            gap_before = max(0, round((float(t_lsl[0]) - self.t_previous) * self.sfreq_hz) - 1)
         sidecar = {
             "v": SIDECAR_VERSION,
             "file": None,
             "run": self.number,
             "first_sample": int(a),
             "n_samples": int(b - a),
-            "sfreq_hz": self.sfreq,
+            "sfreq_hz": self.sfreq_hz,
             "t_first": float(t_lsl[0]),
             "t_last": float(t_lsl[-1]),
             "wall_first": time.time() - (local_clock() - float(t_lsl[0])),
@@ -555,7 +555,7 @@ def _write_segment(run: _Run, data: np.ndarray, first: int, sidecar: dict, insid
         data.astype(np.float64) * run.cal, info, first_samp=first, verbose="error"
     )
     if inside:
-        onsets = [(k - first) / run.sfreq for k, _ in inside]
+        onsets = [(k - first) / run.sfreq_hz for k, _ in inside]
         raw.set_annotations(
             mne.Annotations(
                 onsets,

@@ -151,7 +151,7 @@ class Windower:
                 reader.wait_ready(3600.0 if timeout_s is None else timeout_s)
             except TimeoutError:
                 return False
-        sfreq = reader.sfreq
+        sfreq = reader.sfreq_hz
         self.n_times = int(round(self.window_s * sfreq))
         self.n_hop = max(1, int(round(self.hop_s * sfreq)))
         self.n_pad = int(math.ceil(self.pad_s * sfreq - 1e-9))
@@ -198,7 +198,7 @@ class Windower:
             marker = self.markers.latest(t_last)
         window = Window(
             data=data,
-            sfreq=self.reader.sfreq,
+            sfreq_hz=self.reader.sfreq_hz,
             ch_names=self.reader.ch_names,
             first_sample=start,
             t_first=t_first,
@@ -246,10 +246,10 @@ class Windower:
         before the stream, inside a gap, or no longer held).
         """
         ring = self.reader.ring
-        period = 1.0 / self.reader.sfreq
+        period = 1.0 / self.reader.sfreq_hz
         sample = marker.sample
         if sample is None:
-            sample = locate_time(ring, marker.t_lsl, self.reader.sfreq)
+            sample = locate_time(ring, marker.t_lsl, self.reader.sfreq_hz)
             if sample is None:
                 return None
             marker = replace(marker, sample=sample)

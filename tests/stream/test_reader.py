@@ -26,7 +26,7 @@ def test_counter_proves_no_sample_lost_or_repeated_306ch_1200hz(unique_name):
     with SourceProcess(unique_name, source_id=unique_name, counter=True, duration=10.0) as src:
         with StreamReader(unique_name, buffer_s=15.0) as reader:
             desc = reader.wait_ready(15.0)
-            assert desc.n_channels == 307 and reader.sfreq == 1200.0
+            assert desc.n_channels == 307 and reader.sfreq_hz == 1200.0
             src.wait_event("done", timeout_s=40.0)
             poll(lambda: reader.stats.samples >= 12_000, 10.0, "all 12000 samples")
             stats = reader.stats
