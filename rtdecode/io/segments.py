@@ -38,7 +38,7 @@ still waiting: the samples that arrived in the last ``segment_s + marker_margin_
 Bounded memory, no silent loss: the recorder reads the ring and never holds more than one
 segment. If the disk is so slow that the ring overwrites samples before they are written
 (more than ``buffer_s`` behind), the overwritten samples are counted in
-``stats()["counters"]["lost_samples"]``, logged as an error, and named in the next
+``stats.counters["lost_samples"]``, logged as an error, and named in the next
 sidecar's ``recorder_lost_before``. A write that fails is retried every second;
 ``error`` holds the failure and ``problem`` a sentence for people meanwhile (the service
 shows it on /health).
@@ -87,13 +87,51 @@ from rtdecode.stream.ring import OverwrittenError, nearest_index
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SegmentRecorder", "read_index", "SIDECAR_VERSION"]
+__all__ = ["RecorderStats", "SegmentRecorder", "read_index", "SIDECAR_VERSION"]
 
 SIDECAR_VERSION = 1
 #: Seconds between retries after a failed write (disk full, folder removed).
 RETRY_S = 1.0
 #: Longest wait between checks of the ring (stop requests, deadlines).
 _TICK_S = 0.25
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RecorderStats:
+    """Counters of a SegmentRecorder (a snapshot; take a new one to see changes).
+
+    Attributes
+    ----------
+    dir : str
+        The session folder.
+    counters : dict of str to int
+        Monotonic counters (``segments``, ``samples``, ``lost_samples``, ...).
+    lost_s : float
+        Seconds of stream that were not recorded.
+    lag_s : float
+        How far the recording is behind the stream, in seconds.
+    last_write_ms : float
+        Duration of the latest segment write.
+    error : str | None
+        The latest write error, while writing fails.
+    disk_full : bool
+        The latest write failed for lack of space.
+    problem : str | None
+        What is wrong, in a sentence for the health check (None when all is well).
+    """
+
+    dir: str
+    counters: dict[str, int]
+    lost_s: float
+    lag_s: float
+    last_write_ms: float
+    error: str | None
+    disk_full: bool
+    problem: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The snapshot as a JSON-able dict (for /api/status)."""
+        return dataclasses.asdict(self)
 
 
 class SegmentRecorder:
@@ -217,22 +255,22 @@ class SegmentRecorder:
             f"{RETRY_S:.0f} s; {lost}"
         )
 
-    def stats(self) -> dict[str, Any]:
-        """Counters (``counters``: monotonic), seconds lost, the lag behind the stream,
-        the folder and what is wrong (``problem``, ``disk_full``)."""
+    @property
+    def stats(self) -> RecorderStats:
+        """Counters, seconds lost, the lag behind the stream, the folder and what is wrong."""
         with self._lock:
             counts = dict(self._counts)
             lag_s, last_ms, lost_s = self._lag_s, self._last_write_ms, self._lost_s
-        return {
-            "dir": str(self.session_dir),
-            "counters": counts,
-            "lost_s": round(lost_s, 3),
-            "lag_s": round(lag_s, 3),
-            "last_write_ms": round(last_ms, 2),
-            "error": None if self.error is None else str(self.error),
-            "disk_full": self.disk_full,
-            "problem": self.problem,
-        }
+        return RecorderStats(
+            dir=str(self.session_dir),
+            counters=counts,
+            lost_s=round(lost_s, 3),
+            lag_s=round(lag_s, 3),
+            last_write_ms=round(last_ms, 2),
+            error=None if self.error is None else str(self.error),
+            disk_full=self.disk_full,
+            problem=self.problem,
+        )
 
     # ------------------------------------------------------------------ thread
     def _count(self, **inc: int) -> None:

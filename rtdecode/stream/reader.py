@@ -139,6 +139,7 @@ class StreamStats:
     t_last_pull: float = 0.0
 
     def as_dict(self) -> dict:
+        """The counters as a JSON-able dict (for /api/status and /metrics)."""
         d = {f: getattr(self, f) for f in self.__dataclass_fields__}
         d["last_gap"] = (
             None
@@ -247,10 +248,6 @@ class _InletThread:
         """A consistent snapshot of the counters."""
         with self._lock:
             return StreamStats(**self._counts)
-
-    def stats_dict(self) -> dict:
-        """``stats`` as a JSON-able dict (for /api/status and /metrics)."""
-        return self.stats.as_dict()
 
     def raise_if_failed(self) -> None:
         """Re-raise the background thread's error, if there is one."""

@@ -185,11 +185,11 @@ class StreamSupervisor:
             The current windower's stats with replaced windowers' counters added.
         """
         with self._lock:
-            reader = _add(self.reader.stats_dict(), self._retired["reader"])
+            reader = _add(self.reader.stats.as_dict(), self._retired["reader"])
             reader["restarts"] = self.restarts
             if reader["last_gap"] is None:
                 reader["last_gap"] = self._retired_last_gap
-            windower = _add(self.windower.stats_dict(), self._retired["windower"])
+            windower = _add(self.windower.stats.as_dict(), self._retired["windower"])
         return reader, windower
 
     # ------------------------------------------------------------------ thread
@@ -317,9 +317,9 @@ class StreamSupervisor:
             self._restart_t_lsl = old.ring.sample_at("t_lsl", old.ring.n_written - 1)
         with self._lock:
             retired = self._retired["reader"]
-            old_stats = old.stats_dict()
+            old_stats = old.stats.as_dict()
             _add(retired, old_stats, out=True)
-            _add(self._retired["windower"], old_windower.stats_dict(), out=True)
+            _add(self._retired["windower"], old_windower.stats.as_dict(), out=True)
             retired["reconnects"] = retired.get("reconnects", 0) + 1
             self._retired_last_gap = old_stats["last_gap"] or self._retired_last_gap
             self.reader, self.markers, self.windower = new

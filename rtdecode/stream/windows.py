@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -60,6 +60,10 @@ class WindowerStats:
     overflow: int = 0
     markers_missed: int = 0
     flagged: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a JSON-able dict (for /api/status and /metrics)."""
+        return asdict(self)
 
 
 class Windower:
@@ -130,10 +134,6 @@ class Windower:
     def stats(self) -> WindowerStats:
         """Counters (a frozen snapshot)."""
         return self._stats
-
-    def stats_dict(self) -> dict:
-        """``stats`` as a JSON-able dict (for /api/status and /metrics)."""
-        return {f: getattr(self._stats, f) for f in WindowerStats.__dataclass_fields__}
 
     def _count(self, **inc: int) -> None:
         s = self._stats

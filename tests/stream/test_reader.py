@@ -116,7 +116,7 @@ def test_nonfinite_and_lost_samples_are_counted_from_the_counter(unique_name):
     assert gap.detected_by == "counter" and gap.sample == 1200 and not gap.reconnect
     assert gap.duration_s == pytest.approx(30 / 1200, abs=1e-6)
     assert reader.ring.read_meta("n_nonfinite", 299, 302).tolist() == [0, 1, 1]
-    report = json.loads(json.dumps(reader.stats_dict()))  # JSON-able, for /api/status
+    report = json.loads(json.dumps(reader.stats.as_dict()))  # JSON-able, for /api/status
     assert report["lost_samples"] == 30 and report["last_gap"]["n_lost"] == 30
 
 

@@ -123,7 +123,7 @@ def test_slow_consumer_gets_the_latest_window_and_skips_are_counted(unique_name)
     # Every grid window from the first (ending at 300) to the last is returned or counted.
     assert win.stats.skipped + len(windows) == (ends[-1] - 300) // 60 + 1
     assert win.stats.skipped >= len(windows) // 2
-    assert win.stats_dict()["skipped"] == win.stats.skipped
+    assert win.stats.as_dict()["skipped"] == win.stats.skipped
     assert win.stats.overflow == 0
 
 
