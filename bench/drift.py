@@ -94,7 +94,7 @@ class Consumer(threading.Thread):
             prev_end, prev_count, prev_t = end, int(counts[-1]), float(t[-1])
             if end >= next_point:
                 self.stamp_points.append((end - 1, float(t[-1])))
-                next_point = end + round(reader.sfreq)
+                next_point = end + round(reader.sfreq_hz)
             if time.monotonic() >= t_start:
                 self.windows += 1
                 self.rows.append((
@@ -105,7 +105,7 @@ class Consumer(threading.Thread):
         self.stats = reader.stats
         reader.stop()
 
-    def result(self, sfreq: float) -> dict:
+    def result(self, sfreq_hz: float) -> dict:
         rows = np.array(self.rows) if self.rows else np.zeros((0, 3))
         minutes = []
         n_min = int(np.ceil(rows[-1, 0] / 60)) if len(rows) else 0
@@ -133,7 +133,7 @@ class Consumer(threading.Thread):
                 "timestamp_jumps", "overflow", "reconnects")},
             "checks": self.problems,
             "stamped_rate_hz": rate,
-            "stamped_drift": None if rate is None else rate / sfreq - 1,
+            "stamped_drift": None if rate is None else rate / sfreq_hz - 1,
             "pull_ms_p50_first_last": [p50[0], p50[-1]] if p50 else None,
             "pull_ms_p50_slope_per_min": slope(p50),
             "age_ms_p50_first_last": [age50[0], age50[-1]] if age50 else None,

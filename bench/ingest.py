@@ -99,7 +99,7 @@ def child_rtdecode(args) -> dict:
     reader.raise_if_failed()
     return {
         "wall_s": round(wall_s, 3),
-        "stream_s": round((s1.samples - s0.samples) / reader.sfreq, 3),
+        "stream_s": round((s1.samples - s0.samples) / reader.sfreq_hz, 3),
         "samples": s1.samples - s0.samples,
         "lost_samples": s1.lost_samples - s0.lost_samples,
         "overflow": s1.overflow - s0.overflow,

@@ -167,11 +167,11 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
 # ------------------------------------------------------------------ measurement
 def _snapshot(service) -> dict[str, Any]:
     return {
-        "windower": service.windower.stats_dict(),
-        "worker": service.worker.stats()["counters"],
-        "reader": service.reader.stats_dict(),
-        "server": service.server.app.state.broadcaster.stats(),
-        "lanes": service.worker.stats()["lanes"],
+        "windower": service.windower.stats.as_dict(),
+        "worker": service.worker.stats.counters,
+        "reader": service.reader.stats.as_dict(),
+        "server": service.server.app.state.broadcaster.stats.as_dict(),
+        "lanes": service.worker.stats.lanes,
     }
 
 
@@ -275,8 +275,8 @@ def measure(
             if bar is not None:
                 bar.update(int(duration_s) - shown)
                 bar.close()
-        sfreq = float(service.reader.sfreq)
-        clock_offset_s = service.reader.stats_dict().get("clock_offset_s")
+        sfreq = float(service.reader.sfreq_hz)
+        clock_offset_s = service.reader.stats.as_dict().get("clock_offset_s")
         torch_threads = _torch_threads()
     finally:
         service.stop()

@@ -99,7 +99,7 @@ def main() -> None:
         n_all = n_win + n_hop * (args.repeats + 2)
         x = (rng.standard_normal((len(stream_names), n_all)) * 1e-12).astype(np.float32)
         windows = [
-            Window(data=x[:, e - n_win:e], sfreq=fs, ch_names=stream_names,
+            Window(data=x[:, e - n_win:e], sfreq_hz=fs, ch_names=stream_names,
                    first_sample=e - n_win, t_first=0.0, t_last=0.0, t_arrived=0.0, n_pad=n_pad)
             for e in range(n_win, n_all + 1, n_hop)
         ]

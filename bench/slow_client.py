@@ -139,7 +139,7 @@ def run_slow_client(
                     if body["type"] == "gap":
                         gap_dropped += body["dropped"]
             stats = next(
-                (c for c in app.state.broadcaster.stats()["clients"] if c["id"] == slow_id), None
+                (c.as_dict() for c in app.state.broadcaster.stats.clients if c.id == slow_id), None
             )
         finally:
             stop.set()

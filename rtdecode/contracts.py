@@ -54,7 +54,7 @@ class Window:
     ----------
     data : ndarray, float32, shape (n_channels, n_times)
         Raw samples, including ``n_pad`` leading samples of history for the filters.
-    sfreq : float
+    sfreq_hz : float
         Nominal sampling rate of ``data`` in Hz.
     ch_names : tuple of str
         Channel names, one per row of ``data``.
@@ -76,7 +76,7 @@ class Window:
     """
 
     data: np.ndarray
-    sfreq: float
+    sfreq_hz: float
     ch_names: tuple[str, ...]
     first_sample: int
     t_first: float

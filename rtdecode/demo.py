@@ -46,10 +46,10 @@ def ensure_simulated_subject(data_dir: Path) -> Path:
 
 
 def _status_line(service) -> str:
-    st = service.worker.stats() if service.worker else {}
+    st = service.worker.stats.as_dict() if service.worker else {}
     c = st.get("counters", {})
     lat = st.get("latency_ms", {}).get("total", {})
-    win = service.windower.stats_dict() if service.windower else {}
+    win = service.windower.stats.as_dict() if service.windower else {}
     return (
         f"frames {c.get('frames', 0):6d}  images {c.get('images', 0):5d}  "
         f"latency p50 {lat.get('p50', float('nan')):6.1f} ms  p99 {lat.get('p99', float('nan')):6.1f} ms  "

@@ -209,11 +209,11 @@ class Service:
         if self.supervisor is not None:
             out["reader"], out["windower"] = self.supervisor.totals()
         if self.worker is not None:
-            worker = self.worker.stats()
+            worker = self.worker.stats.as_dict()
             out["online_eval"] = worker.pop("online_eval")
             out["worker"] = worker
         if self.recorder is not None:
-            out["recorder"] = self.recorder.stats()
+            out["recorder"] = self.recorder.stats.as_dict()
         return out
 
     def health(self) -> tuple[str, list[str]]:
@@ -236,10 +236,10 @@ class Service:
             reasons.append(f"stream {self.settings.stream!r} not connected")
         else:
             self.supervisor.last_error = None
-        worker = self.worker.stats()
-        if worker["consecutive_frame_errors"] >= FAILING_WINDOWS:
-            reasons.append(f"decoding fails on every window: {worker['last_frame_error']}")
-        image_lane = worker["lanes"].get("image") or {}
+        worker = self.worker.stats
+        if worker.consecutive_frame_errors >= FAILING_WINDOWS:
+            reasons.append(f"decoding fails on every window: {worker.last_frame_error}")
+        image_lane = worker.lanes.get("image") or {}
         if image_lane.get("error"):
             reasons.append(f"image lane stopped (retrieval goes on): {image_lane['error']}")
         elif image_lane.get("consecutive_errors", 0) >= FAILING_IMAGES:

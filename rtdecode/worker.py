@@ -23,7 +23,7 @@ Lanes and threads
   in that order, under one lock; ``publish`` must not block (the server's Broadcaster
   only schedules the hand-off onto the asyncio loop).
 * Counters and latency samples are written by the lane they belong to, under the
-  worker's lock; ``stats()`` reads a snapshot from any thread.
+  worker's lock; ``stats`` reads a snapshot from any thread.
 
 An exception while decoding one window (lane 1) or generating one image (lane 2) skips
 that frame, is counted and logged, and the lane goes on; failures on every try show on
@@ -41,7 +41,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -89,7 +89,7 @@ class WorkerOptions:
     lag_bin_s : float
         Width of the lag bins of the session's decoding curve (``online_eval``).
     latency_history : int
-        Samples kept per stage for the percentiles in ``stats()``.
+        Samples kept per stage for the percentiles in ``stats``.
     lanes : int
         2: retrieval and generation in two threads (lane 1 never waits for lane 2);
         1: the single-lane worker (generation inline, retrieval waits behind it).
@@ -118,6 +118,44 @@ class WorkerOptions:
             raise ValueError(f"lanes={self.lanes!r} must be 1 (single lane) or 2 (two lanes).")
         if not self.max_fps > 0:
             raise ValueError(f"max_fps={self.max_fps!r} must be a positive number of images per second.")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStats:
+    """Counters and latencies of a DecodeWorker (a snapshot; take a new one to see changes).
+
+    Attributes
+    ----------
+    counters : dict of str to int
+        Monotonic counters (``frames``, ``images``, ``frame_errors``, ...).
+    latency_ms : dict of str to dict
+        Per stage, ``{"p50", "p95", "p99", "n"}`` of the recent latencies in ms.
+    lanes : dict
+        ``n`` (1 or 2) and, per lane, its threads, counts, errors and latencies.
+    ready : bool
+        Warmed up and decoding.
+    error : str | None
+        ``repr`` of the error that stopped the worker.
+    last_frame_error : str | None
+        The latest window that failed, and why.
+    consecutive_frame_errors : int
+        Windows in a row that failed, up to now.
+    online_eval : dict
+        The live rank-by-lag curve (``LagCurve.as_dict()``).
+    """
+
+    counters: dict[str, int]
+    latency_ms: dict[str, dict[str, float]]
+    lanes: dict[str, Any]
+    ready: bool
+    error: str | None
+    last_frame_error: str | None
+    consecutive_frame_errors: int
+    online_eval: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The snapshot as a JSON-able dict (for /api/status and /metrics)."""
+        return asdict(self)
 
 
 def lane_threads(options: WorkerOptions) -> tuple[int | None, int | None]:
@@ -284,11 +322,9 @@ class DecodeWorker(threading.Thread):
             if thread is not None and thread.is_alive() and threading.current_thread() is not thread:
                 thread.join(timeout_s)
 
-    def stats(self) -> dict[str, Any]:
-        """Counters and latency percentiles (p50/p95/p99, ms) per stage and per lane.
-
-        ``consecutive_frame_errors``: windows in a row that failed, up to now.
-        """
+    @property
+    def stats(self) -> WorkerStats:
+        """Counters and latency percentiles (p50/p95/p99, ms) per stage and per lane."""
         with self._lock:
             counters = dict(self._counters)
             if self._two_lanes:
@@ -322,16 +358,16 @@ class DecodeWorker(threading.Thread):
             }
         else:
             lanes["single"] = {"threads": threads.get("single")}
-        return {
-            "counters": counters,
-            "latency_ms": _percentiles(lat),
-            "lanes": lanes,
-            "ready": self.ready.is_set(),
-            "error": None if self.error is None else repr(self.error),
-            "last_frame_error": last_err,
-            "consecutive_frame_errors": failing,
-            "online_eval": self.lag_curve.as_dict(),
-        }
+        return WorkerStats(
+            counters=counters,
+            latency_ms=_percentiles(lat),
+            lanes=lanes,
+            ready=self.ready.is_set(),
+            error=None if self.error is None else repr(self.error),
+            last_frame_error=last_err,
+            consecutive_frame_errors=failing,
+            online_eval=self.lag_curve.as_dict(),
+        )
 
     def latency_samples(self, stage: str, lane: str | None = None) -> list[float]:
         """Recent latency samples (ms) of ``stage``, of one lane's table when ``lane``."""
@@ -477,9 +513,9 @@ class DecodeWorker(threading.Thread):
         if m is None:
             return None, None
         if m.sample is not None:
-            lag = (window.last_sample + 1 - m.sample) / window.sfreq
+            lag = (window.last_sample + 1 - m.sample) / window.sfreq_hz
         else:
-            lag = window.t_last + 1.0 / window.sfreq - m.t_lsl
+            lag = window.t_last + 1.0 / window.sfreq_hz - m.t_lsl
         lag = round(float(lag), 6)
         if m.image_id is None or not 0.0 <= lag <= self.options.stimulus_hold_s:
             return None, lag
@@ -677,7 +713,7 @@ def encode_image(img: Any, fmt: str = "jpeg", quality: int = 85) -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["DecodeWorker", "WorkerOptions", "encode_image", "lane_threads", "LANE_STAGES", "STAGES"]
+__all__ = ["DecodeWorker", "WorkerOptions", "WorkerStats", "encode_image", "lane_threads", "LANE_STAGES", "STAGES"]
 
 
 # --------------------------------------------------------------------------- retrieval set

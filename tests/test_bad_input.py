@@ -177,13 +177,13 @@ def test_nonfinite_backwards_and_missing_samples_are_counted_and_decoding_goes_o
             DEADLINE_S,
             "frames and samples after the bad ones",
         )
-        stats, worker, health = reader.stats, service.worker.stats(), service.health()
+        stats, worker, health = reader.stats, service.worker.stats, service.health()
         flagged = [f for f in live.viewer.frames if f["extra"]["flagged"]]
     assert stats.nonfinite_values == 3 and stats.nonfinite_samples == 3
     assert stats.backwards_timestamps == 1
     assert stats.gaps == 1 and stats.lost_samples == 20 and stats.repeated_samples == 0
     assert flagged, "no frame says its window held NaN/Inf or a gap"
-    assert worker["counters"]["frame_errors"] == 0 and worker["counters"]["flagged_windows"] > 0
+    assert worker.counters["frame_errors"] == 0 and worker.counters["flagged_windows"] > 0
     assert health == ("ready", [])
 
 
@@ -200,7 +200,7 @@ def test_one_huge_chunk_is_received_whole_or_its_losses_counted(tiny_model, uniq
         )
         # No sample came before the chunk: any frame is cut from it.
         poll(
-            lambda: live.service.worker.stats()["counters"]["frames"] > 0,
+            lambda: live.service.worker.stats.counters["frames"] > 0,
             DEADLINE_S,
             "a frame from the huge chunk",
         )
@@ -242,7 +242,7 @@ def test_unusable_streams_are_named_on_health_and_the_service_lives(
             )
             response = httpx.get(f"{service.url}health", timeout=10)
             alive = service.worker.is_alive() and service.supervisor.is_alive()
-            frame_errors = service.worker.stats()["counters"]["frame_errors"]
+            frame_errors = service.worker.stats.counters["frame_errors"]
     assert response.status_code == 503 and says in str(response.json()["reasons"])
     assert alive
     # A failure on every window is logged once, not 20 times a second.
@@ -261,7 +261,7 @@ def test_a_stream_that_is_not_there_yet_is_an_error_until_it_appears(tiny_model,
         assert httpx.get(f"{service.url}health", timeout=10).status_code == 503
         with SourceProcess(unique_name, **source_options(tiny_model[1], source_id=unique_name)):
             poll(lambda: service.health()[0] == "ready", DEADLINE_S, "the late stream's frames")
-            poll(lambda: service.worker.stats()["counters"]["frames"] > 0, DEADLINE_S, "frames")
+            poll(lambda: service.worker.stats.counters["frames"] > 0, DEADLINE_S, "frames")
             assert service.status()["reader"]["restarts"] == 1
 
 

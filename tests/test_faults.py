@@ -48,9 +48,9 @@ def test_ten_outages_reconnect_within_2s_report_every_gap_and_leak_nothing(
         metric(service, "rtdecode_reader_reconnects_total")
         threads_before, fds_before = os_resources()
         latencies_s = [live.outage() for _ in range(10)]
-        frames_then = service.worker.stats()["counters"]["frames"]
+        frames_then = service.worker.stats.counters["frames"]
         poll(
-            lambda: service.worker.stats()["counters"]["frames"] > frames_then + 5,
+            lambda: service.worker.stats.counters["frames"] > frames_then + 5,
             DEADLINE_S,
             "frames after the last outage",
         )
@@ -111,11 +111,11 @@ def test_source_back_with_another_rate_or_channel_count_is_an_error_until_it_ret
         # The first wrong stream ended the reader; its error names the mismatch.
         assert "different rate" in str(service.reader.error)
         samples_before = service.status()["reader"]["samples"]
-        frames_before = service.worker.stats()["counters"]["frames"]
+        frames_before = service.worker.stats.counters["frames"]
         live.restart_source()
         wait_ready(service)
         poll(
-            lambda: service.worker.stats()["counters"]["frames"] > frames_before + 5,
+            lambda: service.worker.stats.counters["frames"] > frames_before + 5,
             DEADLINE_S,
             "frames from the new reader",
         )
@@ -161,12 +161,12 @@ def test_decoder_exception_skips_that_frame_counts_it_and_decoding_goes_on(tiny_
             DEADLINE_S,
             "three frames with images after the failure",
         )
-        stats = live.service.worker.stats()
+        stats = live.service.worker.stats
         health = live.service.health()
         seqs = [f["seq"] for f in live.viewer.frames]
     assert decoder.calls >= 4
-    assert stats["counters"]["frame_errors"] == 1
-    assert "illegal memory access" in stats["last_frame_error"]
-    assert stats["consecutive_frame_errors"] == 0 and stats["error"] is None
+    assert stats.counters["frame_errors"] == 1
+    assert "illegal memory access" in stats.last_frame_error
+    assert stats.consecutive_frame_errors == 0 and stats.error is None
     assert health == ("ready", [])
     assert seqs == sorted(seqs)  # the failed window has no frame; the others are in order

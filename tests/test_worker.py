@@ -51,11 +51,11 @@ def test_lane1_publishes_every_hop_while_the_slow_decoder_generates(run_worker):
     assert all(f.image is not None for f in frames if f.lane == "image")
     seqs = [f.seq for f in frames]
     assert seqs == list(range(len(seqs)))  # one counter, published in order
-    stats = worker.stats()
-    assert stats["lanes"]["n"] == 2
-    assert stats["lanes"]["retrieval"]["latency_ms"]["total"]["n"] >= 10
-    assert set(stats["lanes"]["image"]["latency_ms"]) == {"wait", "generate", "encode_image", "total"}
-    assert stats["lanes"]["image"]["latency_ms"]["generate"]["p50"] >= DELAY_S * 1e3
+    stats = worker.stats
+    assert stats.lanes["n"] == 2
+    assert stats.lanes["retrieval"]["latency_ms"]["total"]["n"] >= 10
+    assert set(stats.lanes["image"]["latency_ms"]) == {"wait", "generate", "encode_image", "total"}
+    assert stats.lanes["image"]["latency_ms"]["generate"]["p50"] >= DELAY_S * 1e3
 
 
 def test_image_frames_name_their_window_and_take_the_newest_prediction(run_worker):
@@ -79,7 +79,7 @@ def test_image_frames_name_their_window_and_take_the_newest_prediction(run_worke
         assert max(published_before, default=-1) <= image.window_seq
         checked += bool(published_before)
     assert checked >= 2
-    assert worker.stats()["counters"]["images_skipped"] >= 3  # replaced in the slot, counted
+    assert worker.stats.counters["images_skipped"] >= 3  # replaced in the slot, counted
 
 
 def test_single_lane_switch_keeps_generation_inline(run_worker):
@@ -91,22 +91,22 @@ def test_single_lane_switch_keeps_generation_inline(run_worker):
     assert all(f.topk and "generate" in f.latencies_ms for f in images)
     for t0, t1, _ in decoder.calls[1:3]:
         assert _inside(collector, t0 + 0.01, t1 - 0.01, None) == []  # nothing while generating
-    assert worker.stats()["lanes"] == {"n": 1, "single": {"threads": 1}}
+    assert worker.stats.lanes == {"n": 1, "single": {"threads": 1}}
 
 
 def test_thread_budget_is_split_between_the_lanes(run_worker):
     worker, _ = run_worker(SlowDecoder(0.0), n_images=1, torch_threads=1, thread_budget=3)
-    lanes = worker.stats()["lanes"]
+    lanes = worker.stats.lanes
     assert (lanes["retrieval"]["threads"], lanes["image"]["threads"]) == (1, 2)
 
 
 def test_image_lane_errors_are_counted_and_retrieval_goes_on(run_worker):
     decoder = SlowDecoder(0.05, fail=True)
     worker, collector = run_worker(decoder, n_images=0, max_fps=100.0)
-    poll(lambda: worker.stats()["lanes"]["image"]["consecutive_errors"] >= 5, DEADLINE_S,
+    poll(lambda: worker.stats.lanes["image"]["consecutive_errors"] >= 5, DEADLINE_S,
          "five failed generations")
     n = len(collector.frames())
     poll(lambda: len(collector.frames()) >= n + 5, DEADLINE_S, "retrieval frames go on")
-    image = worker.stats()["lanes"]["image"]
+    image = worker.stats.lanes["image"]
     assert "out of memory" in image["last_error"] and image["error"] is None
-    assert worker.error is None and worker.stats()["counters"]["image_errors"] >= 5
+    assert worker.error is None and worker.stats.counters["image_errors"] >= 5

@@ -250,12 +250,12 @@ def _positions(
     return pos2.astype(np.float32), loc.astype(np.float32), types
 
 
-def _resample(x: np.ndarray, sfreq_in: float, sfreq_out: float) -> np.ndarray:
+def _resample(x: np.ndarray, sfreq_in_hz: float, sfreq_out_hz: float) -> np.ndarray:
     from fractions import Fraction
 
     from scipy.signal import resample_poly
 
-    ratio = Fraction(sfreq_out / sfreq_in).limit_denominator(1000)
+    ratio = Fraction(sfreq_out_hz / sfreq_in_hz).limit_denominator(1000)
     return resample_poly(x, ratio.numerator, ratio.denominator, axis=-1)
 
 
@@ -374,7 +374,7 @@ def load_epochs(
                 "or pass ch_names= with the channels every recording has."
             )
 
-    sfreq = min(rec.sfreq for rec in recs)
+    sfreq = min(rec.sfreq_hz for rec in recs)
     n_pad = int(round(pad_s * sfreq))
     n_times = int(round((tmax_s - tmin_s) * sfreq))
     drop = dict.fromkeys(DROP_REASONS, 0)
@@ -383,7 +383,7 @@ def load_epochs(
     # first pass, events only: which epochs can be cut, so X is allocated once
     plans = []
     for rec in recs:
-        fs = rec.sfreq
+        fs = rec.sfreq_hz
         # cut at the recording's own rate, with a margin for the resampling edges
         margin = 0 if fs == sfreq else int(math.ceil(0.05 * fs))
         pad_r = int(round(pad_s * fs)) + margin
@@ -426,8 +426,8 @@ def load_epochs(
             for start, ev, trial in keep:
                 ep = data[:, start : start + n_cut]
                 if margin:
-                    ep = _resample(ep, rec.sfreq, sfreq)
-                    m_out = int(round(margin * sfreq / rec.sfreq))
+                    ep = _resample(ep, rec.sfreq_hz, sfreq)
+                    m_out = int(round(margin * sfreq / rec.sfreq_hz))
                     ep = ep[:, m_out : m_out + n_pad + n_times]
                 if not np.isfinite(ep).all():
                     drop["nonfinite"] += 1

@@ -127,7 +127,7 @@ class Recording:
     notes: list[str] = field(default_factory=list)
 
     @property
-    def sfreq(self) -> float:
+    def sfreq_hz(self) -> float:
         """Sampling rate in Hz."""
         return float(self.raw.info["sfreq"])
 
@@ -139,7 +139,7 @@ class Recording:
     @property
     def duration_s(self) -> float:
         """Length of the data in seconds (``n_times / sfreq``)."""
-        return self.n_times / self.sfreq
+        return self.n_times / self.sfreq_hz
 
     @property
     def ch_names(self) -> list[str]:

@@ -55,7 +55,7 @@ def _recordings_part(root: Path, subjects, images: ImagesTable | None):
         entries.append(
             {
                 "path": str(path),
-                "sfreq_hz": rec.sfreq,
+                "sfreq_hz": rec.sfreq_hz,
                 "duration_s": round(rec.duration_s, 3),
                 "n_data_channels": n_data,
                 "channel_types": dict(Counter(rec.raw.get_channel_types())),

@@ -83,7 +83,7 @@ def build_info(desc: StreamDescription, fiff_chs: list[dict], filters: dict) -> 
         names = [f"ch{i:03d}" for i in range(desc.n_channels)]
         types = [default] * desc.n_channels
         units = [""] * desc.n_channels
-    info = mne.create_info(names, desc.sfreq, types)
+    info = mne.create_info(names, desc.sfreq_hz, types)
     for i, ch in enumerate(info["chs"]):
         details = fiff_chs[i] if i < len(fiff_chs) else {}
         for key in FIFF_INT_KEYS:
@@ -97,7 +97,7 @@ def build_info(desc: StreamDescription, fiff_chs: list[dict], filters: dict) -> 
         ch["cal"] = _UNIT_SCALE.get(units[i], 1.0)
         ch["range"] = 1.0
     hp, lp = filters.get("highpass"), filters.get("lowpass")
-    if hp is not None and lp is not None and 0 <= hp < lp <= desc.sfreq / 2:
+    if hp is not None and lp is not None and 0 <= hp < lp <= desc.sfreq_hz / 2:
         with info._unlock():  # MNE locks these; the source's description is the truth
             info["highpass"], info["lowpass"] = hp, lp
     return info

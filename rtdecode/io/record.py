@@ -188,13 +188,13 @@ def record_stream(
             f"Stream {name!r} carries {desc.channel_format} values; rtdecode record writes "
             "numeric streams only (record its data stream, not a marker stream)."
         )
-    if not desc.sfreq > 0:
+    if not desc.sfreq_hz > 0:
         raise RuntimeError(
-            f"Stream {name!r} has an irregular rate (nominal rate {desc.sfreq}); FIF needs a "
+            f"Stream {name!r} has an irregular rate (nominal rate {desc.sfreq_hz}); FIF needs a "
             "regularly sampled stream."
         )
 
-    sfreq = desc.sfreq
+    sfreq = desc.sfreq_hz
     spool_dtype = _SPOOL_DTYPES.get(desc.channel_format, np.float64)
     n_target = None if duration_s is None else max(1, round(duration_s * sfreq))
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -320,7 +320,7 @@ def _remove_staged(tmp_dir: Path) -> None:
 
 
 def _disk_full_error(out: Path, desc, n_kept: int, spooler, summary) -> DiskFullError:
-    sfreq, n_received = desc.sfreq, spooler.n_total
+    sfreq, n_received = desc.sfreq_hz, spooler.n_total
     free = free_bytes(out.parent)
     room = "" if free is None else f" ({free / 1e6:.1f} MB free)"
     if summary is None:
@@ -352,7 +352,7 @@ class _Spooler:
 
     def __init__(self, inlet, m_inlet, tmp_dir: Path, desc, spool_dtype, n_block: int):
         self.inlet, self.m_inlet = inlet, m_inlet
-        self.sfreq = desc.sfreq
+        self.sfreq_hz = desc.sfreq_hz
         self.spool_dtype = np.dtype(spool_dtype)
         self.buf = np.empty((n_block, desc.n_channels), dtype=DTYPES[desc.channel_format])
         self.ts_buf = np.empty(n_block, dtype=np.float64)
@@ -454,7 +454,7 @@ class _Spooler:
             t_last_data = local_clock()
             bar.update(
                 n,
-                f"{self.n_total / self.sfreq:.1f} s, {self.n_total} samples, "
+                f"{self.n_total / self.sfreq_hz:.1f} s, {self.n_total} samples, "
                 f"{len(self.markers)} markers, lag {lag_s * 1e3:.1f} ms",
             )
 
@@ -549,7 +549,7 @@ def _marker_sample(text: str) -> int | None:
 def _markers_to_annotations(
     marker_log: list[tuple[float, str]],
     stamps: np.ndarray,
-    sfreq: float,
+    sfreq_hz: float,
     counter_at=None,
 ) -> tuple[mne.Annotations, int]:
     """Place each marker on the sample with the nearest timestamp; drop those outside.
@@ -559,7 +559,7 @@ def _markers_to_annotations(
     counter channel and the marker names its sample, ``counter_at(a, b)`` (counter values
     of samples a..b-1) moves it to the sample that carries that count, within 2 samples.
     """
-    dt = float(np.median(np.diff(stamps[:10_000]))) if len(stamps) > 1 else 1.0 / sfreq
+    dt = float(np.median(np.diff(stamps[:10_000]))) if len(stamps) > 1 else 1.0 / sfreq_hz
     onsets, texts, dropped = [], [], 0
     for t, text in sorted(marker_log):
         if t < stamps[0] - 0.5 * dt or t > stamps[-1] + 0.5 * dt:  # not on a kept sample
@@ -572,7 +572,7 @@ def _markers_to_annotations(
             hits = np.flatnonzero(counter_at(a, b) == named % COUNTER_MODULUS)
             if hits.size:
                 i = a + int(hits[np.argmin(np.abs(a + hits - i))])
-        onsets.append(i / sfreq)
+        onsets.append(i / sfreq_hz)
         texts.append(text)
     ann = mne.Annotations(onsets, [0.0] * len(onsets), texts, orig_time=None)
     return ann, dropped
@@ -593,7 +593,7 @@ def _write_fif(
         def counter_at(a: int, b: int) -> np.ndarray:
             return _read_spool(tmp_dir / "data.spool", spool_dtype, info["nchan"], a, b)[:, k]
 
-    ann, dropped = _markers_to_annotations(marker_log, stamps, desc.sfreq, counter_at)
+    ann, dropped = _markers_to_annotations(marker_log, stamps, desc.sfreq_hz, counter_at)
     raw.set_annotations(ann)
     span = float(stamps[-1] - stamps[0])
     summary: dict[str, Any] = {
@@ -603,7 +603,7 @@ def _write_fif(
             "type": desc.stype,
             "source_id": desc.source_id,
             "hostname": desc.hostname,
-            "nominal_srate": desc.sfreq,
+            "nominal_srate": desc.sfreq_hz,
             "channel_format": desc.channel_format,
             "has_description": desc.has_description,
         },

@@ -146,7 +146,7 @@ def build_stream_infos(
     data_info = make_info(
         name,
         stream_type_for(ch_types),
-        rec.sfreq,
+        rec.sfreq_hz,
         ch_names,
         ch_types=ch_types,
         units=units,
@@ -439,7 +439,7 @@ class Player:
             self._stop = stop_event
         stop = self._stop
         rec, name, progress, counter = self.recording, self.name, self.progress, self.counter
-        sfreq = rec.sfreq
+        sfreq = rec.sfreq_hz
         n_file = rec.n_times
         n_ch = len(rec.raw.ch_names)
         n_chunk = max(1, round(self.chunk_ms * 1e-3 * sfreq))

@@ -40,7 +40,7 @@ still waiting: the samples that arrived in the last ``segment_s + marker_margin_
 Bounded memory, no silent loss: the recorder reads the ring and never holds more than one
 segment. If the disk is so slow that the ring overwrites samples before they are written
 (more than ``buffer_s`` behind), the overwritten samples are counted in
-``stats()["counters"]["lost_samples"]``, logged as an error, and named in the next
+``stats.counters["lost_samples"]``, logged as an error, and named in the next
 sidecar's ``recorder_lost_before``. A write that fails is retried every second;
 ``error`` holds the failure and ``problem`` a sentence for people meanwhile (the service
 shows it on /health).
@@ -89,13 +89,51 @@ from rtdecode.stream.ring import OverwrittenError, nearest_index
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SegmentRecorder", "read_index", "SIDECAR_VERSION"]
+__all__ = ["RecorderStats", "SegmentRecorder", "read_index", "SIDECAR_VERSION"]
 
 SIDECAR_VERSION = 1
 #: Seconds between retries after a failed write (disk full, folder removed).
 RETRY_S = 1.0
 #: Longest wait between checks of the ring (stop requests, deadlines).
 _TICK_S = 0.25
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RecorderStats:
+    """Counters of a SegmentRecorder (a snapshot; take a new one to see changes).
+
+    Attributes
+    ----------
+    dir : str
+        The session folder.
+    counters : dict of str to int
+        Monotonic counters (``segments``, ``samples``, ``lost_samples``, ...).
+    lost_s : float
+        Seconds of stream that were not recorded.
+    lag_s : float
+        How far the recording is behind the stream, in seconds.
+    last_write_ms : float
+        Duration of the latest segment write.
+    error : str | None
+        The latest write error, while writing fails.
+    disk_full : bool
+        The latest write failed for lack of space.
+    problem : str | None
+        What is wrong, in a sentence for the health check (None when all is well).
+    """
+
+    dir: str
+    counters: dict[str, int]
+    lost_s: float
+    lag_s: float
+    last_write_ms: float
+    error: str | None
+    disk_full: bool
+    problem: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The snapshot as a JSON-able dict (for /api/status)."""
+        return dataclasses.asdict(self)
 
 
 class SegmentRecorder:
@@ -221,25 +259,22 @@ class SegmentRecorder:
             f"{RETRY_S:.0f} s; {lost}"
         )
 
-    def stats(self) -> dict[str, Any]:
-        """The recorder's state.
-
-        Counters (``counters``: monotonic), seconds lost, the lag behind the stream, the folder
-        and what is wrong (``problem``, ``disk_full``).
-        """
+    @property
+    def stats(self) -> RecorderStats:
+        """Counters, seconds lost, the lag behind the stream, the folder and what is wrong."""
         with self._lock:
             counts = dict(self._counts)
             lag_s, last_ms, lost_s = self._lag_s, self._last_write_ms, self._lost_s
-        return {
-            "dir": str(self.session_dir),
-            "counters": counts,
-            "lost_s": round(lost_s, 3),
-            "lag_s": round(lag_s, 3),
-            "last_write_ms": round(last_ms, 2),
-            "error": None if self.error is None else str(self.error),
-            "disk_full": self.disk_full,
-            "problem": self.problem,
-        }
+        return RecorderStats(
+            dir=str(self.session_dir),
+            counters=counts,
+            lost_s=round(lost_s, 3),
+            lag_s=round(lag_s, 3),
+            last_write_ms=round(last_ms, 2),
+            error=None if self.error is None else str(self.error),
+            disk_full=self.disk_full,
+            problem=self.problem,
+        )
 
     # ------------------------------------------------------------------ thread
     def _count(self, **inc: int) -> None:
@@ -344,7 +379,7 @@ class _Run:
         self.markers = markers
         self.number = number
         self.ring = None
-        self.sfreq = 0.0
+        self.sfreq_hz = 0.0
         self.next_sample = 0
         self.marker_seq = 0
         self.pending_markers: list = []
@@ -362,7 +397,7 @@ class _Run:
                 self.rec._stop.wait(_TICK_S)
             return False
         self.ring = self.reader.ring
-        self.sfreq = float(self.reader.sfreq)
+        self.sfreq_hz = float(self.reader.sfreq_hz)
         self.rec._count(runs=1)
         return True
 
@@ -382,12 +417,12 @@ class _Run:
         Returns True when every sample in the ring is written.
         """
         ring, rec = self.ring, self.rec
-        n_seg = max(1, round(rec.segment_s * self.sfreq))
-        n_margin = round(rec.marker_margin_s * self.sfreq)
+        n_seg = max(1, round(rec.segment_s * self.sfreq_hz))
+        n_margin = round(rec.marker_margin_s * self.sfreq_hz)
         a = self._skip_overwritten()
         n_written = ring.n_written
         with rec._lock:
-            rec._lag_s = (n_written - a) / self.sfreq
+            rec._lag_s = (n_written - a) / self.sfreq_hz
         if n_written <= a:
             if not final:
                 ring.wait_for(a + 1, _TICK_S)
@@ -426,18 +461,18 @@ class _Run:
             "The recorder fell %.1f s behind the stream (more than the ring's %.1f s): "
             "samples %d..%d of run %d were overwritten before they could be written and "
             "are lost (%d samples, %.2f s). %s",
-            (ring.n_written - a) / self.sfreq,
-            ring.capacity / self.sfreq,
+            (ring.n_written - a) / self.sfreq_hz,
+            ring.capacity / self.sfreq_hz,
             a,
             new_a - 1,
             self.number,
             lost,
-            lost / self.sfreq,
+            lost / self.sfreq_hz,
             why,
         )
         self.rec._count(lost_samples=lost)
         with self.rec._lock:
-            self.rec._lost_s += lost / self.sfreq
+            self.rec._lost_s += lost / self.sfreq_hz
         self.lost_before += lost
         self.next_sample = new_a
         return new_a
@@ -449,7 +484,7 @@ class _Run:
         gap_before = int(ring.sample_at("n_lost_before", a))
         n_nonfinite = int(ring.read_meta("n_nonfinite", a, b).sum())
         t0 = time.perf_counter()
-        half = 0.5 / self.sfreq
+        half = 0.5 / self.sfreq_hz
         t_until = float(t_lsl[-1]) + half
         inside, late = [], []
         for m in self._due_markers(t_until):
@@ -458,14 +493,14 @@ class _Run:
                 continue
             inside.append((a + nearest_index(t_lsl, m.t_lsl), m))
         if a == 0 and self.t_previous is not None:  # a new run: the gap since the old one
-            gap_before = max(0, round((float(t_lsl[0]) - self.t_previous) * self.sfreq) - 1)
+            gap_before = max(0, round((float(t_lsl[0]) - self.t_previous) * self.sfreq_hz) - 1)
         sidecar = {
             "v": SIDECAR_VERSION,
             "file": None,
             "run": self.number,
             "first_sample": int(a),
             "n_samples": int(b - a),
-            "sfreq_hz": self.sfreq,
+            "sfreq_hz": self.sfreq_hz,
             "t_first": float(t_lsl[0]),
             "t_last": float(t_lsl[-1]),
             "wall_first": time.time() - (local_clock() - float(t_lsl[0])),
@@ -567,7 +602,7 @@ def _write_segment(run: _Run, data: np.ndarray, first: int, sidecar: dict, insid
         data.astype(np.float64) * run.cal, info, first_samp=first, verbose="error"
     )
     if inside:
-        onsets = [(k - first) / run.sfreq for k, _ in inside]
+        onsets = [(k - first) / run.sfreq_hz for k, _ in inside]
         raw.set_annotations(
             mne.Annotations(
                 onsets,

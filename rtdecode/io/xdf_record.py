@@ -47,7 +47,7 @@ class _Stream:
             d.name,
             d.stype,
             names,
-            d.sfreq,
+            d.sfreq_hz,
             d.channel_format,
             source_id=d.source_id,
             ch_units=list(d.units) if d.has_description else None,
@@ -135,7 +135,7 @@ def record_xdf(
         # Subscribe to markers before data so no event of a recorded sample is missed.
         mrk = None if m_info is None else _Stream(writer, m_info, timeout_s, 360)
         data = _Stream(writer, info, timeout_s, 60)
-        sfreq = data.desc.sfreq
+        sfreq = data.desc.sfreq_hz
         n_target = None if duration_s is None or not sfreq > 0 else max(1, round(duration_s * sfreq))
         t_end = None if duration_s is None or sfreq > 0 else local_clock() + duration_s
         streams = [s for s in (data, mrk) if s is not None]

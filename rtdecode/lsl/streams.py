@@ -91,7 +91,7 @@ class StreamDescription:
     Attributes
     ----------
     name, stype, source_id : str
-    sfreq : float
+    sfreq_hz : float
         Nominal rate in Hz (0 for irregular streams).
     n_channels : int
     channel_format : str
@@ -107,7 +107,7 @@ class StreamDescription:
     name: str
     stype: str
     source_id: str
-    sfreq: float
+    sfreq_hz: float
     n_channels: int
     channel_format: str
     ch_names: tuple[str, ...] = ()
@@ -129,7 +129,7 @@ class StreamDescription:
 def make_info(
     name: str,
     stype: str,
-    sfreq: float,
+    sfreq_hz: float,
     ch_names: Sequence[str],
     *,
     ch_types: Sequence[str] | None = None,
@@ -142,7 +142,7 @@ def make_info(
     """Build a StreamInfo whose ``<desc>`` lists channels as mne-lsl's player does.
 
     Each ``<channel>`` has ``label``, ``type``, ``unit`` and, when known, a
-    ``<location>`` with ``X``/``Y``/``Z`` in metres. ``sfreq=0`` makes an irregular
+    ``<location>`` with ``X``/``Y``/``Z`` in metres. ``sfreq_hz=0`` makes an irregular
     stream (markers). ``describe_channels=False`` leaves ``<desc>`` empty, as some peer
     software does; only ``len(ch_names)`` is used then.
     """
@@ -151,7 +151,7 @@ def make_info(
             f"Unknown channel format {channel_format!r}; use one of {sorted(FORMATS)}."
         )
     n = len(ch_names)
-    info = pylsl.StreamInfo(name, stype, n, float(sfreq), FORMATS[channel_format], source_id)
+    info = pylsl.StreamInfo(name, stype, n, float(sfreq_hz), FORMATS[channel_format], source_id)
     if not describe_channels:
         return info
     chans = info.desc().append_child("channels")
@@ -194,7 +194,7 @@ def describe(info: pylsl.StreamInfo) -> StreamDescription:
         name=info.name(),
         stype=info.type(),
         source_id=info.source_id(),
-        sfreq=float(info.nominal_srate()),
+        sfreq_hz=float(info.nominal_srate()),
         n_channels=n,
         channel_format=_FORMAT_NAMES.get(info.channel_format(), str(info.channel_format())),
         ch_names=tuple(names),

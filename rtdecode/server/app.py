@@ -108,7 +108,7 @@ class _AppState:
         self.token: str | None = getattr(settings, "token", None) or None
         self.metrics: ServerMetrics | None = None
         self.broadcaster = Broadcaster.from_settings(settings, on_frame=self._observe)
-        self.metrics = ServerMetrics(self.broadcaster.stats, self.source_status, self.health)
+        self.metrics = ServerMetrics(self._broadcaster_stats, self.source_status, self.health)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.accepting = False
         self._ticker: asyncio.Task[None] | None = None
@@ -205,12 +205,16 @@ class _AppState:
             log.exception("source.status() failed")
             return {"error": f"status failed: {exc!r}"}
 
+    def _broadcaster_stats(self) -> dict[str, Any]:
+        """``Broadcaster.stats`` as a dict (for /api/status and /metrics)."""
+        return self.broadcaster.stats.as_dict()
+
     def status_payload(self) -> dict[str, Any]:
         state, reasons = self.health()
         return {
             "v": PROTOCOL_VERSION,
             "health": {"state": state, "reasons": reasons},
-            "server": self.broadcaster.stats(),
+            "server": self._broadcaster_stats(),
             "source": self.source_status(),
         }
 
@@ -222,15 +226,15 @@ class _AppState:
                 continue
             state, reasons = await run_in_threadpool(self.health)
             source = await run_in_threadpool(self.source_status)
-            server = self.broadcaster.stats()
-            summary = {k: server[k] for k in ("n_clients", "published", "sent", "dropped")}
+            server = self.broadcaster.stats
+            summary = {k: getattr(server, k) for k in ("n_clients", "published", "sent", "dropped")}
             for client in self.broadcaster.clients:
                 client.send_status(
                     text_message(
                         "status",
                         t_server=time.monotonic(),
                         health={"state": state, "reasons": reasons},
-                        client=client.stats(),
+                        client=client.stats.as_dict(),
                         server=summary,
                         source=source,
                     )

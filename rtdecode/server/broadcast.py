@@ -8,7 +8,7 @@ Threading
   drain on the loop with ``loop.call_soon_threadsafe``. It never blocks on clients; a
   loop that falls behind loses the oldest hand-offs, and those are counted.
 * Everything else (clients, their queues, their counters) belongs to the asyncio loop
-  and is touched only from it. ``stats()`` may be read from any thread: it copies ints.
+  and is touched only from it. ``stats`` may be read from any thread: it copies ints.
 
 Each client has its own bounded queue (``client_queue`` frames). When a client reads
 too slowly its queue fills and its *oldest* frame is dropped and counted for that client
@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rtdecode.contracts import Frame
@@ -32,7 +32,15 @@ from rtdecode.server.protocol import encode_frame, text_message
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Broadcaster", "Client", "CloseRequest", "EncodedFrame", "TooManyClients"]
+__all__ = [
+    "Broadcaster",
+    "BroadcasterStats",
+    "Client",
+    "ClientStats",
+    "CloseRequest",
+    "EncodedFrame",
+    "TooManyClients",
+]
 
 #: Control messages (hello, pong, errors, status) buffered per client; a client that
 #: floods requests without reading loses the oldest replies, never server memory.
@@ -73,6 +81,91 @@ class EncodedFrame:
     message: bytes
     #: Local monotonic clock when it was published (its age is measured from here).
     t_created: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStats:
+    """Counters of one viewer connection (a snapshot).
+
+    Attributes
+    ----------
+    id : int
+        The connection's number on this server.
+    peer : str
+        The client's address.
+    connected_s : float
+        Seconds since it connected.
+    max_fps : float | None
+        The frame rate it asked for (None: as fast as frames come).
+    sent, dropped, skipped : int
+        Frames sent, dropped from its full queue, and passed over to keep to ``max_fps``.
+    queued : int
+        Frames waiting in its queue.
+    acked_seq : int | None
+        The latest frame sequence number it acknowledged.
+    control_dropped, status_replaced : int
+        Control replies dropped from its full control queue; status messages replaced by
+        a newer one before they were sent.
+    stale : int
+        Frames sent later than the staleness limit.
+    """
+
+    id: int
+    peer: str
+    connected_s: float
+    max_fps: float | None
+    sent: int
+    dropped: int
+    skipped: int
+    queued: int
+    acked_seq: int | None
+    control_dropped: int
+    status_replaced: int
+    stale: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counters as a JSON-able dict (for /api/status and the status message)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcasterStats:
+    """Totals and per-client counters of a Broadcaster (a snapshot).
+
+    Attributes
+    ----------
+    running : bool
+        The broadcaster's loop is serving.
+    published, handoff_dropped, unserved : int
+        Frames handed in by the worker, dropped at the hand-off to the event loop, and
+        published while no client was connected.
+    n_clients, max_clients, client_queue : int
+        Clients connected now, the most allowed, and frames queued per client at most.
+    connections, rejected : int
+        Connections accepted and refused (too many clients) so far.
+    sent, dropped, skipped : int
+        Totals over all clients, past and present.
+    clients : list of ClientStats
+        One entry per connected client.
+    """
+
+    running: bool
+    published: int
+    handoff_dropped: int
+    unserved: int
+    n_clients: int
+    max_clients: int
+    client_queue: int
+    connections: int
+    rejected: int
+    sent: int
+    dropped: int
+    skipped: int
+    clients: list[ClientStats]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The snapshot as a JSON-able dict (for /api/status and /metrics)."""
+        return asdict(self)
 
 
 class Client:
@@ -224,22 +317,23 @@ class Client:
             self._wake.clear()
             await self._wake.wait()
 
-    def stats(self) -> dict[str, Any]:
-        """Counters of this client (JSON-able)."""
-        return {
-            "id": self.id,
-            "peer": self.peer,
-            "connected_s": round(time.monotonic() - self.t_connected, 3),
-            "max_fps": self.max_fps,
-            "sent": self.sent,
-            "dropped": self.dropped,
-            "skipped": self.skipped,
-            "queued": len(self._frames),
-            "acked_seq": self.acked_seq,
-            "control_dropped": self.control_dropped,
-            "status_replaced": self.status_replaced,
-            "stale": self.stale,
-        }
+    @property
+    def stats(self) -> ClientStats:
+        """Counters of this client (a snapshot)."""
+        return ClientStats(
+            id=self.id,
+            peer=self.peer,
+            connected_s=round(time.monotonic() - self.t_connected, 3),
+            max_fps=self.max_fps,
+            sent=self.sent,
+            dropped=self.dropped,
+            skipped=self.skipped,
+            queued=len(self._frames),
+            acked_seq=self.acked_seq,
+            control_dropped=self.control_dropped,
+            status_replaced=self.status_replaced,
+            stale=self.stale,
+        )
 
 
 class Broadcaster:
@@ -436,28 +530,29 @@ class Broadcaster:
             return False
         return True
 
-    def stats(self) -> dict[str, Any]:
-        """Totals and per-client counters (JSON-able; safe to call from any thread)."""
-        clients = [c.stats() for c in list(self._clients.values())]
-        totals = {k: v + sum(c[k] for c in clients) for k, v in self._gone.items()}
+    @property
+    def stats(self) -> BroadcasterStats:
+        """Totals and per-client counters (a snapshot; safe to read from any thread)."""
+        clients = [c.stats for c in list(self._clients.values())]
+        totals = {k: v + sum(getattr(c, k) for c in clients) for k, v in self._gone.items()}
         with self._lock:
             published, handoff_dropped, unserved = (
                 self.published,
                 self.handoff_dropped,
                 self.unserved,
             )
-        return {
-            "running": self.running,
-            "published": published,
-            "handoff_dropped": handoff_dropped,
-            "unserved": unserved,
-            "n_clients": len(clients),
-            "max_clients": self.max_clients,
-            "client_queue": self.client_queue,
-            "connections": self.connections,
-            "rejected": self.rejected,
-            "sent": totals["sent"],
-            "dropped": totals["dropped"],
-            "skipped": totals["skipped"],
-            "clients": clients,
-        }
+        return BroadcasterStats(
+            running=self.running,
+            published=published,
+            handoff_dropped=handoff_dropped,
+            unserved=unserved,
+            n_clients=len(clients),
+            max_clients=self.max_clients,
+            client_queue=self.client_queue,
+            connections=self.connections,
+            rejected=self.rejected,
+            sent=totals["sent"],
+            dropped=totals["dropped"],
+            skipped=totals["skipped"],
+            clients=clients,
+        )

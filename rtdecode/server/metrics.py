@@ -84,7 +84,7 @@ class ServerMetrics:
     Parameters
     ----------
     broadcaster_stats : callable
-        Returns ``Broadcaster.stats()``.
+        Returns ``Broadcaster.stats.as_dict()``.
     status : callable
         Returns the source's status dict; must not raise.
     health : callable

@@ -376,7 +376,7 @@ class Preprocessor:
         -------
         out : ndarray, float32, shape (n_model_channels, n_times_out)
         """
-        return self.transform(window.data, window.sfreq, window.ch_names, window.n_pad)
+        return self.transform(window.data, window.sfreq_hz, window.ch_names, window.n_pad)
 
     def transform_epochs(self, epochs: np.ndarray, sfreq_hz: float, ch_names: Sequence[str],
                          n_pad: int) -> np.ndarray:
@@ -575,7 +575,7 @@ class Preprocessor:
             raise ValueError(
                 f"The data carries n_pad={n_pad} samples of history but the filters need "
                 f"{need} at {sfreq_hz:g} Hz (pad_s={self._config.pad_s:g}); cut windows and "
-                f"epochs with Preprocessor.pad_samples(sfreq) leading samples."
+                f"epochs with Preprocessor.pad_samples(sfreq_hz) leading samples."
             )
         if shape[-1] - n_pad < 1:
             raise ValueError(

@@ -191,12 +191,12 @@ class StreamingPreprocessor:
         out : ndarray, float32, shape (n_model_channels, n_times_out)
         """
         stop = window.last_sample + 1
-        key = (float(window.sfreq), tuple(window.ch_names))
+        key = (float(window.sfreq_hz), tuple(window.ch_names))
         if (self._key != key or self._next_sample is None
                 or window.first_sample > self._next_sample or stop < self._next_sample):
             if self._key is not None:
                 self.restarts += 1
-            self.reset(window.sfreq, window.ch_names, window.first_sample)
+            self.reset(window.sfreq_hz, window.ch_names, window.first_sample)
         new_from = self._next_sample - window.first_sample
         if new_from < window.data.shape[1]:
             self.push(window.data[:, new_from:], self._next_sample)

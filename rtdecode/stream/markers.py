@@ -225,7 +225,7 @@ class MarkerReader(_InletThread):
         if marker.sample is not None or data is None or data.ring is None:
             return marker
         try:
-            k = locate_time(data.ring, marker.t_lsl, data.sfreq)
+            k = locate_time(data.ring, marker.t_lsl, data.sfreq_hz)
         except OverwrittenError:
             return marker
         return marker if k is None else replace(marker, sample=k)

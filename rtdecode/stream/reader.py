@@ -141,7 +141,7 @@ class StreamStats:
     t_last_pull: float = 0.0
 
     def as_dict(self) -> dict:
-        """The counters as a JSON-ready dict (the last gap as a dict too)."""
+        """The counters as a JSON-able dict (for /api/status and /metrics)."""
         d = {f: getattr(self, f) for f in self.__dataclass_fields__}
         d["last_gap"] = (
             None
@@ -252,10 +252,6 @@ class _InletThread:
         """A consistent snapshot of the counters."""
         with self._lock:
             return StreamStats(**self._counts)
-
-    def stats_dict(self) -> dict:
-        """``stats`` as a JSON-able dict (for /api/status and /metrics)."""
-        return self.stats.as_dict()
 
     def raise_if_failed(self) -> None:
         """Re-raise the background thread's error, if there is one."""
@@ -465,7 +461,7 @@ class StreamReader(_InletThread):
         self.max_chunk = max_chunk
         self.ring: RingBuffer | None = None
         self.ch_names: tuple[str, ...] = ()
-        self.sfreq: float = 0.0
+        self.sfreq_hz: float = 0.0
         self._gaps: collections.deque[Gap] = collections.deque(maxlen=max_gaps)
         # Writer-thread state (touched only by the reader thread).
         self._dest: np.ndarray | None = None
@@ -496,9 +492,9 @@ class StreamReader(_InletThread):
                 "probably a marker stream. Give the data stream's name to StreamReader and "
                 "read markers with MarkerReader."
             )
-        if not desc.sfreq > 0:
+        if not desc.sfreq_hz > 0:
             raise StreamFormatError(
-                f"{where} has an irregular sampling rate (nominal rate {desc.sfreq:g} Hz), so "
+                f"{where} has an irregular sampling rate (nominal rate {desc.sfreq_hz:g} Hz), so "
                 "windows cannot be cut by sample index. Give a regularly sampled data stream."
             )
         names = desc.ch_names
@@ -510,10 +506,10 @@ class StreamReader(_InletThread):
                     f"{self.n_channels} before the reconnection: the source changed. "
                     "Check the montage and restart the reader to go on."
                 )
-            if desc.sfreq != self.sfreq or (desc.has_description and names != self.ch_names):
+            if desc.sfreq_hz != self.sfreq_hz or (desc.has_description and names != self.ch_names):
                 raise ChannelMismatchError(
                     f"{where} came back with a different rate or channel names "
-                    f"({desc.sfreq:g} Hz, was {self.sfreq:g} Hz); restart the reader."
+                    f"({desc.sfreq_hz:g} Hz, was {self.sfreq_hz:g} Hz); restart the reader."
                 )
             self._setup_pull(desc)
             return
@@ -546,19 +542,19 @@ class StreamReader(_InletThread):
                 f"(first differences: {diff}). Drop ch_names to use the stream's own "
                 "labels, or fix them."
             )
-        self.sfreq = float(desc.sfreq)
+        self.sfreq_hz = float(desc.sfreq_hz)
         self.ch_names = tuple(names)
         self._counter_idx = (
             self.ch_names.index(lsl.COUNTER_CHANNEL)
             if lsl.COUNTER_CHANNEL in self.ch_names
             else None
         )
-        capacity = max(2, int(math.ceil(self.buffer_s * self.sfreq)))
+        capacity = max(2, int(math.ceil(self.buffer_s * self.sfreq_hz)))
         self.ring = RingBuffer(desc.n_channels, capacity)
         self._setup_pull(desc)
 
     def _setup_pull(self, desc: lsl.StreamDescription) -> None:
-        n = self.max_chunk or max(32, int(math.ceil(0.1 * desc.sfreq)))
+        n = self.max_chunk or max(32, int(math.ceil(0.1 * desc.sfreq_hz)))
         self._max_chunk = int(n)
         # One pull buffer, reused for every chunk: (samples, channels) as liblsl writes.
         self._dest = np.empty(
@@ -568,7 +564,7 @@ class StreamReader(_InletThread):
         self._ext_t = np.empty(self._max_chunk + 1, dtype=np.float64)
         self._ext_c = np.empty(self._max_chunk + 1, dtype=np.float64)
         self._lost_scratch = np.empty(self._max_chunk, dtype=np.int32)
-        self._inlet_capacity = int(self.max_buflen_s * desc.sfreq)
+        self._inlet_capacity = int(self.max_buflen_s * desc.sfreq_hz)
 
     # ------------------------------------------------------------------ pulling
     def _pull(self, inlet) -> int:
@@ -611,7 +607,7 @@ class StreamReader(_InletThread):
         ext[0] = prev_max
         ext[1:] = ts
         steps = ext[1:] - ext[:-1]
-        threshold = self.gap_factor / self.sfreq
+        threshold = self.gap_factor / self.sfreq_hz
         if prev_t == prev_max and steps.min() >= 0:  # monotonic: the usual case
             idx = _NO_INDEX if steps.max() <= threshold else np.flatnonzero(steps > threshold)
             return 0, idx, steps, float(ts[-1])
@@ -674,20 +670,20 @@ class StreamReader(_InletThread):
                 n_jumps_ok = int(np.count_nonzero(lost_before[jump_idx] == 0))
         else:
             for i in jump_idx:
-                k = max(1, int(round(float(jumps[i]) * self.sfreq)) - 1)
+                k = max(1, int(round(float(jumps[i]) * self.sfreq_hz)) - 1)
                 lost_before[i] = k
                 new_gaps.append(self._gap(first_index + i, k, ts, i, "timestamps"))
 
         if self._lost_at_t is not None:  # first chunk after a reconnection
             gap_s = float(ts[0]) - self._lost_at_t
-            k = max(0, int(round(gap_s * self.sfreq)) - 1)
+            k = max(0, int(round(gap_s * self.sfreq_hz)) - 1)
             lost_before[0] += k
             new_gaps.insert(
                 0,
                 Gap(
                     sample=first_index,
                     n_lost=k,
-                    duration_s=max(0.0, gap_s - 1.0 / self.sfreq),
+                    duration_s=max(0.0, gap_s - 1.0 / self.sfreq_hz),
                     t_before=self._lost_at_t,
                     t_after=float(ts[0]),
                     reconnect=True,
@@ -739,7 +735,7 @@ class StreamReader(_InletThread):
         return Gap(
             sample=int(sample),
             n_lost=int(n_lost),
-            duration_s=max(0.0, t_after - t_before - 1.0 / self.sfreq),
+            duration_s=max(0.0, t_after - t_before - 1.0 / self.sfreq_hz),
             t_before=t_before,
             t_after=t_after,
             reconnect=False,

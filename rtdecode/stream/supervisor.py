@@ -185,11 +185,11 @@ class StreamSupervisor:
             The current windower's stats with replaced windowers' counters added.
         """
         with self._lock:
-            reader = _add(self.reader.stats_dict(), self._retired["reader"])
+            reader = _add(self.reader.stats.as_dict(), self._retired["reader"])
             reader["restarts"] = self.restarts
             if reader["last_gap"] is None:
                 reader["last_gap"] = self._retired_last_gap
-            windower = _add(self.windower.stats_dict(), self._retired["windower"])
+            windower = _add(self.windower.stats.as_dict(), self._retired["windower"])
         return reader, windower
 
     # ------------------------------------------------------------------ thread
@@ -241,10 +241,10 @@ class StreamSupervisor:
         if self._restart_t_lsl is not None and reader.ring is not None and reader.ring.n_written:
             # The first sample after a restart: the gap since the old reader's last one.
             t_after = reader.ring.sample_at("t_lsl", reader.ring.oldest)
-            duration_s = max(0.0, t_after - self._restart_t_lsl - 1.0 / reader.sfreq)
+            duration_s = max(0.0, t_after - self._restart_t_lsl - 1.0 / reader.sfreq_hz)
             gap = {
                 "sample": 0,
-                "n_lost": max(0, round(duration_s * reader.sfreq)),
+                "n_lost": max(0, round(duration_s * reader.sfreq_hz)),
                 "duration_s": duration_s,
                 "t_before": self._restart_t_lsl,
                 "t_after": t_after,
@@ -285,7 +285,7 @@ class StreamSupervisor:
 
         old = self.reader
         if self._shape is None and old.ring is not None:
-            self._shape = (old.n_channels, old.sfreq, old.ch_names)
+            self._shape = (old.n_channels, old.sfreq_hz, old.ch_names)
         info = lsl.find(
             self.name,
             None,
@@ -299,11 +299,11 @@ class StreamSupervisor:
         # Whatever happens next, this outlet is not tried twice (no reconnect loop).
         self._refused_uids.add(info.uid())
         found = lsl.describe(info)
-        if self._shape is not None and (found.n_channels, found.sfreq) != self._shape[:2]:
+        if self._shape is not None and (found.n_channels, found.sfreq_hz) != self._shape[:2]:
             n, sfreq_hz, _ = self._shape
             self.waiting_for = (
                 f"Stream {self.name!r} is back with {found.n_channels} channels at "
-                f"{found.sfreq:g} Hz, but the service started on {n} channels at {sfreq_hz:g} Hz; "
+                f"{found.sfreq_hz:g} Hz, but the service started on {n} channels at {sfreq_hz:g} Hz; "
                 "waiting for that stream to return (restart the service to use the new one)."
             )
             log.error(self.waiting_for)
@@ -317,9 +317,9 @@ class StreamSupervisor:
             self._restart_t_lsl = old.ring.sample_at("t_lsl", old.ring.n_written - 1)
         with self._lock:
             retired = self._retired["reader"]
-            old_stats = old.stats_dict()
+            old_stats = old.stats.as_dict()
             _add(retired, old_stats, out=True)
-            _add(self._retired["windower"], old_windower.stats_dict(), out=True)
+            _add(self._retired["windower"], old_windower.stats.as_dict(), out=True)
             retired["reconnects"] = retired.get("reconnects", 0) + 1
             self._retired_last_gap = old_stats["last_gap"] or self._retired_last_gap
             self.reader, self.markers, self.windower = new

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -60,6 +60,10 @@ class WindowerStats:
     overflow: int = 0
     markers_missed: int = 0
     flagged: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a JSON-able dict (for /api/status and /metrics)."""
+        return asdict(self)
 
 
 class Windower:
@@ -131,10 +135,6 @@ class Windower:
         """Counters (a frozen snapshot)."""
         return self._stats
 
-    def stats_dict(self) -> dict:
-        """``stats`` as a JSON-able dict (for /api/status and /metrics)."""
-        return {f: getattr(self._stats, f) for f in WindowerStats.__dataclass_fields__}
-
     def _count(self, **inc: int) -> None:
         s = self._stats
         self._stats = WindowerStats(
@@ -151,7 +151,7 @@ class Windower:
                 reader.wait_ready(3600.0 if timeout_s is None else timeout_s)
             except TimeoutError:
                 return False
-        sfreq = reader.sfreq
+        sfreq = reader.sfreq_hz
         self.n_times = int(round(self.window_s * sfreq))
         self.n_hop = max(1, int(round(self.hop_s * sfreq)))
         self.n_pad = int(math.ceil(self.pad_s * sfreq - 1e-9))
@@ -198,7 +198,7 @@ class Windower:
             marker = self.markers.latest(t_last)
         window = Window(
             data=data,
-            sfreq=self.reader.sfreq,
+            sfreq_hz=self.reader.sfreq_hz,
             ch_names=self.reader.ch_names,
             first_sample=start,
             t_first=t_first,
@@ -246,10 +246,10 @@ class Windower:
         before the stream, inside a gap, or no longer held).
         """
         ring = self.reader.ring
-        period = 1.0 / self.reader.sfreq
+        period = 1.0 / self.reader.sfreq_hz
         sample = marker.sample
         if sample is None:
-            sample = locate_time(ring, marker.t_lsl, self.reader.sfreq)
+            sample = locate_time(ring, marker.t_lsl, self.reader.sfreq_hz)
             if sample is None:
                 return None
             marker = replace(marker, sample=sample)

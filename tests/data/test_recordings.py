@@ -53,7 +53,7 @@ def test_fif_stim_channel_events_count_from_first_sample(tmp_path):
     assert [e.value["value"] for e in rec.events] == list(STIM_CODES)
     assert all(set(e.value) >= {"trial_type", "value", "image_id"} for e in rec.events)
     assert rec.events[1].onset_s == pytest.approx(1.2)
-    assert rec.n_times == N_TIMES and rec.sfreq == SFREQ and rec.duration_s == 3.0
+    assert rec.n_times == N_TIMES and rec.sfreq_hz == SFREQ and rec.duration_s == 3.0
     # The event sample indexes the data as read, whatever first_samp is.
     stim = rec.raw.get_data(picks=["STI 014"])[0]
     assert stim[rec.events[0].sample] == STIM_CODES[0]

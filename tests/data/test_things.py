@@ -55,22 +55,22 @@ def _write_things(
     *,
     images: bool = True,
     seed: int = 0,
-    sfreq: float = SFREQ,
+    sfreq_hz: float = SFREQ,
     sine: bool = False,
 ) -> Path:
     """One run of a THINGS-MEG-like BIDS tree; returns the FIF path."""
     meg = root / f"sub-{subject}" / "ses-01" / "meg"
     meg.mkdir(parents=True)
     stem = f"sub-{subject}_ses-01_task-main_run-01"
-    n_times = int((FIRST_ONSET_S + SOA_S * len(rows) + 2.0) * sfreq)
-    raw = _raw(n_times, seed, neuromag_info(sfreq), sine=sine)
+    n_times = int((FIRST_ONSET_S + SOA_S * len(rows) + 2.0) * sfreq_hz)
+    raw = _raw(n_times, seed, neuromag_info(sfreq_hz), sine=sine)
     raw.save(meg / f"{stem}_meg.fif", verbose=False)
     lines = ["onset\tduration\ttrial_type\tvalue\tsample\timage_nr\timage_path"]
     for i, (ttype, path) in enumerate(rows):
         onset = FIRST_ONSET_S + SOA_S * i
         value = "n/a" if ttype == "catch" else str(i + 1)
         lines.append(
-            f"{onset}\t0.5\t{ttype}\t{value}\t{int(round(onset * sfreq))}\t{value}\t{path}"
+            f"{onset}\t0.5\t{ttype}\t{value}\t{int(round(onset * sfreq_hz))}\t{value}\t{path}"
         )
     (meg / f"{stem}_events.tsv").write_text("\n".join(lines) + "\n")
     (root / "dataset_description.json").write_text(
@@ -180,8 +180,8 @@ def test_subjects_are_indexed_and_selectable(tmp_path):
 
 
 def test_recordings_at_different_rates_are_resampled_to_the_lowest(tmp_path):
-    _write_things(tmp_path, "01", images=False, sine=True, sfreq=SFREQ)
-    _write_things(tmp_path, "02", images=False, sine=True, sfreq=4 * SFREQ)
+    _write_things(tmp_path, "01", images=False, sine=True, sfreq_hz=SFREQ)
+    _write_things(tmp_path, "02", images=False, sine=True, sfreq_hz=4 * SFREQ)
     es = load_epochs(tmp_path, tmin_s=-0.2, tmax_s=0.5, pad_s=0.3, progress=False)
     assert es.sfreq_hz == SFREQ and es.X.shape == (20, 306, 100)
     slow, fast = es.X[es.subject_index == 0], es.X[es.subject_index == 1]

@@ -68,12 +68,12 @@ def _na(x, na: str = "n/a") -> str:
     return na if x is None else str(x)
 
 
-def ctf_like_info(n_meg: int = 272, sfreq: float = SFREQ) -> mne.Info:
+def ctf_like_info(n_meg: int = 272, sfreq_hz: float = SFREQ) -> mne.Info:
     """What MNE reads from a ds004212 ``.ds``: CTF names, coil types and channel kinds."""
     meg = MEG_NAMES[:n_meg]
     names = meg + REF_NAMES + MISC_NAMES + ["UPPT001"]
     types = ["mag"] * len(meg) + ["ref_meg"] * len(REF_NAMES) + ["misc"] * 10 + ["stim"]
-    info = mne.create_info(names, sfreq, types)
+    info = mne.create_info(names, sfreq_hz, types)
     lay = mne.channels.read_layout("CTF-275")
     xy = {n.split("-")[0]: p[:2] for n, p in zip(lay.names, lay.pos, strict=True)}
     centre = np.mean(list(xy.values()), axis=0)
@@ -267,7 +267,7 @@ def _write_derivative_epochs(folder: Path, participant: int, sample_attributes: 
     import pandas as pd
 
     meta = pd.read_csv(sample_attributes)
-    info = ctf_like_info(272, sfreq=200.0)
+    info = ctf_like_info(272, sfreq_hz=200.0)
     info = mne.pick_info(info, mne.pick_types(info, meg="mag", ref_meg=False, exclude=()))
     info = mne.pick_info(info, [i for i, c in enumerate(info["ch_names"]) if c != "MRO11-1609"])
     n_times = 281

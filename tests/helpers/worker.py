@@ -77,7 +77,7 @@ class PacedWindows:
         n_all = self.n_pad + self.n_times
         return Window(
             data=self.rng.standard_normal((N_CHANNELS, n_all)).astype(np.float32),
-            sfreq=SFREQ_HZ, ch_names=self.ch_names, first_sample=end - n_all,
+            sfreq_hz=SFREQ_HZ, ch_names=self.ch_names, first_sample=end - n_all,
             t_first=(end - n_all) / SFREQ_HZ, t_last=(end - 1) / SFREQ_HZ,
             t_arrived=local_clock(), n_pad=self.n_pad,
         )

@@ -58,19 +58,19 @@ def test_serve_record_on_a_full_disk_says_so_goes_on_and_resumes_when_space_retu
             # Decoding and streaming go on while the disk stays full, until the ring has
             # overwritten samples the recorder could not write.
             frames = len(viewer.frames)
-            poll(lambda: recorder.stats()["counters"]["lost_samples"] > 0, DEADLINE_S, "a loss")
+            poll(lambda: recorder.stats.counters["lost_samples"] > 0, DEADLINE_S, "a loss")
             poll(lambda: len(viewer.frames) > frames + 10, DEADLINE_S, "frames while full")
             rec = httpx.get(f"{url}api/status", timeout=10).json()["source"]["recorder"]
             assert rec["disk_full"] and "disk full" in rec["problem"], rec
             assert rec["counters"]["lost_samples"] > 0 and rec["lost_s"] > 0
             assert "rtdecode_recorder_lost_samples" in httpx.get(f"{url}metrics").text
-            assert service.worker.stats()["error"] is None
+            assert service.worker.stats.error is None
 
             filler.unlink()  # space returns
             poll(lambda: not recorder.disk_full, DEADLINE_S, "writes to resume")
             n_after = len(before) + 2
             poll(
-                lambda: recorder.stats()["counters"]["segments"] >= n_after,
+                lambda: recorder.stats.counters["segments"] >= n_after,
                 DEADLINE_S,
                 "new segments after space returned",
             )

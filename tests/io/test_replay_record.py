@@ -254,7 +254,7 @@ def test_cli_replay_publishes_description_data_and_stops_on_ctrl_c(
     assert code == 130 and "Traceback" not in err, err
 
     raw = read_recording(meg_file).raw
-    assert desc.stype == "MEG" and desc.sfreq == SFREQ and desc.source_id == f"{unique_name}-src"
+    assert desc.stype == "MEG" and desc.sfreq_hz == SFREQ and desc.source_id == f"{unique_name}-src"
     assert desc.channel_format == "float32"
     assert desc.ch_names == (*raw.ch_names, COUNTER_CHANNEL)
     assert desc.ch_types == ("mag",) * N_MEG + ("stim", "misc")

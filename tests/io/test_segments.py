@@ -144,7 +144,7 @@ def test_falling_behind_the_ring_counts_lost_samples_loudly(
     recorder, reader = record(
         unique_name, tmp_path, opts, 6000, buffer_s=1.0, segment_s=0.5, marker_margin_s=0.0
     )
-    counts = recorder.stats()["counters"]
+    counts = recorder.stats.counters
     index = check_segments(recorder.session_dir, 9, 1000.0)
     assert counts["lost_samples"] > 0
     assert counts["samples"] + counts["lost_samples"] == reader.stats.samples == 6000
@@ -168,17 +168,17 @@ def test_a_failing_disk_is_retried_surfaced_and_loses_nothing(unique_name, tmp_p
         markers = MarkerReader(f"{unique_name}-markers", reader=reader).start()
         recorder = SegmentRecorder(reader, tmp_path, markers=markers, segment_s=0.5).start()
         try:
-            poll(lambda: recorder.stats()["counters"]["segments"] >= 2, DEADLINE_S, "segments")
+            poll(lambda: recorder.stats.counters["segments"] >= 2, DEADLINE_S, "segments")
             shutil.rmtree(recorder.session_dir)  # the folder vanishes (unmounted disk)
             poll(lambda: recorder.error is not None, DEADLINE_S, "the write error")
-            assert "session-" in recorder.stats()["error"]
+            assert "session-" in recorder.stats.error
             recorder.session_dir.mkdir(mode=0o700)
             poll(lambda: recorder.error is None, DEADLINE_S, "writes to resume")
         finally:
             reader.stop()
             markers.stop()
             recorder.stop()
-    counts = recorder.stats()["counters"]
+    counts = recorder.stats.counters
     index = check_segments(recorder.session_dir, 5, 500.0)
     assert counts["write_errors"] >= 1 and counts["lost_samples"] == 0
     # Segments written before the folder vanished are gone with it; from the retry on,

@@ -4,6 +4,7 @@ queues (drop-oldest, counted), rate limits, client limit, control messages, stop
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 
@@ -25,9 +26,14 @@ def test_publish_from_another_thread_reaches_every_client_in_order():
         got2 = [seq_of(await next_within(c2)) for _ in range(n)]
         producer.join()
         assert got1 == got2 == list(range(n))
-        stats = b.stats()
-        assert stats["published"] == n and stats["sent"] == 2 * n and stats["dropped"] == 0
-        assert [c["sent"] for c in stats["clients"]] == [n, n]
+        stats = b.stats
+        assert stats.published == n and stats.sent == 2 * n and stats.dropped == 0
+        assert [c.sent for c in stats.clients] == [n, n]
+        # A frozen snapshot; its dict is what /api/status serves.
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            stats.sent = 0  # type: ignore[misc]
+        report = json.loads(json.dumps(stats.as_dict()))
+        assert [c["sent"] for c in report["clients"]] == [n, n] and report["published"] == n
 
     run(main())
 
@@ -46,7 +52,7 @@ def test_full_queue_drops_oldest_counts_it_and_reports_a_gap():
         assert gap["type"] == "gap" and gap["dropped"] == 5 and gap["next_seq"] == 5
         assert gap["dropped_total"] == 5
         assert [seq_of(await next_within(slow)) for _ in range(3)] == [5, 6, 7]
-        assert b.stats()["dropped"] == 5
+        assert b.stats.dropped == 5
 
     run(main())
 
@@ -62,8 +68,8 @@ def test_rate_limit_keeps_one_frame_per_period_and_counts_the_rest():
             item = EncodedFrame(i, str(i).encode())
             for c in (limited, full):
                 c.offer(item, now=1000.0 + i / 40.0)
-        assert full.stats()["queued"] == 160
-        n = limited.stats()["queued"]
+        assert full.stats.queued == 160
+        n = limited.stats.queued
         assert 19 <= n <= 21  # 5 fps over 4 s
         assert limited.skipped == 160 - n and limited.dropped == 0
         seqs = [int(await next_within(limited)) for _ in range(n)]
@@ -89,8 +95,8 @@ def test_client_limit_and_totals_survive_departures():
         await next_within(c1)
         b.remove_client(c1)
         b.add_client()  # a slot is free again
-        stats = b.stats()
-        assert stats["rejected"] == 1 and stats["connections"] == 3 and stats["sent"] == 1
+        stats = b.stats
+        assert stats.rejected == 1 and stats.connections == 3 and stats.sent == 1
 
     run(main())
 
@@ -127,7 +133,7 @@ def test_status_snapshots_replace_each_other_and_wait_for_an_acking_clients_wind
         for i in range(3):
             c.send_status(json.dumps({"type": "status", "n": i}))
         assert json.loads(await next_within(c))["n"] == 2
-        assert c.stats()["status_replaced"] == 2
+        assert c.stats.status_replaced == 2
         # The client acks: with 2 frames in flight and none acked, status and frames wait.
         for i in range(4):
             b.publish(make_frame(i, image=None))
@@ -156,7 +162,7 @@ def test_hand_off_is_bounded_when_the_loop_is_busy():
         for i in range(20):  # the loop cannot drain until this coroutine yields
             assert b.publish(make_frame(i, image=None))
         await asyncio.sleep(0)
-        assert b.stats()["handoff_dropped"] == 12
+        assert b.stats.handoff_dropped == 12
         assert [seq_of(await next_within(c)) for _ in range(8)] == list(range(12, 20))
 
     run(main())
@@ -179,8 +185,8 @@ def test_publish_without_a_running_loop_is_counted_not_raised():
         assert b.publish(make_frame(2)) is False
 
     run(main())
-    stats = b.stats()
-    assert stats["published"] == 3 and stats["unserved"] >= 2 and seen == [0, 1, 2]
+    stats = b.stats
+    assert stats.published == 3 and stats.unserved >= 2 and seen == [0, 1, 2]
 
 
 def test_invalid_sizes_are_refused_with_a_sentence():

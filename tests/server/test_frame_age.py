@@ -27,9 +27,9 @@ def test_frames_older_than_the_limit_are_dropped_counted_and_reported():
         assert gap["next_seq"] == 3
         assert seq_of(await next_within(client)) == 3
         assert time.monotonic() - t0 < 0.3
-        stats = client.stats()
-        assert stats["stale"] == 3 and stats["dropped"] == 3 and stats["sent"] == 1
-        assert b.stats()["dropped"] == 3
+        stats = client.stats
+        assert stats.stale == 3 and stats.dropped == 3 and stats.sent == 1
+        assert b.stats.dropped == 3
 
     run(main())
 

@@ -27,7 +27,7 @@ class WorkerSource:
         self.worker = worker
 
     def status(self):
-        stats = self.worker.stats()
+        stats = self.worker.stats.as_dict()
         return {"online_eval": stats.pop("online_eval"), "worker": stats}
 
     def health(self):

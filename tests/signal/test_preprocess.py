@@ -28,7 +28,7 @@ def window_of(x: np.ndarray, sfreq_hz: float, ch_names, n_pad: int, first_sample
     """A Window as the stream's Windower would cut it from a continuous array."""
     n = x.shape[1]
     return Window(
-        data=np.ascontiguousarray(x, dtype=np.float32), sfreq=sfreq_hz,
+        data=np.ascontiguousarray(x, dtype=np.float32), sfreq_hz=sfreq_hz,
         ch_names=tuple(ch_names), first_sample=first_sample,
         t_first=first_sample / sfreq_hz, t_last=(first_sample + n - 1) / sfreq_hz,
         t_arrived=0.0, n_pad=n_pad,

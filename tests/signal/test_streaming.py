@@ -97,14 +97,14 @@ def test_online_windows_equal_offline_cuts_and_restart_after_a_long_skip():
     ends = list(range(n_pad + n_times, x.shape[1] + 1, hop))
     taken = ends[::3][:20]  # latest wins: lane 1 took every third window
     for stop in taken:
-        w = Window(data=x[:, stop - n_pad - n_times:stop].astype(np.float32), sfreq=sfreq_hz,
+        w = Window(data=x[:, stop - n_pad - n_times:stop].astype(np.float32), sfreq_hz=sfreq_hz,
                    ch_names=NAMES, first_sample=stop - n_pad - n_times, t_first=0.0,
                    t_last=0.0, t_arrived=0.0, n_pad=n_pad)
         np.testing.assert_allclose(online.transform_window(w), offline.window(stop, n_times),
                                    rtol=1e-5, atol=1e-6)
     assert online.restarts == 0
     later = taken[-1] + 2 * (n_pad + n_times)  # a skip longer than a window: restart
-    w = Window(data=x[:, later - n_pad - n_times:later].astype(np.float32), sfreq=sfreq_hz,
+    w = Window(data=x[:, later - n_pad - n_times:later].astype(np.float32), sfreq_hz=sfreq_hz,
                ch_names=NAMES, first_sample=later - n_pad - n_times, t_first=0.0, t_last=0.0,
                t_arrived=0.0, n_pad=n_pad)
     assert online.transform_window(w).shape == (N_CH, 30)

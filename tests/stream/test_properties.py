@@ -103,7 +103,7 @@ class RingFed:
 
     def __init__(self, ring: RingBuffer, n_channels: int):
         self.ring = ring
-        self.sfreq = SFREQ_HZ
+        self.sfreq_hz = SFREQ_HZ
         self.ch_names = tuple(f"MEG{i:03d}" for i in range(n_channels))
         self.error = None
 

@@ -26,7 +26,7 @@ def test_counter_proves_no_sample_lost_or_repeated_306ch_1200hz(unique_name):
     with SourceProcess(unique_name, source_id=unique_name, counter=True, duration=10.0) as src:
         with StreamReader(unique_name, buffer_s=15.0) as reader:
             desc = reader.wait_ready(15.0)
-            assert desc.n_channels == 307 and reader.sfreq == 1200.0
+            assert desc.n_channels == 307 and reader.sfreq_hz == 1200.0
             src.wait_event("done", timeout_s=40.0)
             poll(lambda: reader.stats.samples >= 12_000, 10.0, "all 12000 samples")
             stats = reader.stats
@@ -116,7 +116,7 @@ def test_nonfinite_and_lost_samples_are_counted_from_the_counter(unique_name):
     assert gap.detected_by == "counter" and gap.sample == 1200 and not gap.reconnect
     assert gap.duration_s == pytest.approx(30 / 1200, abs=1e-6)
     assert reader.ring.read_meta("n_nonfinite", 299, 302).tolist() == [0, 1, 1]
-    report = json.loads(json.dumps(reader.stats_dict()))  # JSON-able, for /api/status
+    report = json.loads(json.dumps(reader.stats.as_dict()))  # JSON-able, for /api/status
     assert report["lost_samples"] == 30 and report["last_gap"]["n_lost"] == 30
 
 

@@ -79,7 +79,7 @@ def test_continuous_windows_every_hop_with_padding_flags_and_markers(unique_name
     n_latest = 0
     for w in windows:
         assert w.data.shape == (17, 360) and w.data.dtype == np.float32
-        assert w.n_pad == 60 and w.n_times == 300 and w.sfreq == SFREQ
+        assert w.n_pad == 60 and w.n_times == 300 and w.sfreq_hz == SFREQ
         assert (w.last_sample + 1) % 60 == 0  # ends on the hop grid
         np.testing.assert_array_equal(counter_rows(w), np.arange(w.first_sample, w.last_sample + 1))
         assert w.t_last - w.t_first == pytest.approx(359 / SFREQ, abs=2e-4)
@@ -123,7 +123,7 @@ def test_slow_consumer_gets_the_latest_window_and_skips_are_counted(unique_name)
     # Every grid window from the first (ending at 300) to the last is returned or counted.
     assert win.stats.skipped + len(windows) == (ends[-1] - 300) // 60 + 1
     assert win.stats.skipped >= len(windows) // 2
-    assert win.stats_dict()["skipped"] == win.stats.skipped
+    assert win.stats.as_dict()["skipped"] == win.stats.skipped
     assert win.stats.overflow == 0
 
 
