@@ -252,6 +252,11 @@ class LagCurve:
         self._history = int(history)
         self._lock = threading.Lock()
 
+    def empty_like(self) -> LagCurve:
+        """A new, empty curve with this one's retrieval-set size, bins and range."""
+        return LagCurve(self.n_candidates, bin_s=self.bin_s, max_lag_s=self.max_lag_s,
+                        history=self._history)
+
     def bin_of(self, lag_s: float) -> int | None:
         """Index of the bin holding ``lag_s`` (None outside ``[0, max_lag_s)``)."""
         if lag_s is None or not np.isfinite(lag_s) or lag_s < 0 or lag_s >= self.max_lag_s:

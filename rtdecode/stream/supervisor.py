@@ -77,6 +77,9 @@ class StreamSupervisor:
         ``<name>-annotations``).
     interpret : callable or None
         Gives a marker its meaning (plain strings, codes: ``stream.events.MarkerVocabulary``).
+    latest_wins : bool
+        The windower's policy (``Windower``): the newest window (serve), or every window
+        in order while the ring holds it (``rtdecode evaluate-online``).
     trigger_channel : str or None
         An in-stream trigger channel whose rising edges are markers too; None looks for a
         usual one (STI101, UPPT001, a stim channel), ``"none"`` turns this off.
@@ -109,6 +112,7 @@ class StreamSupervisor:
         on_gap: Callable[[dict[str, Any]], None] | None = None,
         on_restart: Callable[[Any, Any, Any], None] | None = None,
         interval_s: float = SUPERVISE_S,
+        latest_wins: bool = True,
     ) -> None:
         self.name = name
         self.window_s, self.hop_s, self.pad_s = window_s, hop_s, pad_s
@@ -120,6 +124,7 @@ class StreamSupervisor:
         self.marker_fallbacks = tuple(marker_fallbacks)
         self.interpret = interpret
         self.trigger_channel = trigger_channel
+        self.latest_wins = latest_wins
         self.on_gap = on_gap
         self.on_restart = on_restart
         self.interval_s = interval_s
@@ -219,7 +224,8 @@ class StreamSupervisor:
             triggers = TriggerMarkers(reader, self.trigger_channel, interpret=self.interpret)
             events = CombinedMarkers(markers, triggers)
         windower = Windower(
-            reader, window_s=self.window_s, hop_s=self.hop_s, pad_s=self.pad_s, markers=events
+            reader, window_s=self.window_s, hop_s=self.hop_s, pad_s=self.pad_s, markers=events,
+            latest_wins=self.latest_wins,
         )
         return reader, markers, windower
 

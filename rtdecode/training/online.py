@@ -33,10 +33,6 @@ from rtdecode.encoder.metrics import LagCurve
 
 __all__ = ["evaluate_online"]
 
-#: Windows ending at most this long after an onset are scored (a whole THINGS trial).
-HOLD_S = 1.5
-
-
 def evaluate_online(
     ckpt_dir: str | Path,
     recording: str | Path,
@@ -98,7 +94,7 @@ def evaluate_online(
     from rtdecode.lsl.streams import COUNTER_CHANNEL, COUNTER_MODULUS
     from rtdecode.signal.preprocess import Preprocessor
     from rtdecode.training.encoder import predict
-    from rtdecode.worker import load_retrieval, subject_index
+    from rtdecode.worker import WorkerOptions, load_retrieval, subject_index
 
     if not speed > 0:
         raise ParameterError("speed", f"{{param}}={speed} must be positive (1 = real time).")
@@ -116,9 +112,12 @@ def evaluate_online(
             f"counter that wraps at {COUNTER_MODULUS}. Crop the recording."
         )
 
-    frames = _decode_live(
+    # Scored as the service scores: windows ending up to the worker's stimulus hold after
+    # an onset, in its lag bins.
+    options = WorkerOptions(topk=5)
+    frames, live_curve = _decode_live(
         recording, pre, model, retrieval, meta, subj, window_s, hop_s, speed, device,
-        n_file / sfreq_hz, resolve_timeout_s, progress,
+        n_file / sfreq_hz, resolve_timeout_s, progress, options,
     )
     if not frames:
         raise RuntimeError(
@@ -147,9 +146,7 @@ def evaluate_online(
     on = np.stack([f.embedding.vector for f in kept]).reshape(off.shape)
     rel_err = float(np.max(np.abs(on - off)) / max(float(np.max(np.abs(off))), 1e-12))
 
-    online, offline = LagCurve(len(retrieval), max_lag_s=HOLD_S + 1e-6), LagCurve(
-        len(retrieval), max_lag_s=HOLD_S + 1e-6
-    )
+    online, offline = live_curve.empty_like(), live_curve.empty_like()
     # Parity: the online rank of each window's stimulus equals the offline rank of the
     # same stimulus on the offline embedding. Separately, the stimulus the live path knew
     # is compared with the file's events: a marker that arrives after the data of a window
@@ -159,7 +156,7 @@ def evaluate_online(
         last = first + f.embedding.window.data.shape[1] - 1
         k = int(np.searchsorted(onsets, last, side="right")) - 1
         lag_off = None if k < 0 else round((last + 1 - int(onsets[k])) / sfreq_hz, 6)
-        true_off = None if k < 0 or lag_off > HOLD_S else ids[k]
+        true_off = None if k < 0 or lag_off > options.stimulus_hold_s else ids[k]
         if (f.lag_s is None) != (lag_off is None) or (
             lag_off is not None and abs(f.lag_s - lag_off) >= 0.5 / sfreq_hz
         ):
@@ -209,13 +206,18 @@ def evaluate_online(
 
 
 def _decode_live(recording, pre, model, retrieval, meta, subj, window_s, hop_s, speed, device,
-                 duration_s, resolve_timeout_s, progress) -> list[Any]:
-    """Replay the file on loopback LSL and decode every window of it, in order."""
+                 duration_s, resolve_timeout_s, progress, options) -> tuple[list[Any], LagCurve]:
+    """Replay the file on loopback LSL and decode every window of it, in order.
+
+    The input is opened by the service's own ``StreamSupervisor`` (reader, marker reader
+    with its fallbacks, trigger channels, windower); returns the frames and the worker's
+    session curve (for its settings).
+    """
     from tqdm.auto import tqdm
 
     from rtdecode.io.replay import Player
-    from rtdecode.stream import MarkerReader, StreamReader, Windower
-    from rtdecode.worker import DecodeWorker, WorkerOptions
+    from rtdecode.stream import StreamSupervisor
+    from rtdecode.worker import DecodeWorker
 
     name = f"rtdecode-eval-{uuid.uuid4().hex[:8]}"
     frames: list[Any] = []
@@ -223,16 +225,14 @@ def _decode_live(recording, pre, model, retrieval, meta, subj, window_s, hop_s, 
     replay = Player(recording, name=name, source_id=name, speed=speed, counter=True,
                     wait_for_consumer_s=resolve_timeout_s).start()
     # The ring holds the whole recording: windows are taken in order, none is skipped.
-    reader = StreamReader(name=name, source_id=name, buffer_s=max(30.0, duration_s + 5.0),
-                          resolve_timeout_s=resolve_timeout_s)
-    markers = MarkerReader(f"{name}-markers", reader=reader, resolve_timeout_s=resolve_timeout_s)
-    reader.start()
-    markers.start()
-    windower = Windower(reader, window_s=window_s, hop_s=hop_s, pad_s=pre.config.pad_s,
-                        markers=markers, latest_wins=False)
+    supervisor = StreamSupervisor(
+        name, window_s=window_s, hop_s=hop_s, pad_s=pre.config.pad_s, source_id=name,
+        buffer_s=max(30.0, duration_s + 5.0), resolve_timeout_s=resolve_timeout_s,
+        latest_wins=False,
+    ).open()
     worker = DecodeWorker(
-        windower, pre, model, retrieval, None, frames.append, device=device,
-        options=WorkerOptions(topk=5, stimulus_hold_s=HOLD_S), target_stats=meta.get("target_stats"),
+        supervisor.windower, pre, model, retrieval, None, frames.append, device=device,
+        options=options, target_stats=meta.get("target_stats"),
         subject=subj, window_shape=(len(pre.config.ch_names), pre.n_times_out(window_s)),
     )
     worker.start()
@@ -260,10 +260,9 @@ def _decode_live(recording, pre, model, retrieval, meta, subj, window_s, hop_s, 
     finally:
         bar.close()
         worker.stop()
-        markers.stop()
-        reader.stop()
+        supervisor.close()
         replay.stop()
-    return list(frames)
+    return list(frames), worker.lag_curve
 
 
 def plot_lag_curves(report: dict[str, Any], path: str | Path) -> Path:
