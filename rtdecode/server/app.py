@@ -40,7 +40,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect
 
 from rtdecode import __version__
-from rtdecode.server.broadcast import Broadcaster, Client, CloseRequest, TooManyClients
+from rtdecode.server.broadcast import Broadcaster, Client, CloseRequest, Probe, TooManyClients
 from rtdecode.server.hosts import HostAllowlist, allowed_host_names
 from rtdecode.server.metrics import CONTENT_TYPE_LATEST, ServerMetrics
 from rtdecode.server.protocol import (
@@ -51,6 +51,7 @@ from rtdecode.server.protocol import (
     HEALTH_STATES,
     MAX_CLIENT_FRAME_BYTES,
     MAX_CLIENT_MESSAGE_BYTES,
+    PROBE_EXTENSION,
     PROTOCOL_VERSION,
     ProtocolError,
     error_message,
@@ -313,9 +314,14 @@ async def _refuse(websocket: WebSocket, code: int, error_code: str, message: str
 
 
 async def _send_loop(websocket: WebSocket, client: Client) -> None:
+    probe = websocket.scope.get("extensions", {}).get(PROBE_EXTENSION, {}).get("ping")
+    client.can_probe = probe is not None
     try:
         while True:
             message = await client.next_message()
+            if isinstance(message, Probe):
+                client.probe_sent(probe())
+                continue
             if isinstance(message, CloseRequest):
                 await asyncio.wait_for(
                     websocket.close(message.code, message.reason), SEND_TIMEOUT_S
@@ -619,6 +625,8 @@ def run_server_in_thread(
     """
     import uvicorn
 
+    from rtdecode.server.probe import ProbingWebSocketProtocol
+
     _redact_server_logs()
     config = uvicorn.Config(
         app,
@@ -631,6 +639,9 @@ def run_server_in_thread(
         ws_max_size=MAX_CLIENT_FRAME_BYTES,
         ws_ping_interval=ws_ping_interval_s,
         ws_ping_timeout=ws_ping_timeout_s,
+        # uvicorn's websockets protocol plus pings the app can await: flow control for
+        # clients that never ack (rtdecode.server.probe).
+        ws=ProbingWebSocketProtocol,
         timeout_graceful_shutdown=5,
     )
     ready = threading.Event()

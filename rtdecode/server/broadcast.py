@@ -14,6 +14,21 @@ Each client has its own bounded queue (``client_queue`` frames). When a client r
 too slowly its queue fills and its *oldest* frame is dropped and counted for that client
 alone; nobody else waits. Clients may ask for a lower rate (``set_rate``): frames above
 that rate are skipped for that client (counted as ``skipped``, not as dropped).
+
+Flow control. A client that acks (the viewer) has at most ``ACK_WINDOW`` frames in
+flight. A client that never acks is *probed* when the server offers pings
+(:mod:`rtdecode.server.probe`): one message, then two websocket pings, one after the
+other's pong, and nothing more until the second pong. A client's websocket layer answers
+a ping when it reads it, and it reads no further while the messages it has taken in wait
+for the application (up to its read-ahead), so the second pong, sent after the first had
+reached the server, comes only once the client has room again (the first may share a
+read with the message). The next message is then the newest frame (older ones are
+dropped, counted). So what sits between the server and such a client is one message, and
+a frame it reads is as old as its read interval times one plus what its own library
+reads ahead. A probed client that leaves a ping unanswered for ``STALL_S`` is closed
+(1008, ``stalled``); it gets a ``status`` at most every ``PROBED_STATUS_S``, and learns of
+its drops from those (``client.dropped``) and the frames' ``seq``, not from ``gap``
+messages, which would take the places of frames.
 """
 
 from __future__ import annotations
@@ -28,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rtdecode.contracts import Frame
-from rtdecode.server.protocol import encode_frame, text_message
+from rtdecode.server.protocol import CLOSE_STALLED, encode_frame, text_message
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +54,8 @@ __all__ = [
     "ClientStats",
     "CloseRequest",
     "EncodedFrame",
+    "PROBE",
+    "Probe",
     "TooManyClients",
 ]
 
@@ -59,6 +76,25 @@ ACK_WINDOW = 2
 #: ``gap`` message. It bounds the age of what leaves the server; what the kernel's and
 #: the client's buffers hold after that is bounded by acks only (docs/reliability.md).
 MAX_FRAME_AGE_S = 1.0
+#: A client that never acks and leaves the ping after its last message unanswered this
+#: long is stalled: it is closed with 1008 (``stalled``) and its slot freed.
+STALL_S = 10.0
+#: Pings, each after the previous one's pong, before a probed client's next message.
+PROBES_PER_MESSAGE = 2
+#: A probed client gets a status message at most this often (each takes a frame's place).
+PROBED_STATUS_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """Returned by :meth:`Client.next_message`: send a ping and report its pong.
+
+    The sender calls ``ping()`` of the websocket's probe extension and hands the future
+    to :meth:`Client.probe_sent`.
+    """
+
+
+PROBE = Probe()
 
 
 class TooManyClients(RuntimeError):
@@ -108,6 +144,13 @@ class ClientStats:
         a newer one before they were sent.
     stale : int
         Frames sent later than the staleness limit.
+    flow : str
+        How the server paces it: ``"ack"`` (it acks), ``"probe"`` (it never acked; one
+        message per answered ping) or ``"none"`` (no acks and no pings: socket buffers).
+    probes : int
+        Pings sent to pace it (``flow == "probe"``).
+    probe_rtt_ms : float | None
+        The last probe's round trip: how long it took the client to read past a message.
     """
 
     id: int
@@ -122,6 +165,9 @@ class ClientStats:
     control_dropped: int
     status_replaced: int
     stale: int
+    flow: str
+    probes: int
+    probe_rtt_ms: float | None
 
     def as_dict(self) -> dict[str, Any]:
         """The counters as a JSON-able dict (for /api/status and the status message)."""
@@ -211,6 +257,13 @@ class Client:
         # Flow control, on once the client sends its first ack (the viewer does).
         self.acked_seq: int | None = None
         self._last_sent_seq: int | None = None
+        # Until then, pings when the server offers them (see the module docstring).
+        self.can_probe = False
+        self.probes = 0
+        self.probe_rtt_ms: float | None = None
+        self._probe_due = 0  # pings still to send before the next message
+        self._t_status: float | None = None  # when the last status went out
+        self._probe_out: float | None = None  # when the unanswered ping was sent
 
     # -- loop side, called by the Broadcaster -------------------------------------------
     def offer(self, item: EncodedFrame, now: float) -> None:
@@ -276,46 +329,110 @@ class Client:
             return False
         return self._last_sent_seq - self.acked_seq >= ACK_WINDOW
 
+    @property
+    def flow(self) -> str:
+        """``"ack"``, ``"probe"`` or ``"none"`` (see :class:`ClientStats`)."""
+        if self.acked_seq is not None:
+            return "ack"
+        return "probe" if self.can_probe else "none"
+
+    def probe_sent(self, pong: asyncio.Future[float]) -> None:
+        """The sender pinged for this client; ``pong`` completes with the round trip (s)."""
+        self.probes += 1
+        self._probe_out = time.monotonic()
+        pong.add_done_callback(self._pong)
+
+    def _pong(self, pong: asyncio.Future[float]) -> None:
+        if pong.cancelled() or pong.exception() is not None:
+            return  # the connection is gone; its handler ends the client
+        self.probe_rtt_ms = round(pong.result() * 1e3, 3)
+        self._probe_out = None
+        self._wake.set()
+
+    def _sent(self) -> None:
+        # A message went out: a probed client gets a ping before the next one.
+        if self.flow == "probe":
+            self._probe_due = PROBES_PER_MESSAGE
+
     def set_rate(self, max_fps: float | None) -> None:
         """Limit this client to ``max_fps`` frames per second (None: the full rate)."""
         self.max_fps = max_fps
         self._credit = 1.0
         self._t_last_offer = None
 
-    async def next_message(self) -> bytes | str | CloseRequest:
+    async def next_message(self) -> bytes | str | CloseRequest | Probe:
         """Wait for the next thing to send.
 
-        A control text, a gap notice, a frame (bytes), or a :class:`CloseRequest` after which
-        nothing else is returned.
+        A control text, a gap notice, a frame (bytes), :data:`PROBE` (send a ping, then
+        call :meth:`probe_sent`), or a :class:`CloseRequest` after which nothing else is
+        returned.
         """
         while True:
-            if self._control:
-                return self._control.popleft()
-            if self._close is not None:
-                return self._close
-            now = time.monotonic()
-            self._drop_stale(now)
-            if self._window_full():
-                pass  # frames and status wait for an ack
-            elif self._status is not None:
-                text, self._status = self._status, None
-                return text
-            elif self._frames:
-                if self._unreported_drops:
-                    n, self._unreported_drops = self._unreported_drops, 0
-                    return text_message(
-                        "gap",
-                        dropped=n,
-                        dropped_total=self.dropped,
-                        stale_total=self.stale,
-                        next_seq=self._frames[0].seq,
-                    )
-                self.sent += 1
-                item = self._frames.popleft()
-                self._last_sent_seq = item.seq
-                return item.message
+            message = self._next(time.monotonic())
+            if message is not None:
+                if not isinstance(message, (Probe, CloseRequest)):
+                    self._sent()
+                return message
             self._wake.clear()
-            await self._wake.wait()
+            if self._probe_out is None:
+                await self._wake.wait()
+            else:  # wake up in time to declare the stall
+                timeout = max(0.0, self._probe_out + STALL_S - time.monotonic()) + 0.01
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+
+    def _next(self, now: float) -> bytes | str | CloseRequest | Probe | None:
+        if self._close is not None:  # the queued replies (the reason), then the close
+            return self._control.popleft() if self._control else self._close
+        probing = self.flow == "probe"
+        if probing and self._probe_out is not None:
+            if now - self._probe_out > STALL_S:
+                self.request_close(
+                    CLOSE_STALLED,
+                    f"stalled: no pong for {STALL_S:.0f} s; read the socket or send acks",
+                )
+                return self._close
+            return None  # everything waits for the client to read past its last message
+        if probing and self._probe_due:
+            self._probe_due -= 1
+            return PROBE
+        if self._control:
+            return self._control.popleft()
+        self._drop_stale(now)
+        if self._window_full():
+            return None  # frames and status wait for an ack
+        if self._status is not None and not (
+            probing and self._t_status is not None and now - self._t_status < PROBED_STATUS_S
+        ):
+            text, self._status = self._status, None
+            self._t_status = now
+            return text
+        if not self._frames:
+            return None
+        if probing:
+            # One message per answered ping: the newest frame; the older ones are
+            # dropped. Their count reaches the client in its status messages
+            # (client.dropped) and its seq jumps, not as gap messages, which would
+            # take the place of frames.
+            while len(self._frames) > 1:
+                self._frames.popleft()
+                self.dropped += 1
+            self._unreported_drops = 0
+        elif self._unreported_drops:
+            n, self._unreported_drops = self._unreported_drops, 0
+            return text_message(
+                "gap",
+                dropped=n,
+                dropped_total=self.dropped,
+                stale_total=self.stale,
+                next_seq=self._frames[0].seq,
+            )
+        self.sent += 1
+        item = self._frames.popleft()
+        self._last_sent_seq = item.seq
+        return item.message
 
     @property
     def stats(self) -> ClientStats:
@@ -333,6 +450,9 @@ class Client:
             control_dropped=self.control_dropped,
             status_replaced=self.status_replaced,
             stale=self.stale,
+            flow=self.flow,
+            probes=self.probes,
+            probe_rtt_ms=self.probe_rtt_ms,
         )
 
 

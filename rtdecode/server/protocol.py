@@ -78,6 +78,11 @@ CLOSE_TRY_AGAIN_LATER = 1013  # too many clients
 CLOSE_UNAUTHORIZED = 4401  # missing or wrong token
 CLOSE_FORBIDDEN_ORIGIN = 4403  # Origin header from another host
 CLOSE_FORBIDDEN_HOST = 4400  # Host header not a name of this server (DNS rebinding)
+CLOSE_STALLED = 1008  # a client that never acks left a ping unanswered (STALL_S)
+
+#: The ASGI scope extension through which the server's websocket protocol offers pings
+#: the app can await (rtdecode.server.probe).
+PROBE_EXTENSION = "rtdecode.probe"
 
 _PREFIX = struct.Struct(">I")
 
