@@ -222,36 +222,26 @@ def read_images_table(path: str | Path) -> ImagesTable:
     ValueError
         No number or path column, or one number with two different paths.
     """
-    import csv
+    from rtdecode._utils.tables import read_table
 
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"Images table {str(p)!r} does not exist; give a CSV/TSV such as THINGS-MEG's "
-            "sourcedata/sample_attributes_P1.csv."
-        )
-    with p.open(newline="", encoding="utf-8-sig") as f:
-        head = f.readline()
-        f.seek(0)
-        delimiter = "\t" if head.count("\t") > head.count(",") else ","
-        reader = csv.DictReader(f, delimiter=delimiter)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        rows = list(reader)
-    lower = {c.lower(): c for c in columns}
-    number_col = next((lower[c] for c in _TABLE_NUMBER_COLUMNS if c in lower), None)
-    path_col = next((lower[c] for c in _TABLE_PATH_COLUMNS if c in lower), None)
-    if number_col is None or path_col is None:
+    table = read_table(
+        path, "Images table", "give a CSV/TSV such as THINGS-MEG's sourcedata/sample_attributes_P1.csv."
+    )
+    p, columns = table.path, table.header
+    i_number = table.column(_TABLE_NUMBER_COLUMNS)
+    i_path = table.column(_TABLE_PATH_COLUMNS)
+    if i_number is None or i_path is None:
         raise ValueError(
             f"The images table {str(p)!r} needs an image-number column (one of "
             f"{', '.join(_TABLE_NUMBER_COLUMNS)}) and a path column (one of "
             f"{', '.join(_TABLE_PATH_COLUMNS)}); it has {columns}."
         )
+    number_col, path_col = columns[i_number], columns[i_path]
     paths: dict[int, str] = {}
-    for row in rows:
-        row = {(k or "").strip(): v for k, v in row.items()}
-        number = _as_int((row.get(number_col) or "").strip() or None)
-        img = (row.get(path_col) or "").strip().replace("\\", "/")
-        if number is None or not img or img.lower() in {"n/a", "na", "nan"}:
+    for _, row in table.rows:
+        number = _as_int(table.cell(row, i_number))
+        img = (table.cell(row, i_path) or "").replace("\\", "/")
+        if number is None or not img:
             continue
         if paths.setdefault(number, img) != img:
             raise ValueError(

@@ -17,12 +17,13 @@ Pure functions and immutable tables: any thread may call them.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from rtdecode._utils.tables import read_table
 
 __all__ = ["EventsTable", "MarkerVocabulary", "code_key", "read_events_table"]
 
@@ -86,14 +87,6 @@ class EventsTable:
         return self.entries.get(code_key(code))
 
 
-def _column(header: list[str], accepted: tuple[str, ...]) -> int | None:
-    norm = [h.strip().lower().replace(" ", "_").replace("-", "_") for h in header]
-    for name in accepted:
-        if name in norm:
-            return norm.index(name)
-    return None
-
-
 def read_events_table(path: str | Path) -> EventsTable:
     """Read a CSV or TSV file that maps marker codes to images and trial types.
 
@@ -109,23 +102,14 @@ def read_events_table(path: str | Path) -> EventsTable:
     FileNotFoundError, ValueError
         A missing file, no usable column, or a code listed twice with different meanings.
     """
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"Events table {str(p)!r} does not exist; give a CSV/TSV file with a 'code' "
-            "column and an 'image_id' and/or 'trial_type' column."
-        )
-    text = p.read_text(encoding="utf-8-sig")
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if not lines:
-        raise ValueError(f"Events table {str(p)!r} is empty; give a header row and one row per code.")
-    first = lines[0]
-    delimiter = "\t" if "\t" in first else (";" if first.count(";") > first.count(",") else ",")
-    rows = list(csv.reader(lines, delimiter=delimiter))
-    header = rows[0]
-    i_code = _column(header, CODE_COLUMNS)
-    i_image = _column(header, IMAGE_COLUMNS)
-    i_type = _column(header, TRIAL_TYPE_COLUMNS)
+    table = read_table(
+        path, "Events table",
+        "give a CSV/TSV file with a 'code' column and an 'image_id' and/or 'trial_type' column.",
+    )
+    p, header, cell = table.path, table.header, table.cell
+    i_code = table.column(CODE_COLUMNS)
+    i_image = table.column(IMAGE_COLUMNS)
+    i_type = table.column(TRIAL_TYPE_COLUMNS)
     if i_code is None or (i_image is None and i_type is None):
         raise ValueError(
             f"Events table {str(p)!r} has the columns {header}; it needs a code column (one "
@@ -134,14 +118,8 @@ def read_events_table(path: str | Path) -> EventsTable:
             f"{', '.join(TRIAL_TYPE_COLUMNS)})."
         )
 
-    def cell(row: list[str], i: int | None) -> str | None:
-        if i is None or i >= len(row):
-            return None
-        v = row[i].strip()
-        return None if v.lower() in {"", "n/a", "na", "nan", "none"} else v
-
     entries: dict[str, tuple[str | None, str | None]] = {}
-    for n, row in enumerate(rows[1:], start=2):
+    for n, row in table.rows:
         code = cell(row, i_code)
         if code is None:
             continue
