@@ -8,10 +8,11 @@ Sections, each in a child process with its own time limit (a hang or a crash cos
 section only; what it measured before is kept):
 
 * ``encoder``: the brain encoder (``paper`` preset, 306 channels x 30 samples), one window
-  host array -> host vectors at batch 1: fp32 eager with unpinned copies (what the worker
-  runs today), then bf16/fp16 autocast, eager and captured in a CUDA graph, with a pinned
-  window buffer and ONE pinned device-to-host copy of both heads. Target <= 1 ms. Batch 64
-  forward throughput. Cosine of each row's output to the fp32 row.
+  host array -> host vectors at batch 1 through ``rtdecode.encoder.runner.EncoderRunner``,
+  what the worker's lane 1 runs: fp32, bf16 and fp16 autocast, eager and replaying a CUDA
+  graph, with a pinned window buffer and ONE pinned device-to-host copy of both heads
+  (serve's default on CUDA: bf16 where the GPU has it, with the graph). Target <= 1 ms.
+  Batch 64 forward throughput. Cosine of each row's output to the fp32 row.
 * ``turbo``: SDXL-Turbo + IP-Adapter (``rtdecode.decoder.turbo.SDXL_TURBO_CONFIGS``, RANDOM
   weights: latency does not depend on weight values), serve's dtype rule (bf16 on GPUs
   that have it), 512 px, guidance 0, no compile: 1 step with the tiny VAE (target >= 15
@@ -138,74 +139,29 @@ class Results:
 
 # ------------------------------------------------------------------ sections
 def _encoder_window_fn(model, device: str, n_ch: int, n_t: int, dtype_name: str, graph: bool):
-    """One window as serve would run it: host array in, both heads' vectors out on the host.
+    """One window as serve runs it: rtdecode.encoder.runner.EncoderRunner, the worker's
+    lane-1 path (host array in, both heads' vectors out on the host; on CUDA a pinned
+    window buffer, autocast, a CUDA graph when ``graph``, ONE pinned device-to-host copy).
 
-    ``graph=False`` with fp32 is what the worker runs today (unpinned ``.to(device)``, one
-    ``.cpu()`` per head). Otherwise: a pinned host buffer for the window, the forward pass
-    under autocast (captured in a CUDA graph when ``graph``), both heads concatenated on
-    the device and ONE non-blocking copy into a pinned host buffer, then one sync.
-    Returns ``(fn, outputs)``: ``fn()`` runs one window, ``outputs()`` its last result.
+    Returns ``(fn, outputs, describe)``: ``fn()`` runs one window, ``outputs()`` its last
+    result as one vector, ``describe`` what ran.
     """
-    import torch
+    from rtdecode.encoder.runner import EncoderRunner
 
-    cuda = device.startswith("cuda")
-    window = np.random.default_rng(1).standard_normal((1, n_ch, n_t)).astype(np.float32)
-    subject = torch.zeros(1, dtype=torch.long, device=device)
-    if dtype_name == "fp32" and not graph:
-        last: dict[str, np.ndarray] = {}
-
-        def serve_today() -> None:
-            out = model(torch.from_numpy(window).to(device), subject)
-            last["v"] = np.concatenate(
-                [out["clip"][0].float().cpu().numpy().ravel(), out["mse"][0].float().cpu().numpy().ravel()]
-            )
-
-        return serve_today, lambda: last["v"]
-
-    host_x = torch.from_numpy(window).pin_memory() if cuda else torch.from_numpy(window)
-    dev_x = torch.empty(host_x.shape, device=device)
-
-    def heads() -> torch.Tensor:
-        # cache_enabled=False: autocast's weight cache must not outlive a graph capture.
-        with _autocast(device, dtype_name, cache_enabled=False):
-            out = model(dev_x, subject)
-        return torch.cat([out["clip"].reshape(1, -1), out["mse"].reshape(1, -1)], 1).float()
-
-    dev_x.copy_(host_x)
-    host_y = torch.empty(heads().shape, pin_memory=cuda)
-    if graph:
-        if not cuda:
-            raise RuntimeError("CUDA graphs need a CUDA device.")
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):  # warm-up before capture, as torch.cuda.graph asks
-                heads()
-        torch.cuda.current_stream().wait_stream(side)
-        cuda_graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(cuda_graph):
-            static_y = heads()
-        run = cuda_graph.replay
-    else:
-        static_y = None
-
-        def run() -> None:
-            nonlocal static_y
-            static_y = heads()
+    window = np.random.default_rng(1).standard_normal((n_ch, n_t)).astype(np.float32)
+    runner = EncoderRunner(model, device, n_ch, n_t, precision=dtype_name,
+                           cuda_graph=graph if device.startswith("cuda") else (graph or None))
+    last: dict[str, np.ndarray] = {}
 
     def one_window() -> None:
-        dev_x.copy_(host_x, non_blocking=True)
-        run()
-        host_y.copy_(static_y, non_blocking=True)  # the one device-to-host copy
-        if cuda:
-            torch.cuda.current_stream().synchronize()
+        last["v"] = np.concatenate(runner(window))
 
-    return one_window, lambda: host_y.numpy().ravel().copy()
+    return one_window, lambda: last["v"], runner.describe()
 
 
 def section_encoder(res: Results, device: str, tiny: bool) -> None:
-    """Brain encoder: one window host-to-host at batch 1 as serve runs it today (fp32,
-    eager) and with autocast, CUDA graphs and one pinned device-to-host copy; batch 64."""
+    """Brain encoder: one window host-to-host at batch 1 through serve's EncoderRunner at
+    each precision, eager and as a CUDA graph; batch 64 forward throughput."""
     import torch
 
     from rtdecode.encoder import build_model, count_parameters
@@ -220,8 +176,11 @@ def section_encoder(res: Results, device: str, tiny: bool) -> None:
     res["target_ms"] = ENCODER_TARGET_MS
     clock = Clock(device)
     rows = []
-    cases = [("fp32", False, "serve today")] + [
-        (d, g, "") for g in (False, True) for d in ("bf16", "fp16")
+    # serve's default on CUDA: --encoder-precision auto (bf16 where the GPU has it) with a
+    # CUDA graph; fp32 without a graph is the path before the runner.
+    cases = [("fp32", False, "fp32 eager"), ("fp32", True, "")] + [
+        (d, g, "serve default" if (d, g) == ("bf16", True) else "")
+        for g in (False, True) for d in ("bf16", "fp16")
     ]
     with torch.inference_mode():
         reference = None
@@ -229,7 +188,8 @@ def section_encoder(res: Results, device: str, tiny: bool) -> None:
             row: dict[str, Any] = {"batch": 1, "dtype": dtype_name, "cuda_graph": graph,
                                    "scope": "host window -> host vectors", "note": note}
             try:
-                fn, outputs = _encoder_window_fn(model, device, n_ch, n_t, dtype_name, graph)
+                fn, outputs, row["runner"] = _encoder_window_fn(
+                    model, device, n_ch, n_t, dtype_name, graph)
                 row["latency_ms"] = clock.time_calls(fn, repeats=repeats, warmup=3 if tiny else 20,
                                                      budget_s=cell_budget_s)
                 vec = outputs()

@@ -235,6 +235,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         retrieval_set=args.retrieval_set,
         allow_fixed_window=args.allow_fixed_window or None,
         lanes=args.lanes,
+        encoder_precision=args.encoder_precision,
+        cuda_graphs=False if args.no_cuda_graphs else None,
         host=args.host,
         port=args.port,
         token=args.token,
@@ -390,6 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lanes", type=int, choices=[1, 2], default=None,
                    help="2 (default): images generated in their own lane, retrieval frames "
                         "at every hop; 1: single lane (RTDECODE_LANES)")
+    s.add_argument("--encoder-precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
+                   help="the encoder's precision: auto (default: fp32 on CPU, bf16 or fp16 on "
+                        "CUDA) (RTDECODE_ENCODER_PRECISION)")
+    s.add_argument("--no-cuda-graphs", action="store_true",
+                   help="on CUDA, run the encoder eagerly instead of replaying a captured graph "
+                        "(RTDECODE_CUDA_GRAPHS=false)")
     s.add_argument("--host", default=None)
     s.add_argument("--port", type=int, default=None)
     s.add_argument("--token", default=None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -64,6 +64,14 @@ class Settings(BaseSettings):
         2, ge=1, le=2,
         description="2: generation in its own thread, retrieval frames at every hop; "
         "1: the single-lane worker (retrieval waits behind each generation).",
+    )
+    encoder_precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="The encoder's precision at batch 1: 'auto' is fp32 on CPU, bf16 (or fp16) "
+        "on CUDA.",
+    )
+    cuda_graphs: bool = Field(
+        True, description="On CUDA, replay the encoder as a captured CUDA graph (batch 1)."
     )
     seed: int = 0
     # server

@@ -66,7 +66,9 @@ class Service:
         self.meta = meta
         check_window(s, meta)  # before the (slow) gallery and decoder
         pre = Preprocessor.from_dict(meta["preprocess"])
-        self.gallery, retrieval = load_retrieval(meta, s.model, s.gallery, s.retrieval_set)
+        self.gallery, retrieval = load_retrieval(
+            meta, s.model, s.gallery, s.retrieval_set, device=device
+        )
         self.vocabulary = self._marker_vocabulary(retrieval)
         decoder = None
         if s.decoder and s.decoder.lower() != "none":
@@ -176,6 +178,8 @@ class Service:
                 seed=s.seed,
                 image_format=s.image_format,
                 lanes=s.lanes,
+                precision=s.encoder_precision,
+                cuda_graph=s.cuda_graphs if str(device).startswith("cuda") else None,
             ),
             target_stats=meta.get("target_stats"),
             gallery=self.gallery,

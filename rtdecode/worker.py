@@ -98,6 +98,11 @@ class WorkerOptions:
     thread_budget : int | None
         Threads both lanes may use together (None: the machine's cores); lane 2 gets
         ``thread_budget - torch_threads``, at least 1 (see :func:`lane_threads`).
+    precision : str
+        The encoder's precision at batch 1: ``auto`` (fp32 on CPU, bf16 or fp16 on CUDA),
+        ``fp32``, ``bf16`` or ``fp16`` (:class:`rtdecode.encoder.runner.EncoderRunner`).
+    cuda_graph : bool | None
+        Replay the encoder as a captured CUDA graph (None: on CUDA).
     """
 
     topk: int = 5
@@ -112,6 +117,8 @@ class WorkerOptions:
     lanes: int = 2
     torch_threads: int | None = 1
     thread_budget: int | None = None
+    precision: str = "auto"
+    cuda_graph: bool | None = None
 
     def __post_init__(self) -> None:
         if self.lanes not in (1, 2):
@@ -275,6 +282,7 @@ class DecodeWorker(threading.Thread):
             from rtdecode.signal.streaming import StreamingPreprocessor
 
             self._lane1_preprocessor = StreamingPreprocessor(preprocessor)
+        self._runner = None  # EncoderRunner, built on lane 1 for the first window's shape
         self._stop_event = threading.Event()
         self._lock = threading.Lock()
         self._publish_lock = threading.Lock()
@@ -465,12 +473,8 @@ class DecodeWorker(threading.Thread):
         """
         if self.window_shape is None:
             return None
-        n_ch, n_t = self.window_shape
-        x = self._torch.zeros((1, n_ch, n_t), dtype=self._torch.float32, device=self.device)
-        out = self._encode_tensor(x)
-        vec = out["clip"][0].detach().cpu().numpy()
+        vec, mse = self._encode(np.zeros(self.window_shape, dtype=np.float32))
         self.retrieval.topk(vec.reshape(-1)[: self.retrieval_dim], k=self.options.topk)
-        mse = out["mse"][0].detach().float().cpu().numpy()
         if self.decoder is not None and not self._two_lanes:
             self._generate(mse, ())
         return mse
@@ -480,11 +484,17 @@ class DecodeWorker(threading.Thread):
         """Leading dimensions of the prediction the retrieval index compares (all when unknown)."""
         return int(getattr(self.retrieval, "dim", 0)) or 10**9
 
-    def _encode_tensor(self, x):
-        torch = self._torch
-        subject = torch.full((x.shape[0],), self.subject, dtype=torch.long, device=self.device)
-        with torch.inference_mode():
-            return self.encoder(x, subject)
+    def _encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Both heads' vectors for one preprocessed window (lane 1's thread)."""
+        if self._runner is None or self._runner.shape[1:] != x.shape:
+            from rtdecode.encoder.runner import EncoderRunner
+
+            self._runner = EncoderRunner(
+                self.encoder, self.device, *x.shape, subject=self.subject,
+                precision=self.options.precision, cuda_graph=self.options.cuda_graph,
+            )
+            log.info("Encoder at batch 1: %s.", self._runner.describe())
+        return self._runner(x)
 
     def _rescale(self, vec: np.ndarray) -> np.ndarray:
         """The MSE head's prediction as the decoder's input (the one rescale path)."""
@@ -538,7 +548,6 @@ class DecodeWorker(threading.Thread):
         return seq
 
     def _process(self, window: Window) -> None:
-        torch = self._torch
         clock = time.perf_counter
         local_clock = self._local_clock
 
@@ -548,9 +557,7 @@ class DecodeWorker(threading.Thread):
         t0 = clock()
         x = self._lane1_preprocessor.transform_window(window)
         t1 = clock()
-        out = self._encode_tensor(torch.from_numpy(x)[None].to(self.device))
-        clip_vec = out["clip"][0].detach().float().cpu().numpy()
-        mse_vec = out["mse"][0].detach().float().cpu().numpy()
+        clip_vec, mse_vec = self._encode(x)
         t2 = clock()
         lat["preprocess"] = (t1 - t0) * 1e3
         lat["encode"] = (t2 - t1) * 1e3
@@ -721,7 +728,11 @@ RETRIEVAL_SETS = ("test", "all")
 
 
 def load_retrieval(
-    meta: dict[str, Any], ckpt_dir: Any, gallery_dir: Any = None, retrieval_set: str = "all"
+    meta: dict[str, Any],
+    ckpt_dir: Any,
+    gallery_dir: Any = None,
+    retrieval_set: str = "all",
+    device: str = "cpu",
 ) -> tuple[Any, Any]:
     """The gallery and the retrieval index a checkpoint decodes into.
 
@@ -738,6 +749,8 @@ def load_retrieval(
     retrieval_set : str
         ``"test"`` (the checkpoint's held-out test images, the paper's small test set),
         ``"all"`` (every gallery image) or a folder of images to retrieve among.
+    device : str
+        Where the gallery's image encoder embeds the images (serve's device).
 
     Returns
     -------
@@ -769,6 +782,7 @@ def load_retrieval(
         target.get("encoder", "handcrafted"),
         path=target.get("encoder_path"),
         readout=target.get("readout", "cls"),
+        device=device,
     )
     check_image_space(target, enc.name, "the gallery's image encoder", "--gallery")
     ids = retrieval_ids(retrieval_set, meta, gallery)

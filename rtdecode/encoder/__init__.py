@@ -1,4 +1,4 @@
-"""Brain encoder: BrainModule, presets, losses, checkpoints and retrieval metrics.
+"""Brain encoder: BrainModule, presets, losses, checkpoints, metrics, batch-1 runner.
 
 Names are loaded on first use, so ``rtdecode.encoder.metrics`` and ``.presets`` (numpy
 only) can be imported without paying for torch; everything else imports torch.
@@ -25,6 +25,7 @@ _EXPORTS = {
     "standardize": "metrics",
     "destandardize": "metrics",
     "retrieval_metrics": "metrics",
+    "EncoderRunner": "runner",
 }
 
 __all__ = sorted(_EXPORTS)
