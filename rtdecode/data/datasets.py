@@ -449,6 +449,12 @@ def load_epochs(
                 raise
             paths = []
     if not paths:  # epochs, not raw recordings
+        if stream is not None:
+            raise ValueError(
+                f"{str(data_dir)!r} holds epochs, not continuous recordings, so its windows "
+                "cannot be cut from a streamed recording; set `[preprocess] streaming = "
+                "false` in the recipe (the block path) or give the raw recordings."
+            )
         return load_epochs_files(
             epochs_files,
             images_table=images,

@@ -776,7 +776,8 @@ def lagged_windows(
     Parameters
     ----------
     epochs : EpochSet
-        Epochs covering ``[min(lags_s) - window_s, max(lags_s)]`` plus filter history.
+        Epochs covering ``[min(lags_s) - window_s, max(lags_s)]`` (from
+        :func:`load_epochs_for`: streamed spans, or raw samples plus filter history).
     preprocessor : Preprocessor
         Fitted.
     lags_s : sequence of float
