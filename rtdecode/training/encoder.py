@@ -123,8 +123,9 @@ class Recipe:
             raise ValueError(
                 f"Unknown [preprocess] option(s) {unknown}; known options are {sorted(known)}."
             )
-        # TOML has no null: false switches an optional step off.
-        self.preprocess = {k: (None if v is False else v) for k, v in self.preprocess.items()}
+        # TOML has no null: false switches an optional step off (streaming is a switch).
+        self.preprocess = {k: (None if v is False and k != "streaming" else v)
+                           for k, v in self.preprocess.items()}
         if self.monitor not in MONITORS:
             raise ValueError(f"monitor={self.monitor!r} is unknown; use one of {sorted(MONITORS)}.")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -146,3 +146,15 @@ def test_tiny_streaming_training_decodes_above_chance(tiny_subject, tmp_path):
     pred = predict(model, X, np.zeros(len(X), np.int64))["clip"]
     deep = retrieval_scores(pred, [str(i) for i in es.image_ids], list(gallery.ids), emb)
     assert deep["single"]["top5"] > 3 * deep["single"]["chance_top5"], deep["single"]
+
+
+def test_block_path_stays_available(tiny_subject, tmp_path):
+    from rtdecode.encoder import load_checkpoint
+
+    ckpt = train(tiny_subject, tmp_path / "block", preset="test", max_epochs=1,
+                 recipe={"batch_size": 8, "window_sampling": "fixed",
+                         "preprocess": {"streaming": False}}, progress=False)
+    _, meta = load_checkpoint(ckpt)
+    assert meta["preprocess"]["config"]["streaming"] is False
+    report = evaluate(ckpt, tiny_subject, time_resolved=False, progress=False)
+    assert report["n_test_trials"] > 0 and "ridge" in report["retrieval"]
