@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import inspect
+import json
 import math
 import os
 import platform
@@ -47,7 +48,7 @@ import torch
 from torch import nn
 
 from rtdecode.contracts import ParameterError
-from rtdecode.encoder.checkpoint import WEIGHTS_FILE, resolve_device, save_checkpoint
+from rtdecode.encoder.checkpoint import CONFIG_FILE, WEIGHTS_FILE, resolve_device, save_checkpoint
 from rtdecode.encoder.losses import CombinedLoss, clip_loss, mse_loss
 from rtdecode.encoder.metrics import fit_target_stats, retrieval_metrics, standardize
 from rtdecode.encoder.model import BrainModule, build_model
@@ -882,6 +883,17 @@ def train(
             f"{out} already holds a training run; pass --resume to continue it or choose "
             "another --out."
         )
+    if resume and (out / CONFIG_FILE).is_file():
+        # A run continues on the preprocessing it started with (a run begun before
+        # streaming became the default has no streaming key: the block path).
+        saved = json.loads((out / CONFIG_FILE).read_text())["preprocess"]["config"]
+        now = _preprocessor(rc, ("placeholder",)).config.streaming
+        if bool(saved.get("streaming", False)) != now:
+            raise ValueError(
+                f"The run in {out} was started with streaming={bool(saved.get('streaming'))} "
+                f"preprocessing; resume it with `[preprocess] streaming = "
+                f"{str(not now).lower()}` in the recipe."
+            )
     # The channels come from the data, so the real Preprocessor is built by the loader
     # (streaming: it runs over each recording) and again after loading. One on a
     # placeholder channel checks the [preprocess] options before the (slow) load.

@@ -158,3 +158,6 @@ def test_block_path_stays_available(tiny_subject, tmp_path):
     assert meta["preprocess"]["config"]["streaming"] is False
     report = evaluate(ckpt, tiny_subject, time_resolved=False, progress=False)
     assert report["n_test_trials"] > 0 and "ridge" in report["retrieval"]
+    with pytest.raises(ValueError, match="streaming = false"):  # resumed on its own path
+        train(tiny_subject, ckpt, preset="test", max_epochs=2, resume=True,
+              recipe={"batch_size": 8, "window_sampling": "fixed"}, progress=False)
