@@ -8,6 +8,13 @@ their own time axis and rate (:func:`load_epochs_files`). The samples are *raw*:
 (:class:`rtdecode.signal.preprocess.Preprocessor`) is applied by the trainer and the
 evaluator with the very code the live service runs, using the history for its filters.
 
+Streaming preprocessing (``load_epochs(..., stream=...)``, for a Preprocessor whose config
+has ``streaming=True``): each continuous recording, one at a time, is run through
+:func:`rtdecode.signal.streaming.preprocess_recording` from its first sample, and every
+epoch keeps a span of that model-rate output (filtered, not yet baselined or scaled)
+instead of raw samples. :meth:`EpochSet.stream_window` then cuts the window ending at a
+given sample exactly as the live service's StreamingPreprocessor would.
+
 What is dropped is counted in ``EpochSet.drop_log``: catch trials, epochs with
 non-finite samples, epochs that do not fit inside their recording, events without an
 image, and training trials of a test category (zero-shot split, see
@@ -19,10 +26,10 @@ Threads: plain functions and a dataclass, used by the caller's thread.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -93,6 +100,18 @@ class EpochSet:
         Folder to open with ``rtdecode.images.Gallery.from_folder``.
     drop_log : dict of str to int
         Events not in ``X`` (or not in the training set), by reason.
+    onset_samples : ndarray, int64, shape (n_epochs,) or None
+        Image onset as a sample index of its recording, at the recording's own rate.
+    streamed : bool
+        ``X`` holds streamed model-rate spans (see the module docstring), not raw samples:
+        float32, shape (n_epochs, n_model_channels, n_span), unscaled; ``n_pad`` is 0.
+    stream_first : ndarray, int64, shape (n_epochs,) or None
+        When streamed: the model-sample index (counted from its recording's first sample)
+        of ``X[i, :, 0]``.
+    recording_sfreq_hz : tuple of float
+        Rate of each recording (the streamed spans are cut on its own sample grid).
+    sfreq_model_hz : float or None
+        When streamed: the rate of ``X`` (the model rate).
     """
 
     X: np.ndarray
@@ -117,6 +136,11 @@ class EpochSet:
     image_root: Path | None = None
     gallery_root: Path | None = None
     drop_log: dict[str, int] = field(default_factory=dict)
+    onset_samples: np.ndarray | None = None
+    streamed: bool = False
+    stream_first: np.ndarray | None = None
+    recording_sfreq_hz: tuple[float, ...] = ()
+    sfreq_model_hz: float | None = None
 
     _PER_EPOCH = (
         "X",
@@ -129,6 +153,8 @@ class EpochSet:
         "onsets_s",
         "train_mask",
         "test_mask",
+        "onset_samples",
+        "stream_first",
     )
 
     def __len__(self) -> int:
@@ -141,13 +167,20 @@ class EpochSet:
 
     @property
     def times_s(self) -> np.ndarray:
-        """Time of each sample after the history, relative to onset, shape (n_times,)."""
-        return self.tmin_s + np.arange(self.n_times) / self.sfreq_hz
+        """Time of each sample after the history, relative to onset, shape (n_times,).
+
+        Streamed spans: the nominal model-rate grid from ``tmin_s`` (each epoch's span is
+        aligned to its recording's model grid, within one model sample of it).
+        """
+        rate = self.sfreq_model_hz if self.streamed else self.sfreq_hz
+        return self.tmin_s + np.arange(self.n_times) / rate
 
     def select(self, mask: np.ndarray | Sequence[int]) -> EpochSet:
         """A new EpochSet with the epochs ``mask`` selects (bool mask or indices)."""
         idx = np.asarray(mask)
-        return replace(self, **{k: getattr(self, k)[idx] for k in self._PER_EPOCH})
+        return replace(self, **{
+            k: getattr(self, k)[idx] for k in self._PER_EPOCH if getattr(self, k) is not None
+        })
 
     @property
     def train(self) -> EpochSet:
@@ -165,7 +198,77 @@ class EpochSet:
         See :func:`cut_window`. Returns float32, shape (n_epochs, n_channels,
         n_pad + round(window_s * sfreq_hz)).
         """
+        if self.streamed:
+            raise ValueError(
+                "These epochs hold streamed model-rate spans, not raw samples; cut their "
+                "windows with stream_window (or load them without stream= for the block path)."
+            )
         return cut_window(self.X, self.sfreq_hz, self.n_pad, self.tmin_s, offset_s, window_s)
+
+    def stream_stops(self, offset_s: float, window_s: float) -> np.ndarray:
+        """Stop sample (one past the last) of the window ``[offset_s, offset_s + window_s)``.
+
+        As the live service counts it: the window ends ``offset_s + window_s`` after the
+        onset, ``onset_samples + round((offset_s + window_s) * sfreq)`` at each
+        recording's rate. Shape (n_epochs,), int64.
+        """
+        if self.onset_samples is None:
+            raise ValueError("These epochs carry no onset samples (they came from epochs files).")
+        fs = np.asarray(self.recording_sfreq_hz, dtype=np.float64)[self.recording_index]
+        lag = np.float64(offset_s) + np.float64(window_s)
+        return self.onset_samples + np.floor(lag * fs + 0.5).astype(np.int64)
+
+    def stream_window(self, offset_s: float, window_s: float = 0.25) -> np.ndarray:
+        """The streamed (unscaled) window ``[offset_s, offset_s + window_s)`` of every epoch.
+
+        Exactly the model samples the live StreamingPreprocessor slices for the window
+        that ends at :meth:`stream_stops` (``StreamingPreprocessor.window(stop,
+        round(window_s * sfreq))``), before baseline and scaling
+        (``Preprocessor.finish`` does those).
+
+        Returns
+        -------
+        ndarray, float64, shape (n_epochs, n_model_channels, n_times_out)
+        """
+        from rtdecode.signal import filters
+        from rtdecode.signal.streaming import model_index
+
+        if not self.streamed:
+            raise ValueError(
+                "These epochs hold raw samples; load them with stream= (a streaming "
+                "Preprocessor) to cut streamed windows, or use window() for the block path."
+            )
+        stops = self.stream_stops(offset_s, window_s)
+        fs_rec = np.asarray(self.recording_sfreq_hz, dtype=np.float64)[self.recording_index]
+        rates = np.unique(fs_rec)
+        n_outs = {float(fs): filters.n_samples_out(filters.round_half_up(window_s * fs), fs,
+                                                   self.sfreq_model_hz) for fs in rates}
+        if len(set(n_outs.values())) > 1:
+            raise ValueError(
+                f"A {window_s} s window gives {sorted(set(n_outs.values()))} model samples at "
+                f"the recordings' rates {sorted(n_outs)}; stream recordings of one rate."
+            )
+        n_out = next(iter(n_outs.values()))
+        k_end = np.empty(len(self), dtype=np.int64)
+        for fs in rates:
+            sel = fs_rec == fs
+            k_end[sel] = model_index(stops[sel], float(fs) / self.sfreq_model_hz)
+        first = k_end - n_out + 1 - self.stream_first
+        if len(self) and (first.min() < 0 or first.max() + n_out > self.X.shape[-1]):
+            raise ValueError(
+                f"A {window_s} s window at offset {offset_s} s is not inside the streamed "
+                f"spans (loaded for [{self.tmin_s}, {self.tmin_s + self.n_times_s:.3f}] s); "
+                "load the epochs over a span that covers it."
+            )
+        cols = first[:, None] + np.arange(n_out)[None, :]
+        out = np.take_along_axis(self.X, cols[:, None, :], axis=-1)
+        return out.astype(np.float64)
+
+    @property
+    def n_times_s(self) -> float:
+        """Length of the epochs after the history, in seconds."""
+        rate = self.sfreq_model_hz if self.streamed else self.sfreq_hz
+        return self.n_times / rate
 
 
 def cut_window(
@@ -270,6 +373,7 @@ def load_epochs(
     ch_names: Sequence[str] | None = None,
     image_root: str | Path | None = None,
     images_table: str | Path | ImagesTable | None = None,
+    stream: Callable[[Sequence[str]], Any] | None = None,
 ) -> EpochSet:
     """Read every recording of a dataset and cut raw epochs around the images.
 
@@ -299,6 +403,13 @@ def load_epochs(
         Maps image numbers to image files, for events that give numbers only (THINGS-MEG
         3.0.0: ``sourcedata/sample_attributes_P1.csv``; see
         :func:`rtdecode.data.things.read_images_table`).
+    stream : callable, optional
+        ``stream(ch_names) -> Preprocessor`` (config with ``streaming=True``): run each
+        recording through the streaming preprocessing from its first sample and keep,
+        per epoch, the model-rate span covering ``[tmin_s, tmax_s)`` instead of raw
+        samples (``EpochSet.streamed``; cut windows with ``EpochSet.stream_window``).
+        ``pad_s`` then only decides which epochs fit (the filters' history is the
+        recording itself). One recording's raw samples are in memory at a time.
 
     Returns
     -------
@@ -338,6 +449,12 @@ def load_epochs(
                 raise
             paths = []
     if not paths:  # epochs, not raw recordings
+        if stream is not None:
+            raise ValueError(
+                f"{str(data_dir)!r} holds epochs, not continuous recordings, so its windows "
+                "cannot be cut from a streamed recording; set `[preprocess] streaming = "
+                "false` in the recipe (the block path) or give the raw recordings."
+            )
         return load_epochs_files(
             epochs_files,
             images_table=images,
@@ -377,6 +494,7 @@ def load_epochs(
     sfreq = min(rec.sfreq_hz for rec in recs)
     n_pad = int(round(pad_s * sfreq))
     n_times = int(round((tmax_s - tmin_s) * sfreq))
+    streamer = None if stream is None else _Streamer(stream(tuple(ch_names)), tmin_s, tmax_s)
     drop = dict.fromkeys(DROP_REASONS, 0)
     subject_names = sorted({subject_of(p) for p in paths})
 
@@ -385,7 +503,7 @@ def load_epochs(
     for rec in recs:
         fs = rec.sfreq_hz
         # cut at the recording's own rate, with a margin for the resampling edges
-        margin = 0 if fs == sfreq else int(math.ceil(0.05 * fs))
+        margin = 0 if fs == sfreq or streamer else int(math.ceil(0.05 * fs))
         pad_r = int(round(pad_s * fs)) + margin
         n_r = int(round((tmax_s - tmin_s) * fs)) + margin
         keep = []
@@ -398,7 +516,8 @@ def load_epochs(
                 drop["no_image"] += 1
                 continue
             start = ev.sample + int(round(tmin_s * fs)) - pad_r
-            if start < 0 or start + pad_r + n_r > rec.n_times:
+            if (start < 0 or start + pad_r + n_r > rec.n_times
+                    or (streamer and streamer.first(ev.sample, fs) < 0)):
                 drop["out_of_bounds"] += 1
                 continue
             keep.append((start, ev, trial))
@@ -410,9 +529,11 @@ def load_epochs(
             "fall inside the recordings and that tmin_s/tmax_s/pad_s fit."
         )
 
-    X = np.empty((n_max, len(ch_names), n_pad + n_times), dtype=np.float32)
+    width = n_pad + n_times if streamer is None else streamer.width
+    X = np.empty((n_max, len(ch_names), width), dtype=np.float32)
     meta: dict[str, list] = {
-        k: [] for k in ("ids", "paths", "cats", "types", "subj", "rec", "onset")
+        k: [] for k in ("ids", "paths", "cats", "types", "subj", "rec", "onset", "sample",
+                        "first")
     }
     n = 0
     bar = tqdm(total=len(recs), desc="loading epochs", unit="rec", disable=not progress)
@@ -423,6 +544,7 @@ def load_epochs(
                 continue
             picks = [rec.raw.ch_names.index(c) for c in ch_names]
             data = rec.raw.get_data(picks=picks)
+            streamed = None if streamer is None else streamer.run(data, rec.sfreq_hz, ch_names)
             for start, ev, trial in keep:
                 ep = data[:, start : start + n_cut]
                 if margin:
@@ -432,7 +554,13 @@ def load_epochs(
                 if not np.isfinite(ep).all():
                     drop["nonfinite"] += 1
                     continue
-                X[n] = ep
+                if streamed is None:
+                    X[n] = ep
+                else:
+                    k0 = streamer.first(ev.sample, rec.sfreq_hz)
+                    X[n] = streamed[:, k0 : k0 + streamer.width]
+                    meta["first"].append(k0)
+                meta["sample"].append(ev.sample)
                 n += 1
                 meta["ids"].append(trial.image_id)
                 meta["paths"].append(trial.image_path or "")
@@ -441,17 +569,58 @@ def load_epochs(
                 meta["subj"].append(subject_names.index(subject_of(rec.path)))
                 meta["rec"].append(r)
                 meta["onset"].append(ev.onset_s)
-            del data
+            del data, streamed
     if n == 0:
         raise ValueError(
             f"No epoch of {str(data_dir)!r} is left (dropped: {drop}); every epoch held "
             "non-finite samples."
         )
     X = X[:n]  # a view: trimming the few dropped rows is not worth copying X
-    return _epoch_set(
-        X, n_pad, sfreq, tmin_s, ch_names, recs[0].raw.info, meta, drop, subject_names, paths,
-        image_dirs=(data_dir, image_root),
+    es = _epoch_set(
+        X, 0 if streamer else n_pad, sfreq, tmin_s, ch_names, recs[0].raw.info, meta, drop,
+        subject_names, paths, image_dirs=(data_dir, image_root),
     )  # fmt: skip
+    es.onset_samples = np.array(meta["sample"], dtype=np.int64)
+    es.recording_sfreq_hz = tuple(float(rec.sfreq_hz) for rec in recs)
+    if streamer is not None:
+        es.streamed = True
+        es.stream_first = np.array(meta["first"], dtype=np.int64)
+        es.sfreq_model_hz = streamer.sfreq_model_hz
+    return es
+
+
+class _Streamer:
+    """Streams one recording at a time and gives each epoch's model-rate span.
+
+    The span of an epoch ``[tmin_s, tmax_s)`` ends at the model sample of the window
+    ending at ``onset + round(tmax_s * sfreq)`` and is ``width`` samples long: one model
+    sample more than the epoch lasts, so that every window inside the epoch fits whatever
+    the onset's phase on the model grid.
+    """
+
+    def __init__(self, preprocessor: Any, tmin_s: float, tmax_s: float) -> None:
+        if not getattr(preprocessor.config, "streaming", False):
+            raise ValueError(
+                "stream= needs a Preprocessor whose config has streaming=True; leave stream= "
+                "out for the block path."
+            )
+        self.pre = preprocessor
+        self.sfreq_model_hz = float(preprocessor.config.sfreq_model_hz)
+        self.tmax_s = float(tmax_s)
+        self.width = int(math.ceil((tmax_s - tmin_s) * self.sfreq_model_hz - 1e-9)) + 2
+
+    def first(self, onset_sample: int, sfreq_hz: float) -> int:
+        stop = onset_sample + int(math.floor(self.tmax_s * sfreq_hz + 0.5))
+        from rtdecode.signal.streaming import model_index
+
+        k_end = int(model_index(stop, sfreq_hz / self.sfreq_model_hz))
+        return k_end - self.width + 1
+
+    def run(self, data: np.ndarray, sfreq_hz: float, ch_names: Sequence[str]) -> np.ndarray:
+        """Model-rate output (unscaled), shape (n_model_channels, n_model_samples)."""
+        from rtdecode.signal.streaming import preprocess_recording
+
+        return preprocess_recording(self.pre, data, sfreq_hz, ch_names).model_samples()
 
 
 def _epoch_set(

@@ -379,7 +379,7 @@ class Preprocessor:
         return self.transform(window.data, window.sfreq_hz, window.ch_names, window.n_pad)
 
     def transform_epochs(self, epochs: np.ndarray, sfreq_hz: float, ch_names: Sequence[str],
-                         n_pad: int) -> np.ndarray:
+                         n_pad: int, *, scaled: bool = True) -> np.ndarray:
         """Preprocess a stack of epochs with the same arithmetic as :meth:`transform`.
 
         Parameters
@@ -388,12 +388,14 @@ class Preprocessor:
             Cut from the continuous recording with ``n_pad`` samples of history each.
         sfreq_hz, ch_names, n_pad
             As for :meth:`transform`.
+        scaled : bool
+            False: leave the robust scaling and clamp out (what :meth:`fit` measures).
 
         Returns
         -------
         out : ndarray, float32, shape (n_epochs, n_model_channels, n_times_out)
         """
-        return self._run(epochs, sfreq_hz, ch_names, n_pad, scaled=True)
+        return self._run(epochs, sfreq_hz, ch_names, n_pad, scaled=scaled)
 
     def fit(self, epochs: np.ndarray, sfreq_hz: float, ch_names: Sequence[str],
             n_pad: int) -> Preprocessor:
@@ -414,7 +416,30 @@ class Preprocessor:
         -------
         self
         """
-        unscaled = self._run(epochs, sfreq_hz, ch_names, n_pad, scaled=False)
+        return self.fit_unscaled(self.transform_epochs(epochs, sfreq_hz, ch_names, n_pad,
+                                                       scaled=False))
+
+    def fit_unscaled(self, unscaled: np.ndarray) -> Preprocessor:
+        """Fit robust-scaling statistics on preprocessed, not yet scaled, windows.
+
+        The statistic of :meth:`fit` (which calls this); the streaming path gives it the
+        training windows sliced from :func:`~rtdecode.signal.streaming.preprocess_recording`'s
+        output and passed through ``finish(..., scaled=False)``.
+
+        Parameters
+        ----------
+        unscaled : ndarray, shape (n_windows, n_model_channels, n_times_out)
+
+        Returns
+        -------
+        self
+        """
+        unscaled = np.asarray(unscaled)
+        if unscaled.ndim != 3 or unscaled.shape[1] != self.n_channels:
+            raise ValueError(
+                f"unscaled has shape {unscaled.shape}; give (n_windows, {self.n_channels}, "
+                f"n_times_out) in the model's channel order."
+            )
         # One channel at a time: a float64 copy of all channels at once can be GBs.
         q25, q50, q75 = np.array([
             np.percentile(unscaled[:, c].astype(np.float64), [25, 50, 75])
@@ -640,6 +665,26 @@ class Preprocessor:
         y = y[:, plan.resample.n_pad_out:]
         return self._finish(y, plan.baseline, stats, to_float32=False)
 
+    def finish(self, y: np.ndarray, *, scaled: bool = True) -> np.ndarray:
+        """Baseline, then (``scaled``) robust scaling and clamp, of model-rate windows.
+
+        The tail the streaming path applies to each slice of its model-rate output
+        (:meth:`StreamingPreprocessor.window` calls the same arithmetic).
+
+        Parameters
+        ----------
+        y : ndarray, shape (..., n_model_channels, n_times_out)
+            Filtered and resampled, in the model's channel order.
+        scaled : bool
+            False: baseline only (the input of :meth:`fit_unscaled`).
+
+        Returns
+        -------
+        ndarray, float32, same shape
+        """
+        y = np.asarray(y, dtype=np.float64)
+        return self._finish(y, self._baseline_slice(y.shape[-1]), True if scaled else None)
+
     def _finish(self, y: np.ndarray, baseline: slice | None,
                 stats: tuple[np.ndarray, np.ndarray] | None | bool = True,
                 to_float32: bool = True) -> np.ndarray:
@@ -651,7 +696,7 @@ class Preprocessor:
         if stats is True:
             stats = None if self._scale is None else (self._center, self._scale)
         if baseline is not None:
-            y = y - y[:, baseline].mean(axis=-1, keepdims=True)
+            y = y - y[..., baseline].mean(axis=-1, keepdims=True)
         if stats is not None:
             y = (y - stats[0][:, None]) / stats[1][:, None]
             if self._config.clamp is not None:

@@ -40,7 +40,7 @@ import numpy as np
 from rtdecode.contracts import Window
 from rtdecode.signal import filters
 
-__all__ = ["StreamingPreprocessor", "preprocess_recording"]
+__all__ = ["StreamingPreprocessor", "model_index", "preprocess_recording"]
 
 _EPS = 1e-9
 
@@ -164,7 +164,7 @@ class StreamingPreprocessor:
         c = self.pre.config
         n_out = filters.n_samples_out(int(n_times), self.sfreq_hz, c.sfreq_model_hz)
         rel_stop = stop_sample - self._first
-        k_end = int(math.floor(rel_stop / self._step + _EPS)) - 1
+        k_end = int(model_index(rel_stop, self._step))
         if rel_stop > self._next_sample - self._first or k_end >= self._next_k:
             raise ValueError(
                 f"Window up to sample {stop_sample} asked before its samples were pushed "
@@ -177,7 +177,22 @@ class StreamingPreprocessor:
                 f"longer (or not yet) held; raise buffer_s or cut newer windows."
             )
         y = self._out[:, np.arange(k0, k_end + 1) % self._cap]
-        return self.pre._finish(y, self.pre._baseline_slice(n_out))
+        return self.pre.finish(y)
+
+    def model_samples(self) -> np.ndarray:
+        """Every model sample computed so far, unscaled (offline: ``buffer_s=None``).
+
+        Returns
+        -------
+        out : ndarray, float64, shape (n_model_channels, n_model_written)
+            Column ``k`` is model sample ``k`` of the stream.
+        """
+        if self._next_k > self._cap:
+            raise ValueError(
+                f"Only the newest {self._cap} of {self._next_k} model samples are held; "
+                f"use preprocess_recording (which keeps them all) for a whole recording."
+            )
+        return self._out[:, :self._next_k]
 
     # -------------------------------------------------------------- online
     def transform_window(self, window: Window) -> np.ndarray:
@@ -201,6 +216,16 @@ class StreamingPreprocessor:
         if new_from < window.data.shape[1]:
             self.push(window.data[:, new_from:], self._next_sample)
         return self.window(stop, window.n_times)
+
+
+def model_index(stop_samples, step: float):
+    """Newest model sample of the window that ends at ``stop_samples`` (exclusive).
+
+    Both counted from the stream's first sample: ``floor(stop / step) - 1`` with ``step
+    = sfreq_in / sfreq_model`` (model sample ``k`` sits at input ``(k + 1) * step - 1``).
+    Works on ints and on int arrays.
+    """
+    return np.floor(np.asarray(stop_samples) / step + _EPS).astype(np.int64) - 1
 
 
 def _stencils(ks: np.ndarray, step: float, n_have: int) -> tuple[np.ndarray, np.ndarray]:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import inspect
+import json
 import math
 import os
 import platform
@@ -47,7 +48,7 @@ import torch
 from torch import nn
 
 from rtdecode.contracts import ParameterError
-from rtdecode.encoder.checkpoint import WEIGHTS_FILE, resolve_device, save_checkpoint
+from rtdecode.encoder.checkpoint import CONFIG_FILE, WEIGHTS_FILE, resolve_device, save_checkpoint
 from rtdecode.encoder.losses import CombinedLoss, clip_loss, mse_loss
 from rtdecode.encoder.metrics import fit_target_stats, retrieval_metrics, standardize
 from rtdecode.encoder.model import BrainModule, build_model
@@ -60,6 +61,8 @@ __all__ = [
     "lagged_windows",
     "load_recipe",
     "predict",
+    "fit_scaler",
+    "load_epochs_for",
     "preprocess_windows",
     "train",
     "train_arrays",
@@ -121,8 +124,9 @@ class Recipe:
             raise ValueError(
                 f"Unknown [preprocess] option(s) {unknown}; known options are {sorted(known)}."
             )
-        # TOML has no null: false switches an optional step off.
-        self.preprocess = {k: (None if v is False else v) for k, v in self.preprocess.items()}
+        # TOML has no null: false switches an optional step off (streaming is a switch).
+        self.preprocess = {k: (None if v is False and k != "streaming" else v)
+                           for k, v in self.preprocess.items()}
         if self.monitor not in MONITORS:
             raise ValueError(f"monitor={self.monitor!r} is unknown; use one of {sorted(MONITORS)}.")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -694,18 +698,75 @@ def _fit(rc, dist_info, dev, Xt, Yt, St, Xv, Yv, Sv, Gv, positions, n_subj, targ
 
 
 # --------------------------------------------------------------------------- data
-def preprocess_windows(epochs: Any, preprocessor: Any, window_start_s: float, window_s: float) -> np.ndarray:
-    """Cut a window from every epoch of an EpochSet and preprocess it.
+def preprocess_windows(epochs: Any, preprocessor: Any, window_start_s: float, window_s: float,
+                       *, scaled: bool = True) -> np.ndarray:
+    """Cut a window from every epoch of an EpochSet and preprocess it, as the live service does.
 
-    Cuts ``[window_start_s, + window_s)`` (with filter history) and runs the Preprocessor on
-    it: the same arithmetic as the live service.
+    Block path (raw epochs): cuts ``[window_start_s, + window_s)`` with filter history and
+    runs ``Preprocessor.transform_epochs``. Streaming path (epochs loaded with
+    ``stream=``, see :func:`load_epochs_for`): slices the window that ends at sample
+    ``onset + round((window_start_s + window_s) * sfreq)`` from the recording's streamed
+    output (``EpochSet.stream_window``), as the live StreamingPreprocessor slices the
+    window ending at that sample, then ``Preprocessor.finish``.
+
+    Parameters
+    ----------
+    scaled : bool
+        False: leave the robust scaling and clamp out (the input of the scaler's fit).
 
     Returns
     -------
     ndarray, float32, shape (n_epochs, n_model_channels, n_times_out)
     """
+    streaming = bool(getattr(preprocessor.config, "streaming", False))
+    if streaming != bool(getattr(epochs, "streamed", False)):
+        raise ValueError(
+            f"The preprocessing is {'streaming' if streaming else 'block'} but the epochs "
+            f"hold {'streamed spans' if epochs.streamed else 'raw samples'}; load them with "
+            "load_epochs_for(..., preprocessor) so that both agree."
+        )
+    if streaming:
+        return preprocessor.finish(epochs.stream_window(window_start_s, window_s), scaled=scaled)
     raw = epochs.window(window_start_s, window_s)
-    return preprocessor.transform_epochs(raw, epochs.sfreq_hz, epochs.ch_names, epochs.n_pad)
+    return preprocessor.transform_epochs(raw, epochs.sfreq_hz, epochs.ch_names, epochs.n_pad,
+                                         scaled=scaled)
+
+
+def fit_scaler(epochs: Any, preprocessor: Any, window_start_s: float, window_s: float) -> None:
+    """Fit the robust scaler on the window ``[window_start_s, + window_s)`` of every epoch.
+
+    Either path: the statistic (``Preprocessor.fit_unscaled``) sees the preprocessed,
+    unscaled reference windows, cut as :func:`preprocess_windows` cuts them.
+    """
+    preprocessor.fit_unscaled(
+        preprocess_windows(epochs, preprocessor, window_start_s, window_s, scaled=False))
+
+
+def load_epochs_for(data_dir: Any, preprocessor_for: Any, *, tmin_s: float, tmax_s: float,
+                    **kwargs: Any) -> Any:
+    """``load_epochs`` for a preprocessing: streamed spans or raw epochs with history.
+
+    Parameters
+    ----------
+    data_dir : path
+    preprocessor_for : callable
+        ``preprocessor_for(ch_names) -> Preprocessor``; its config decides the path
+        (``streaming``) and the filter history (``pad_s``).
+    tmin_s, tmax_s : float
+        Span around each onset the windows must lie in.
+    **kwargs
+        Passed on (``subjects``, ``ch_names``, ``progress``, ``images_table``).
+
+    Returns
+    -------
+    EpochSet
+    """
+    from rtdecode.data.datasets import load_epochs
+
+    config = preprocessor_for(("placeholder",)).config
+    stream = preprocessor_for if config.streaming else None
+    return load_epochs(data_dir, tmin_s=tmin_s, tmax_s=tmax_s, pad_s=config.pad_s,
+                       stream=stream, **kwargs)
 
 
 def lagged_windows(
@@ -717,7 +778,8 @@ def lagged_windows(
     Parameters
     ----------
     epochs : EpochSet
-        Epochs covering ``[min(lags_s) - window_s, max(lags_s)]`` plus filter history.
+        Epochs covering ``[min(lags_s) - window_s, max(lags_s)]`` (from
+        :func:`load_epochs_for`: streamed spans, or raw samples plus filter history).
     preprocessor : Preprocessor
         Fitted.
     lags_s : sequence of float
@@ -764,9 +826,16 @@ def image_targets(gallery: Any, encoder: Any, image_ids: Sequence[str], progress
 
 
 def _preprocessor(rc: Recipe, ch_names: Sequence[str]):
+    """The recipe's Preprocessor.
+
+    New training runs stream (``[preprocess] streaming = false`` keeps the block path);
+    PreprocessConfig's own default stays the block path, so a checkpoint whose config
+    lacks the key still loads as it was trained.
+    """
     from rtdecode.signal import PreprocessConfig, Preprocessor
 
-    return Preprocessor(PreprocessConfig(ch_names=tuple(ch_names), **rc.preprocess))
+    options = {"streaming": True, **rc.preprocess}
+    return Preprocessor(PreprocessConfig(ch_names=tuple(ch_names), **options))
 
 
 def train(
@@ -805,7 +874,6 @@ def train(
     Path
         ``out_dir``.
     """
-    from rtdecode.data.datasets import load_epochs
     from rtdecode.images import Gallery, image_encoder_for
 
     rc = load_recipe(recipe, preset=preset, max_epochs=max_epochs, seed=seed)
@@ -815,14 +883,24 @@ def train(
             f"{out} already holds a training run; pass --resume to continue it or choose "
             "another --out."
         )
-    # The channels come from the data, so the real Preprocessor is built after loading.
-    # One on a placeholder channel checks the [preprocess] options before the (slow)
-    # load and gives the filter history the epochs must carry.
-    pad_s = _preprocessor(rc, ("placeholder",)).config.pad_s
+    if resume and (out / CONFIG_FILE).is_file():
+        # A run continues on the preprocessing it started with (a run begun before
+        # streaming became the default has no streaming key: the block path).
+        saved = json.loads((out / CONFIG_FILE).read_text())["preprocess"]["config"]
+        now = _preprocessor(rc, ("placeholder",)).config.streaming
+        if bool(saved.get("streaming", False)) != now:
+            raise ValueError(
+                f"The run in {out} was started with streaming={bool(saved.get('streaming'))} "
+                f"preprocessing; resume it with `[preprocess] streaming = "
+                f"{str(not now).lower()}` in the recipe."
+            )
+    # The channels come from the data, so the real Preprocessor is built by the loader
+    # (streaming: it runs over each recording) and again after loading. One on a
+    # placeholder channel checks the [preprocess] options before the (slow) load.
     lags = rc.lags_s
-    es = load_epochs(
-        data_dir, tmin_s=float(lags[0]) - rc.window_s, tmax_s=float(lags[-1]),
-        pad_s=pad_s, subjects=rc.subjects, progress=progress,
+    es = load_epochs_for(
+        data_dir, lambda names: _preprocessor(rc, names), tmin_s=float(lags[0]) - rc.window_s,
+        tmax_s=float(lags[-1]), subjects=rc.subjects, progress=progress,
     )
     es_train = es.train
     if len(es_train) == 0:
@@ -835,8 +913,7 @@ def train(
     preprocessor = _preprocessor(rc, es.ch_names)
     # The robust scaler is fitted on the reference window; every lag is then scaled alike,
     # as the live service scales every window it cuts.
-    preprocessor.fit(es_train.window(rc.window_start_s, rc.window_s), es.sfreq_hz,
-                     es.ch_names, es.n_pad)
+    fit_scaler(es_train, preprocessor, rc.window_start_s, rc.window_s)
     X, Y_index = lagged_windows(es_train, preprocessor, lags, rc.window_s, progress=progress)
     encoder = image_encoder_for(rc.image_spec)
     gallery = Gallery.from_folder(es.gallery_root)

@@ -165,11 +165,15 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    from rtdecode.data.datasets import load_epochs
     from rtdecode.encoder.checkpoint import load_checkpoint
     from rtdecode.images import Gallery, image_encoder_for
     from rtdecode.signal import Preprocessor
-    from rtdecode.training.encoder import image_targets, predict, preprocess_windows
+    from rtdecode.training.encoder import (
+        image_targets,
+        load_epochs_for,
+        predict,
+        preprocess_windows,
+    )
 
     model, meta = load_checkpoint(ckpt_dir, device=device)
     pre = Preprocessor.from_dict(meta["preprocess"])
@@ -179,9 +183,10 @@ def evaluate(
     if time_resolved:
         tmin, tmax = min(tmin, curve_range_s[0]), max(tmax, curve_range_s[1])
     # The checkpoint's subjects (a cohort may hold others, on another sensor layout).
-    es = load_epochs(data_dir, tmin_s=tmin, tmax_s=tmax, pad_s=pre.config.pad_s,
-                     ch_names=meta["ch_names"], subjects=meta.get("subjects") or None,
-                     progress=progress)
+    # Streaming checkpoints: windows cut from each recording's streamed output, by sample.
+    es = load_epochs_for(data_dir, lambda names: pre, tmin_s=tmin, tmax_s=tmax,
+                         ch_names=meta["ch_names"], subjects=meta.get("subjects") or None,
+                         progress=progress)
     test, train = es.test, es.train
     if len(test) == 0:
         raise ValueError(f"{data_dir} has no test trials (trial_type 'test'); nothing to evaluate.")

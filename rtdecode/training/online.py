@@ -131,6 +131,15 @@ def evaluate_online(
     onsets = np.array([e.sample for e in rec.events], dtype=np.int64)
     ids = [e.value.get("image_id") for e in rec.events]
     X_off, file_firsts, kept = [], [], []
+    # Streaming checkpoints: the file's streamed output, from the sample the live state
+    # started at (the first decoded window's first sample), sliced as lane 1 slices it.
+    streamed = None
+    if pre.config.streaming:
+        from rtdecode.signal.streaming import preprocess_recording
+
+        w0 = frames[0].embedding.window
+        start = int(w0.data[list(w0.ch_names).index(COUNTER_CHANNEL)][0])
+        streamed = preprocess_recording(pre, data[:, start:], sfreq_hz, file_ch)
     for f in frames:
         w = f.embedding.window
         counter = w.data[list(w.ch_names).index(COUNTER_CHANNEL)]
@@ -139,8 +148,11 @@ def evaluate_online(
             continue  # a gap inside the window: nothing offline to compare with
         kept.append(f)
         file_firsts.append(first)
-        X_off.append(pre.transform(data[:, first:first + w.data.shape[1]], sfreq_hz, file_ch,
-                                   w.n_pad))
+        if streamed is None:
+            X_off.append(pre.transform(data[:, first:first + w.data.shape[1]], sfreq_hz,
+                                       file_ch, w.n_pad))
+        else:
+            X_off.append(streamed.window(first + w.data.shape[1] - start, w.n_times))
     X_off = np.stack(X_off)
     off = predict(model, X_off, np.full(len(X_off), subj, np.int64))["clip"]
     on = np.stack([f.embedding.vector for f in kept]).reshape(off.shape)

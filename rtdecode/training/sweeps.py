@@ -65,9 +65,12 @@ from rtdecode.encoder.metrics import fit_target_stats, standardize
 from rtdecode.training.encoder import (
     Recipe,
     _preprocessor,
+    fit_scaler,
     image_targets,
+    load_epochs_for,
     load_recipe,
     predict,
+    preprocess_windows,
     train_arrays,
 )
 from rtdecode.training.evaluate import retrieval_scores, ridge_baseline
@@ -282,7 +285,6 @@ def prepare(settings: SweepSettings, out_dir: str | Path, *, progress: bool = Tr
             "The sweep preprocesses whole epochs and slices windows from them, so a "
             "per-window baseline (preprocess.baseline_s) cannot apply; remove it from the recipe."
         )
-    pad_s = _preprocessor(rc, ("placeholder",)).config.pad_s
     kwargs: dict[str, Any] = {}
     if s.images_table is not None:
         import inspect
@@ -293,8 +295,8 @@ def prepare(settings: SweepSettings, out_dir: str | Path, *, progress: bool = Tr
                 "leave --images-table out or update rtdecode."
             )
         kwargs["images_table"] = s.images_table
-    es = load_epochs(s.data, tmin_s=s.tmin_s, tmax_s=s.tmax_s, pad_s=pad_s,
-                     subjects=rc.subjects, progress=progress, **kwargs)
+    es = load_epochs_for(s.data, lambda names: _preprocessor(rc, names), tmin_s=s.tmin_s,
+                         tmax_s=s.tmax_s, subjects=rc.subjects, progress=progress, **kwargs)
     train, test = es.train, es.test
     if len(train) < 2:
         raise ValueError(f"{s.data} has {len(train)} training trials (trial_type 'exp'); the sweep needs at least 2.")
@@ -310,9 +312,12 @@ def prepare(settings: SweepSettings, out_dir: str | Path, *, progress: bool = Tr
     Y_train = image_targets(gallery, encoder, es.image_ids[tr], progress=progress)
     Y_candidates = image_targets(gallery, encoder, candidate_ids, progress=False)
     pre = _preprocessor(rc, es.ch_names)
-    pre.fit(train.X, es.sfreq_hz, es.ch_names, es.n_pad)
-    X_train = pre.transform_epochs(train.X, es.sfreq_hz, es.ch_names, es.n_pad)
-    X_test = pre.transform_epochs(test.X, es.sfreq_hz, es.ch_names, es.n_pad)
+    # Whole epochs, each the window [tmin_s, tmax_s) (streaming: cut from the recording's
+    # streamed output as the live service would cut a window ending at tmax_s).
+    span = (s.tmin_s, s.tmax_s - s.tmin_s)
+    fit_scaler(train, pre, *span)
+    X_train = preprocess_windows(train, pre, *span)
+    X_test = preprocess_windows(test, pre, *span)
     del train, test
     arrays = {
         "X_train": X_train,
