@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -151,3 +152,12 @@ def get(handle: ServerHandle, path: str, **kwargs: Any) -> httpx.Response:
 def client_stats(handle: ServerHandle, client_id: str) -> dict:
     clients = get(handle, "/api/status").json()["server"]["clients"]
     return next(c for c in clients if c["id"] == client_id)
+
+
+def slow_socket(handle: ServerHandle) -> socket.socket:
+    """A client socket with a tiny receive buffer (4 KiB), so backpressure reaches the
+    server after a few frames instead of after megabytes of kernel buffering."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", handle.port))
+    return sock

@@ -11,7 +11,6 @@ import contextlib
 import io
 import itertools
 import json
-import socket
 import threading
 import time
 
@@ -20,7 +19,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from rtdecode.config import Settings
-from rtdecode.server.app import ServerHandle, create_app, run_server_in_thread
+from rtdecode.server.app import create_app, run_server_in_thread
 from rtdecode.server.protocol import decode_frame
 from tests.helpers.frames import STAGES, make_frame
 from tests.helpers.lsl_source import poll
@@ -33,6 +32,7 @@ from tests.helpers.server import (
     get,
     recv_until,
     serving,
+    slow_socket,
     ws_connect,
 )
 
@@ -83,22 +83,13 @@ def test_set_rate_lowers_this_clients_rate_only():
         assert client_stats(handle, limited_id)["skipped"] > 0
 
 
-def _slow_socket(handle: ServerHandle) -> socket.socket:
-    """A client socket with a tiny receive buffer, so backpressure reaches the server
-    after a few frames instead of after megabytes of kernel buffering."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", handle.port))
-    return sock
-
-
 def test_slow_client_loses_frames_alone_and_they_are_counted():
     with serving(fps=25, big=True, image_size=256) as (handle, _), contextlib.ExitStack() as stack:
         fast = stack.enter_context(ws_connect(handle))
         # max_queue=1: the client library stops reading too; close_timeout: it cannot see
         # the server's close reply behind the unread frames, so do not wait for it.
         slow = stack.enter_context(
-            ws_connect(handle, sock=_slow_socket(handle), max_queue=1, close_timeout=0.5)
+            ws_connect(handle, sock=slow_socket(handle), max_queue=1, close_timeout=0.5)
         )
         fast_id = json.loads(fast.recv(timeout=DEADLINE_S))["client_id"]
         slow_id = json.loads(slow.recv(timeout=DEADLINE_S))["client_id"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 
 import pytest
@@ -18,16 +17,17 @@ from rtdecode.server.broadcast import PROBE, PROBES_PER_MESSAGE, Broadcaster
 from rtdecode.server.protocol import CLOSE_STALLED, decode_frame
 from tests.helpers.frames import make_frame, next_within, run, seq_of
 from tests.helpers.lsl_source import poll
-from tests.helpers.server import DEADLINE_S, client_stats, close_code, get, serving, ws_connect
+from tests.helpers.server import (
+    DEADLINE_S,
+    client_stats,
+    close_code,
+    get,
+    serving,
+    slow_socket,
+    ws_connect,
+)
 
 FPS = 25.0
-
-
-def _slow_socket(handle: ServerHandle) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", handle.port))
-    return sock
 
 
 def _published(handle: ServerHandle) -> int:
@@ -40,7 +40,7 @@ def test_a_client_that_never_acks_reads_recent_frames_and_its_drops_are_counted(
     hundred after ten reads); paced, each frame is at most one read interval old."""
     read_every_s = 0.5
     with serving(fps=FPS, big=True, image_size=256) as (handle, _), ws_connect(
-        handle, sock=_slow_socket(handle), max_queue=0, close_timeout=0.5
+        handle, sock=slow_socket(handle), max_queue=0, close_timeout=0.5
     ) as ws:
         client_id = json.loads(ws.recv(timeout=DEADLINE_S))["client_id"]
         lags = []
@@ -63,7 +63,7 @@ def test_a_client_that_never_acks_reads_recent_frames_and_its_drops_are_counted(
 def test_a_client_that_stops_reading_is_closed_as_stalled(monkeypatch):
     monkeypatch.setattr(broadcast, "STALL_S", 1.0)
     with serving(fps=FPS, big=True, image_size=256) as (handle, _), ws_connect(
-        handle, sock=_slow_socket(handle), max_queue=0, close_timeout=0.5
+        handle, sock=slow_socket(handle), max_queue=0, close_timeout=0.5
     ) as ws:
         client_id = json.loads(ws.recv(timeout=DEADLINE_S))["client_id"]
 
