@@ -112,16 +112,6 @@ class Clock:
         return out
 
 
-def _autocast(device: str, dtype_name: str, cache_enabled: bool = True):
-    import torch
-
-    if dtype_name == "fp32":
-        return contextlib.nullcontext()
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
-    device_type = "cuda" if device.startswith("cuda") else "cpu"
-    return torch.autocast(device_type=device_type, dtype=dtype, cache_enabled=cache_enabled)
-
-
 class Results:
     """A section's results, rewritten to disk after every measurement (kept if killed)."""
 
@@ -165,6 +155,7 @@ def section_encoder(res: Results, device: str, tiny: bool) -> None:
     import torch
 
     from rtdecode.encoder import build_model, count_parameters
+    from rtdecode.encoder.runner import autocast
 
     preset, n_ch, n_t = ("test", 306, 30) if tiny else ("paper", 306, 30)
     repeats, cell_budget_s = (5, 2.0) if tiny else (300, 3.0)
@@ -210,7 +201,7 @@ def section_encoder(res: Results, device: str, tiny: bool) -> None:
         for dtype_name in ("fp32", "bf16"):
             row = {"batch": batch, "dtype": dtype_name, "cuda_graph": False, "scope": "forward"}
             try:
-                with _autocast(device, dtype_name):
+                with autocast(device, dtype_name):
                     row["latency_ms"] = clock.time_calls(
                         lambda: model(x, subject), repeats=repeats, warmup=3 if tiny else 10,
                         budget_s=cell_budget_s)

@@ -27,12 +27,30 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PRECISIONS", "EncoderRunner"]
+__all__ = ["PRECISIONS", "EncoderRunner", "autocast"]
 
 log = logging.getLogger(__name__)
 
 #: Accepted values of ``precision``.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def autocast(device: Any, precision: str, *, cache_enabled: bool = True):
+    """The autocast context of ``precision`` on ``device`` (``fp32``: none).
+
+    Parameters
+    ----------
+    device : str | torch.device
+    precision : {"fp32", "bf16", "fp16"}
+    cache_enabled : bool
+        Keep autocast's cast-weight cache (False around a CUDA graph capture).
+    """
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(torch.device(device).type, dtype=dtype, cache_enabled=cache_enabled)
 
 
 class EncoderRunner:
@@ -119,19 +137,12 @@ class EncoderRunner:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return precision
 
-    def _autocast(self):
-        torch = self._torch
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        # cache_enabled=False: autocast's cast-weight cache must not outlive a capture.
-        return torch.autocast(self.device.type, dtype=dtype, cache_enabled=False)
-
     def _heads(self, x=None):
         # Both heads of the forward pass on ``x`` (the device buffer by default), as one
         # float32 row: [clip | mse].
         torch = self._torch
-        with self._autocast():
+        # cache_enabled=False: autocast's cast-weight cache must not outlive a capture.
+        with autocast(self.device, self.precision, cache_enabled=False):
             out = self.model(self._dev_x if x is None else x, self._subject)
         return torch.cat([out["clip"].reshape(1, -1), out["mse"].reshape(1, -1)], 1).float()
 
