@@ -1,8 +1,9 @@
 """Small helpers shared by the benchmarks: the machine's description, percentiles, JSON
 output and plain-text tables.
 
-Only the standard library and numpy, so that every benchmark (and a bare GPU machine)
-can import it. A benchmark run as ``python bench/NAME.py`` finds it because Python puts
+Only the standard library and numpy at import time, so that every benchmark (and a bare
+GPU machine) can import it; ``write_json`` uses rtdecode's one JSON conversion and its
+portable paths (results are committed, so they hold no machine path). A benchmark run as ``python bench/NAME.py`` finds it because Python puts
 the script's folder first on ``sys.path``.
 """
 
@@ -63,32 +64,16 @@ def percentiles(
     return out
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable; convert it first.")
-
-
-def _finite(obj: Any) -> Any:
-    """NaN and infinities as None: strict JSON readers (browsers, jq) reject them."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def write_json(path: str | Path, obj: dict[str, Any]) -> Path:
-    """Write ``obj`` as indented JSON (folders created, numpy types converted)."""
+    """Write ``obj`` as indented JSON (folders created, numpy types converted, paths
+    relative to the repository: results are committed and read on other machines)."""
+    from rtdecode._utils.jsonable import jsonable
+    from rtdecode._utils.paths import portable_paths
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_finite(obj), indent=2, default=_json_default, allow_nan=False)
+    obj = jsonable(portable_paths(obj, root=RESULTS_DIR.parents[1]))
+    text = json.dumps(obj, indent=2, allow_nan=False)
     path.write_text(text + "\n")
     return path
 

@@ -17,11 +17,11 @@ Writes JSON (``--json``) and prints a short table.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
+from common import write_json  # bench/common.py, beside this script
 
 LAGS_S = (-0.3, -0.2, 0.0, 0.1, 0.2, 0.3, 0.45, 0.55, 0.65, 0.8)
 WINDOW_S = 0.25
@@ -107,8 +107,7 @@ def main() -> None:
                 f"{100 * s['lags'][k]['single_top5']:5.1f} / {100 * s['lags'][k]['average_top5']:5.1f}"
                 for s in entry["scores"])
             print(f"{lag['window_start_s']:+.2f}..{lag['window_end_s']:+.2f}    {cells}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_json(args.json, results)
     print(f"\nwrote {args.json}")
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from rtdecode._utils.paths import portable_paths
 from rtdecode.encoder.metrics import (
     average_by_group,
     cosine_similarity,
@@ -272,7 +273,7 @@ def evaluate(
     if json_out is not None:
         path = Path(json_out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2))
+        path.write_text(json.dumps(portable_paths(report), indent=2))
     return report
 
 

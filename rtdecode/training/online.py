@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from rtdecode._utils.paths import portable_paths
 from rtdecode.contracts import ParameterError
 from rtdecode.encoder.metrics import LagCurve
 
@@ -213,7 +214,7 @@ def evaluate_online(
     if json_out is not None:
         out = Path(json_out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2))
+        out.write_text(json.dumps(portable_paths(report), indent=2))
     return report
 
 

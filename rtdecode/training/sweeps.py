@@ -61,6 +61,7 @@ import numpy as np
 
 from rtdecode._utils.files import atomic_write
 from rtdecode._utils.jsonable import jsonable
+from rtdecode._utils.paths import portable_paths
 from rtdecode.encoder.metrics import fit_target_stats, standardize
 from rtdecode.training.encoder import (
     Recipe,
@@ -884,7 +885,7 @@ def collect(out_dir: str | Path) -> tuple[Path, Path, dict[str, Any]]:
         "machine": {"python": platform.python_version(), "host": socket.gethostname()},
     }
     json_path = out / REPORT_JSON
-    _write_json(json_path, report)
+    _write_json(json_path, portable_paths(report))  # committed: no machine paths
     png_path = _plot(report, out / REPORT_PNG)
     return json_path, png_path, report
 
