@@ -83,6 +83,12 @@ def test_set_rate_lowers_this_clients_rate_only():
         assert client_stats(handle, limited_id)["skipped"] > 0
 
 
+#: The slow viewer takes one message every 200 ms: 5 a second against the producer's 25.
+#: A schedule, not a wait for readiness: a viewer that reads "as fast as the test loop
+#: goes" is slow on a loaded machine and faster than 25 a second on a quick one.
+SLOW_READ_PERIOD_S = 0.2
+
+
 def test_slow_client_loses_frames_alone_and_they_are_counted():
     with serving(fps=25, big=True, image_size=256) as (handle, _), contextlib.ExitStack() as stack:
         fast = stack.enter_context(ws_connect(handle))
@@ -94,6 +100,7 @@ def test_slow_client_loses_frames_alone_and_they_are_counted():
         fast_id = json.loads(fast.recv(timeout=DEADLINE_S))["client_id"]
         slow_id = json.loads(slow.recv(timeout=DEADLINE_S))["client_id"]
         fast_seqs: list[int] = []
+        slow_seqs: list[int] = []
         stop = threading.Event()
 
         def read_fast() -> None:
@@ -105,22 +112,40 @@ def test_slow_client_loses_frames_alone_and_they_are_counted():
         reader = threading.Thread(target=read_fast, daemon=True)
         reader.start()
         try:
-            # The slow viewer reads one message now and then; its queue overflows.
-            poll(
-                lambda: (
-                    slow.recv(timeout=DEADLINE_S) and client_stats(handle, slow_id)["dropped"] >= 10
-                ),
-                DEADLINE_S,
-                "slow client's drops",
-            )
+            # Counted from the fast reader's first frames: before its thread ran, it was
+            # a client that did not read.
+            poll(lambda: len(fast_seqs) >= 3, DEADLINE_S, "the fast client's first frames")
+            i_fast, fast_drops_before = len(fast_seqs), client_stats(handle, fast_id)["dropped"]
+            t_next = time.monotonic()
+            deadline = t_next + DEADLINE_S
+            while client_stats(handle, slow_id)["dropped"] < 10 or len(slow_seqs) < 5:
+                assert time.monotonic() < deadline, (
+                    f"Timed out after {DEADLINE_S} s waiting for the slow client's drops: "
+                    f"{client_stats(handle, slow_id)}"
+                )
+                msg = slow.recv(timeout=DEADLINE_S)
+                if isinstance(msg, bytes):
+                    slow_seqs.append(decode_frame(msg)[0]["seq"])
+                t_next += SLOW_READ_PERIOD_S
+                stop.wait(max(0.0, t_next - time.monotonic()))
             n_before = len(fast_seqs)
-            poll(lambda: len(fast_seqs) >= n_before + 25, DEADLINE_S, "25 more frames to the fast client")
+            poll(
+                lambda: len(fast_seqs) >= n_before + 25,
+                DEADLINE_S,
+                "25 more frames to the fast client",
+            )
         finally:
             stop.set()
             reader.join(DEADLINE_S)
+        fast_seqs = fast_seqs[i_fast:]
         steps = [b - a for a, b in itertools.pairwise(fast_seqs)]
         assert steps.count(1) >= 0.9 * len(steps), f"fast client lost frames: {steps}"
-        assert client_stats(handle, fast_id)["dropped"] <= 0.05 * len(fast_seqs)
+        fast_drops = client_stats(handle, fast_id)["dropped"] - fast_drops_before
+        assert fast_drops <= 0.05 * len(fast_seqs)
+        # The slow viewer is handed the newest frame, not a backlog: its seq jumps by about
+        # the 5 frames published between two of its reads (1 would mean queued frames).
+        slow_steps = sorted(b - a for a, b in itertools.pairwise(slow_seqs))
+        assert slow_steps[len(slow_steps) // 2] >= 3, f"slow client got a backlog: {slow_seqs}"
         slow_drops = client_stats(handle, slow_id)["dropped"]
         families = {f.name: f for f in text_string_to_metric_families(get(handle, "/metrics").text)}
         per_client = {
