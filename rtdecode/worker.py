@@ -763,7 +763,8 @@ def load_retrieval(
 
     from rtdecode.decoder.retrieval import Retrieval
     from rtdecode.encoder.metrics import standardize
-    from rtdecode.images import Gallery, get_image_encoder
+    from rtdecode.images import get_image_encoder
+    from rtdecode.images.categories import open_gallery
 
     target = meta.get("target", {})
     if retrieval_set not in RETRIEVAL_SETS:
@@ -777,7 +778,7 @@ def load_retrieval(
             "No gallery for retrieval; pass --gallery DIR or use a checkpoint whose "
             "config.json names its gallery."
         )
-    gallery = Gallery.from_folder(gallery_dir)
+    gallery = open_gallery(gallery_dir, target.get("labels"))  # images, or categories
     enc = get_image_encoder(
         target.get("encoder", "handcrafted"),
         path=target.get("encoder_path"),

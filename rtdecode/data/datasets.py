@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rtdecode.data.card import is_card, read_card
 from rtdecode.data.things import (
     ImagesTable,
     find_epochs_files,
@@ -112,6 +113,13 @@ class EpochSet:
         Rate of each recording (the streamed spans are cut on its own sample grid).
     sfreq_model_hz : float or None
         When streamed: the rate of ``X`` (the model rate).
+    labels : str
+        ``"image"``: ``image_ids`` name images of the gallery. ``"category"`` (a dataset
+        card whose codes name categories): ``image_ids`` are category names, the target of
+        a trial is its category's mean image embedding and retrieval is among categories
+        (:class:`rtdecode.images.categories.CategoryGallery` over ``gallery_root``).
+    modality : str or None
+        ``"meg"`` or ``"eeg"`` when a dataset card says so.
     """
 
     X: np.ndarray
@@ -141,6 +149,8 @@ class EpochSet:
     stream_first: np.ndarray | None = None
     recording_sfreq_hz: tuple[float, ...] = ()
     sfreq_model_hz: float | None = None
+    labels: str = "image"
+    modality: str | None = None
 
     _PER_EPOCH = (
         "X",
@@ -381,7 +391,9 @@ def load_epochs(
     ----------
     data_dir : path-like
         A THINGS-like BIDS folder (``sub-*/ses-*/meg/*_meg.<ext>`` + ``*_events.tsv``; the
-        simulated subject), a folder of recordings, or one recording. Events come from
+        simulated subject), a folder of recordings, one recording, or a dataset card
+        (``.toml``, :mod:`rtdecode.data.card`: its recordings, codes, images and split;
+        the split is the card's, by recording, not zero-shot). Events come from
         ``events.tsv``, annotations or the stim channel
         (:func:`rtdecode.data.recordings.read_recording`) and must name images.
     tmin_s, tmax_s : float
@@ -438,9 +450,13 @@ def load_epochs(
             f"tmax_s={tmax_s}, pad_s={pad_s}."
         )
     images = _images_table(images_table)
-    epochs_files = find_epochs_files(data_dir, subjects)
+    card = read_card(data_dir) if is_card(data_dir) else None
+    subj_of = subject_of if card is None else card.subject_of
+    epochs_files = [] if card else find_epochs_files(data_dir, subjects)
     given = Path(data_dir).expanduser()
     paths = [] if given.is_file() and is_epochs_file(given) else None
+    if card is not None:
+        paths = _card_paths(card, subjects)
     if paths is None:
         try:
             paths = find_recordings(data_dir, subjects)
@@ -462,7 +478,11 @@ def load_epochs(
             ch_names=ch_names,
             data_dir=data_dir,
         )
-    recs = [read_recording(p) for p in paths]
+    recs = [read_recording(p) if card is None else card.read(p) for p in paths]
+    if card is not None:
+        image_root = card.images_root if image_root is None else image_root
+        if ch_names is None:
+            card.check_channels(recs)
     for rec in recs:
         if not any(trial_from_value(e.value, images).image_id for e in rec.events):
             raise ValueError(
@@ -496,7 +516,7 @@ def load_epochs(
     n_times = int(round((tmax_s - tmin_s) * sfreq))
     streamer = None if stream is None else _Streamer(stream(tuple(ch_names)), tmin_s, tmax_s)
     drop = dict.fromkeys(DROP_REASONS, 0)
-    subject_names = sorted({subject_of(p) for p in paths})
+    subject_names = sorted({subj_of(p) for p in paths})
 
     # first pass, events only: which epochs can be cut, so X is allocated once
     plans = []
@@ -566,7 +586,7 @@ def load_epochs(
                 meta["paths"].append(trial.image_path or "")
                 meta["cats"].append(trial.category or trial.image_id)
                 meta["types"].append(trial.trial_type)
-                meta["subj"].append(subject_names.index(subject_of(rec.path)))
+                meta["subj"].append(subject_names.index(subj_of(rec.path)))
                 meta["rec"].append(r)
                 meta["onset"].append(ev.onset_s)
             del data, streamed
@@ -578,7 +598,7 @@ def load_epochs(
     X = X[:n]  # a view: trimming the few dropped rows is not worth copying X
     es = _epoch_set(
         X, 0 if streamer else n_pad, sfreq, tmin_s, ch_names, recs[0].raw.info, meta, drop,
-        subject_names, paths, image_dirs=(data_dir, image_root),
+        subject_names, paths, image_dirs=(data_dir, image_root), card=card,
     )  # fmt: skip
     es.onset_samples = np.array(meta["sample"], dtype=np.int64)
     es.recording_sfreq_hz = tuple(float(rec.sfreq_hz) for rec in recs)
@@ -636,13 +656,24 @@ def _epoch_set(
     paths: Sequence[Path],
     *,
     image_dirs: tuple,
+    card: Any = None,
 ) -> EpochSet:
-    """Split zero-shot, find the images and the sensor positions, and build the EpochSet."""
+    """Split, find the images and the sensor positions, and build the EpochSet.
+
+    The split is zero-shot, or a dataset card's (by recording).
+    """
     types = np.array(meta["types"], dtype=object)
     cats = np.array(meta["cats"], dtype=object)
-    train, test, n_left_out = zero_shot_split(types, cats)
+    if card is None:
+        train, test, n_left_out = zero_shot_split(types, cats)
+    else:  # the card's split: trial types were set from it, per recording
+        test = types == "test"
+        train, n_left_out = ~test, 0
     drop["train_in_test_category"] = n_left_out
-    root, gallery = resolve_image_root(image_dirs[0], meta["paths"], image_dirs[1])
+    if card is not None and card.labels == "category":
+        root = gallery = card.images_root
+    else:
+        root, gallery = resolve_image_root(image_dirs[0], meta["paths"], image_dirs[1])
     pos2, pos3, ch_types = _positions(info, ch_names)
     return EpochSet(
         X=X,
@@ -667,7 +698,24 @@ def _epoch_set(
         image_root=root,
         gallery_root=gallery,
         drop_log=drop,
+        labels="image" if card is None else card.labels,
+        modality=None if card is None else card.modality,
     )
+
+
+def _card_paths(card: Any, subjects: Iterable[str] | None) -> list[Path]:
+    """The card's recordings, of ``subjects`` only when given."""
+    paths = list(card.recordings)
+    if subjects is None:
+        return paths
+    wanted = {s if str(s).startswith("sub-") else f"sub-{s}" for s in subjects}
+    kept = [p for p in paths if card.subject_of(p) in wanted]
+    if not kept:
+        raise ValueError(
+            f"None of the subjects {sorted(wanted)} is in the dataset card {str(card.path)!r}; "
+            f"it has {sorted(set(card.subjects.values()))}."
+        )
+    return kept
 
 
 def _images_table(images_table: str | Path | ImagesTable | None) -> ImagesTable | None:

@@ -1,7 +1,8 @@
 """Read a recording from disk, with its events, whatever format MNE reads.
 
 ``read_recording(path)`` accepts FIF (also split and ``.fif.gz``), a CTF ``.ds`` folder,
-EDF/BDF/GDF, BrainVision ``.vhdr``, EEGLAB ``.set``, KIT ``.con``/``.sqd``, a file inside a
+EDF/BDF/GDF, BrainVision ``.vhdr``, EEGLAB ``.set``, KIT ``.con``/``.sqd``, the CSV that
+muse-lsl and eeg-notebooks write (:mod:`rtdecode.data.csv_recording`), a file inside a
 BIDS dataset, an ``mne_bids.BIDSPath`` or a BIDS folder holding exactly one recording.
 
 Events come from the richest source present, in this order:
@@ -60,6 +61,7 @@ SUPPORTED_FORMATS: dict[str, str] = {
     ".set": "EEGLAB",
     ".con": "KIT",
     ".sqd": "KIT",
+    ".csv": "muse-lsl CSV",
 }
 
 # Files people pick by mistake, and the one to pick instead.
@@ -193,6 +195,10 @@ def read_recording(path: str | Path | Any) -> Recording:
     try:
         if bids_path is not None:
             raw = _read_bids(bids_path, fpath, notes)
+        elif ext == ".csv":
+            from rtdecode.data.csv_recording import read_raw_csv
+
+            raw = read_raw_csv(fpath)
         else:
             raw = mne.io.read_raw(fpath, preload=False, verbose="error")
     except (FileNotFoundError, RecordingError):
@@ -341,7 +347,7 @@ def recording_files(folder: Path) -> list[Path]:
 
     Skipped: hidden entries and :data:`SKIP_DIRS`, files inside a CTF ``.ds`` folder,
     the later parts of a split FIF (``_split-02_`` and after: MNE reads them with
-    ``_split-01_``), and epochs files (``*-epo.fif``; see
+    ``_split-01_``), CSV files without a ``timestamps`` column (tables), and epochs files (``*-epo.fif``; see
     :func:`rtdecode.data.things.find_epochs_files`).
     """
     found = []
@@ -359,8 +365,17 @@ def recording_files(folder: Path) -> list[Path]:
             continue
         if _EPOCHS_NAME_RE.search(p.name):  # epochs, not a continuous recording
             continue
+        if ext == ".csv" and not _is_recording_csv(p):  # an images or events table
+            continue
         found.append(p)
     return sorted(found)
+
+
+def _is_recording_csv(path: Path) -> bool:
+    """A CSV whose header has a ``timestamps`` column (muse-lsl), not a table."""
+    with path.open(encoding="utf-8-sig", errors="replace") as f:
+        header = f.readline().lower().replace('"', "").split(",")
+    return bool({"timestamps", "timestamp"} & {h.strip() for h in header})
 
 
 def _single_recording_in(folder: Path) -> Path:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from rtdecode.data.card import CardError, is_card, read_card
 from rtdecode.data.things import (
     ImagesTable,
     find_epochs_files,
@@ -29,7 +30,7 @@ from rtdecode.data.things import (
     zero_shot_split,
 )
 
-__all__ = ["describe_dataset", "format_report"]
+__all__ = ["describe_card", "describe_dataset", "format_report"]
 
 _IMAGE_DIRS = ("", "images", "stimuli", "sourcedata")
 
@@ -140,6 +141,8 @@ def describe_dataset(
             f"Data folder {str(root)!r} does not exist; give a THINGS-MEG (ds004212) folder, "
             "a folder of recordings, or an epochs file."
         )
+    if is_card(root):
+        return describe_card(root, subjects=subjects)
     images = read_images_table(images_table) if images_table is not None else None
     epochs_files = find_epochs_files(root, subjects)
     other: list[str] = []
@@ -185,6 +188,87 @@ def describe_dataset(
         "other_inputs": other,
     }
     report["missing"] = _missing(report, root, decoded, n_number_only, images, entries)
+    return report
+
+
+def describe_card(card_path: str | Path, *, subjects=None) -> dict[str, Any]:
+    """Report a dataset card: per recording, what was found and what is wrong.
+
+    The card itself is checked first (:func:`rtdecode.data.card.read_card`: a card that
+    cannot be read raises its CardError). Then every recording is read with the card
+    applied; what fails there (a code with no label, a channel the card names that a run
+    lacks, runs with different channels) is a sentence in ``missing`` with the fix,
+    and the other recordings are still reported.
+
+    Returns
+    -------
+    dict
+        The keys of :func:`describe_dataset` (``kind`` = ``"card"``; ``zero_shot`` holds
+        the card's split sizes) plus ``card`` (the card as resolved) and, per recording,
+        ``split``, ``n_trials``, ``trials_per_label`` and ``error``.
+    """
+    from rtdecode.data.datasets import _data_channels
+
+    card = read_card(card_path)
+    wanted = None if subjects is None else {
+        s if str(s).startswith("sub-") else f"sub-{s}" for s in subjects}
+    entries, missing, recs, labels = [], [], [], []
+    for path in card.recordings:
+        if wanted is not None and card.subject_of(path) not in wanted:
+            continue
+        entry: dict[str, Any] = {"path": card._rel(path), "subject": card.subject_of(path),
+                                 "split": "test" if path in card.test else "train"}
+        try:
+            rec = card.read(path)
+        except (CardError, ValueError, OSError) as exc:
+            entry["error"] = str(exc)
+            missing.append(str(exc))
+            entries.append(entry)
+            continue
+        recs.append(rec)
+        chans = _data_channels(rec.raw.info)
+        trial_labels = [str(e.value.get("image_id")) for e in rec.events]
+        labels += [(entry["split"], lab) for lab in trial_labels]
+        entry.update(
+            sfreq_hz=rec.sfreq_hz, duration_s=round(rec.duration_s, 3),
+            channels=[c for c in chans if c not in rec.raw.info["bads"]],
+            n_data_channels=len([c for c in chans if c not in rec.raw.info["bads"]]),
+            bad_channels=list(rec.raw.info["bads"]),
+            channel_types=dict(Counter(rec.raw.get_channel_types())),
+            events_source=rec.events_source, n_events=len(rec.events),
+            n_trials=len(rec.events), trials_per_label=dict(sorted(Counter(trial_labels).items())),
+            notes=list(rec.notes), error=None,
+        )
+        if not rec.events:
+            missing.append(
+                f"{entry['path']} has no event with a code of [events] codes; check "
+                "[events] source (it found none there) and the codes."
+            )
+        entries.append(entry)
+    try:
+        card.check_channels(recs)
+    except CardError as exc:
+        missing.append(str(exc))
+    if not card.test:
+        missing.append(
+            "The card has no [split] test: nothing would be held out. Name the test "
+            "recordings there (e.g. test = [\"run-06.fif\"]); they are never trained on."
+        )
+    n_test = sum(s == "test" for s, _ in labels)
+    report: dict[str, Any] = {
+        "data_dir": str(card.path), "kind": "card", "card": card.to_dict(),
+        "recordings": entries, "n_recordings": len(entries),
+        "trials_per_type": dict(Counter("test" if s == "test" else "exp" for s, _ in labels)),
+        "trials_with_image": len(labels), "trials_with_image_file": 0,
+        "trials_with_category": len(labels) if card.labels == "category" else 0,
+        "n_categories": len({lab for _, lab in labels}),
+        "zero_shot": {"train": len(labels) - n_test, "test": n_test, "left_out": 0},
+        "images_table": None,
+        "image_root": None if card.images_root is None else str(card.images_root),
+        "other_inputs": [], "missing": missing,
+    }
+    for e in entries:
+        e.setdefault("sfreq_hz", None)
     return report
 
 
@@ -240,9 +324,13 @@ def format_report(report: dict[str, Any]) -> str:
     """The report as a few lines of text (what ``rtdecode dataset`` prints)."""
     lines = [f"{report['data_dir']} ({report['kind']})", f"recordings: {report['n_recordings']}"]
     for e in report["recordings"]:
+        if e.get("error"):
+            lines.append(f"  {e['path']} ({e['split']}): NOT READ, see missing")
+            continue
+        split = f" ({e['split']}, {e['trials_per_label']})" if "split" in e else ""
         lines.append(
-            f"  {e['path']}: {e['sfreq_hz']:g} Hz, {e['n_data_channels']} data channels, "
-            f"{e['n_events']} events from {e['events_source']}"
+            f"  {e['path']}{split}: {e['sfreq_hz']:g} Hz, {e['n_data_channels']} data "
+            f"channels, {e['n_events']} events from {e['events_source']}"
         )
     per_type = ", ".join(f"{k} {v}" for k, v in sorted(report["trials_per_type"].items()))
     zs = report["zero_shot"]

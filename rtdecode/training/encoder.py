@@ -874,7 +874,8 @@ def train(
     Path
         ``out_dir``.
     """
-    from rtdecode.images import Gallery, image_encoder_for
+    from rtdecode.images import image_encoder_for
+    from rtdecode.images.categories import open_gallery
 
     rc = load_recipe(recipe, preset=preset, max_epochs=max_epochs, seed=seed)
     out = Path(out_dir)
@@ -916,7 +917,8 @@ def train(
     fit_scaler(es_train, preprocessor, rc.window_start_s, rc.window_s)
     X, Y_index = lagged_windows(es_train, preprocessor, lags, rc.window_s, progress=progress)
     encoder = image_encoder_for(rc.image_spec)
-    gallery = Gallery.from_folder(es.gallery_root)
+    # trials that name a category train towards its mean image embedding
+    gallery = open_gallery(es.gallery_root, es.labels)
     Y = image_targets(gallery, encoder, es_train.image_ids, progress=progress)[Y_index]
     meta = {
         "ch_names": list(es.ch_names),
@@ -929,7 +931,8 @@ def train(
         "offsets": rc.window_meta(),
         "preprocess": preprocessor.to_dict(),
         "clamp": preprocessor.config.clamp,
-        "target": {"name": encoder.name, **rc.image_spec, "gallery": str(es.gallery_root)},
+        "target": {"name": encoder.name, **rc.image_spec, "gallery": str(es.gallery_root),
+                   "labels": es.labels},
         "subjects": list(es.subjects),
         # the held-out (zero-shot) images: `serve --retrieval-set test` retrieves among them
         "test_images": sorted({str(i) for i in es.test.image_ids}),
