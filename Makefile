@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The image world's Debian assets (Noto emoji, Tux Paint photos) go to a per-user cache.
 install: $(STAMP)
+	@bash scripts/install_world_assets.sh
 
 test: install
 	@bash scripts/pytest.sh
