@@ -86,8 +86,11 @@ def evaluate_online(
         ``per_lag`` (``[{lag_s, n, top1, top5, median_rank}]``, online), ``chance_top5``,
         ``n_candidates``, ``offline_per_lag`` (the same windows scored against the
         file's events), ``parity`` (``{n_windows, max_rel_err, ranks_equal, lags_equal,
-        n_late_marker_windows}``: ranks of the same stimulus on the online and offline
-        embeddings; windows whose marker had not arrived when they were cut), ``best``
+        n_late_marker_windows, late_marker_windows, per_lag_on_time,
+        offline_per_lag_on_time}``: ranks of the same stimulus on the online and offline
+        embeddings; the windows whose marker had not arrived when they were cut, each as
+        ``{first_sample, lag_online_s, lag_offline_s}``; both curves without those
+        windows, which are equal when the live path is right), ``best``
         (the lag bin with the highest top-5), counts and settings.
     """
     from rtdecode.data.recordings import read_recording
@@ -99,7 +102,7 @@ def evaluate_online(
 
     if not speed > 0:
         raise ParameterError("speed", f"{{param}}={speed} must be positive (1 = real time).")
-    model, meta = load_checkpoint(ckpt_dir, device=device)
+    model, meta = load_checkpoint(ckpt_dir, device=device, subject=subject)
     pre = Preprocessor.from_dict(meta["preprocess"])
     window_s = float(meta["window_s"])
     subj = subject_index(subject, meta)
@@ -160,26 +163,36 @@ def evaluate_online(
     rel_err = float(np.max(np.abs(on - off)) / max(float(np.max(np.abs(off))), 1e-12))
 
     online, offline = live_curve.empty_like(), live_curve.empty_like()
+    # The same two curves without the late windows: they must be equal.
+    online_on_time, offline_on_time = live_curve.empty_like(), live_curve.empty_like()
     # Parity: the online rank of each window's stimulus equals the offline rank of the
     # same stimulus on the offline embedding. Separately, the stimulus the live path knew
     # is compared with the file's events: a marker that arrives after the data of a window
-    # that starts at its onset leaves that window with the previous stimulus (counted).
+    # that starts at its onset leaves that window with the previous stimulus (late; each
+    # one is listed by its first sample in the file and its two lags).
     n_ranked, ranks_equal, late = 0, True, []
     for f, first, vec in zip(kept, file_firsts, off, strict=True):
         last = first + f.embedding.window.data.shape[1] - 1
         k = int(np.searchsorted(onsets, last, side="right")) - 1
         lag_off = None if k < 0 else round((last + 1 - int(onsets[k])) / sfreq_hz, 6)
         true_off = None if k < 0 or lag_off > options.stimulus_hold_s else ids[k]
-        if (f.lag_s is None) != (lag_off is None) or (
+        is_late = (f.lag_s is None) != (lag_off is None) or (
             lag_off is not None and abs(f.lag_s - lag_off) >= 0.5 / sfreq_hz
-        ):
-            late.append((f.lag_s, lag_off))
+        )
+        if is_late:
+            late.append({"first_sample": first, "lag_online_s": f.lag_s,
+                         "lag_offline_s": lag_off})
         if f.true_rank is not None:
             n_ranked += 1
             ranks_equal &= f.true_rank == int(retrieval.rank_of(vec, f.true_id))
             online.add(f.lag_s, f.true_rank)
+            if not is_late:
+                online_on_time.add(f.lag_s, f.true_rank)
         if true_off is not None and true_off in retrieval:
-            offline.add(lag_off, int(retrieval.rank_of(vec, true_off)))
+            rank_off = int(retrieval.rank_of(vec, true_off))
+            offline.add(lag_off, rank_off)
+            if not is_late:
+                offline_on_time.add(lag_off, rank_off)
 
     curve = online.as_dict()
     best = max(curve["per_lag"], key=lambda r: (r["top5"], -r["lag_s"]), default=None)
@@ -205,7 +218,9 @@ def evaluate_online(
             "ranks_equal": bool(ranks_equal),
             "lags_equal": not late,
             "n_late_marker_windows": len(late),
-            "late_marker_windows": late[:10],
+            "late_marker_windows": late,
+            "per_lag_on_time": online_on_time.as_dict()["per_lag"],
+            "offline_per_lag_on_time": offline_on_time.as_dict()["per_lag"],
         },
     }
     if plots_dir is not None:

@@ -34,8 +34,18 @@ def test_online_equals_offline_on_the_same_windows(tiny_model, tmp_path):
     assert report["n_ranked"] > 0
     rows = report["per_lag"]
     assert sum(r["n"] for r in rows) == report["n_ranked"]
-    if parity["lags_equal"]:  # every marker in time: the offline curve is the same
-        assert report["offline_per_lag"] == rows
+    # The online and offline curves differ only by the late windows: without them they
+    # are equal (always checked), and with none late the whole curves are.
+    late = parity["late_marker_windows"]
+    assert len(late) == parity["n_late_marker_windows"]
+    assert parity["lags_equal"] == (not late)
+    assert all(w["lag_online_s"] != w["lag_offline_s"] for w in late)
+    on_time = parity["per_lag_on_time"]
+    assert on_time == parity["offline_per_lag_on_time"]
+    assert sum(r["n"] for r in on_time) >= report["n_ranked"] - len(late)
+    assert sum(r["n"] for r in report["offline_per_lag"]) - sum(r["n"] for r in on_time) <= len(late)
+    if not late:
+        assert report["offline_per_lag"] == rows == on_time
     assert all(0 <= r["lag_s"] < 1.55 and 1 <= r["median_rank"] <= report["n_candidates"]
                for r in rows)
     assert report["chance_top5"] == pytest.approx(min(5, report["n_candidates"]) / report["n_candidates"])
