@@ -1,10 +1,12 @@
 """The ``rtdecode`` command: thin subcommands over library calls.
 
 Each subcommand parses its flags, builds a library object and calls it; heavy modules
-are imported inside the handler so ``rtdecode --help`` stays fast. Flags that are also
-service options default to None so that RTDECODE_* variables and ``--config`` apply.
-Every subcommand flag is also a variable, ``RTDECODE_<COMMAND>_<FLAG>``
-(:func:`apply_env_defaults`).
+are imported inside the handler so ``rtdecode --help`` stays fast. Every subcommand flag
+is also a variable, ``RTDECODE_<COMMAND>_<FLAG>`` (:func:`apply_env_defaults`), except
+the service's options: ``serve``'s flags are made from ``Settings``' fields
+(:func:`add_settings_options`), each with the one variable ``Settings`` reads,
+``RTDECODE_<OPTION>``; their flags default to None so that the variables and
+``--config`` apply.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from rtdecode.contracts import ParameterError
@@ -35,12 +38,69 @@ def env_name(command: str, dest: str) -> str:
     return f"{ENV_PREFIX}_{command}_{dest}".upper().replace("-", "_")
 
 
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def add_settings_options(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per ``Settings`` field to ``parser`` (the one loop: ``rtdecode serve``).
+
+    Each flag takes its type, choices and help from the field; booleans get ``--x`` and
+    ``--no-x``, lists are comma-separated. Flags default to None, so an unset flag falls
+    through to the field's variable (``RTDECODE_<OPTION>``, read by ``Settings``), the
+    ``--config`` file, then the field's default. Each action records its variable as
+    ``action.env_var``, which :func:`apply_env_defaults` shows in the help, and
+    ``action.read_by_settings``.
+    """
+    from rtdecode.config import settings_options
+
+    group = parser.add_argument_group(
+        "service options", "Each is also an environment variable and a key of --config "
+        "(flags win over variables, which win over the file)."
+    )
+    for o in settings_options():
+        text = f"{o.help} (default: {o.default_text})" if o.default_text else o.help
+        kwargs: dict = {"dest": o.name, "default": None, "help": text.replace("%", "%%")}
+        if o.kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif o.is_list:
+            kwargs.update(type=_comma_list, metavar="A,B,...")
+        else:
+            kwargs.update(type=o.kind, choices=o.choices)
+        action = group.add_argument(o.flag, **kwargs)
+        action.env_var, action.read_by_settings = o.env, True
+
+
+def _deprecated_names(command: str, action: argparse.Action) -> list[tuple[str, bool]]:
+    """The old variables of an option with its own (``RTDECODE_SERVE_LANES``).
+
+    Each with whether it meant the opposite boolean (``RTDECODE_SERVE_NO_CUDA_GRAPHS``).
+    """
+    names = [(env_name(command, action.dest), False)]
+    if isinstance(action, argparse.BooleanOptionalAction):
+        names.append((env_name(command, f"no_{action.dest}"), True))
+    return names
+
+
+def _deprecated(command: str, old: str, new: str, *, ignored: bool) -> None:
+    message = (
+        f"{old} is deprecated and ignored because {new} is set; unset {old}."
+        if ignored else
+        f"{old} is deprecated; use {new} (the old name goes in the next release)."
+    )
+    warnings.warn(message, DeprecationWarning, stacklevel=3)
+    print(f"rtdecode {command}: warning: {message}", file=sys.stderr)
+
+
 def apply_env_defaults(parser: argparse.ArgumentParser, environ=None) -> None:
     """Make every subcommand flag also an environment variable (the one helper).
 
     A set variable becomes the flag's default (so the flag itself still wins); it is
     converted and checked as the flag would be, and a bad value is a usage error that
-    names the variable. Each flag's help says its variable.
+    names the variable. Each flag's help says its one variable: ``RTDECODE_<COMMAND>_<FLAG>``,
+    or the one an option names itself (``action.env_var``, e.g. ``serve``'s options,
+    which ``Settings`` reads). For those, the ``RTDECODE_<COMMAND>_<FLAG>`` names of
+    earlier releases still work, with a DeprecationWarning naming the new variable.
     """
     environ = os.environ if environ is None else environ
     subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
@@ -48,16 +108,30 @@ def apply_env_defaults(parser: argparse.ArgumentParser, environ=None) -> None:
         for action in sub._actions:
             if not action.option_strings or isinstance(action, argparse._HelpAction):
                 continue
-            name = env_name(command, action.dest)
+            own = getattr(action, "env_var", None)
+            name = own or env_name(command, action.dest)
             action.help = f"{action.help or ''} [env: {name}]".strip()
-            if name not in environ:
+            invert = False
+            old = [] if own is None else [
+                (n, inv) for n, inv in _deprecated_names(command, action) if n in environ
+            ]
+            for n, _ in old:
+                _deprecated(command, n, own, ignored=own in environ)
+            if name in environ:
+                if getattr(action, "read_by_settings", False):
+                    continue  # Settings reads it, in its place between flags and file
+            elif old:
+                name, invert = old[0]
+            else:
                 continue
             raw = environ[name]
-            if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+            if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction
+                          | argparse.BooleanOptionalAction):
                 if raw.strip().lower() not in _TRUE | _FALSE:
                     parser.error(f"{name}={raw!r} is not a boolean; use 1/0, true/false or yes/no.")
                 value = raw.strip().lower() in _TRUE
-                value = value if isinstance(action, argparse._StoreTrueAction) else not value
+                value = not value if isinstance(action, argparse._StoreFalseAction) else value
+                value = not value if invert else value
             else:
                 try:
                     value = action.type(raw) if action.type else raw
@@ -221,32 +295,20 @@ def _cmd_train_decoder(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
+def serve_settings(args: argparse.Namespace):
+    """The ``Settings`` of a parsed ``rtdecode serve`` (flags > variables > file > defaults)."""
     from rtdecode.config import Settings
+
+    overrides = {name: getattr(args, name) for name in Settings.model_fields}
+    if args.global_lsl_local:  # `rtdecode --lsl-local serve`
+        overrides["lsl_local"] = True
+    return Settings.load(args.config, **overrides)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
     from rtdecode.service import serve
 
-    settings = Settings.load(
-        args.config,
-        stream=args.stream,
-        model=args.model,
-        decoder=args.decoder,
-        gallery=args.gallery,
-        subject=args.subject,
-        retrieval_set=args.retrieval_set,
-        allow_fixed_window=args.allow_fixed_window or None,
-        lanes=args.lanes,
-        encoder_precision=args.encoder_precision,
-        cuda_graphs=False if args.no_cuda_graphs else None,
-        host=args.host,
-        port=args.port,
-        token=args.token,
-        allowed_hosts=args.allowed_hosts,
-        record=args.record,
-        events_table=args.events_table,
-        trigger_channel=args.trigger_channel,
-        lsl_local=args.lsl_local or None,
-    )
-    return serve(settings)
+    return serve(serve_settings(args))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -264,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lsl-local",
         action="store_true",
-        help="apply the loopback-only liblsl configuration (no traffic leaves 127.0.0.1)",
+        dest="global_lsl_local",
+        help="apply the loopback-only liblsl configuration (no traffic leaves 127.0.0.1) "
+        "[env: RTDECODE_LSL_LOCAL]",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -378,56 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_train_decoder)
 
     s = sub.add_parser("serve", help="decode a live stream and serve the viewer")
-    s.add_argument("--stream", default=None)
-    s.add_argument("--model", type=Path, default=None)
-    s.add_argument("--decoder", default=None, help="decoder folder, 'demo', or 'none' (retrieval only)")
-    s.add_argument("--gallery", type=Path, default=None, help="gallery folder (default: the checkpoint's)")
-    s.add_argument("--subject", default=None,
-                   help="subject to decode as (required when the checkpoint has several)")
-    s.add_argument("--retrieval-set", default=None,
-                   help="'test' (the checkpoint's held-out test images), 'all' (the gallery; "
-                   "default) or a folder of images")
-    s.add_argument("--allow-fixed-window", action="store_true",
-                   help="serve an encoder trained on one fixed window (decodes poorly at other lags)")
-    s.add_argument("--lanes", type=int, choices=[1, 2], default=None,
-                   help="2 (default): images generated in their own lane, retrieval frames "
-                        "at every hop; 1: single lane (RTDECODE_LANES)")
-    s.add_argument("--encoder-precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
-                   help="the encoder's precision: auto (default: fp32 on CPU, bf16 or fp16 on "
-                        "CUDA) (RTDECODE_ENCODER_PRECISION)")
-    s.add_argument("--no-cuda-graphs", action="store_true",
-                   help="on CUDA, run the encoder eagerly instead of replaying a captured graph "
-                        "(RTDECODE_CUDA_GRAPHS=false)")
-    s.add_argument("--host", default=None)
-    s.add_argument("--port", type=int, default=None)
-    s.add_argument("--token", default=None)
-    s.add_argument(
-        "--allowed-hosts",
-        default=None,
-        help="comma-separated host names the server may be reached by, besides loopback and "
-        "--host (a request naming any other Host is refused: DNS rebinding)",
-    )
-    s.add_argument(
-        "--record",
-        type=Path,
-        default=None,
-        help="also write every received sample and marker to FIF segments in this folder "
-        "(each on disk within 2 s of arriving)",
-    )
-    s.add_argument(
-        "--events-table",
-        type=Path,
-        default=None,
-        help="CSV/TSV mapping marker or trigger codes to images (columns code, image_id, "
-        "trial_type)",
-    )
-    s.add_argument(
-        "--trigger-channel",
-        default=None,
-        help="in-stream trigger channel whose rising edges are events (default: STI101, "
-        "STI 014, UPPT001 or a stim channel when present; 'none': off)",
-    )
-    s.add_argument("--config", type=Path, default=None)
+    s.add_argument("--config", type=Path, default=None,
+                   help="TOML file of service options (flat, or under [rtdecode])"
+                   ).env_var = "RTDECODE_CONFIG"
+    add_settings_options(s)
     s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("demo", help="simulated subject -> replay -> service, one command")
@@ -454,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     apply_env_defaults(parser)
     args = parser.parse_args(argv)
-    if args.lsl_local or _env("LSL_LOCAL", "").lower() in {"1", "true", "yes"}:
+    if (args.global_lsl_local or getattr(args, "lsl_local", None)
+            or _env("LSL_LOCAL", "").lower() in _TRUE):
         from rtdecode.lsl import use_local_config
 
         use_local_config()

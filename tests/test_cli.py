@@ -1,4 +1,5 @@
-"""Every subcommand flag is also an RTDECODE_<COMMAND>_<FLAG> variable (one helper)."""
+"""Every subcommand flag is also an RTDECODE_<COMMAND>_<FLAG> variable (one helper);
+serve's options have the one variable Settings reads (tests/test_config.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ def test_every_subcommand_flag_has_a_variable_in_its_help():
     for command, p in sub.choices.items():
         for action in p._actions:
             if action.option_strings and not isinstance(action, argparse._HelpAction):
-                assert f"[env: {env_name(command, action.dest)}]" in action.help
+                name = getattr(action, "env_var", None) or env_name(command, action.dest)
+                assert action.help.count("[env: ") == 1, action.help
+                assert f"[env: {name}]" in action.help
 
 
 def test_variables_set_flags_and_flags_win():
