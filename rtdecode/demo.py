@@ -3,6 +3,13 @@
 The subject is replayed on a loopback-only LSL stream and decoded by the service with the
 bundled models; one command, Ctrl-C to stop.
 
+Where things are (``rtdecode._utils.paths``): the models are package resources
+(``rtdecode/_models/demo``, which is ``models/demo`` in a checkout), so an installed wheel
+finds them as a checkout does. The simulated subject is written once, into ``data/sim`` of
+the checkout rtdecode runs from, or, for an installed wheel, into the per-user data folder
+(``$RTDECODE_DATA/sim``, else ``~/.local/share/rtdecode/sim``). ``RTDECODE_DEMO_DATA`` and
+``RTDECODE_DEMO_MODELS`` name other folders.
+
 Threading: the replay runs in a thread of its own (``rtdecode.io.replay.Player``); the
 service's threads are described in ``rtdecode.service``; this module's main thread only
 prints a status line and waits for Ctrl-C.
@@ -17,21 +24,30 @@ import time
 import webbrowser
 from pathlib import Path
 
+from rtdecode._utils.paths import bundled_models_dir, checkout_root, user_data_dir
 from rtdecode.lsl import use_local_config
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The simulated subject whose held-out session the demo replays (replay_raw.fif).
 DEMO_SUBJECT = "01"
 
 
 def default_data_dir() -> Path:
-    """Folder of the demo's simulated data (``RTDECODE_DEMO_DATA`` overrides it)."""
-    return Path(os.environ.get("RTDECODE_DEMO_DATA", REPO_ROOT / "data" / "sim"))
+    """Folder of the demo's simulated data.
+
+    ``RTDECODE_DEMO_DATA`` when set; else ``data/sim`` of the checkout rtdecode runs from
+    (where ``make models`` simulates); else ``sim`` in the per-user data folder.
+    """
+    if os.environ.get("RTDECODE_DEMO_DATA"):
+        return Path(os.environ["RTDECODE_DEMO_DATA"]).expanduser()
+    root = checkout_root()
+    return root / "data" / "sim" if root is not None else user_data_dir() / "sim"
 
 
 def default_models_dir() -> Path:
-    """Folder of the demo's models (``RTDECODE_DEMO_MODELS`` overrides it)."""
-    return Path(os.environ.get("RTDECODE_DEMO_MODELS", REPO_ROOT / "models" / "demo"))
+    """Folder of the demo's models: the package's (``RTDECODE_DEMO_MODELS`` overrides it)."""
+    if os.environ.get("RTDECODE_DEMO_MODELS"):
+        return Path(os.environ["RTDECODE_DEMO_MODELS"]).expanduser()
+    return bundled_models_dir() / "demo"
 
 
 def ensure_simulated_subject(data_dir: Path) -> Path:
@@ -76,8 +92,9 @@ def run_demo(
     decoder_dir = models_dir / "decoder"
     if not (encoder_dir / "config.json").is_file():
         raise FileNotFoundError(
-            f"The demo brain encoder is missing from {encoder_dir}; run `make models` to "
-            "train it with the project's own commands."
+            f"The demo brain encoder is missing from {encoder_dir}; in a checkout, run "
+            "`make models` to train it with the project's own commands; an installed "
+            "rtdecode ships it (reinstall the wheel), or set RTDECODE_DEMO_MODELS to its folder."
         )
     replay_path = ensure_simulated_subject(data_dir)
     name = f"rtdecode-demo-{os.getpid()}"

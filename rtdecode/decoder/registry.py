@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rtdecode._utils.paths import bundled_models_dir
+
 #: Decoder kinds and the class that loads each (``Class.from_folder(folder, ...)``).
 DECODERS: dict[str, str] = {
     "tiny": "rtdecode.decoder.tiny:TinyDecoder",
@@ -29,9 +31,10 @@ KANDINSKY22_CLASS_NAMES = ("KandinskyV22Pipeline", "KandinskyV22Img2ImgPipeline"
 #: SDXL-Turbo / SD-Turbo text-to-image pipelines, conditioned through an IP-Adapter.
 TURBO_CLASS_NAMES = ("StableDiffusionXLPipeline", "StableDiffusionPipeline")
 
-#: Names that :func:`load_decoder` resolves to folders shipped with the project.
+#: Names that :func:`load_decoder` resolves to folders shipped inside the package
+#: (``rtdecode/_models``: the wheel's package data, ``models/`` in a checkout).
 BUNDLED_DECODERS = {
-    "demo": Path(__file__).resolve().parents[2] / "models" / "demo" / "decoder",
+    "demo": bundled_models_dir() / "demo" / "decoder",
 }
 
 
