@@ -240,14 +240,16 @@ def _cmd_evaluate_online(args: argparse.Namespace) -> int:
     from rtdecode.training.online import evaluate_online
 
     report = evaluate_online(
-        args.ckpt, args.recording, subject=args.subject, retrieval_set=args.retrieval_set,
+        args.ckpt, args.recording, data=args.data, subject=args.subject,
+        retrieval_set=args.retrieval_set,
         gallery=args.gallery, speed=args.speed, json_out=args.json, plots_dir=args.plots,
         device=args.device,
     )
     best, parity = report["best"], report["parity"]
+    k = 1 if report["n_candidates"] <= 5 else 5  # categories: top-1
     if best is not None:
-        print(f"best lag bin {best['lag_s'] * 1e3:.0f} ms: top-5 {100 * best['top5']:.1f} % "
-              f"(chance {100 * report['chance_top5']:.1f} %), median rank "
+        print(f"best lag bin {best['lag_s'] * 1e3:.0f} ms: top-{k} {100 * best[f'top{k}']:.1f} % "
+              f"(chance {100 * report[f'chance_top{k}']:.1f} %), median rank "
               f"{best['median_rank']:.0f} of {report['n_candidates']}, n = {best['n']}")
     print(f"online = offline on {parity['n_windows']} windows: max relative error "
           f"{parity['max_rel_err']:.2e}, ranks equal: {parity['ranks_equal']}")
@@ -314,7 +316,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from rtdecode.demo import run_demo
 
-    return run_demo(port=args.port, open_browser=not args.no_browser, duration_s=args.duration)
+    return run_demo(port=args.port, open_browser=not args.no_browser, duration_s=args.duration,
+                    example=args.example)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -367,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_simulate)
 
     s = sub.add_parser("dataset", help="report what a dataset holds and what it lacks")
-    s.add_argument("dir", type=Path, help="THINGS-MEG folder, recordings, or epochs file/folder")
+    s.add_argument("dir", type=Path,
+                   help="THINGS-MEG folder, recordings, epochs file/folder, or a dataset card (.toml)")
     s.add_argument("--images-table", type=Path, default=None, help="image numbers -> files (CSV/TSV)")
     s.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     s.set_defaults(func=_cmd_dataset)
@@ -398,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recording", required=True, type=Path,
                    help="a recording with stimulus events (e.g. a held-out session)")
     s.add_argument("--subject", default=None, help="subject to decode as")
+    s.add_argument("--data", type=Path, default=None,
+                   help="a dataset card (.toml): the codes, labels and images of the recording")
     s.add_argument("--retrieval-set", default="test",
                    help="'test' (default), 'all' or a folder of images")
     s.add_argument("--gallery", type=Path, default=None, help="gallery (default: the checkpoint's)")
@@ -452,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8765)
     s.add_argument("--no-browser", action="store_true")
     s.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    s.add_argument("--example", choices=["n170"], default=None,
+                   help="a real recording instead: n170 = eeg-notebooks' Muse EEG, faces vs "
+                        "houses (run 5, never trained on)")
     s.set_defaults(func=_cmd_demo)
     return p
 

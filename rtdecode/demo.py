@@ -73,18 +73,64 @@ def _status_line(service) -> str:
     )
 
 
+#: ``rtdecode demo --example n170``: eeg-notebooks' N170 subject 1 (rtdecode/examples/n170),
+#: run 5 (test data, never trained on) replayed live, decoded by models/n170/encoder.
+N170_TEST_RUN = "data_2017-09-13-15.42.33.csv"
+
+
+def example_n170() -> tuple[Path, Path, Path]:
+    """The N170 example's card, the run the demo replays, and its encoder folder."""
+    from importlib import resources
+
+    root = Path(str(resources.files("rtdecode").joinpath("examples", "n170")))
+    return root / "card.toml", root / "recordings" / N170_TEST_RUN, bundled_models_dir() / "n170" / "encoder"
+
+
+def _n170_settings_and_replay(name: str, port: int):
+    """Settings and the replay of run 5 for ``--example n170``: categories, no decoder."""
+    from rtdecode.config import Settings
+    from rtdecode.data.card import read_card
+
+    card_path, run, encoder_dir = example_n170()
+    if not (encoder_dir / "config.json").is_file():
+        raise FileNotFoundError(
+            f"The N170 encoder is missing from {encoder_dir}; in a checkout, train it with "
+            "`rtdecode train --data rtdecode/examples/n170/card.toml --out "
+            "models/n170/encoder --config models/n170/recipe.toml`."
+        )
+    card = read_card(card_path)
+    # the card turns Marker0's codes (1, 2) into the categories the viewer shows
+    recording = card.read(run)
+    settings = Settings.load(
+        None, stream=name, source_id=name, model=encoder_dir, decoder="none",
+        gallery=card.images_root, retrieval_set="all", port=port, lsl_local=True,
+    )
+    return settings, recording
+
+
 def run_demo(
     port: int = 8765,
     open_browser: bool = True,
     duration_s: float | None = None,
     data_dir: Path | None = None,
     models_dir: Path | None = None,
+    example: str | None = None,
 ) -> int:
-    """Run the demo until Ctrl-C (or ``duration_s``). Returns the exit code."""
+    """Run the demo until Ctrl-C (or ``duration_s``). Returns the exit code.
+
+    ``example="n170"`` replays the real EEG example instead of the simulated subject.
+    """
     use_local_config()
     from rtdecode.config import Settings
     from rtdecode.io.replay import Player
-    from rtdecode.service import Service
+
+    if example is not None:
+        if example != "n170":
+            raise ValueError(f"example={example!r} is not known; the examples are: n170.")
+        name = f"rtdecode-n170-{os.getpid()}"
+        settings, recording = _n170_settings_and_replay(name, port)
+        replay = Player(recording, name=name, source_id=name, loop=True).start()
+        return _serve_until_stopped(settings, replay, open_browser, duration_s)
 
     data_dir = Path(data_dir or default_data_dir())
     models_dir = Path(models_dir or default_models_dir())
@@ -114,6 +160,12 @@ def run_demo(
         port=port,
         lsl_local=True,
     )
+    return _serve_until_stopped(settings, replay, open_browser, duration_s)
+
+
+def _serve_until_stopped(settings, replay, open_browser: bool, duration_s: float | None) -> int:
+    from rtdecode.service import Service
+
     service = Service(settings)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}

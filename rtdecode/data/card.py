@@ -234,11 +234,11 @@ class DatasetCard:
         list of str
             The data channels (MEG, else EEG; bad ones left out) of the first run.
         """
-        from rtdecode.data.datasets import _data_channels
+        from rtdecode.data.recordings import data_channels
 
         first = None
         for rec in recordings:
-            chans = [c for c in _data_channels(rec.raw.info) if c not in rec.raw.info["bads"]]
+            chans = [c for c in data_channels(rec.raw.info) if c not in rec.raw.info["bads"]]
             if first is None:
                 first = (rec, chans)
                 continue

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rtdecode.data.card import is_card, read_card
+from rtdecode.data.recordings import data_channels as _data_channels
 from rtdecode.data.things import (
     ImagesTable,
     find_epochs_files,
@@ -321,16 +322,6 @@ def cut_window(
             f"[{tmin_s}, {t_end - window_s:.3f}] s or load longer epochs."
         )
     return X[..., start - n_pad : start + n_win]
-
-
-def _data_channels(info: mne.Info) -> list[str]:
-    """MEG channels (no reference sensors) of a recording; EEG when it has no MEG."""
-    import mne
-
-    picks = mne.pick_types(info, meg=True, ref_meg=False, exclude=())
-    if len(picks) == 0:
-        picks = mne.pick_types(info, eeg=True, exclude=())
-    return [info["ch_names"][i] for i in picks]
 
 
 def _positions(

@@ -215,6 +215,16 @@ def read_recording(path: str | Path | Any) -> Recording:
     return Recording(raw=raw, events=events, path=fpath, events_source=source, notes=notes)
 
 
+def data_channels(info: mne.Info) -> list[str]:
+    """MEG channels (no reference sensors) of a recording; EEG when it has no MEG."""
+    import mne
+
+    picks = mne.pick_types(info, meg=True, ref_meg=False, exclude=())
+    if len(picks) == 0:
+        picks = mne.pick_types(info, eeg=True, exclude=())
+    return [info["ch_names"][i] for i in picks]
+
+
 # ---------------------------------------------------------------- path checks
 
 

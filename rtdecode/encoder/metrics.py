@@ -179,7 +179,8 @@ def retrieval_metrics(
     -------
     dict
         ``top1``, ``top5`` (one per k), ``chance_top1``..., ``median_rank``,
-        ``relative_median_rank``, ``n_queries``, ``n_candidates``.
+        ``relative_median_rank``, ``n_queries``, ``n_candidates``; with two candidates
+        (two categories) also ``auc`` (:func:`two_class_auc`, chance 0.5).
     """
     ranks = retrieval_ranks(pred, candidates, true_index)
     m = int(np.asarray(candidates).shape[0])
@@ -191,7 +192,39 @@ def retrieval_metrics(
     out["relative_median_rank"] = relative_median_rank(ranks, m)
     out["n_queries"] = int(ranks.size)
     out["n_candidates"] = m
+    if m == 2:
+        out["auc"] = two_class_auc(pred, candidates, true_index)
     return out
+
+
+def two_class_auc(pred: np.ndarray, candidates: np.ndarray, true_index: np.ndarray) -> float:
+    """ROC AUC of retrieval between two candidates (two categories).
+
+    The score of a prediction is its cosine similarity with candidate 1 minus that with
+    candidate 0; the AUC is the probability that a trial of candidate 1 scores higher
+    than a trial of candidate 0 (ties count one half). Chance is 0.5.
+
+    Parameters
+    ----------
+    pred : array, shape (B, D)
+    candidates : array, shape (2, D)
+    true_index : array of int (0 or 1), shape (B,)
+
+    Returns
+    -------
+    float
+        NaN when the trials are all of one candidate.
+    """
+    from scipy.stats import rankdata
+
+    sims = cosine_similarity(pred, candidates)
+    score = sims[:, 1] - sims[:, 0]
+    pos = np.asarray(true_index) == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    r = rankdata(score)
+    return float((r[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 __all__ = [
@@ -205,6 +238,7 @@ __all__ = [
     "retrieval_ranks",
     "standardize",
     "topk_accuracy",
+    "two_class_auc",
 ]
 
 
@@ -282,6 +316,11 @@ class LagCurve:
             self.add(lag, rank)
 
     @property
+    def chance_top1(self) -> float:
+        """Top-1 accuracy of a random ranking."""
+        return 1.0 / self.n_candidates
+
+    @property
     def chance_top5(self) -> float:
         """Top-5 accuracy of a random ranking."""
         return min(5, self.n_candidates) / self.n_candidates
@@ -304,5 +343,6 @@ class LagCurve:
                     "top5": float(self._top5[b] / n),
                     "median_rank": float(np.median(ranks)),
                 })
-        return {"per_lag": rows, "chance_top5": self.chance_top5,
-                "n_candidates": self.n_candidates, "bin_s": self.bin_s}
+        return {"per_lag": rows, "chance_top1": self.chance_top1,
+                "chance_top5": self.chance_top5, "n_candidates": self.n_candidates,
+                "bin_s": self.bin_s}

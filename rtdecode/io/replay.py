@@ -343,11 +343,12 @@ class Player:
         linger_s: float = 0.5,
         markers: str = "json",
     ) -> None:
-        from rtdecode.data.recordings import read_recording
+        from rtdecode.data.recordings import Recording, read_recording
 
         check_replay_options(speed=speed, chunk_ms=chunk_ms, max_duration_s=max_duration_s,
                              markers=markers)
-        self.recording = read_recording(path)
+        # a Recording already read (e.g. with a dataset card's codes applied) is replayed as is
+        self.recording = path if isinstance(path, Recording) else read_recording(path)
         self.name = name or default_stream_name(self.recording.path)
         self.source_id = source_id or f"rtdecode-replay-{self.name}"
         self.speed, self.loop, self.chunk_ms, self.counter = speed, loop, chunk_ms, counter

@@ -167,7 +167,8 @@ def evaluate(
     from tqdm.auto import tqdm
 
     from rtdecode.encoder.checkpoint import load_checkpoint
-    from rtdecode.images import Gallery, image_encoder_for
+    from rtdecode.images import image_encoder_for
+    from rtdecode.images.categories import open_gallery
     from rtdecode.signal import Preprocessor
     from rtdecode.training.encoder import (
         image_targets,
@@ -199,7 +200,8 @@ def evaluate(
             f"The checkpoint was trained on {meta['target']['name']!r} embeddings but the "
             f"image encoder here is {encoder.name!r}; use the same image encoder."
         )
-    gallery = Gallery.from_folder(es.gallery_root)
+    # trials that name a category: retrieval among the categories' mean embeddings
+    gallery = open_gallery(es.gallery_root, meta["target"].get("labels") or es.labels)
     stats = meta.get("target_stats")
     gallery_z = standardize(gallery.embeddings(encoder, progress=progress), stats)
     test_ids = [str(i) for i in test.image_ids]
@@ -229,10 +231,12 @@ def evaluate(
     curve = None
     if time_resolved:
         offsets = np.round(np.arange(tmin, tmax - window_s + 1e-9, hop_s), 6) + 0.0  # no -0.0
+        tracks = ("single_top1", "single_top5", "average_top5") + (
+            ("single_auc",) if len(test_images) == 2 else ())
         curve = {"window_s": window_s, "hop_s": hop_s, "offsets_s": offsets.tolist(),
+                 "chance_top1": 1 / len(test_images),
                  "chance_top5": min(5, len(test_images)) / len(test_images),
-                 "model": {"single_top5": [], "average_top5": []},
-                 "ridge": {"single_top5": [], "average_top5": []}}
+                 "model": {t: [] for t in tracks}, "ridge": {t: [] for t in tracks}}
         for off in tqdm(offsets, desc="time-resolved", unit="window", disable=not progress):
             xt = preprocess_windows(test, pre, float(off), window_s)
             preds = {"model": predict(model, xt, s_test)["clip"]}
@@ -241,8 +245,9 @@ def evaluate(
                 preds["ridge"] = ridge_baseline(xr, Y_train, xt)[0]
             for name, p in preds.items():
                 r = retrieval_scores(p, test_ids, *sets["test"])
-                curve[name]["single_top5"].append(r["single"]["top5"])
-                curve[name]["average_top5"].append(r["average"]["top5"])
+                for t in tracks:
+                    mode, metric = t.split("_")
+                    curve[name][t].append(r[mode][metric])
         if not have_ridge:
             del curve["ridge"]
 
@@ -256,6 +261,8 @@ def evaluate(
         "n_test_trials": len(test),
         "n_test_images": len(test_images),
         "n_gallery_images": len(gallery),
+        "labels": meta["target"].get("labels") or es.labels,
+        "chance_top1": 1 / len(test_images),
         "drop_log": dict(es.drop_log),
         "retrieval": results,
         "time_resolved": curve,
@@ -286,8 +293,11 @@ def _summary(results: dict[str, Any]) -> dict[str, float]:
             for mode, m in by_mode.items():
                 key = f"{method}_{set_name}_{mode}"
                 out[f"{key}_top1"] = m["top1"]
+                out[f"{key}_chance_top1"] = m["chance_top1"]
                 out[f"{key}_top5"] = m["top5"]
                 out[f"{key}_relative_median_rank"] = m["relative_median_rank"]
+                if "auc" in m:  # two categories
+                    out[f"{key}_auc"] = m["auc"]
     return out
 
 
@@ -298,19 +308,22 @@ def _plot_curve(curve: dict[str, Any], start_s: float, path: Path) -> Path:
     fig = Figure(figsize=(7.5, 4.2), dpi=110)
     ax = fig.add_subplot()
     styles = {"model": "tab:blue", "ridge": "tab:orange"}
+    # few candidates (categories): top-5 is always 1, so the curve is top-1
+    k = 1 if curve["chance_top5"] >= 1 else 5
     for name, color in styles.items():
         if name not in curve:
             continue
-        ax.plot(t_ms, 100 * np.asarray(curve[name]["single_top5"]), color=color, lw=1.5,
+        ax.plot(t_ms, 100 * np.asarray(curve[name][f"single_top{k}"]), color=color, lw=1.5,
                 label=f"{name}, single trial")
-        ax.plot(t_ms, 100 * np.asarray(curve[name]["average_top5"]), color=color, lw=1.5, ls="--",
-                label=f"{name}, averaged repetitions")
-    ax.axhline(100 * curve["chance_top5"], color="grey", lw=1, ls=":", label="chance")
+        if k == 5:
+            ax.plot(t_ms, 100 * np.asarray(curve[name]["average_top5"]), color=color, lw=1.5,
+                    ls="--", label=f"{name}, averaged repetitions")
+    ax.axhline(100 * curve[f"chance_top{k}"], color="grey", lw=1, ls=":", label="chance")
     ax.axvspan(start_s * 1e3, (start_s + curve["window_s"]) * 1e3, color="tab:blue", alpha=0.08,
                label="model's training window")
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel("window centre relative to image onset (ms)")
-    ax.set_ylabel("top-5 accuracy, test images (%)")
+    ax.set_ylabel(f"top-{k} accuracy, test {'images' if k == 5 else 'candidates'} (%)")
     ax.set_title(f"Time-resolved retrieval ({curve['window_s'] * 1e3:.0f} ms windows)")
     ax.legend(fontsize=7, loc="upper right")
     ax.grid(alpha=0.3)

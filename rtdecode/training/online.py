@@ -38,6 +38,7 @@ def evaluate_online(
     ckpt_dir: str | Path,
     recording: str | Path,
     *,
+    data: str | Path | None = None,
     subject: str | None = None,
     retrieval_set: str = "test",
     gallery: str | Path | None = None,
@@ -58,6 +59,9 @@ def evaluate_online(
     recording : path
         A recording with stimulus events (``rtdecode replay`` reads it), e.g. a
         simulated subject's held-out session.
+    data : path, optional
+        A dataset card (``.toml``): the recording's event codes become the trials it
+        names (labels, categories), as ``rtdecode train --data CARD`` read them.
     subject : str, optional
         The subject to decode as (required when the checkpoint has several).
     retrieval_set : str
@@ -93,6 +97,7 @@ def evaluate_online(
         windows, which are equal when the live path is right), ``best``
         (the lag bin with the highest top-5), counts and settings.
     """
+    from rtdecode.data.card import read_card
     from rtdecode.data.recordings import read_recording
     from rtdecode.encoder import load_checkpoint
     from rtdecode.lsl.streams import COUNTER_CHANNEL, COUNTER_MODULUS
@@ -107,7 +112,8 @@ def evaluate_online(
     window_s = float(meta["window_s"])
     subj = subject_index(subject, meta)
     _, retrieval = load_retrieval(meta, ckpt_dir, gallery, retrieval_set)
-    rec = read_recording(recording)
+    # a dataset card gives the recording's codes their labels (a CSV's Marker0 1 -> "house")
+    rec = read_recording(recording) if data is None else read_card(data).read(recording)
     sfreq_hz = float(rec.raw.info["sfreq"])
     n_file = int(rec.raw.n_times)
     if n_file >= COUNTER_MODULUS:
@@ -120,7 +126,7 @@ def evaluate_online(
     # an onset, in its lag bins.
     options = WorkerOptions(topk=5)
     frames, live_curve = _decode_live(
-        recording, pre, model, retrieval, meta, subj, window_s, hop_s, speed, device,
+        rec, pre, model, retrieval, meta, subj, window_s, hop_s, speed, device,
         n_file / sfreq_hz, resolve_timeout_s, progress, options,
     )
     if not frames:
@@ -195,16 +201,20 @@ def evaluate_online(
                 offline_on_time.add(lag_off, rank_off)
 
     curve = online.as_dict()
-    best = max(curve["per_lag"], key=lambda r: (r["top5"], -r["lag_s"]), default=None)
+    # the best bin by top-5, or by top-1 among 5 candidates or fewer (e.g. categories)
+    k = "top1" if curve["n_candidates"] <= 5 else "top5"
+    best = max(curve["per_lag"], key=lambda r: (r[k], -r["lag_s"]), default=None)
     report: dict[str, Any] = {
         "checkpoint": str(Path(ckpt_dir).resolve()),
         "recording": str(Path(recording).resolve()),
+        "data": None if data is None else str(Path(data).resolve()),
         "subject": meta.get("subjects", [None])[subj] if meta.get("subjects") else None,
         "retrieval_set": retrieval_set,
         "speed": speed,
         "window_s": window_s,
         "hop_s": hop_s,
         "per_lag": curve["per_lag"],
+        "chance_top1": curve["chance_top1"],
         "chance_top5": curve["chance_top5"],
         "n_candidates": curve["n_candidates"],
         "bin_s": curve["bin_s"],
@@ -294,8 +304,13 @@ def _decode_live(recording, pre, model, retrieval, meta, subj, window_s, hop_s, 
 
 
 def plot_lag_curves(report: dict[str, Any], path: str | Path) -> Path:
-    """Top-5 accuracy per lag bin, online and offline, with chance (PNG)."""
+    """Top-5 accuracy per lag bin, online and offline, with chance (PNG).
+
+    Top-1 with 5 candidates or fewer (categories), where top-5 is always 1.
+    """
     from matplotlib.figure import Figure
+
+    k = 1 if report["n_candidates"] <= 5 else 5
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -305,12 +320,13 @@ def plot_lag_curves(report: dict[str, Any], path: str | Path) -> Path:
                               ("offline_per_lag", "offline (same windows)", "--")):
         rows = report.get(key) or []
         if rows:
-            ax.plot([r["lag_s"] * 1e3 for r in rows], [100 * r["top5"] for r in rows], style,
-                    ms=3, label=label)
-    ax.axhline(100 * report["chance_top5"], color="gray", ls=":", label="chance")
+            ax.plot([r["lag_s"] * 1e3 for r in rows], [100 * r[f"top{k}"] for r in rows],
+                    style, ms=3, label=label)
+    ax.axhline(100 * report.get(f"chance_top{k}", report["chance_top5"]), color="gray",
+               ls=":", label="chance")
     ax.axvspan(0, 500, color="0.9", zorder=0, label="image on screen")
     ax.set_xlabel("window end after image onset (ms)")
-    ax.set_ylabel(f"top-5 accuracy among {report['n_candidates']} images (%)")
+    ax.set_ylabel(f"top-{k} accuracy among {report['n_candidates']} candidates (%)")
     ax.set_title(f"Online decoding, {report['window_s'] * 1e3:.0f} ms windows every "
                  f"{report['hop_s'] * 1e3:.0f} ms")
     ax.legend(loc="upper right", fontsize=8)

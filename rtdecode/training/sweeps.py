@@ -277,7 +277,8 @@ def prepare(settings: SweepSettings, out_dir: str | Path, *, progress: bool = Tr
         epochs are preprocessed whole, so a window baseline cannot be applied).
     """
     from rtdecode.data.datasets import load_epochs
-    from rtdecode.images import Gallery, image_encoder_for
+    from rtdecode.images import image_encoder_for
+    from rtdecode.images.categories import open_gallery
 
     s = settings
     rc = load_recipe(s.recipe)
@@ -309,7 +310,7 @@ def prepare(settings: SweepSettings, out_dir: str | Path, *, progress: bool = Tr
     test_ids = [str(i) for i in es.image_ids[te]]
     candidate_ids = list(dict.fromkeys(test_ids))
     encoder = image_encoder_for(rc.image_spec)
-    gallery = Gallery.from_folder(es.gallery_root)
+    gallery = open_gallery(es.gallery_root, es.labels)  # images, or categories (a card)
     Y_train = image_targets(gallery, encoder, es.image_ids[tr], progress=progress)
     Y_candidates = image_targets(gallery, encoder, candidate_ids, progress=False)
     pre = _preprocessor(rc, es.ch_names)
