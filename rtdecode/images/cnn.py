@@ -74,18 +74,28 @@ class SameConv2d(nn.Conv2d):
     """
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1):
-        super().__init__(c_in, c_out, kernel, stride=stride, groups=groups, bias=False)
+        # At stride 1 "same" padding is symmetric, (kernel - 1) / 2 on each side.
+        pad = (kernel - 1) // 2 if stride == 1 else 0
+        super().__init__(c_in, c_out, kernel, stride=stride, padding=pad, groups=groups, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pad as TensorFlow does, then convolve."""
-        pads = []
-        for size in (x.shape[-1], x.shape[-2]):  # F.pad wants (left, right, top, bottom)
-            k, s = self.kernel_size[0], self.stride[0]
-            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
-            pads += [total // 2, total - total // 2]
-        if any(pads):
-            x = F.pad(x, pads)
-        return F.conv2d(x, self.weight, None, self.stride, 0, 1, self.groups)
+        s = self.stride[0]
+        if s != 1:
+            pads = []
+            for size in (x.shape[-1], x.shape[-2]):  # F.pad wants (left, right, top, bottom)
+                total = max((math.ceil(size / s) - 1) * s + self.kernel_size[0] - size, 0)
+                pads += [total // 2, total - total // 2]
+            if any(pads):
+                x = F.pad(x, pads)
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups)
+
+    @torch.no_grad()
+    def fold(self, bn: nn.BatchNorm2d) -> None:
+        """Take over an inference batch norm that follows: scale the weights, add a bias."""
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        self.weight.mul_(scale.reshape(-1, 1, 1, 1))
+        self.bias = nn.Parameter(bn.bias - bn.running_mean * scale)
 
 
 class MBConv(nn.Module):
@@ -118,8 +128,8 @@ class MBConv(nn.Module):
         """(batch, c_in, H, W) -> (batch, c_out, H / stride, W / stride)."""
         h = x
         if self.expand != 1:
-            h = F.relu6(self._bn0(self._expand_conv(h)))
-        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+            h = F.relu6(self._bn0(self._expand_conv(h)), inplace=True)
+        h = F.relu6(self._bn1(self._depthwise_conv(h)), inplace=True)
         h = self._bn2(self._project_conv(h))
         return h + x if self.residual else h
 
@@ -167,13 +177,28 @@ class EfficientNetLite0(nn.Module):
         """
         taps = taps or {}
         tapped: dict[str, torch.Tensor] = {}
-        h = F.relu6(self._bn0(self._conv_stem(x)))
+        h = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)
         for i, block in enumerate(self._blocks):
             h = block(h)
             if i in taps:
                 tapped[taps[i]] = h.mean(dim=(2, 3))
-        h = F.relu6(self._bn1(self._conv_head(h)))
+        h = F.relu6(self._bn1(self._conv_head(h)), inplace=True)
         return h.mean(dim=(2, 3)), tapped
+
+    def fold_batchnorm(self) -> EfficientNetLite0:
+        """Fold every batch norm into the convolution before it (inference only).
+
+        The same function with about a third fewer operations; the parameters no longer
+        match the weights file's keys. Returns the network itself, in eval mode.
+        """
+        pairs = [(self, "_conv_stem", "_bn0"), (self, "_conv_head", "_bn1")]
+        for b in self._blocks:
+            names = [("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2")]
+            pairs += [(b, c, n) for c, n in ([("_expand_conv", "_bn0")] if b.expand != 1 else []) + names]
+        for owner, conv, bn in pairs:
+            getattr(owner, conv).fold(getattr(owner, bn))
+            setattr(owner, bn, nn.Identity())
+        return self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet class logits, shape (batch, 1000)."""

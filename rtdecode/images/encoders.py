@@ -336,10 +336,12 @@ class EfficientNetLite0Encoder(ImageEncoder):
     image_size = 224
     mean = 127.0
     std = 128.0
-    batch_size = 32
+    batch_size = 16
 
     def __init__(self, path: Any = None, readout: str = "cls", device: str = "cpu") -> None:
         _only_cls("efficientnet-lite0", readout, " (and .layers() for intermediate stages)")
+        import torch
+
         from rtdecode.images import cnn
 
         weights = Path(path).expanduser() if path is not None else cnn.weights_path()
@@ -351,7 +353,13 @@ class EfficientNetLite0Encoder(ImageEncoder):
         self.readout = readout
         self.device = device_name(device)
         self.weights = weights
-        self.model = cnn.load_efficientnet_lite0(weights).to(self.device)
+        # Batch norms folded into the convolutions and channels-last tensors: the same
+        # function, about twice as fast on CPU.
+        self.model = (
+            cnn.load_efficientnet_lite0(weights)
+            .fold_batchnorm()
+            .to(self.device, memory_format=torch.channels_last)
+        )
         self.taps = {block: name for name, block in cnn.LAYER_BLOCKS.items()}
         self.name = f"efficientnet-lite0@{cnn.file_sha256(weights)[:12]}"
         self.dim = cnn.HEAD_CHANNELS
@@ -366,14 +374,15 @@ class EfficientNetLite0Encoder(ImageEncoder):
             [np.asarray(fit_image(im, self.image_size), dtype=np.float32) for im in images]
         )
         arr = (arr - self.mean) / self.std
-        return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+        return torch.from_numpy(arr).permute(0, 3, 1, 2)  # channels-last memory, NCHW shape
 
     def _run(self, images: Sequence[Image.Image], taps: dict[int, str]):
         import torch
 
         pooled, tapped = [], {name: [] for name in taps.values()}
         for start in range(0, len(images), self.batch_size):
-            x = self.pixels(images[start : start + self.batch_size]).to(self.device)
+            x = self.pixels(images[start : start + self.batch_size])
+            x = x.to(self.device, memory_format=torch.channels_last)
             with torch.inference_mode():
                 p, t = self.model.features(x, taps)
             pooled.append(p.float().cpu().numpy())

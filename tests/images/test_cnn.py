@@ -91,3 +91,18 @@ def test_other_readouts_and_bad_weights_are_clear_errors(tmp_path):
 def test_handcrafted_has_no_layers():
     with pytest.raises(NotImplementedError, match="efficientnet-lite0"):
         get_image_encoder("handcrafted").layers([Image.new("RGB", (8, 8))])
+
+
+def test_folded_batchnorm_computes_the_same_function():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 96, 80)  # odd sizes exercise the asymmetric "same" padding
+    plain = cnn.load_efficientnet_lite0()
+    with torch.inference_mode():
+        ref, ref_taps = plain.features(x, {4: "early"})
+        folded = cnn.load_efficientnet_lite0().fold_batchnorm()
+        got, got_taps = folded.to(memory_format=torch.channels_last).features(
+            x.contiguous(memory_format=torch.channels_last), {4: "early"}
+        )
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got_taps["early"].numpy(), ref_taps["early"].numpy(), atol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
