@@ -30,7 +30,7 @@ from rtdecode.data.things import (
     zero_shot_split,
 )
 
-__all__ = ["describe_card", "describe_dataset", "format_report"]
+__all__ = ["describe_card", "describe_dataset", "describe_gallery", "format_report"]
 
 _IMAGE_DIRS = ("", "images", "stimuli", "sourcedata")
 
@@ -187,8 +187,38 @@ def describe_dataset(
         "image_root": str(image_root) if image_root is not None else None,
         "other_inputs": other,
     }
+    report.update(describe_gallery(root))
     report["missing"] = _missing(report, root, decoded, n_number_only, images, entries)
     return report
+
+
+def describe_gallery(root: str | Path) -> dict[str, Any]:
+    """The image world's split and images, from the dataset's ``gallery.csv``.
+
+    Parameters
+    ----------
+    root : path-like
+        The dataset folder; its ``gallery.csv`` is looked for in the folder itself and in
+        ``images/``, ``stimuli/`` and ``sourcedata/`` (``rtdecode simulate`` writes
+        ``images/gallery.csv``).
+
+    Returns
+    -------
+    dict
+        Empty when there is no ``gallery.csv``; else ``gallery`` (its path) with
+        ``split`` (``n_train_concepts``, ``n_test_concepts``, ``n_shared_concepts``, ...)
+        and ``images`` (``n_images``, ``n_concepts``, ``licenses``, ...) as
+        :func:`rtdecode.images.world.summarize_world` counts them.
+    """
+    from rtdecode.images.gallery import CSV_NAME
+    from rtdecode.images.world import read_world_table, summarize_world
+
+    base = Path(root) if Path(root).is_dir() else Path(root).parent
+    for sub in _IMAGE_DIRS:
+        csv_path = base / sub / CSV_NAME if sub else base / CSV_NAME
+        if csv_path.is_file():
+            return {"gallery": str(csv_path), **summarize_world(read_world_table(csv_path))}
+    return {}
 
 
 def describe_card(card_path: str | Path, *, subjects=None) -> dict[str, Any]:
@@ -345,6 +375,15 @@ def format_report(report: dict[str, Any]) -> str:
         f"images table: {report['images_table'] or 'none'}; "
         f"image folder: {report['image_root'] or 'not found'}",
     ]
+    if report.get("gallery"):
+        sp, im = report["split"], report["images"]
+        licenses = ", ".join(f"{k or 'none'} {v}" for k, v in im["licenses"].items())
+        lines += [
+            f"gallery: {report['gallery']}: {im['n_images']} images of {im['n_concepts']} "
+            f"concepts; licences: {licenses}",
+            f"image split: {sp['n_train_concepts']} train concepts, {sp['n_test_concepts']} "
+            f"test concepts, {sp['n_shared_concepts']} shared",
+        ]
     if report["other_inputs"]:
         lines.append(
             f"also present: {len(report['other_inputs'])} epochs file(s) "

@@ -90,9 +90,19 @@ def _load_photo(key: str) -> np.ndarray:
 
         arr = getattr(skimage.data, name)()
     else:
-        from sklearn.datasets import load_sample_image
+        # The JPEG inside scikit-learn's package, read without importing scikit-learn
+        # (seconds of import time for one file).
+        import importlib.util
 
-        arr = load_sample_image(name)
+        spec = importlib.util.find_spec("sklearn")
+        if spec is None or not spec.submodule_search_locations:
+            raise ModuleNotFoundError(
+                f"scikit-learn is not installed, so its sample image {name!r} cannot be read; "
+                "`pip install scikit-learn`."
+            )
+        folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "images"
+        with Image.open(folder / name) as im:
+            arr = np.asarray(im.convert("RGB"))
     arr = np.asarray(arr)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
