@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export LSLAPICFG := $(CURDIR)/rtdecode/lsl/lsl_local.cfg
 
-.PHONY: install test demo bench lint models clean
+.PHONY: install test demo bench docs lint models wheel clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -34,6 +34,11 @@ bench: install
 	$(PY) bench/decoder.py
 	$(PY) bench/latency.py
 
+# The tables of figures in docs/ from their JSON (bench/results, docs/results); the
+# standard library is all it needs.
+docs: | $(PY)
+	$(PY) scripts/make_docs.py
+
 # The simulated subject (data/sim, about a minute) and the bundled demo models, made with
 # the project's own commands. The decoder takes ~25 min on 2 cores, the encoder ~5 min.
 data/sim/replay_raw.fif: | $(STAMP)
@@ -44,8 +49,13 @@ models: install data/sim/replay_raw.fif
 	$(VENV)/bin/rtdecode train --data data/sim --out runs/demo-encoder --config models/recipes/demo.toml
 	mkdir -p models/demo/encoder && cp runs/demo-encoder/config.json runs/demo-encoder/model.safetensors models/demo/encoder/
 
+# The wheel and the sdist (in dist/), with the demo models and the viewer inside;
+# scripts/wheel_smoke.sh installs the wheel into a new virtualenv and runs the demo.
+wheel: install
+	$(PY) -m build --outdir dist .
+
 lint: install
 	$(VENV)/bin/ruff check rtdecode tests bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info
