@@ -62,7 +62,7 @@ class Service:
         if s.model is None:
             raise ValueError("No brain encoder given; pass --model CKPT_DIR (a checkpoint folder).")
         device = device_name(s.device)
-        model, meta = load_checkpoint(s.model, device=device)
+        model, meta = load_checkpoint(s.model, device=device, subject=s.subject)
         self.meta = meta
         check_window(s, meta)  # before the (slow) gallery and decoder
         pre = Preprocessor.from_dict(meta["preprocess"])

@@ -838,14 +838,10 @@ def subject_index(subject: str | None, meta: dict[str, Any]) -> int:
                 "--subject with the one whose stream you decode."
             )
         return 0
-    wanted = str(subject)
-    candidates = {wanted, wanted.removeprefix("sub-"), f"sub-{wanted.removeprefix('sub-')}"}
-    for i, name in enumerate(known):
-        if name in candidates or name.removeprefix("sub-") in candidates:
-            return i
-    raise ValueError(
-        f"--subject {subject!r} is not one of the encoder's subjects ({', '.join(known) or 'none'})."
-    )
+    from rtdecode.encoder.checkpoint import subject_position
+
+    # an unknown subject's error names `rtdecode calibrate`
+    return subject_position(meta, subject)
 
 
 def check_window(settings: Any, meta: dict[str, Any]) -> float:

@@ -26,7 +26,7 @@ from torch import nn
 from rtdecode._utils.devices import resolve_device
 from rtdecode._utils.files import atomic_save_tensors, atomic_write
 from rtdecode._utils.jsonable import jsonable
-from rtdecode.encoder.model import BrainModule, count_parameters
+from rtdecode.encoder.model import BrainModule, count_parameters, module_for, stack_positions
 from rtdecode.encoder.presets import BrainConfig, get_preset
 
 WEIGHTS_FILE = "model.safetensors"
@@ -51,6 +51,9 @@ META_KEYS = (
     "provenance",
     "target_stats",
 )
+# What differs between sensor systems: a multi-system checkpoint keeps one table of these
+# per system under "systems" (the top-level keys are system 0's, for older readers).
+SYSTEM_KEYS = ("ch_names", "positions", "positions_3d", "ch_types", "sfreq_in_hz", "preprocess")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -101,7 +104,10 @@ def save_checkpoint(out_dir: str | Path, model: BrainModule, meta: dict[str, Any
     meta : dict
         Contract keys (see module docstring): at least ``ch_names`` (n_channels names)
         and ``positions`` ((n_channels, 2), NaN for unknown). ``architecture`` is taken
-        from the model; missing optional keys are written as null.
+        from the model; missing optional keys are written as null. A model of several
+        sensor systems needs ``systems`` instead: one table per system with its
+        ``ch_names``, ``positions`` and (for serving) ``preprocess``; the top-level keys
+        are then written as system 0's.
 
     Returns
     -------
@@ -112,16 +118,36 @@ def save_checkpoint(out_dir: str | Path, model: BrainModule, meta: dict[str, Any
     out.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     meta = dict(meta)
+    systems = meta.get("systems")
+    if cfg.n_systems > 1 or systems is not None:
+        systems = [dict(sys) for sys in systems or []]
+        if len(systems) != cfg.n_systems:
+            raise ValueError(
+                f"meta['systems'] holds {len(systems)} sensor systems but the model reads "
+                f"{cfg.n_systems}; give one table (ch_names, positions, preprocess) per system."
+            )
+        for k, sys in enumerate(systems):
+            names = [str(c) for c in sys.get("ch_names") or []]
+            if not 0 < len(names) <= cfg.n_channels:
+                raise ValueError(
+                    f"meta['systems'][{k}] names {len(names)} channels; the model takes 1 to "
+                    f"{cfg.n_channels}."
+                )
+            _positions_array(jsonable(sys.get("positions")), len(names), 2,
+                             f"meta['systems'][{k}]['positions']")
+            sys["ch_names"] = names
+        meta.update({key: systems[0].get(key) for key in SYSTEM_KEYS if key in systems[0]})
+        meta["systems"] = systems
     for key in ("ch_names", "positions"):
         if meta.get(key) is None:
             raise ValueError(f"meta[{key!r}] is required to save a checkpoint; add it.")
     ch_names = [str(c) for c in meta["ch_names"]]
-    if len(ch_names) != cfg.n_channels:
+    if cfg.n_systems == 1 and len(ch_names) != cfg.n_channels:
         raise ValueError(
             f"meta['ch_names'] names {len(ch_names)} channels but the model has "
             f"{cfg.n_channels}; give one name per model input channel."
         )
-    _positions_array(jsonable(meta["positions"]), cfg.n_channels, 2, "meta['positions']")
+    _positions_array(jsonable(meta["positions"]), len(ch_names), 2, "meta['positions']")
     target = dict(meta.get("target") or {})
     target.setdefault("name", None)
     target["dim"] = cfg.target_dim
@@ -198,16 +224,37 @@ def _checkpoint_folder(ckpt_dir: str | Path) -> Path:
 def config_from_meta(meta: dict[str, Any]) -> tuple[BrainConfig, np.ndarray]:
     """Architecture and 2D positions of a checkpoint's config, checked for agreement."""
     cfg = BrainConfig.from_dict(meta["architecture"])
-    ch_names = meta.get("ch_names")
-    if ch_names is None or len(ch_names) != cfg.n_channels:
-        n = None if ch_names is None else len(ch_names)
-        raise ValueError(
-            f"config.json lists {n} channel names but its architecture has "
-            f"{cfg.n_channels} input channels; the checkpoint is inconsistent."
-        )
-    if meta.get("positions") is None:
-        raise ValueError("config.json has no 'positions'; the spatial attention needs them.")
-    positions = _positions_array(meta["positions"], cfg.n_channels, 2, "config.json 'positions'")
+    systems = meta.get("systems")
+    if cfg.n_systems > 1 or systems is not None:
+        if not isinstance(systems, list) or len(systems) != cfg.n_systems:
+            n = len(systems) if isinstance(systems, list) else None
+            raise ValueError(
+                f"config.json lists {n} sensor systems but its architecture reads "
+                f"{cfg.n_systems}; the checkpoint is inconsistent."
+            )
+        arrays = []
+        for k, sys in enumerate(systems):
+            names = sys.get("ch_names") or []
+            if not 0 < len(names) <= cfg.n_channels or sys.get("positions") is None:
+                raise ValueError(
+                    f"config.json's systems[{k}] has {len(names)} channel names (or no "
+                    f"positions) but the architecture takes 1 to {cfg.n_channels}; the "
+                    "checkpoint is inconsistent."
+                )
+            arrays.append(_positions_array(sys["positions"], len(names), 2,
+                                           f"config.json systems[{k}] 'positions'"))
+        positions = arrays[0] if cfg.n_systems == 1 else stack_positions(arrays, cfg.n_channels)
+    else:
+        ch_names = meta.get("ch_names")
+        if ch_names is None or len(ch_names) != cfg.n_channels:
+            n = None if ch_names is None else len(ch_names)
+            raise ValueError(
+                f"config.json lists {n} channel names but its architecture has "
+                f"{cfg.n_channels} input channels; the checkpoint is inconsistent."
+            )
+        if meta.get("positions") is None:
+            raise ValueError("config.json has no 'positions'; the spatial attention needs them.")
+        positions = _positions_array(meta["positions"], cfg.n_channels, 2, "config.json 'positions'")
     subjects = meta.get("subjects")
     if subjects is not None and len(subjects) != cfg.n_subjects:
         raise ValueError(
@@ -255,8 +302,9 @@ def _check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], path: Pat
             "The weights and config come from different models: use the pair written "
             "together by `rtdecode train`."
         )
-    stored = tensors["spatial.positions"]
-    built = expected["spatial.positions"]
+    key = "spatial.positions" if "spatial.positions" in expected else "positions"
+    stored = tensors[key]
+    built = expected[key]
     if not torch.allclose(stored.float(), built.float(), atol=1e-5, equal_nan=True):
         raise ValueError(
             f"The sensor positions in {CONFIG_FILE} disagree with those stored in {path}; "
@@ -264,7 +312,9 @@ def _check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], path: Pat
         )
 
 
-def load_checkpoint(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> tuple[BrainModule, dict]:
+def load_checkpoint(
+    ckpt_dir: str | Path, device: str | torch.device = "cpu", subject: str | None = None
+) -> tuple[BrainModule, dict]:
     """Load an encoder checkpoint folder (safetensors only, never pickle).
 
     Parameters
@@ -273,13 +323,18 @@ def load_checkpoint(ckpt_dir: str | Path, device: str | torch.device = "cpu") ->
         Folder with ``model.safetensors`` and ``config.json``.
     device : str
         ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+    subject : str, optional
+        The subject whose stream will be decoded (``"01"`` or ``"sub-01"``): ``meta``'s
+        channels, positions and preprocessing are then that subject's sensor system's
+        (:func:`subject_view`). Unknown subjects are an error that names
+        ``rtdecode calibrate``.
 
     Returns
     -------
-    model : BrainModule
+    model : BrainModule or RidgeModule
         In eval mode, on ``device``.
     meta : dict
-        The parsed ``config.json``.
+        The parsed ``config.json`` (the subject's view when ``subject`` is given).
 
     Raises
     ------
@@ -294,11 +349,66 @@ def load_checkpoint(ckpt_dir: str | Path, device: str | torch.device = "cpu") ->
     cfg, positions = config_from_meta(meta)
     weights = folder / WEIGHTS_FILE
     tensors = read_tensors(weights)
-    model = BrainModule(cfg, positions)
+    model = module_for(cfg, positions)
     _check_tensors(model, tensors, weights)
     model.load_state_dict(tensors, strict=True)
     model.to(resolve_device(device)).eval()
+    if subject is not None:
+        meta = subject_view(meta, subject)
     return model, meta
+
+
+def subject_position(meta: dict[str, Any], subject: str) -> int:
+    """Index of ``subject`` (``"01"`` or ``"sub-01"``) among the checkpoint's subjects.
+
+    Raises
+    ------
+    ValueError
+        The checkpoint does not know the subject; the message names ``rtdecode calibrate``.
+    """
+    known = [str(v) for v in meta.get("subjects") or []]
+    wanted = str(subject).removeprefix("sub-")
+    for i, name in enumerate(known):
+        if name.removeprefix("sub-") == wanted:
+            return i
+    raise ValueError(
+        f"Subject {subject!r} is not one of the encoder's subjects ({', '.join(known) or 'none'}). "
+        "Decode one of those, or calibrate the encoder to this subject first: `rtdecode "
+        "calibrate CKPT_DIR --data DIR --subject S --minutes M --out NEW_CKPT`."
+    )
+
+
+def systems_of(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each sensor system's channels, positions and preprocessing (one for older checkpoints)."""
+    if meta.get("systems"):
+        return [dict(sys) for sys in meta["systems"]]
+    return [{key: meta.get(key) for key in SYSTEM_KEYS}]
+
+
+def subject_view(meta: dict[str, Any], subject: str) -> dict[str, Any]:
+    """The checkpoint's config as one subject sees it.
+
+    Parameters
+    ----------
+    meta : dict
+        A checkpoint's ``config.json``.
+    subject : str
+        ``"01"`` or ``"sub-01"``.
+
+    Returns
+    -------
+    dict
+        A copy of ``meta`` whose ``ch_names``, ``positions``, ``positions_3d``,
+        ``ch_types``, ``sfreq_in_hz`` and ``preprocess`` are those of the subject's
+        sensor system, plus ``subject_index`` (its row of the subject layer).
+    """
+    index = subject_position(meta, subject)
+    cfg = BrainConfig.from_dict(meta["architecture"])
+    system = systems_of(meta)[cfg.systems[index] if index < len(cfg.systems) else 0]
+    out = dict(meta)
+    out.update({key: system.get(key, meta.get(key)) for key in SYSTEM_KEYS})
+    out["subject_index"] = index
+    return out
 
 
 # --------------------------------------------------------------------------- describe
@@ -310,7 +420,7 @@ def _layout_circle(n_channels: int) -> np.ndarray:
     return np.stack([r * np.cos(theta), r * np.sin(theta)], axis=1)
 
 
-def _parameter_breakdown(model: BrainModule) -> dict[str, int]:
+def _parameter_breakdown(model: nn.Module) -> dict[str, int]:
     return {name: count_parameters(child) for name, child in model.named_children()}
 
 
@@ -336,7 +446,7 @@ def describe_model(ckpt_dir: str | Path | None = None, preset: str | None = None
     info: dict[str, Any]
     if preset is not None:
         cfg = get_preset(preset)
-        model = BrainModule(cfg, _layout_circle(cfg.n_channels))
+        model = module_for(cfg, _layout_circle(cfg.n_channels))
         info = {"source": "preset", "preset": preset}
     else:
         model, meta = load_checkpoint(ckpt_dir)
@@ -369,7 +479,11 @@ def describe_model(ckpt_dir: str | Path | None = None, preset: str | None = None
 
 # --------------------------------------------------------------------------- training state
 __all__ = [
+    "SYSTEM_KEYS",
     "describe_model",
+    "subject_position",
+    "subject_view",
+    "systems_of",
     "read_tensors",
     "load_checkpoint",
     "read_config",

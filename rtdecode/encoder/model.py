@@ -163,6 +163,35 @@ def fourier_features(positions: torch.Tensor, harmonics: int, margin: float) -> 
     return torch.cat([torch.cos(phase), torch.sin(phase)], dim=1)
 
 
+def stack_positions(systems: Sequence[np.ndarray], n_channels: int | None = None) -> np.ndarray:
+    """One (C, 2) position array per sensor system -> (L, C_max, 2), NaN-padded.
+
+    A system with fewer channels than the largest gets NaN rows at the end: the spatial
+    attention treats them as unknown sensors, so they get no weight.
+
+    Parameters
+    ----------
+    systems : sequence of array, each shape (C_l, 2)
+    n_channels : int, optional
+        Pad to this many rows (default: the largest C_l).
+
+    Returns
+    -------
+    ndarray, float32, shape (L, C_max, 2)
+    """
+    arrays = [np.asarray(p, dtype=np.float32) for p in systems]
+    c_max = max(len(a) for a in arrays) if n_channels is None else int(n_channels)
+    out = np.full((len(arrays), c_max, 2), np.nan, dtype=np.float32)
+    for k, a in enumerate(arrays):
+        if a.ndim != 2 or a.shape[1] != 2 or len(a) > c_max:
+            raise ValueError(
+                f"The positions of sensor system {k} have shape {a.shape}; give (n_channels, 2) "
+                f"with at most {c_max} channels."
+            )
+        out[k, : len(a)] = a
+    return out
+
+
 class SpatialAttention(nn.Module):
     """Sensors -> virtual channels, each a softmax-weighted sum of the sensors.
 
@@ -172,9 +201,15 @@ class SpatialAttention(nn.Module):
     random point of the unit square are excluded too (one point per batch, drawn from
     the module's own generator so that every DDP rank draws the same point).
 
+    Several sensor systems (``positions`` of shape (L, C, 2), NaN-padded, see
+    :func:`stack_positions`) share the queries: each window is read with the weights of
+    its own system, and padded channels get weight 0 exactly, so a window's output does
+    not depend on what it is batched with.
+
     Parameters
     ----------
-    positions : array, shape (C, 2)
+    positions : array, shape (C, 2) or (L, C, 2)
+        Each system's positions are scaled to [0, 1] on their own.
     n_out : int
     harmonics : int
     margin : float
@@ -192,51 +227,64 @@ class SpatialAttention(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        pos = normalize_positions(positions)
-        valid = torch.isfinite(pos).all(dim=1)
-        features = fourier_features(torch.nan_to_num(pos, nan=0.0), harmonics, margin)
+        raw = np.asarray(positions, dtype=np.float32)
+        single = raw.ndim == 2
+        stacked = raw[None] if single else raw
+        pos = torch.stack([normalize_positions(p) for p in stacked])  # (L, C, 2)
+        valid = torch.isfinite(pos).all(dim=-1)
+        features = fourier_features(
+            torch.nan_to_num(pos, nan=0.0).reshape(-1, 2), harmonics, margin
+        ).reshape(pos.shape[0], pos.shape[1], -1)
         # Zero rows for unknown sensors: their scores are masked anyway, and finite
         # features keep NaN out of the gradient of the queries.
         features[~valid] = 0.0
-        self.register_buffer("positions", pos)
+        # A one-system model keeps its (C, 2) buffer (the layout of older checkpoints).
+        self.register_buffer("positions", pos[0] if single else pos)
         self.register_buffer("valid", valid, persistent=False)
         self.register_buffer("features", features, persistent=False)
-        n_features = features.shape[1]
+        self.n_systems = int(pos.shape[0])
+        n_features = features.shape[-1]
         self.queries = nn.Parameter(torch.randn(n_out, n_features) / math.sqrt(n_features))
         self.dropout_radius = float(dropout_radius)
         self.generator = torch.Generator().manual_seed(int(seed))
         self._cache: tuple[tuple, torch.Tensor] | None = None
 
     def _masked_scores(self, banned: torch.Tensor | None) -> torch.Tensor:
-        scores = self.queries @ self.features.T
+        scores = torch.matmul(self.queries, self.features.transpose(1, 2))  # (L, n_out, C)
         mask = ~self.valid
         if banned is not None:
             mask = mask | banned
-        return torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
+        return torch.softmax(scores.masked_fill(mask[:, None, :], float("-inf")), dim=-1)
 
     def _banned_sensors(self) -> torch.Tensor | None:
         if not (self.training and self.dropout_radius > 0):
             return None
         center = torch.rand(2, generator=self.generator).to(self.positions.device)
-        dist = torch.linalg.vector_norm(self.positions - center, dim=1)
+        pos = self.positions.reshape(self.n_systems, -1, 2)
+        dist = torch.linalg.vector_norm(pos - center, dim=-1)
         banned = dist <= self.dropout_radius  # NaN distance compares False
-        if not bool((self.valid & ~banned).any()):
-            return None  # never remove every sensor
+        # never remove every sensor of a system
+        banned &= (self.valid & ~banned).any(dim=-1, keepdim=True)
         return banned
 
     def weights(self) -> torch.Tensor:
-        """Attention weights, shape (n_out, C); rows sum to 1."""
+        """Attention weights, shape (n_out, C), or (L, n_out, C) for L systems; rows sum to 1."""
         if self.training or torch.is_grad_enabled():
             self._cache = None
-            return self._masked_scores(self._banned_sensors())
-        key = (self.queries._version, self.queries.data_ptr(), self.queries.device)
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self._masked_scores(None))
-        return self._cache[1]
+            w = self._masked_scores(self._banned_sensors())
+        else:
+            key = (self.queries._version, self.queries.data_ptr(), self.queries.device)
+            if self._cache is None or self._cache[0] != key:
+                self._cache = (key, self._masked_scores(None))
+            w = self._cache[1]
+        return w[0] if self.n_systems == 1 else w
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map ``x`` (B, C, T) to (B, n_out, T)."""
-        return channel_mix(x, self.weights())
+    def forward(self, x: torch.Tensor, system: torch.Tensor | None = None) -> torch.Tensor:
+        """Map ``x`` (B, C, T) to (B, n_out, T); ``system`` (B,) long with several systems."""
+        w = self.weights()
+        if self.n_systems == 1:
+            return channel_mix(x, w)
+        return torch.bmm(w[system], x)
 
 
 class SubjectLayers(nn.Module):
@@ -441,10 +489,13 @@ class BrainModule(nn.Module):
     def __init__(self, config: BrainConfig, positions: np.ndarray | torch.Tensor) -> None:
         super().__init__()
         pos = np.asarray(positions, dtype=np.float32)
-        if pos.shape != (config.n_channels, 2):
+        expected = (config.n_channels, 2) if config.n_systems == 1 else (
+            config.n_systems, config.n_channels, 2)
+        if pos.shape != expected:
             raise ValueError(
-                f"positions has shape {pos.shape} but the model has {config.n_channels} "
-                f"channels; give one (x, y) row per channel, shape ({config.n_channels}, 2)."
+                f"positions has shape {pos.shape} but the model has {config.n_systems} sensor "
+                f"system(s) of up to {config.n_channels} channels; give shape {expected} "
+                "(one (x, y) row per channel; several systems stacked by stack_positions)."
             )
         self.config = config
         c = config
@@ -454,6 +505,9 @@ class BrainModule(nn.Module):
         )
         self.merge = Conv1d(c.spatial_channels, c.spatial_channels, 1)
         self.subject_layers = SubjectLayers(c.spatial_channels, c.n_subjects) if c.subject_layers else None
+        self.register_buffer(
+            "subject_system", torch.tensor(c.systems, dtype=torch.long), persistent=False
+        )
         layers: list[nn.Module] = []
         c_in = c.spatial_channels
         index = 0
@@ -472,14 +526,17 @@ class BrainModule(nn.Module):
 
     def _check_inputs(self, x: torch.Tensor, subject: torch.Tensor | None) -> torch.Tensor | None:
         c = self.config
-        if x.ndim != 3 or x.shape[1] != c.n_channels or x.shape[2] != c.n_times:
+        # With several systems a window may hold only its own system's channels (the
+        # rest are padding, which gets no attention weight).
+        ok_channels = x.shape[1] == c.n_channels if c.n_systems == 1 else 0 < x.shape[1] <= c.n_channels
+        if x.ndim != 3 or not ok_channels or x.shape[2] != c.n_times:
             raise ValueError(
                 f"The encoder expects windows of shape (batch, {c.n_channels}, {c.n_times}) "
                 f"(channels, samples at the model rate); got {tuple(x.shape)}. Preprocess "
                 "with the checkpoint's Preprocessor and window length."
             )
         if subject is None:
-            if self.subject_layers is not None and c.n_subjects > 1:
+            if c.n_subjects > 1 and (self.subject_layers is not None or c.n_systems > 1):
                 raise ValueError(
                     f"This encoder was trained on {c.n_subjects} subjects; pass subject "
                     "indices (B,) to forward()."
@@ -501,7 +558,13 @@ class BrainModule(nn.Module):
     def encode(self, x: torch.Tensor, subject: torch.Tensor | None = None) -> torch.Tensor:
         """The shared trunk: x (B, C, T) -> aggregated features (B, projection_dim)."""
         subject = self._check_inputs(x, subject)
-        h = self.merge(self.spatial(x))
+        system = None
+        if self.config.n_systems > 1:
+            if x.shape[1] < self.config.n_channels:
+                x = F.pad(x, (0, 0, 0, self.config.n_channels - x.shape[1]))
+            system = (self.subject_system[subject] if subject is not None
+                      else self.subject_system[:1].expand(x.shape[0]))
+        h = self.merge(self.spatial(x, system))
         if self.subject_layers is not None:
             h = self.subject_layers(h, subject)
         h = self.blocks(h)
@@ -528,6 +591,98 @@ class BrainModule(nn.Module):
         return {name: head(z) for name, head in self.heads.items()}
 
 
+class RidgeModule(nn.Module):
+    """The linear baseline as a servable encoder: flattened window -> embedding.
+
+    ``y = W vec(x) + b``, the same output for both heads. The weights come from a ridge
+    regression on standardised windows (:func:`fit_ridge`), with the standardisation
+    folded into ``W`` and ``b``, so the module runs on the Preprocessor's output like
+    :class:`BrainModule` does. Subjects are accepted and ignored (one map for all).
+
+    Parameters
+    ----------
+    config : BrainConfig
+        ``kind="ridge"``; ``n_channels``, ``n_times`` and ``target_shape`` apply.
+    positions : array, shape (config.n_channels, 2)
+        Kept with the weights (the checkpoint contract); the map does not use them.
+    """
+
+    def __init__(self, config: BrainConfig, positions: np.ndarray | torch.Tensor) -> None:
+        super().__init__()
+        if config.n_systems != 1:
+            raise ValueError(
+                f"A ridge encoder reads one sensor system, not {config.n_systems}; train it on "
+                "the subjects of one system (--subjects)."
+            )
+        pos = np.asarray(positions, dtype=np.float32)
+        if pos.shape != (config.n_channels, 2):
+            raise ValueError(
+                f"positions has shape {pos.shape} but the model has {config.n_channels} "
+                f"channels; give one (x, y) row per channel, shape ({config.n_channels}, 2)."
+            )
+        self.config = config
+        self.register_buffer("positions", torch.from_numpy(pos.copy()))
+        self.linear = nn.Linear(config.n_channels * config.n_times, int(np.prod(config.target_shape)))
+
+    def forward(
+        self, x: torch.Tensor, subject: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Predict from x (B, n_channels, n_times): {"clip", "mse"}, each (B, D) or (B, N, D)."""
+        c = self.config
+        if x.ndim != 3 or x.shape[1] != c.n_channels or x.shape[2] != c.n_times:
+            raise ValueError(
+                f"The encoder expects windows of shape (batch, {c.n_channels}, {c.n_times}) "
+                f"(channels, samples at the model rate); got {tuple(x.shape)}. Preprocess "
+                "with the checkpoint's Preprocessor and window length."
+            )
+        y = self.linear(x.reshape(x.shape[0], -1)).reshape(x.shape[0], *c.target_shape)
+        return {"clip": y, "mse": y}
+
+    @torch.no_grad()
+    def set_weights(self, weight: np.ndarray, bias: np.ndarray) -> None:
+        """Load a fitted map: ``weight`` (prod(target_shape), C*T), ``bias`` (prod(target_shape),)."""
+        self.linear.weight.copy_(torch.as_tensor(np.asarray(weight, np.float32)))
+        self.linear.bias.copy_(torch.as_tensor(np.asarray(bias, np.float32)))
+
+
+def fit_ridge(
+    X: np.ndarray, Y: np.ndarray, alphas: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Ridge regression on standardised flattened windows, folded into one linear map.
+
+    scikit-learn's ``StandardScaler`` then ``RidgeCV`` (efficient leave-one-out over
+    ``alphas``); the scaler is folded in, so ``X.reshape(n, -1) @ W.T + b`` is the
+    prediction.
+
+    Parameters
+    ----------
+    X : array, shape (n, C, T)
+    Y : array, shape (n, ...)
+    alphas : sequence of float
+
+    Returns
+    -------
+    W : ndarray, float64, shape (prod(Y.shape[1:]), C*T)
+    b : ndarray, float64, shape (prod(Y.shape[1:]),)
+    alpha : float
+        The regularisation RidgeCV chose.
+    """
+    from sklearn.linear_model import RidgeCV
+    from sklearn.preprocessing import StandardScaler
+
+    flat = np.asarray(X).reshape(len(X), -1)
+    scaler = StandardScaler().fit(flat)
+    ridge = RidgeCV(alphas=list(alphas)).fit(scaler.transform(flat), np.asarray(Y).reshape(len(Y), -1))
+    coef = np.atleast_2d(ridge.coef_) / scaler.scale_[None, :]
+    bias = np.atleast_1d(ridge.intercept_) - coef @ scaler.mean_
+    return coef, bias, float(ridge.alpha_)
+
+
+def module_for(config: BrainConfig, positions: np.ndarray | torch.Tensor) -> nn.Module:
+    """The encoder module a config describes: BrainModule, or RidgeModule for ``kind="ridge"``."""
+    return (RidgeModule if config.kind == "ridge" else BrainModule)(config, positions)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
@@ -541,16 +696,18 @@ def build_model(
     n_subjects: int = 1,
     target_dim: int | Sequence[int] | None = None,
     **overrides,
-) -> BrainModule:
-    """Build a BrainModule for data of the given sizes.
+) -> nn.Module:
+    """Build an encoder (BrainModule, or RidgeModule for the ridge preset) for data of the given sizes.
 
     Parameters
     ----------
     preset_or_config : str or BrainConfig or None
         Preset name (``PRESETS``), a config, or None for ``"paper"``.
     n_channels, n_times : int
-        Window shape at the model rate.
-    positions : array, shape (n_channels, 2)
+        Window shape at the model rate (the largest system's channel count).
+    positions : array, shape (n_channels, 2), or (n_systems, n_channels, 2)
+        Several systems: NaN-padded (:func:`stack_positions`), and ``subject_system``
+        given among ``overrides``.
     n_subjects : int
     target_dim : int or (N, D), optional
         Embedding size; the preset's when None.
@@ -561,16 +718,25 @@ def build_model(
         preset_or_config = "paper"
     base = get_preset(preset_or_config) if isinstance(preset_or_config, str) else preset_or_config
     changes = dict(n_channels=int(n_channels), n_times=int(n_times), n_subjects=int(n_subjects))
+    pos = np.asarray(positions)
+    if pos.ndim == 3 and len(pos) == 1:
+        positions = pos[0]
+    elif pos.ndim == 3:
+        changes["n_systems"] = int(pos.shape[0])
     if target_dim is not None:
         changes["target_shape"] = (
             (int(target_dim),) if np.ndim(target_dim) == 0 else tuple(int(v) for v in target_dim)
         )
     changes.update(overrides)
-    return BrainModule(base.replace(**changes), positions)
+    return module_for(base.replace(**changes), positions)
 
 
 __all__ = [
     "BrainModule",
+    "RidgeModule",
+    "fit_ridge",
+    "module_for",
+    "stack_positions",
     "SpatialAttention",
     "SubjectLayers",
     "build_model",

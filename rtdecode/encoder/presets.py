@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 AGGREGATIONS = ("affine", "attention", "average")
+KINDS = ("brain", "ridge")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,17 @@ class BrainConfig:
         ``average``.
     seed : int
         Seed of the spatial-dropout generator (the same on every DDP rank).
+    kind : str
+        ``"brain"``: the deep brain module. ``"ridge"``: one linear map from the
+        flattened preprocessed window to the embedding (:class:`RidgeModule`, fitted in
+        closed form); only ``n_channels``, ``n_times`` and ``target_shape`` apply to it.
+    n_systems : int
+        Sensor systems (channel sets) the spatial attention reads: ``n_channels`` is the
+        largest system's channel count, and a smaller system's channels come first with
+        the rest padded (and masked out of the softmax).
+    subject_system : tuple of int
+        The system of each subject (``n_subjects`` entries); empty means all subjects
+        use system 0.
     """
 
     n_channels: int = 306
@@ -84,9 +96,13 @@ class BrainConfig:
     projection_dim: int = 2048
     aggregation: str = "affine"
     seed: int = 0
+    kind: str = "brain"
+    n_systems: int = 1
+    subject_system: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_shape", tuple(int(v) for v in self.target_shape))
+        object.__setattr__(self, "subject_system", tuple(int(v) for v in self.subject_system))
         checks = {
             "n_channels": self.n_channels,
             "n_times": self.n_times,
@@ -97,6 +113,7 @@ class BrainConfig:
             "layers_per_block": self.layers_per_block,
             "projection_dim": self.projection_dim,
             "dilation_period": self.dilation_period,
+            "n_systems": self.n_systems,
         }
         for name, value in checks.items():
             if int(value) < 1:
@@ -112,6 +129,21 @@ class BrainConfig:
             raise ValueError(
                 f"BrainConfig.aggregation={self.aggregation!r} is unknown; use one of {AGGREGATIONS}."
             )
+        if self.kind not in KINDS:
+            raise ValueError(f"BrainConfig.kind={self.kind!r} is unknown; use one of {KINDS}.")
+        if self.subject_system and (
+            len(self.subject_system) != self.n_subjects
+            or not all(0 <= v < self.n_systems for v in self.subject_system)
+        ):
+            raise ValueError(
+                f"BrainConfig.subject_system={self.subject_system} must give one system index "
+                f"in 0..{self.n_systems - 1} for each of the {self.n_subjects} subjects."
+            )
+        if self.n_systems > 1 and not self.subject_system:
+            raise ValueError(
+                f"BrainConfig has n_systems={self.n_systems} but no subject_system; give the "
+                "system of each subject."
+            )
         if len(self.target_shape) not in (1, 2) or min(self.target_shape) < 1:
             raise ValueError(
                 f"BrainConfig.target_shape={self.target_shape} must be (D,) or (N, D) "
@@ -123,10 +155,16 @@ class BrainConfig:
         """Size of the embedding's last axis (D)."""
         return self.target_shape[-1]
 
+    @property
+    def systems(self) -> tuple[int, ...]:
+        """The system of each subject (all 0 for a one-system model)."""
+        return self.subject_system or (0,) * self.n_subjects
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (tuples become lists)."""
         d = dataclasses.asdict(self)
         d["target_shape"] = list(self.target_shape)
+        d["subject_system"] = list(self.subject_system)
         return d
 
     @classmethod
@@ -171,6 +209,9 @@ PRESETS: dict[str, BrainConfig] = {
         n_blocks=1,
         projection_dim=16,
     ),
+    # The linear baseline of Benchetrit et al. as a servable model: one ridge map from the
+    # flattened, standardised window to the embedding, fitted in closed form.
+    "ridge": BrainConfig(kind="ridge", target_shape=(256,)),
 }
 
 

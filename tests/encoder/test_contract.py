@@ -23,7 +23,7 @@ torch.set_num_threads(1)
 
 # Sizes per preset: the real ones for paper/demo (306 sensors, 250 ms at 120 Hz), small
 # for the tiny preset. Batches stay small so the whole battery runs in seconds.
-SIZES = {"paper": (306, 30, 2), "demo": (306, 30, 3), "test": (8, 12, 4)}
+SIZES = {"paper": (306, 30, 2), "demo": (306, 30, 3), "test": (8, 12, 4), "ridge": (306, 30, 2)}
 
 
 def _positions(n_channels: int, seed: int = 0) -> np.ndarray:
@@ -50,7 +50,7 @@ def _meta(model) -> dict:
     cfg = model.config
     return {
         "ch_names": [f"MEG{i:04d}" for i in range(cfg.n_channels)],
-        "positions": model.spatial.positions.numpy(),
+        "positions": (model.positions if cfg.kind == "ridge" else model.spatial.positions).numpy(),
         "sfreq_in_hz": 1000.0,
         "sfreq_model_hz": 120.0,
         "window_s": cfg.n_times / 120.0,
@@ -81,8 +81,9 @@ def test_output_shapes_and_gradients(preset):
     (out["clip"].sum() + out["mse"].sum()).backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
-    # Only the subjects present in the batch receive a gradient... and they do.
-    assert grads["subject_layers.weight"][:2].abs().sum() > 0
+    if PRESETS[preset].kind == "brain":
+        # Only the subjects present in the batch receive a gradient... and they do.
+        assert grads["subject_layers.weight"][:2].abs().sum() > 0
 
 
 def test_deterministic_by_seed(preset):
@@ -310,3 +311,79 @@ def _no_cc() -> bool:
     import shutil
 
     return shutil.which("cc") is None and shutil.which("gcc") is None
+
+
+# ----------------------------------------------------------------- several sensor systems
+def _two_systems(seed: int = 0):
+    from rtdecode.encoder.model import stack_positions
+
+    big, small = _positions(8, seed), _positions(5, seed + 1)
+    torch.manual_seed(seed)
+    model = build_model("test", 8, 12, stack_positions([big, small]), n_subjects=3,
+                        subject_system=(0, 1, 0))
+    return model.eval()
+
+
+def test_padded_channels_get_no_weight_and_batching_does_not_change_outputs():
+    model = _two_systems()
+    assert model.config.n_systems == 2 and model.config.subject_system == (0, 1, 0)
+    w = model.spatial.weights()
+    assert w.shape == (2, 6, 8)
+    assert torch.allclose(w.sum(dim=-1), torch.ones(2, 6))
+    assert (w[1, :, 5:] == 0).all() and (w[1, :, [0, 2, 3, 4]] > 0).all()
+    g = torch.Generator().manual_seed(5)
+    small = torch.randn(1, 5, 12, generator=g)  # subject 1: its own 5 channels only
+    big = torch.randn(2, 8, 12, generator=g)  # subjects 0 and 2, 8 channels each
+    with torch.no_grad():
+        alone = model(small, torch.tensor([1]))["clip"]
+        batch = torch.cat([big[:1], F.pad(small, (0, 0, 0, 3)), big[1:]])
+        mixed = model(batch, torch.tensor([0, 1, 2]))
+        garbage = batch.clone()
+        garbage[1, 5:] = 1e3  # whatever the padding holds, it gets no weight
+        again = model(garbage, torch.tensor([0, 1, 2]))["clip"]
+        big_alone = model(big, torch.tensor([0, 2]))["clip"]
+    assert torch.allclose(mixed["clip"][1:2], alone, atol=1e-5)
+    assert torch.allclose(again, mixed["clip"], atol=1e-5)
+    assert torch.allclose(mixed["clip"][[0, 2]], big_alone, atol=1e-5)
+    # One system's weights differ from the other's: each subject reads its own sensors.
+    with torch.no_grad():
+        as_other = model(F.pad(small, (0, 0, 0, 3)), torch.tensor([0]))["clip"]
+    assert not torch.allclose(as_other, alone, atol=1e-3)
+
+
+def test_spatial_dropout_keeps_every_system_readable():
+    model = _two_systems()
+    model.spatial.dropout_radius = 10.0  # a disc that covers every sensor
+    model.train()
+    w = model.spatial.weights()
+    assert torch.isfinite(w).all() and torch.allclose(w.sum(dim=-1), torch.ones(2, 6))
+
+
+def test_two_system_checkpoint_round_trip_and_subject_views(tmp_path):
+    from rtdecode.encoder.checkpoint import subject_view
+
+    model = _two_systems()
+    pos = model.spatial.positions.numpy()
+    systems = [
+        {"ch_names": [f"MEG{i:04d}" for i in range(8)], "positions": pos[0],
+         "preprocess": {"config": {"ch_names": [f"MEG{i:04d}" for i in range(8)]}}},
+        {"ch_names": [f"MLC{i:02d}" for i in range(5)], "positions": pos[1, :5],
+         "preprocess": {"config": {"ch_names": [f"MLC{i:02d}" for i in range(5)]}}},
+    ]
+    meta = {**_meta(model), "systems": systems}
+    del meta["ch_names"], meta["positions"]
+    save_checkpoint(tmp_path, model, meta)
+    loaded, read = load_checkpoint(tmp_path)
+    x = torch.randn(1, 5, 12)
+    with torch.no_grad():
+        assert torch.equal(model(x, torch.tensor([1]))["clip"], loaded(x, torch.tensor([1]))["clip"])
+    assert read["ch_names"] == systems[0]["ch_names"]  # older readers see system 0
+    _, view = load_checkpoint(tmp_path, subject="01")
+    assert view["subject_index"] == 1 and view["ch_names"] == systems[1]["ch_names"]
+    assert view["preprocess"] == systems[1]["preprocess"]
+    assert subject_view(read, "sub-02")["ch_names"] == systems[0]["ch_names"]
+    with pytest.raises(ValueError, match="rtdecode calibrate"):
+        load_checkpoint(tmp_path, subject="09")
+    bad = {**meta, "systems": systems[:1]}
+    with pytest.raises(ValueError, match="1 sensor systems but the model reads 2"):
+        save_checkpoint(tmp_path / "bad", model, bad)
