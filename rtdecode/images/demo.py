@@ -16,6 +16,10 @@ Everything is deterministic given ``seed``: each category draws from its own chi
 ``numpy.random.SeedSequence(seed)``. Sources and licenses are listed per image in
 ``gallery.csv`` and summarised in models/README.md.
 
+Simulated datasets show the image world instead (:mod:`rtdecode.images.world`: over a
+thousand object concepts and the THINGS-style zero-shot split); this small gallery stays
+for quick benchmarks and tests, and its photo loaders and backgrounds serve the world too.
+
 Threads: plain function, run by whoever asks (the CLI, tests, the demo command).
 """
 

@@ -95,7 +95,7 @@ __all__ = [
     "summarize_world",
 ]
 
-WORLD_VERSION = 2
+WORLD_VERSION = 3
 DEFAULT_SIZE = 96
 DEFAULT_EXEMPLARS = 4
 DEFAULT_DISTRACTOR_CONCEPTS = 300
@@ -109,7 +109,7 @@ STAMPS_LICENSE = "GPL-2.0-or-later"
 ATTRIBUTIONS = {
     OPENMOJI_LICENSE: "All emojis designed by OpenMoji - the open-source emoji and icon "
     "project (https://openmoji.org). License: CC BY-SA 4.0.",
-    NOTO_LICENSE: "Noto Color Emoji, Copyright 2021 Google Inc. (SIL Open Font License 1.1), "
+    NOTO_LICENSE: "Noto Color Emoji, Copyright 2013-2017 Google Inc. (SIL Open Font License 1.1), "
     "from Debian's fonts-noto-color-emoji.",
     STAMPS_LICENSE: "Tux Paint stamps, Copyright 2002-2022 Bill Kendrick and the Tux Paint "
     "contributors (GNU GPL 2 or later), from Debian's tuxpaint-stamps-default.",
@@ -943,10 +943,16 @@ def build_world(
             "sources": versions,
             "missing": missing,
             "n_concepts": len(concepts),
+            "attributions": {
+                k: v for k, v in ATTRIBUTIONS.items() if any(r.license == k for r in rows)
+            },
         }
         atomic_write(partial / META_NAME, json.dumps(meta, indent=2) + "\n")
-        shutil.rmtree(built, ignore_errors=True)
-        os.replace(partial, built)
+        if _complete(built, fingerprint):  # another process finished the same world first
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            shutil.rmtree(built, ignore_errors=True)
+            os.replace(partial, built)
     world = load_world(built)
     root = Path(out_dir) / "images"
     if root.resolve() != built.resolve():
