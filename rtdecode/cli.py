@@ -212,6 +212,22 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gallery(args: argparse.Namespace) -> int:
+    from rtdecode.images.build import build_gallery
+
+    report = build_gallery(args.images_dir, args.out, image_encoder=args.image_encoder,
+                           encoder_path=args.image_encoder_path, table=args.table,
+                           chunk_size=args.chunk_size, device=args.device,
+                           progress=not args.quiet)
+    print(f"{report['n_images']} images, {report['n_concepts']} concepts, "
+          f"{report['n_categories']} categories ({report['layout']}); embedded "
+          f"{report['n_embedded']}, reused {report['n_reused']}, skipped "
+          f"{len(report['skipped'])} -> {report['gallery_csv']}, {report['embeddings']}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from rtdecode.training.encoder import train
 
@@ -375,6 +391,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images-table", type=Path, default=None, help="image numbers -> files (CSV/TSV)")
     s.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     s.set_defaults(func=_cmd_dataset)
+
+    s = sub.add_parser("gallery", help="build a gallery: catalogue and embed a folder of images")
+    s.add_argument("action", choices=["build"])
+    s.add_argument("images_dir", type=Path, help="<category>/<image> subfolders, or a flat folder")
+    s.add_argument("--out", required=True, type=Path, help="gallery folder to write")
+    s.add_argument("--image-encoder", default=None, help="image encoder name (default: the CNN)")
+    s.add_argument("--image-encoder-path", default=None, help="local weights, if it needs them")
+    s.add_argument("--table", type=Path, default=None, help="CSV/TSV: file or id, concept, ...")
+    s.add_argument("--chunk-size", type=int, default=64, help="images saved together")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_gallery)
 
     s = sub.add_parser("train", help="train the brain encoder")
     s.add_argument("--data", required=True, type=Path)

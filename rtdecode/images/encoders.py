@@ -62,12 +62,16 @@ class ImageEncoder:
         ``grid`` readout.
     readout : str
         ``"cls"``, ``"mean"`` or ``"grid"``.
+    registry_name : str
+        The name it is registered under (:func:`get_image_encoder`), e.g. for
+        ``embeddings-<registry_name>.npz``.
     """
 
     name: str
     dim: int
     output_shape: tuple[int, ...]
     readout: str = "cls"
+    registry_name: str = ""
 
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Embed images.
@@ -119,6 +123,7 @@ def register_image_encoder(
 
     def deco(factory: Callable[..., ImageEncoder]) -> Callable[..., ImageEncoder]:
         _REGISTRY[name] = factory
+        factory.registry_name = name  # what its instances are called in file names
         return factory
 
     return deco

@@ -20,6 +20,7 @@ import csv
 import hashlib
 import json
 import os
+import posixpath
 import re
 import threading
 import warnings
@@ -64,7 +65,7 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         return im.convert("RGB")
 
 
-def _check_readable(path: Path) -> str | None:
+def check_readable(path: Path) -> str | None:
     """Return None when ``path`` decodes as an image, else the reason it does not.
 
     JPEGs are decoded in draft mode (1/8 scale in the DCT domain), which still reads the
@@ -79,9 +80,57 @@ def _check_readable(path: Path) -> str | None:
     return None
 
 
+def _rel(root: Path, path: Path) -> str:
+    """``path`` relative to ``root`` in POSIX form (``../`` for files outside it)."""
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
 def _file_key(root: Path, path: Path) -> str:
     st = path.stat()
-    return f"{path.relative_to(root).as_posix()}|{st.st_size}|{st.st_mtime_ns}"
+    return f"{_rel(root, path)}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def content_digest(path: str | os.PathLike) -> str:
+    """Hex SHA-1 of a file's bytes: an image's identity whatever its name or timestamps."""
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def npz_name(encoder: str) -> str:
+    """File name of a built gallery's embeddings by the encoder registered as ``encoder``."""
+    return f"embeddings-{encoder}.npz"
+
+
+def read_built_embeddings(path: str | os.PathLike, encoder_name: str) -> dict[str, np.ndarray]:
+    """Content digest -> embedding, from an npz of ``rtdecode gallery build``.
+
+    Empty when the file was made by another encoder (``encoder`` differs from
+    ``encoder_name``, e.g. other weights) or cannot be read.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["encoder"]) != encoder_name:
+                return {}
+            return dict(zip(z["sha1"].tolist(), z["embeddings"], strict=True))
+    except (OSError, KeyError, ValueError):
+        return {}
+
+
+def image_files(root: Path) -> list[Path]:
+    """Image files under ``root`` at any depth, sorted by relative path (no hidden ones)."""
+    return sorted(
+        (
+            p
+            for p in root.rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES
+            and p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        ),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
 
 
 def _read_checked(cache_dir: Path) -> set[str]:
@@ -205,23 +254,26 @@ class Gallery:
                 f"Gallery folder {root} does not exist; give a folder of images "
                 "(or build the demo gallery with rtdecode.images.make_demo_gallery)."
             )
-        files = sorted(
-            (
-                p
-                for p in root.rglob("*")
-                if p.suffix.lower() in IMAGE_SUFFIXES
-                and p.is_file()
-                and not any(part.startswith(".") for part in p.relative_to(root).parts)
-            ),
-            key=lambda p: p.relative_to(root).as_posix(),
-        )
+        rows: list[dict[str, str]] = []
+        csv_path = root / CSV_NAME
+        if csv_path.is_file():
+            rows = _read_csv(csv_path)
+        files = image_files(root)
+        # A built gallery (rtdecode gallery build) lists images kept in another folder.
+        found = set(files)
+        for row in rows:
+            p = Path(os.path.normpath(root / row["file"])) if row.get("file") else None
+            if p is not None and p not in found and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+                files.append(p)
+                found.add(p)
+        files.sort(key=lambda p: _rel(root, p))
         cache = Path(cache_dir) if cache_dir is not None else root / CACHE_DIRNAME
         keys = {p: _file_key(root, p) for p in files}
         checked = _read_checked(cache)
         good: list[Path] = []
         skipped: list[tuple[Path, str]] = []
         for p in files:
-            reason = None if keys[p] in checked else _check_readable(p)
+            reason = None if keys[p] in checked else check_readable(p)
             if reason is None:
                 good.append(p)
             else:
@@ -233,15 +285,10 @@ class Gallery:
                     stacklevel=2,
                 )
 
-        rows: list[dict[str, str]] = []
-        csv_path = root / CSV_NAME
-        if csv_path.is_file():
-            rows = _read_csv(csv_path)
         ids, info = cls._assign_ids(root, good, rows, csv_path)
         categories = []
         for p, row in zip(good, info, strict=True):
-            rel = p.relative_to(root)
-            folder = rel.parts[-2] if len(rel.parts) > 1 else UNCATEGORIZED
+            folder = p.parent.name if p.parent != root else UNCATEGORIZED
             categories.append(row.get("category") or folder)
         if not good:
             warnings.warn(
@@ -255,25 +302,33 @@ class Gallery:
         return gallery
 
     @staticmethod
+    def default_ids(files: Sequence[Path], root: Path) -> list[str]:
+        """Ids of image files without a table.
+
+        The file's stem, or its path relative to ``root`` without suffix where two files
+        share a stem.
+        """
+        rels = [_rel(root, p.with_suffix("")) for p in files]
+        stem_count = Counter(p.stem for p in files)
+        return [p.stem if stem_count[p.stem] == 1 else r for p, r in zip(files, rels, strict=True)]
+
+    @staticmethod
     def _assign_ids(
         root: Path, files: list[Path], rows: list[dict[str, str]], csv_path: Path
     ) -> tuple[list[str], list[dict[str, str]]]:
-        rels = [p.relative_to(root).with_suffix("").as_posix() for p in files]
-        stems = [p.stem for p in files]
-        stem_count: dict[str, int] = {}
-        for s in stems:
-            stem_count[s] = stem_count.get(s, 0) + 1
-        ids = [s if stem_count[s] == 1 else r for s, r in zip(stems, rels, strict=True)]
+        rels = [_rel(root, p.with_suffix("")) for p in files]
+        ids = Gallery.default_ids(files, root)
         if not rows:
             return ids, [{} for _ in files]
 
-        by_file = {row["file"].replace("\\", "/"): row for row in rows if row.get("file")}
+        by_file = {
+            posixpath.normpath(row["file"].replace("\\", "/")): row for row in rows if row.get("file")
+        }
         by_id = {row["id"]: row for row in rows if row.get("id")}
         info: list[dict[str, str]] = []
         matched: set[int] = set()
         for i, p in enumerate(files):
-            rel = p.relative_to(root).as_posix()
-            row = by_file.get(rel)
+            row = by_file.get(_rel(root, p))
             if row is not None and row.get("id"):
                 ids[i] = row["id"]
             if row is None:
@@ -398,6 +453,15 @@ class Gallery:
                 old_keys, old = cached
                 rows = {k: old[i] for i, k in enumerate(old_keys)}
             todo = [i for i, k in enumerate(keys) if k not in rows]
+            if todo:  # rows of a built gallery's npz, matched by the image's content
+                built: dict[str, np.ndarray] = {}
+                for npz in sorted(self.root.glob(npz_name("*"))):
+                    built.update(read_built_embeddings(npz, name))
+                for i in todo if built else []:
+                    hit = built.get(content_digest(self.paths[i]))
+                    if hit is not None:
+                        rows[keys[i]] = hit
+                todo = [i for i in todo if keys[i] not in rows]
             if todo:
                 new = self._encode(encoder, todo, batch_size=batch_size, progress=progress)
                 for j, i in enumerate(todo):

@@ -122,13 +122,13 @@ def test_rescan_decodes_only_new_or_changed_files(folder, monkeypatch):
     from rtdecode.images import gallery as gallery_module
 
     decoded = []
-    real_check = gallery_module._check_readable
+    real_check = gallery_module.check_readable
 
     def counting_check(path):
         decoded.append(path.name)
         return real_check(path)
 
-    monkeypatch.setattr(gallery_module, "_check_readable", counting_check)
+    monkeypatch.setattr(gallery_module, "check_readable", counting_check)
     Gallery.from_folder(folder)
     assert len(decoded) == 4
     decoded.clear()
