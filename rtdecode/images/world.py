@@ -22,11 +22,13 @@ into ``<user data>/assets/`` by ``scripts/install_world_assets.sh``, which ``mak
 and ``.ci/run`` call; without them the world is built from the PyPI sources and
 :attr:`World.missing` says what is absent.
 
-Names and categories: an emoji's concept is its ``unicodedata.name()`` (lower case; the
-animal "X FACE" emoji join the concept "x"), its category is its Unicode emoji subgroup
-(``emoji-test.txt`` from Debian's ``unicode-data``). A stamp's concept is the English
-line of its ``.txt`` (or its file name when that line is a sentence), its category its
-folder. The same concept from several sources is one concept with several drawings or
+Names and categories: an emoji's concept is its Unicode CLDR short name from
+``emoji-test.txt`` (Debian's ``unicode-data``; ``unicodedata.name()`` without it), lower
+case, the animal "x face" emoji joining the concept "x"; its category is its Unicode emoji
+subgroup (``animal-mammal``, ``food-fruit``...). A stamp's concept is the English line of
+its ``.txt`` (or its file name when that line is a sentence; mirrored copies and the
+faces of one object join one concept), its category its folder, or the category of the
+emoji concept of the same name. The same concept from several sources is one concept with several drawings or
 photographs ("dog": an OpenMoji drawing, a Noto drawing, Tux Paint photographs). Only
 recognisable things are kept: no flags, keycaps, skin-tone or gender variants (nothing
 but single code points), no hand gestures, faces, symbols, letters, clock faces, road
@@ -95,7 +97,7 @@ __all__ = [
     "summarize_world",
 ]
 
-WORLD_VERSION = 3
+WORLD_VERSION = 4
 DEFAULT_SIZE = 96
 DEFAULT_EXEMPLARS = 4
 DEFAULT_DISTRACTOR_CONCEPTS = 300
@@ -150,7 +152,9 @@ EMOJI_SUBGROUPS_SKIPPED = frozenset(
     }
 )
 # Words that mark a text-like or near-duplicate glyph (clock faces differ by a hand).
-EMOJI_NAME_SKIPPED = re.compile(r"CLOCK FACE|\bSIGN\b|\bSYMBOL\b|SQUARED|CIRCLED|\bLETTER\b")
+EMOJI_NAME_SKIPPED = re.compile(
+    r"clock face|o[’']clock|-thirty|\bsign\b|\bsymbol\b|squared|circled|\bletter\b", re.I
+)
 # Code point ranges of pictographs, used only when emoji-test.txt is missing.
 PICTOGRAPH_RANGES = ((0x1F300, 0x1F5FF), (0x1F680, 0x1F6FF), (0x1F900, 0x1F9FF), (0x1FA70, 0x1FAFF))
 STAMP_FOLDERS_SKIPPED = ("symbols", "town/roadsigns", "town/flags")
@@ -376,19 +380,44 @@ def _emoji_table() -> tuple[list[tuple[int, str, str]], str | None]:
     return rows, str(test)
 
 
-def _emoji_name(cp: int, fallback: str, subgroup: str) -> str | None:
-    name = unicodedata.name(chr(cp), "") or fallback.upper()
-    if EMOJI_NAME_SKIPPED.search(name):
+def _emoji_name(cp: int, cldr: str, subgroup: str) -> str | None:
+    """The concept an emoji shows, or None for a text-like or near-duplicate glyph.
+
+    Unicode's CLDR short name ("magnifying glass tilted left") where emoji-test.txt gives
+    it, else ``unicodedata.name()`` ("LEFT-POINTING MAGNIFYING GLASS").
+    """
+    name = cldr or unicodedata.name(chr(cp), "")
+    if not name or EMOJI_NAME_SKIPPED.search(name):
         return None
-    name = name.lower()
+    name = _clean(name)
     if subgroup.startswith("animal-") and name.endswith(" face"):
         name = name[: -len(" face")]  # "dog face" and "dog" are one concept
-    return _clean(name)
+    return name
 
 
 def _clean(name: str) -> str:
+    name = re.sub(r"[“”‘’\"']", "", name.split("—")[0])
     name = re.sub(r"[\s_]+", " ", name.strip().lower()).strip(" .!")
     return re.sub(r"^(a|an|the|some) ", "", name)
+
+
+# Stamps that show one object several times: mirrored copies, photo and outline versions,
+# the four faces of a dreidel, and one kind of object under several names.
+STAMP_ALIASES = (
+    (re.compile(r" (mirror|photo|outline)$"), ""),
+    (re.compile(r"^dreydl\b.*"), "dreidel"),
+    (re.compile(r"^.*\bgnu\b.*$"), "gnu"),
+    (
+        re.compile(r"^(another tombstone|tombstone|gravestone|grave marker|cemetery marker)$"),
+        "headstone",
+    ),
+)
+
+
+def _stamp_key(name: str) -> str:
+    for pattern, repl in STAMP_ALIASES:
+        name = pattern.sub(repl, name)
+    return name
 
 
 def _glyph_loader(font_path: Path, px: int, cp: int) -> Callable[[], Image.Image]:
@@ -437,13 +466,13 @@ def _stamp_name(txt: Path | None, stem: str) -> tuple[str, str]:
     """(name from the .txt's English line, name from the file name)."""
     from_stem = _clean(re.sub(r"[\d]+", " ", stem.replace("-", " ")))
     if txt is None or not txt.is_file():
-        return from_stem, from_stem
+        return _stamp_key(from_stem), _stamp_key(from_stem)
     first = txt.read_text(encoding="utf-8", errors="replace").splitlines()[:1]
     named = _clean(first[0]) if first else ""
     # A sentence ("a hoverfly resembles a honeybee drone") is a caption, not a name.
     if not named or len(named.split()) > 3 or "=" in named:
         named = from_stem
-    return named, from_stem
+    return _stamp_key(named), _stamp_key(from_stem)
 
 
 def _collect(size: int) -> tuple[dict[str, _Concept], dict[str, str], list[str]]:
