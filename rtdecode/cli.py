@@ -231,7 +231,7 @@ def _cmd_gallery(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from rtdecode.training.encoder import train
 
-    train(
+    out = train(
         args.data,
         args.out,
         preset=args.preset,
@@ -240,7 +240,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         resume=args.resume,
         seed=args.seed,
+        subjects=None if args.subjects is None else [v for v in args.subjects.split(",") if v],
     )
+    print(f"Encoder checkpoint written to {out}", flush=True)
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from rtdecode.training.calibrate import calibrate
+
+    out = calibrate(args.ckpt, args.data, args.subject, args.minutes, args.out,
+                    max_epochs=args.max_epochs, head_lr_scale=args.head_lr_scale,
+                    device=args.device, seed=args.seed)
+    print(f"Calibrated checkpoint written to {out}", flush=True)
     return 0
 
 
@@ -407,14 +419,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train the brain encoder")
     s.add_argument("--data", required=True, type=Path)
-    s.add_argument("--out", required=True, type=Path)
-    s.add_argument("--preset", default=None, help="architecture preset (default: paper)")
+    s.add_argument("--out", type=Path, default=None,
+                   help="checkpoint folder (default: DATA/derivatives/rtdecode/encoder)")
+    s.add_argument("--preset", default=None,
+                   help="architecture preset: paper (default), demo, test or ridge")
     s.add_argument("--config", type=Path, default=None, help="recipe TOML")
     s.add_argument("--max-epochs", type=int, default=None)
     s.add_argument("--device", default="auto")
     s.add_argument("--resume", action="store_true", help="continue from OUT's last state")
     s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--subjects", default=None,
+                   help="train on these subjects only, comma-separated (e.g. 01,03; default: all)")
     s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("calibrate", help="add a new subject to an encoder from minutes of data")
+    s.add_argument("ckpt", type=Path, help="a trained (multi-subject) encoder checkpoint")
+    s.add_argument("--data", required=True, type=Path, help="dataset holding the subject")
+    s.add_argument("--subject", required=True, help="the new subject (e.g. 04)")
+    s.add_argument("--minutes", required=True, type=float,
+                   help="use the first M minutes of the subject's recordings")
+    s.add_argument("--out", required=True, type=Path, help="the new checkpoint folder")
+    s.add_argument("--max-epochs", type=int, default=20)
+    s.add_argument("--head-lr-scale", type=float, default=0.1,
+                   help="the heads' learning rate relative to the subject layer's (0 freezes them)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_cmd_calibrate)
 
     s = sub.add_parser("evaluate", help="score a checkpoint (retrieval, ridge baseline)")
     s.add_argument("ckpt", type=Path)

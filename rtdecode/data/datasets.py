@@ -498,7 +498,8 @@ def load_epochs(
             more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
             raise ValueError(
                 f"The recording {str(rec.path)!r} lacks {len(missing)} of the {len(ch_names)} "
-                f"channels the dataset uses: {shown}{more}. Leave it out (subjects=...), "
+                f"channels the dataset uses: {shown}{more}. Leave it out (--subjects, or "
+                "subjects= in Python), "
                 "or pass ch_names= with the channels every recording has."
             )
 

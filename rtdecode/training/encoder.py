@@ -51,12 +51,16 @@ from rtdecode.contracts import ParameterError
 from rtdecode.encoder.checkpoint import CONFIG_FILE, WEIGHTS_FILE, resolve_device, save_checkpoint
 from rtdecode.encoder.losses import CombinedLoss, clip_loss, mse_loss
 from rtdecode.encoder.metrics import fit_target_stats, retrieval_metrics, standardize
-from rtdecode.encoder.model import BrainModule, build_model
+from rtdecode.encoder.model import BrainModule, RidgeModule, build_model, fit_ridge, stack_positions
+from rtdecode.encoder.presets import get_preset
 from rtdecode.training.state import TRAINING_DIR, load_training_state, save_training_state
 
 __all__ = [
     "Recipe",
     "TrainResult",
+    "default_out_dir",
+    "fit_ridge_checkpoint",
+    "sensor_systems",
     "image_targets",
     "lagged_windows",
     "load_recipe",
@@ -418,6 +422,7 @@ def train_arrays(
     positions: np.ndarray,
     subject_index: np.ndarray | None = None,
     n_subjects: int | None = None,
+    subject_system: Sequence[int] | None = None,
     groups: Sequence[Any] | None = None,
     recipe: Recipe | dict | str | Path | None = None,
     out_dir: str | Path | None = None,
@@ -431,16 +436,20 @@ def train_arrays(
     Parameters
     ----------
     X : ndarray, float32, shape (n, C, T)
-        Preprocessed windows (model channels, model rate).
+        Preprocessed windows (model channels, model rate). Several sensor systems: each
+        window's own channels first, zero-padded to the largest system's C.
     Y : ndarray, float32, shape (n, D) or (n, N, D)
         Image embedding of each window's stimulus (not standardised: this function
         standardises with the statistics of the training part and stores them).
-    positions : ndarray, shape (C, 2)
-        2D sensor positions (NaN = unknown).
+    positions : ndarray, shape (C, 2), or (n_systems, C, 2)
+        2D sensor positions (NaN = unknown); several systems NaN-padded
+        (:func:`rtdecode.encoder.model.stack_positions`).
     subject_index : ndarray of int, shape (n,), optional
         Subject of each window (default: all 0).
     n_subjects : int, optional
         Subject-layer rows (default: ``max(subject_index) + 1``).
+    subject_system : sequence of int, optional
+        With several systems: the system of each subject (``n_subjects`` entries).
     groups : sequence, length n, optional
         Image id of each window: the validation split keeps groups whole. Default: one
         group per window.
@@ -495,9 +504,10 @@ def train_arrays(
     dist_info = _setup_distributed(device)
     dev = dist_info.device
     try:
+        systems = {} if subject_system is None else {"subject_system": tuple(subject_system)}
         result = _fit(
             rc, dist_info, dev, Xt, Yt_z, St, Xv, Yv_z, Sv, Gv, positions, n_subj,
-            target_stats, n_dropped, out_dir, meta, resume, progress,
+            target_stats, n_dropped, out_dir, meta, resume, progress, systems,
         )
         if dist_info.created:
             import torch.distributed as dist
@@ -514,7 +524,7 @@ def train_arrays(
 
 
 def _fit(rc, dist_info, dev, Xt, Yt, St, Xv, Yv, Sv, Gv, positions, n_subj, target_stats,
-         n_dropped, out_dir, meta, resume, progress) -> TrainResult:
+         n_dropped, out_dir, meta, resume, progress, systems) -> TrainResult:
     from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
     from tqdm.auto import tqdm
 
@@ -522,7 +532,7 @@ def _fit(rc, dist_info, dev, Xt, Yt, St, Xv, Yv, Sv, Gv, positions, n_subj, targ
     torch.manual_seed(rc.seed)
     model = build_model(
         rc.preset, Xt.shape[1], Xt.shape[2], positions, n_subjects=n_subj,
-        target_dim=Yt.shape[1:], seed=rc.seed, **rc.model,
+        target_dim=Yt.shape[1:], seed=rc.seed, **systems, **rc.model,
     ).to(dev)
     loss_fn = CombinedLoss(rc.lam).to(dev)
     step = _TrainStep(model, loss_fn)
@@ -838,9 +848,17 @@ def _preprocessor(rc: Recipe, ch_names: Sequence[str]):
     return Preprocessor(PreprocessConfig(ch_names=tuple(ch_names), **options))
 
 
+def default_out_dir(data_dir: str | Path) -> Path:
+    """Where ``rtdecode train`` writes without ``--out``: the dataset's BIDS derivatives."""
+    data = Path(data_dir).expanduser()
+    if data.is_file():
+        return data.parent / f"{data.stem}-encoder"
+    return data / "derivatives" / "rtdecode" / "encoder"
+
+
 def train(
     data_dir: str | Path,
-    out_dir: str | Path,
+    out_dir: str | Path | None = None,
     *,
     preset: str | None = None,
     recipe: str | Path | dict | Recipe | None = None,
@@ -848,25 +866,34 @@ def train(
     device: str = "auto",
     resume: bool = False,
     seed: int | None = None,
+    subjects: Sequence[str] | None = None,
     progress: bool = True,
 ) -> Path:
     """Train an encoder on a dataset folder and write its checkpoint.
+
+    Every subject of the dataset trains one model, whatever its sensor system: each
+    system's channels get their own preprocessing (fitted on that system's training
+    windows) and their own sensor positions in the spatial attention, and the
+    checkpoint keeps both per system (``systems``; see docs/encoder.md).
 
     Parameters
     ----------
     data_dir : path
         A THINGS-like dataset (``rtdecode simulate`` writes one).
-    out_dir : path
+    out_dir : path, optional
         Checkpoint folder to write (``model.safetensors``, ``config.json``,
-        ``training/``).
+        ``training/``); default :func:`default_out_dir`.
     preset : str, optional
-        Architecture preset (default: the recipe's, ``paper``).
+        Architecture preset (default: the recipe's, ``paper``); ``ridge`` fits the
+        linear baseline as a servable checkpoint (:func:`fit_ridge_checkpoint`).
     recipe : TOML path, dict or Recipe, optional
     max_epochs, seed : optional overrides of the recipe
     device : str
         ``"auto"`` uses CUDA when present.
     resume : bool
         Continue the run in ``out_dir``.
+    subjects : sequence of str, optional
+        Train on these subjects only (``"01"`` or ``"sub-01"``; overrides the recipe's).
     progress : bool
 
     Returns
@@ -877,8 +904,9 @@ def train(
     from rtdecode.images import image_encoder_for
     from rtdecode.images.categories import open_gallery
 
-    rc = load_recipe(recipe, preset=preset, max_epochs=max_epochs, seed=seed)
-    out = Path(out_dir)
+    rc = load_recipe(recipe, preset=preset, max_epochs=max_epochs, seed=seed,
+                     subjects=None if subjects is None else [str(v) for v in subjects])
+    out = default_out_dir(data_dir) if out_dir is None else Path(out_dir)
     if out.exists() and (out / TRAINING_DIR).exists() and not resume:
         raise ValueError(
             f"{out} already holds a training run; pass --resume to continue it or choose "
@@ -899,55 +927,195 @@ def train(
     # (streaming: it runs over each recording) and again after loading. One on a
     # placeholder channel checks the [preprocess] options before the (slow) load.
     lags = rc.lags_s
-    es = load_epochs_for(
-        data_dir, lambda names: _preprocessor(rc, names), tmin_s=float(lags[0]) - rc.window_s,
-        tmax_s=float(lags[-1]), subjects=rc.subjects, progress=progress,
-    )
-    es_train = es.train
-    if len(es_train) == 0:
-        raise ValueError(f"{data_dir} has no training epochs (trial_type 'exp'); nothing to train on.")
-    if es.gallery_root is None:
-        raise ValueError(
-            f"The images of {data_dir} were not found, so there are no targets; put the "
-            "image folder next to the data."
+    parts = []
+    for group in sensor_systems(data_dir, rc.subjects):
+        es = load_epochs_for(
+            data_dir, lambda names: _preprocessor(rc, names), tmin_s=float(lags[0]) - rc.window_s,
+            tmax_s=float(lags[-1]), subjects=group, progress=progress,
         )
-    preprocessor = _preprocessor(rc, es.ch_names)
-    # The robust scaler is fitted on the reference window; every lag is then scaled alike,
-    # as the live service scales every window it cuts.
-    fit_scaler(es_train, preprocessor, rc.window_start_s, rc.window_s)
-    X, Y_index = lagged_windows(es_train, preprocessor, lags, rc.window_s, progress=progress)
+        if len(es.train) == 0:
+            raise ValueError(
+                f"{data_dir} has no training epochs (trial_type 'exp') of {', '.join(es.subjects)}; "
+                "nothing to train on."
+            )
+        if es.gallery_root is None:
+            raise ValueError(
+                f"The images of {data_dir} were not found, so there are no targets; put the "
+                "image folder next to the data."
+            )
+        preprocessor = _preprocessor(rc, es.ch_names)
+        # The robust scaler is fitted on the reference window; every lag is then scaled
+        # alike, as the live service scales every window it cuts.
+        fit_scaler(es.train, preprocessor, rc.window_start_s, rc.window_s)
+        parts.append((es, preprocessor))
+    subjects = sorted({name for es, _ in parts for name in es.subjects})
+    if len(parts) > 1 and get_preset(rc.preset).kind == "ridge":
+        raise ValueError(
+            f"The ridge preset reads one sensor system, but {data_dir} holds "
+            f"{len(parts)} ({'; '.join(', '.join(es.subjects) for es, _ in parts)}); pick the "
+            "subjects of one with --subjects."
+        )
     encoder = image_encoder_for(rc.image_spec)
     # trials that name a category train towards its mean image embedding
-    gallery = open_gallery(es.gallery_root, es.labels)
-    Y = image_targets(gallery, encoder, es_train.image_ids, progress=progress)[Y_index]
+    gallery = open_gallery(parts[0][0].gallery_root, parts[0][0].labels)
+    n_rows = sum(len(es.train) for es, _ in parts) * len(lags)
+    c_max = max(len(es.ch_names) for es, _ in parts)
+    X = None
+    Y, S, G, first = [], [], [], 0
+    for es, preprocessor in parts:
+        es_train = es.train
+        Xk, rows = lagged_windows(es_train, preprocessor, lags, rc.window_s, progress=progress)
+        if X is None:  # one array for every system, the smaller ones zero-padded
+            X = np.zeros((n_rows, c_max, Xk.shape[2]), np.float32)
+        X[first:first + len(Xk), :Xk.shape[1]] = Xk
+        first += len(Xk)
+        del Xk
+        Y.append(image_targets(gallery, encoder, es_train.image_ids, progress=progress)[rows])
+        names = np.array([subjects.index(name) for name in es.subjects], np.int64)
+        S.append(names[es_train.subject_index[rows]])
+        G.append(np.asarray(es_train.image_ids)[rows])
+    tables = [_system_table(es, preprocessor, subjects) for es, preprocessor in parts]
+    subject_system = [next(k for k, t in enumerate(tables) if name in t["subjects"])
+                      for name in subjects]
+    drop_log: dict[str, int] = {}
+    for es, _ in parts:
+        for key, value in es.drop_log.items():
+            drop_log[key] = drop_log.get(key, 0) + int(value)
     meta = {
-        "ch_names": list(es.ch_names),
-        "positions": es.positions_2d,
-        "positions_3d": es.positions_3d,
-        "ch_types": list(es.ch_types),
-        "sfreq_in_hz": es.sfreq_hz,
-        "sfreq_model_hz": preprocessor.config.sfreq_model_hz,
+        **{key: value for key, value in tables[0].items() if key != "subjects"},
+        "sfreq_model_hz": parts[0][1].config.sfreq_model_hz,
         "window_s": rc.window_s,
         "offsets": rc.window_meta(),
-        "preprocess": preprocessor.to_dict(),
-        "clamp": preprocessor.config.clamp,
-        "target": {"name": encoder.name, **rc.image_spec, "gallery": str(es.gallery_root),
-                   "labels": es.labels},
-        "subjects": list(es.subjects),
+        "clamp": parts[0][1].config.clamp,
+        "target": {"name": encoder.name, **rc.image_spec, "gallery": str(parts[0][0].gallery_root),
+                   "labels": parts[0][0].labels},
+        "subjects": subjects,
         # the held-out (zero-shot) images: `serve --retrieval-set test` retrieves among them
-        "test_images": sorted({str(i) for i in es.test.image_ids}),
+        "test_images": sorted({str(i) for es, _ in parts for i in es.test.image_ids}),
         "provenance": {
             "data_dir": str(Path(data_dir).resolve()),
-            "recordings": [str(r) for r in es.recordings],
-            "gallery": str(es.gallery_root),
-            "drop_log": dict(es.drop_log),
+            "recordings": [str(r) for es, _ in parts for r in es.recordings],
+            "gallery": str(parts[0][0].gallery_root),
+            "drop_log": drop_log,
         },
     }
+    Y, S, G = np.concatenate(Y), np.concatenate(S), np.concatenate(G)
+    if len(parts) > 1:
+        meta["systems"] = tables
+    if get_preset(rc.preset).kind == "ridge":
+        fit_ridge_checkpoint(X, Y, tables[0]["positions"], recipe=rc, out_dir=out, meta=meta)
+        return out
+    positions = (tables[0]["positions"] if len(parts) == 1
+                 else stack_positions([t["positions"] for t in tables]))
     train_arrays(
-        X, Y, positions=es.positions_2d, subject_index=es_train.subject_index[Y_index],
-        n_subjects=len(es.subjects), groups=np.asarray(es_train.image_ids)[Y_index],
-        recipe=rc, out_dir=out,
-        meta=meta, device=device, resume=resume, progress=progress,
+        X, Y, positions=positions, subject_index=S, n_subjects=len(subjects),
+        subject_system=subject_system if len(parts) > 1 else None, groups=G,
+        recipe=rc, out_dir=out, meta=meta, device=device, resume=resume, progress=progress,
     )
     return out
+
+
+def _system_table(es: Any, preprocessor: Any, subjects: Sequence[str]) -> dict[str, Any]:
+    """What a checkpoint keeps of one sensor system: channels, positions, preprocessing."""
+    return {
+        "ch_names": list(es.ch_names),
+        "positions": np.asarray(es.positions_2d),
+        "positions_3d": np.asarray(es.positions_3d),
+        "ch_types": list(es.ch_types),
+        "sfreq_in_hz": es.sfreq_hz,
+        "preprocess": preprocessor.to_dict(),
+        "subjects": [name for name in subjects if name in es.subjects],
+    }
+
+
+def sensor_systems(data_dir: str | Path, subjects: Sequence[str] | None = None) -> list[Any]:
+    """The dataset's subjects grouped by sensor system (the channels of their recordings).
+
+    Parameters
+    ----------
+    data_dir : path
+    subjects : sequence of str, optional
+        Only these (``"01"`` or ``"sub-01"``).
+
+    Returns
+    -------
+    list
+        One entry per system, in the order of its first subject: a list of subject
+        names to pass to ``load_epochs(subjects=...)``. A dataset whose subjects cannot
+        be listed (epochs files, one recording) is one group, ``[subjects]``.
+    """
+    from rtdecode.data.recordings import read_recording
+    from rtdecode.data.things import find_recordings, subject_of
+
+    try:
+        paths = find_recordings(data_dir, subjects)
+    except ValueError:  # epochs files, not raw recordings: the loader's own rules
+        return [subjects]
+    first: dict[str, Path] = {}
+    for path in paths:
+        first.setdefault(subject_of(path), path)
+    if len(first) < 2:
+        return [subjects]
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name, path in sorted(first.items()):
+        groups.setdefault(tuple(read_recording(path).raw.ch_names), []).append(name)
+    if len(groups) == 1:
+        return [subjects]
+    return list(groups.values())
+
+
+def fit_ridge_checkpoint(
+    X: np.ndarray, Y: np.ndarray, positions: np.ndarray, *, recipe: Recipe | dict | None = None,
+    out_dir: str | Path | None = None, meta: dict[str, Any] | None = None,
+) -> RidgeModule:
+    """Fit the ridge preset's linear map on preprocessed windows and write its checkpoint.
+
+    Parameters
+    ----------
+    X : ndarray, float32, shape (n, C, T)
+        Preprocessed windows (every lag the recipe samples).
+    Y : ndarray, float32, shape (n, D) or (n, N, D)
+        Image embeddings (standardised here with the training statistics, as for the
+        deep model).
+    positions : ndarray, shape (C, 2)
+    recipe : Recipe or dict, optional
+        Its ``model`` table may set ``alphas`` (default: the evaluation's ridge alphas).
+    out_dir : path, optional
+        Checkpoint folder to write.
+    meta : dict, optional
+        Checkpoint metadata (as :func:`train_arrays` takes it).
+
+    Returns
+    -------
+    RidgeModule
+        In eval mode.
+    """
+    from rtdecode.training.evaluate import RIDGE_ALPHAS
+
+    rc = load_recipe(recipe)
+    options = dict(rc.model)
+    alphas = options.pop("alphas", RIDGE_ALPHAS)
+    X = np.asarray(X, np.float32)
+    Y = np.asarray(Y, np.float32)
+    ok = _finite_rows(X, Y)
+    X, Y = X[ok], Y[ok]
+    target_stats = fit_target_stats(Y)
+    weight, bias, alpha = fit_ridge(X, standardize(Y, target_stats), alphas)
+    model = build_model(rc.preset, X.shape[1], X.shape[2], positions,
+                        target_dim=Y.shape[1:], **options)
+    model.set_weights(weight, bias)
+    model.eval()
+    if out_dir is not None:
+        full = dict(meta or {})
+        full.setdefault("ch_names", [f"ch{i:03d}" for i in range(X.shape[1])])
+        full.setdefault("positions", np.asarray(positions))
+        full["target_stats"] = target_stats
+        full["provenance"] = {
+            **(full.get("provenance") or {}), "recipe": rc.to_dict(), "n_train": int(len(X)),
+            "n_dropped_nonfinite": int((~ok).sum()), "ridge_alpha": alpha,
+            "torch": torch.__version__, "python": platform.python_version(),
+            "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        }
+        save_checkpoint(out_dir, model, full)
+    return model
 

@@ -1,0 +1,297 @@
+"""Calibrate a trained encoder to a new subject from minutes of data.
+
+``rtdecode calibrate CKPT_DIR --data DIR --subject S --minutes M --out NEW_CKPT``
+
+Starts from a (multi-subject) checkpoint and adds the subject ``S``: a new row of the
+subject layer, initialised to the mean of the trained subjects' layers, is learned
+from the first ``M`` minutes of that subject's recordings, together with the two heads
+at a lower learning rate (``head_lr_scale``). Everything else stays as trained: the
+spatial attention, the convolution blocks and their BatchNorm statistics (held in eval
+mode), so the subjects the checkpoint already knows decode exactly as before.
+
+The subject's sensors are read as their system's: a subject whose recordings hold
+every channel of one of the checkpoint's sensor systems uses that system's channels and
+preprocessing; any other sensor set becomes a new system, with its own positions and a
+preprocessing fitted on the calibration minutes.
+
+"The first M minutes" follows recording time: the subject's recordings in their order
+(BIDS sessions and runs sort by time), each counted in full before the next, and a
+trial counts when its last training window ends within the first M minutes. Only
+training trials (``trial_type`` ``exp``) are used: test images are never learned.
+
+The result is an ordinary checkpoint folder (``model.safetensors`` + ``config.json``)
+that ``serve --subject S``, ``evaluate`` and ``evaluate-online`` load; its provenance
+records the source checkpoint, the recordings and the trials used.
+
+Threading: everything runs in the calling thread.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rtdecode.contracts import ParameterError
+from rtdecode.encoder.checkpoint import load_checkpoint, save_checkpoint, systems_of
+from rtdecode.encoder.losses import CombinedLoss
+from rtdecode.encoder.metrics import standardize
+from rtdecode.encoder.model import BrainModule, stack_positions
+from rtdecode.training.encoder import (
+    _preprocessor,
+    _system_table,
+    fit_scaler,
+    image_targets,
+    lagged_windows,
+    load_epochs_for,
+    load_recipe,
+    resolve_device,
+)
+
+__all__ = ["calibrate", "first_minutes"]
+
+
+def first_minutes(
+    recording_index: np.ndarray, onsets_s: np.ndarray, durations_s: Sequence[float],
+    minutes: float, end_s: float = 0.0,
+) -> np.ndarray:
+    """Which trials lie in the first ``minutes`` of a subject's recordings.
+
+    Parameters
+    ----------
+    recording_index : ndarray of int, shape (n,)
+        Recording of each trial (rows of ``durations_s``, in time order).
+    onsets_s : ndarray, shape (n,)
+        Onset of each trial from the start of its recording (s).
+    durations_s : sequence of float
+        Length of each recording (s), in time order.
+    minutes : float
+    end_s : float
+        How long after its onset a trial's data reach (its last window's end).
+
+    Returns
+    -------
+    ndarray of bool, shape (n,)
+    """
+    starts = np.concatenate([[0.0], np.cumsum(np.asarray(durations_s, dtype=np.float64))[:-1]])
+    t_end = starts[np.asarray(recording_index)] + np.asarray(onsets_s, dtype=np.float64) + end_s
+    return t_end <= 60.0 * float(minutes)
+
+
+def _system_for(meta: dict[str, Any], channels: Sequence[str]) -> int | None:
+    """The checkpoint's sensor system whose channels the subject's recording all has."""
+    have = set(channels)
+    for k, system in enumerate(systems_of(meta)):
+        if set(system["ch_names"]) <= have:
+            return k
+    return None
+
+
+def _grow(model: BrainModule, systems: list[dict[str, Any]], system: int) -> BrainModule:
+    """A copy of ``model`` with one more subject (of ``system``), and the new system's positions."""
+    cfg = model.config
+    arrays = [np.asarray([[np.nan if v is None else v for v in row] for row in s["positions"]],
+                         dtype=np.float32) for s in systems]
+    n_channels = max(len(a) for a in arrays)
+    new_cfg = cfg.replace(
+        n_subjects=cfg.n_subjects + 1, n_channels=n_channels, n_systems=len(arrays),
+        subject_system=cfg.systems + (system,) if len(arrays) > 1 else (),
+    )
+    positions = arrays[0] if len(arrays) == 1 else stack_positions(arrays, n_channels)
+    grown = BrainModule(new_cfg, positions)
+    state = {k: v for k, v in model.state_dict().items()
+             if k not in ("spatial.positions", "subject_layers.weight")}
+    missing, unexpected = grown.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"spatial.positions", "subject_layers.weight"}
+    if model.subject_layers is not None:
+        with torch.no_grad():
+            old = model.subject_layers.weight
+            grown.subject_layers.weight[:-1] = old
+            grown.subject_layers.weight[-1] = old.mean(dim=0)
+    return grown
+
+
+def calibrate(
+    ckpt_dir: str | Path,
+    data_dir: str | Path,
+    subject: str,
+    minutes: float,
+    out_dir: str | Path,
+    *,
+    max_epochs: int = 20,
+    lr: float | None = None,
+    head_lr_scale: float = 0.1,
+    batch_size: int | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Add a new subject to an encoder checkpoint from its first minutes of recordings.
+
+    Parameters
+    ----------
+    ckpt_dir : path
+        A deep encoder checkpoint (``rtdecode train``), one subject or several.
+    data_dir : path
+        A dataset folder holding the subject's recordings (as for ``rtdecode train``).
+    subject : str
+        ``"04"`` or ``"sub-04"``; not one of the checkpoint's subjects.
+    minutes : float
+        Use the first ``minutes`` of the subject's recordings (recording time order).
+    out_dir : path
+        The new checkpoint folder.
+    max_epochs : int
+        Passes over the calibration windows.
+    lr : float, optional
+        Learning rate of the new subject layer (default: the checkpoint's recipe's).
+    head_lr_scale : float
+        The heads learn at ``lr * head_lr_scale``; 0 keeps them as trained.
+    batch_size : int, optional
+        Default: the checkpoint's recipe's.
+    device : str
+    seed : int
+    progress : bool
+
+    Returns
+    -------
+    Path
+        ``out_dir``.
+    """
+    from tqdm.auto import tqdm
+
+    from rtdecode.data.recordings import read_recording
+    from rtdecode.data.things import find_recordings
+    from rtdecode.images import image_encoder_for
+    from rtdecode.images.categories import open_gallery
+    from rtdecode.signal import Preprocessor
+
+    if not minutes > 0:
+        raise ParameterError("minutes", f"{{param}}={minutes} must be positive (minutes of data).")
+    if not head_lr_scale >= 0:
+        raise ParameterError("head_lr_scale", f"{{param}}={head_lr_scale} must be 0 or more.")
+    model, meta = load_checkpoint(ckpt_dir)
+    if not isinstance(model, BrainModule):
+        raise ValueError(
+            f"{ckpt_dir} is a {model.config.kind} checkpoint; calibrate starts from a deep "
+            "encoder (rtdecode train with a deep preset). Fit a ridge on the new subject "
+            "instead: rtdecode train --preset ridge --subjects S."
+        )
+    name = f"sub-{str(subject).removeprefix('sub-')}"
+    known = [str(s) for s in meta.get("subjects") or []]
+    if name in known or name.removeprefix("sub-") in known:
+        raise ValueError(
+            f"{ckpt_dir} already knows subject {name!r}; serve it as it is, or calibrate "
+            "another subject."
+        )
+    saved = dict((meta.get("provenance") or {}).get("recipe") or {})
+    rc = load_recipe(saved, subjects=[name], lr=lr, batch_size=batch_size, seed=seed)
+    paths = find_recordings(data_dir, [name])
+    recordings = [read_recording(p) for p in paths]  # sorted: sessions and runs in time order
+    systems = systems_of(meta)
+    system = _system_for(meta, recordings[0].raw.ch_names)
+    lags = rc.lags_s
+    span = {"tmin_s": float(lags[0]) - rc.window_s, "tmax_s": float(lags[-1])}
+    if system is not None:
+        pre = Preprocessor.from_dict(systems[system]["preprocess"])
+        es = load_epochs_for(data_dir, lambda names: pre, **span, subjects=[name],
+                             ch_names=systems[system]["ch_names"], progress=progress)
+    else:
+        es = load_epochs_for(data_dir, lambda names: _preprocessor(rc, names), **span,
+                             subjects=[name], progress=progress)
+    order = {str(p): k for k, p in enumerate(paths)}
+    rec_order = np.array([order[r] for r in es.recordings])[es.recording_index]
+    durations = [r.raw.n_times / r.sfreq_hz for r in recordings]
+    keep = first_minutes(rec_order, es.onsets_s, durations, minutes, end_s=float(lags[-1]))
+    es = es.select(keep & es.train_mask)
+    if len(es) < 2:
+        raise ValueError(
+            f"The first {minutes} minutes of {name}'s recordings hold {len(es)} training "
+            "trial(s); give more --minutes."
+        )
+    if system is None:
+        pre = _preprocessor(rc, es.ch_names)
+        fit_scaler(es, pre, rc.window_start_s, rc.window_s)
+        systems = systems + [_system_table(es, pre, [name])]
+        system = len(systems) - 1
+    systems[system]["subjects"] = list(systems[system].get("subjects") or []) + [name]
+
+    X, rows = lagged_windows(es, pre, lags, rc.window_s, progress=progress)
+    encoder = image_encoder_for(meta["target"])
+    gallery = open_gallery(es.gallery_root, es.labels)
+    Y = standardize(image_targets(gallery, encoder, es.image_ids, progress=progress)[rows],
+                    meta.get("target_stats"))
+
+    dev = resolve_device(device)
+    torch.manual_seed(rc.seed)
+    grown = _grow(model.cpu(), systems, system).to(dev)
+    new_index = grown.config.n_subjects - 1
+    for p in grown.parameters():
+        p.requires_grad_(False)
+    groups = [{"params": [grown.subject_layers.weight], "lr": rc.lr}] if grown.subject_layers else []
+    if head_lr_scale > 0:
+        groups.append({"params": list(grown.heads.parameters()), "lr": rc.lr * head_lr_scale})
+    for group in groups:
+        for p in group["params"]:
+            p.requires_grad_(True)
+    loss_fn = CombinedLoss(rc.lam).to(dev)
+    groups.append({"params": list(loss_fn.parameters()), "lr": rc.lr})
+    opt = torch.optim.Adam(groups)
+    batch = max(2, min(rc.batch_size, len(X)))
+    Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y)
+    subject_t = torch.full((batch,), new_index, dtype=torch.long, device=dev)
+    rng = np.random.default_rng(rc.seed)
+    history = []
+    t0 = time.perf_counter()
+    for epoch in tqdm(range(1, max_epochs + 1), desc="calibrating", unit="epoch",
+                      disable=not progress):
+        grown.train()
+        for module in grown.modules():  # the trained statistics serve every subject
+            if isinstance(module, torch.nn.BatchNorm1d):
+                module.eval()
+        perm = rng.permutation(len(Xt))
+        total, n = 0.0, 0
+        for i in range(0, len(perm) - batch + 1, batch):
+            idx = torch.from_numpy(perm[i:i + batch])
+            loss, _ = loss_fn(grown(Xt[idx].to(dev), subject_t), Yt[idx].to(dev))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+            n += 1
+        history.append({"epoch": epoch, "train_loss": total / max(n, 1)})
+    grown.eval()
+
+    full = dict(meta)
+    full["subjects"] = known + [name]
+    if len(systems) > 1:
+        full["systems"] = systems
+    full["provenance"] = {
+        **(meta.get("provenance") or {}),
+        "calibration": {
+            "from": str(Path(ckpt_dir).resolve()),
+            "subject": name,
+            "minutes": float(minutes),
+            "recordings": sorted({es.recordings[r] for r in es.recording_index}),
+            "n_trials": int(len(es)),
+            "n_windows": int(len(X)),
+            "max_epochs": int(max_epochs),
+            "lr": rc.lr,
+            "head_lr_scale": head_lr_scale,
+            "history": history,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        },
+    }
+    for key in ("architecture", "n_parameters"):
+        full.pop(key, None)
+    save_checkpoint(out_dir, grown, full)
+    return Path(out_dir)
+
