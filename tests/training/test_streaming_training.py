@@ -36,18 +36,22 @@ def tiny_subject(tmp_path_factory):
                             progress=False)
 
 
-def _live_windows(pre: Preprocessor, path: str, hop: int, n_pad: int, n_times: int
-                  ) -> dict[int, np.ndarray]:
+def _live_windows(pre: Preprocessor, path: str, hop: int, n_pad: int, n_times: int,
+                  extra_stops: tuple[int, ...] = ()) -> dict[int, np.ndarray]:
     """Feed a recording to a live StreamingPreprocessor window by window from sample 0.
 
-    Returns the preprocessed window for each stop sample (exclusive) of the hop grid.
+    Returns the preprocessed window for each stop sample (exclusive) of the hop grid and
+    of ``extra_stops`` (windows taken in order of their stop, as a live reader would).
     """
     rec = read_recording(path)
     x = rec.raw.get_data().astype(np.float32)  # LSL carries float32
     names = tuple(rec.raw.ch_names)
     live = StreamingPreprocessor(pre)
     out = {}
-    for stop in range(n_pad + n_times, x.shape[1] + 1, hop):
+    first_stop = n_pad + n_times
+    grid = range(first_stop, x.shape[1] + 1, hop)
+    stops = sorted(set(grid) | {s for s in extra_stops if first_stop <= s <= x.shape[1]})
+    for stop in stops:
         first = stop - n_pad - n_times
         w = Window(data=x[:, first:stop], sfreq_hz=rec.sfreq_hz, ch_names=names,
                    first_sample=first, t_first=0.0, t_last=0.0, t_arrived=0.0, n_pad=n_pad)
@@ -92,10 +96,24 @@ def test_training_windows_equal_the_live_windows_at_a_50ms_hop(tiny_subject):
                                            atol=1e-5 * float(np.abs(want).max()))
                 compared += 1
     assert compared >= 20, compared
-    # The scaler statistic is the one of the reference windows' unscaled values.
-    ref = preprocess_windows(es.train, pre, rc.window_start_s, WINDOW_S, scaled=False)
-    np.testing.assert_allclose(pre.center, np.median(ref.astype(np.float64), axis=(0, 2)),
-                               rtol=1e-6, atol=1e-20)
+    # The scaler statistic, computed independently of fit_scaler: each channel's median
+    # over the reference windows (window_start_s .. + WINDOW_S after each training onset)
+    # as an unfitted live StreamingPreprocessor gives them (no scaling), cut at stops
+    # computed here by hand.
+    raw_pre = Preprocessor(PreprocessConfig(ch_names=es.ch_names, streaming=True))
+    train = es.train
+    ref = []
+    for r, path in enumerate(es.recordings):
+        fs = es.recording_sfreq_hz[r]
+        n_times = int(round(WINDOW_S * fs))
+        onsets = train.onset_samples[train.recording_index == r].astype(np.int64)
+        stops = onsets + int(np.floor((rc.window_start_s + WINDOW_S) * fs + 0.5))
+        live = _live_windows(raw_pre, path, int(round(HOP_S * fs)), raw_pre.pad_samples(fs),
+                             n_times, tuple(int(s) for s in stops))
+        ref += [live[int(s)] for s in stops]
+    assert len(ref) == len(train) > 20
+    want = np.median(np.stack(ref).astype(np.float64), axis=(0, 2))
+    np.testing.assert_allclose(pre.center, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
 def test_block_preprocessing_refuses_streamed_epochs_and_back(tiny_subject):
@@ -111,41 +129,54 @@ def test_block_preprocessing_refuses_streamed_epochs_and_back(tiny_subject):
                         progress=False).window(0.0, WINDOW_S)
 
 
-def test_tiny_streaming_training_decodes_above_chance(tiny_subject, tmp_path):
-    from rtdecode.encoder import load_checkpoint
-    from rtdecode.encoder.metrics import standardize
-    from rtdecode.images import Gallery, image_encoder_for
-    from rtdecode.training.encoder import predict
-    from rtdecode.training.evaluate import retrieval_scores
+def above_chance_threshold(n_candidates: int, n_queries: int, k: int = 5) -> float:
+    """Top-k accuracy 3 binomial standard deviations above chance (``k / n_candidates``)."""
+    p0 = min(k, n_candidates) / n_candidates
+    return p0 + 3.0 * float(np.sqrt(p0 * (1.0 - p0) / n_queries))
 
-    # No validation split: the tiny subject's few images all train, and the checkpoint
-    # holds the last epoch's weights (not an early epoch picked on 2 held-out images).
-    # The reference (and evaluated) window 450-700 ms holds the tiny subject's late
-    # responses.
-    ckpt = train(tiny_subject, tmp_path / "ckpt", preset="test", max_epochs=10,
-                 recipe={"batch_size": 8, "window_sampling": "stream", "val_fraction": 0.0,
-                         "window_start_s": 0.45},
+
+@pytest.fixture(scope="module")
+def small_subject(tmp_path_factory):
+    """The ``small`` simulated subject: 400 training trials, 160 test trials of 40 images
+    from held-out categories (the tiny one's 12 test trials of 4 images cannot put a
+    threshold 3 standard deviations above chance)."""
+    from rtdecode.data.simulate import simulate_subject
+
+    return simulate_subject(tmp_path_factory.mktemp("sim") / "small", seed=SMALL_SEED,
+                            size="small", progress=False)
+
+
+# Checked once with the simulation seeds 0-4 (the training seed equal to it), on the
+# demo gallery's simulation: the deep model's top-5 on the held-out images was 0.31, 0.31,
+# 0.59, 0.51 and 0.63, the ridge's 0.53, 0.64, 0.94, 0.93 and 0.69, against a threshold
+# of 0.203; every seed passes.
+SMALL_SEED = 2
+# The `test` preset widened: its 8 hidden units cannot learn 200 images' embeddings.
+MODEL = {"spatial_channels": 32, "hidden": 32, "projection_dim": 64, "fourier_harmonics": 8}
+
+
+def test_small_streaming_training_decodes_held_out_images_above_chance(small_subject, tmp_path):
+    from rtdecode.encoder import load_checkpoint
+
+    # Streaming preprocessing (the default); the window 100-350 ms after onset, for
+    # training and evaluation. No validation split: the held-out test categories are never
+    # seen in training, so they alone judge it.
+    ckpt = train(small_subject, tmp_path / "ckpt", preset="test", max_epochs=30,
+                 recipe={"batch_size": 32, "window_sampling": "fixed", "val_fraction": 0.0,
+                         "window_start_s": 0.1, "seed": SMALL_SEED, "model": MODEL},
                  progress=False)
-    model, meta = load_checkpoint(ckpt)
+    _, meta = load_checkpoint(ckpt)
     assert meta["preprocess"]["config"]["streaming"] is True  # the default for new runs
-    pre = Preprocessor.from_dict(meta["preprocess"])
-    # Zero-shot, among every gallery image (240; the tiny subject holds out 4 test
-    # images, too few for top-5): the ridge baseline fitted on the streamed windows.
-    report = evaluate(ckpt, tiny_subject, time_resolved=False, progress=False)
-    ridge = report["retrieval"]["ridge"]["gallery"]["single"]
-    assert ridge["top5"] > 3 * ridge["chance_top5"], ridge
-    # The deep model on its training images (3 categories are too few for it to
-    # generalise zero-shot, on either path): windows cut again from the checkpoint's
-    # streaming preprocessing give back what it learned.
-    es = load_epochs_for(tiny_subject, lambda names: pre, tmin_s=0.4, tmax_s=0.8,
-                         ch_names=meta["ch_names"], progress=False).train
-    X = preprocess_windows(es, pre, 0.45, WINDOW_S)  # ends 700 ms after onset
-    gallery = Gallery.from_folder(es.gallery_root)
-    encoder = image_encoder_for(meta["target"])
-    emb = standardize(gallery.embeddings(encoder, progress=False), meta.get("target_stats"))
-    pred = predict(model, X, np.zeros(len(X), np.int64))["clip"]
-    deep = retrieval_scores(pred, [str(i) for i in es.image_ids], list(gallery.ids), emb)
-    assert deep["single"]["top5"] > 3 * deep["single"]["chance_top5"], deep["single"]
+    report = evaluate(ckpt, small_subject, time_resolved=False, progress=False)
+    # Zero-shot retrieval among the test images (categories held out of training): chance
+    # and its binomial spread computed here, not taken from the report (40 candidates and
+    # 160 queries in this simulation: threshold 0.203).
+    for method in ("model", "ridge"):
+        single = report["retrieval"][method]["test"]["single"]
+        n_candidates, n_queries = single["n_candidates"], single["n_queries"]
+        assert n_queries == report["n_test_trials"] >= 100, single
+        threshold = above_chance_threshold(n_candidates, n_queries)
+        assert single["top5"] > threshold, (method, threshold, single)
 
 
 def test_block_path_stays_available(tiny_subject, tmp_path):
