@@ -57,7 +57,11 @@ def test_short_training_beats_three_times_chance_on_new_images():
     X_test, _, test_ids, _, emb_test = simulated_like(50, 3, seed=2)
     pred = predict(res.model, X_test)["clip"]
     m = retrieval_metrics(pred, standardize(emb_test, res.target_stats), test_ids)
-    assert m["top5"] > 3 * m["chance_top5"], m
+    # Chance top-5 among 50 is 0.1; with 150 queries 3 binomial SDs above it is 0.17, and
+    # the test asks for 3x chance (0.3). Checked once with the data seeds 1, 11, ..., 41
+    # (training seeds 0-4): 0.53, 0.69, 0.52, 0.57 and 0.54.
+    assert m["n_queries"] == 150 and m["chance_top5"] == pytest.approx(5 / 50)
+    assert m["top5"] > max(0.3, 0.1 + 3 * np.sqrt(0.1 * 0.9 / 150)), m
 
 
 def test_validation_split_keeps_images_whole():
