@@ -499,7 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train-decoder", help="train the small image decoder on a gallery")
     s.add_argument("--gallery", required=True, type=Path)
     s.add_argument("--out", required=True, type=Path)
-    s.add_argument("--image-encoder", default="handcrafted", help="image encoder name (registry)")
+    s.add_argument("--image-encoder", default=None,
+                   help="image encoder name (registry; default: the ImageNet CNN)")
     s.add_argument("--max-steps", type=int, default=None)
     s.add_argument("--device", default="auto")
     s.add_argument("--resume", action="store_true")

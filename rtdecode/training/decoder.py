@@ -37,6 +37,7 @@ from rtdecode.decoder.tiny import (
     TinyDecoderNet,
     save_decoder_folder,
 )
+from rtdecode.images.encoders import DEFAULT_IMAGE_ENCODER
 from rtdecode.training.state import (
     has_training_state,
     load_training_state,
@@ -110,7 +111,7 @@ def train_decoder(
     gallery_dir: str | Path,
     out_dir: str | Path,
     *,
-    image_encoder: str = "handcrafted",
+    image_encoder: str | None = None,
     max_steps: int | None = None,
     device: str = "auto",
     resume: bool = False,
@@ -134,8 +135,9 @@ def train_decoder(
         An image folder readable by ``rtdecode.images.Gallery.from_folder``.
     out_dir : str or Path
         Folder to write (see the module docstring for its layout).
-    image_encoder : str
-        Registry name of the image encoder whose embeddings condition the decoder.
+    image_encoder : str, optional
+        Registry name of the image encoder whose embeddings condition the decoder;
+        default :data:`rtdecode.images.DEFAULT_IMAGE_ENCODER` (the ImageNet CNN).
     max_steps : int, optional
         Total optimisation steps (counted across resumes); default ``DEFAULT_MAX_STEPS``.
     device : str
@@ -181,6 +183,7 @@ def train_decoder(
     dev = resolve_device(device)
 
     saved_config = json.loads((out / CONFIG_FILE).read_text()) if has_state else None
+    image_encoder = image_encoder or DEFAULT_IMAGE_ENCODER
     if saved_config is not None:
         image_encoder = saved_config["image_encoder"]["registry_name"]
     data = _load_training_data(

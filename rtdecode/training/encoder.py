@@ -53,6 +53,7 @@ from rtdecode.encoder.losses import CombinedLoss, clip_loss, mse_loss
 from rtdecode.encoder.metrics import fit_target_stats, retrieval_metrics, standardize
 from rtdecode.encoder.model import BrainModule, RidgeModule, build_model, fit_ridge, stack_positions
 from rtdecode.encoder.presets import get_preset
+from rtdecode.images.encoders import DEFAULT_IMAGE_ENCODER
 from rtdecode.training.state import TRAINING_DIR, load_training_state, save_training_state
 
 __all__ = [
@@ -92,7 +93,7 @@ class Recipe:
     preset: str = "paper"
     model: dict[str, Any] = field(default_factory=dict)
     # image targets
-    image_encoder: str = "handcrafted"
+    image_encoder: str = DEFAULT_IMAGE_ENCODER
     image_encoder_path: str | None = None
     image_readout: str = "cls"
     # windows and preprocessing (the live service reuses all of these via the checkpoint)

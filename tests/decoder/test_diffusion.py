@@ -384,7 +384,7 @@ def test_build_kandinsky_from_config_generates(kandinsky_dir):
 def test_training_folder_layout_and_metadata(tiny_dir):
     cfg = json.loads((tiny_dir / "config.json").read_text())
     assert cfg["_class_name"] == "RtdecodeTinyDecoder"
-    assert cfg["image_encoder"]["registry_name"] == "handcrafted"
+    assert cfg["image_encoder"]["registry_name"] == "efficientnet-lite0"
     assert cfg["image_encoder"]["dim"] == cfg["embed_dim"] == cfg["architecture"]["embed_dim"]
     assert cfg["training"]["steps"] == 2
     assert (tiny_dir / "scheduler" / "scheduler_config.json").is_file()

@@ -222,7 +222,7 @@ def test_train_on_simulated_subject_writes_the_contract(tiny_subject, tmp_path):
     assert model.config.n_channels == 306 and model.config.n_times == 30
     assert meta["sfreq_model_hz"] == 120.0 and meta["window_s"] == 0.25
     assert meta["offsets"]["window_start_s"] == 0.1
-    assert meta["target"]["encoder"] == "handcrafted" and meta["target"]["dim"] == 492
+    assert meta["target"]["encoder"] == "efficientnet-lite0" and meta["target"]["dim"] == 1280
     pre = Preprocessor.from_dict(meta["preprocess"])
     assert pre.fitted and pre.ch_names == tuple(meta["ch_names"])
     assert meta["subjects"] == ["sub-01"]
