@@ -665,6 +665,70 @@ def _png(im: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def _render_concept(
+    target: Path,
+    concept: _Concept,
+    where: str,
+    slug: str,
+    seed: int,
+    size: int,
+    exemplars: int,
+    textures: dict[str, np.ndarray],
+    photos: dict[str, Image.Image],
+) -> list[WorldImage]:
+    """Write one concept's images under ``target``; their rows of gallery.csv."""
+    rng = _concept_rng(seed, concept.name)
+    loaded: dict[int, Image.Image] = {}
+    rows = []
+    for i in range(exemplars if where == "train" else 1):
+        v = i % len(concept.views)
+        view = concept.views[v]
+        if v not in loaded:
+            if view.full_frame:
+                loaded[v] = photos.setdefault(view.source, view.load())
+            else:
+                loaded[v] = view.load()
+        im = _exemplar(view, loaded[v], i, size, rng, textures)
+        image_id = f"{slug}_{i:02d}"
+        folder = f"train/{slug}" if where == "train" else where
+        rel = f"{folder}/{image_id}.png"
+        path = target / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_png(im))
+        source = view.source + (
+            (" (centre crop)" if i == 0 else " (crop, flip, colour jitter)")
+            if view.full_frame
+            else " (position, scale, rotation, mirror, background, colour)"
+        )
+        rows.append(
+            WorldImage(image_id, concept.name, concept.category, source, view.license, where, rel)
+        )
+    return rows
+
+
+def _render_chunk(job: tuple) -> list[WorldImage]:
+    """Render some concepts in a worker process (which collects the sources itself)."""
+    target, names, split, slugs, seed, size, exemplars = job
+    concepts, _, _ = _collect(size)
+    textures = {name: _load_texture(name) for name in TEXTURES}
+    photos: dict[str, Image.Image] = {}
+    return [
+        row
+        for name in names
+        for row in _render_concept(
+            Path(target),
+            concepts[name],
+            split[name],
+            slugs[name],
+            seed,
+            size,
+            exemplars,
+            textures,
+            photos,
+        )
+    ]
+
+
 def _render_world(
     target: Path,
     concepts: dict[str, _Concept],
@@ -673,44 +737,54 @@ def _render_world(
     size: int,
     exemplars: int,
     progress: bool,
+    workers: int,
 ) -> list[WorldImage]:
-    """Write every image under ``target``; the rows of gallery.csv."""
+    """Write every image under ``target``; the rows of gallery.csv.
+
+    Each concept's images depend on the seed and the concept's name only, so the bytes are
+    the same whatever the number of worker processes.
+    """
     from tqdm.auto import tqdm
 
-    textures = {name: _load_texture(name) for name in TEXTURES}
     names = sorted(concepts)
     slugs = _slugs(names)
     rows: list[WorldImage] = []
-    photos: dict[str, Image.Image] = {}
-    for name in tqdm(names, desc="image world", unit="concept", disable=not progress):
-        concept = concepts[name]
-        rng = _concept_rng(seed, name)
-        where = split[name]
-        n = exemplars if where == "train" else 1
-        loaded: dict[int, Image.Image] = {}
-        for i in range(n):
-            v = i % len(concept.views)
-            view = concept.views[v]
-            if v not in loaded:
-                if view.full_frame:
-                    loaded[v] = photos.setdefault(view.source, view.load())
-                else:
-                    loaded[v] = view.load()
-            im = _exemplar(view, loaded[v], i, size, rng, textures)
-            image_id = f"{slugs[name]}_{i:02d}"
-            folder = f"train/{slugs[name]}" if where == "train" else where
-            rel = f"{folder}/{image_id}.png"
-            path = target / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(_png(im))
-            source = view.source + (
-                (" (centre crop)" if i == 0 else " (crop, flip, colour jitter)")
-                if view.full_frame
-                else " (position, scale, rotation, mirror, background, colour)"
-            )
-            rows.append(
-                WorldImage(image_id, name, concept.category, source, view.license, where, rel)
-            )
+    bar = tqdm(total=len(names), desc="image world", unit="concept", disable=not progress)
+    with bar:
+        if workers <= 1:
+            textures = {name: _load_texture(name) for name in TEXTURES}
+            photos: dict[str, Image.Image] = {}
+            for name in names:
+                rows += _render_concept(
+                    target,
+                    concepts[name],
+                    split[name],
+                    slugs[name],
+                    seed,
+                    size,
+                    exemplars,
+                    textures,
+                    photos,
+                )
+                bar.update(1)
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            # Interleaved chunks: every worker gets photographs and glyphs alike.
+            chunks = [names[k :: 8 * workers] for k in range(8 * workers)]
+            ctx = multiprocessing.get_context("spawn")  # no fork of a threaded parent
+            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                futures = {
+                    pool.submit(
+                        _render_chunk, (str(target), chunk, split, slugs, seed, size, exemplars)
+                    ): len(chunk)
+                    for chunk in chunks
+                    if chunk
+                }
+                for future in as_completed(futures):
+                    rows += future.result()
+                    bar.update(futures[future])
     rank = {s: k for k, s in enumerate(SPLITS)}
     rows.sort(key=lambda r: (rank[r.split], r.concept, r.id))
     return rows
@@ -873,6 +947,7 @@ def build_world(
     size: int = DEFAULT_SIZE,
     max_concepts: int | None = None,
     cache_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
 ) -> World:
     """Build (or reuse) the image world and lay it out in ``out_dir/images``.
 
@@ -901,6 +976,9 @@ def build_world(
         Keep only this many concepts, drawn by the seed (small worlds for tests).
     cache_dir : path-like, optional
         Where rendered worlds are kept by fingerprint; default ``<user data>/worlds``.
+    workers : int, optional
+        Processes that render (default: 2 where there are 2 cores and 1,000 images or
+        more, else 1). The images are the same whatever the number.
 
     Returns
     -------
@@ -962,7 +1040,12 @@ def build_world(
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         split = _split(sorted(concepts), seed, n_test_concepts, n_distractors)
-        rows = _render_world(partial, concepts, split, seed, size, exemplars_per_concept, progress)
+        n_images = sum(exemplars_per_concept if v == "train" else 1 for v in split.values())
+        if workers is None:  # starting processes costs about a second each
+            workers = min(2, os.cpu_count() or 1) if n_images >= 1000 else 1
+        rows = _render_world(
+            partial, concepts, split, seed, size, exemplars_per_concept, progress, workers
+        )
         _write_table(partial / CSV_NAME, rows)
         meta = {
             "generator": "rtdecode.images.world",

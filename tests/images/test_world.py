@@ -167,6 +167,14 @@ def test_same_seed_same_bytes_other_seed_other_split(tmp_path, small_world):
     assert other.concepts_of("test") != small_world.concepts_of("test")
 
 
+def test_worker_processes_render_the_same_bytes(tmp_path, small_world):
+    w = build_world(tmp_path / "two", seed=3, n_test_concepts=12, exemplars_per_concept=3,
+                    max_concepts=60, progress=False, cache_dir=tmp_path / "cache", workers=2)  # fmt: skip
+    assert w.table == small_world.table
+    for r in w.table:
+        assert (w.root / r.path).read_bytes() == (small_world.root / r.path).read_bytes()
+
+
 def test_a_second_build_links_the_cached_world(tmp_path, small_world, world_cache):
     out = tmp_path / "elsewhere"
     w = build_world(out, seed=3, n_test_concepts=12, exemplars_per_concept=3, max_concepts=60,
