@@ -34,7 +34,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 #: The documents whose tables this script writes (paths relative to the repository).
-DOCUMENTS = ("docs/benchmarks.md", "docs/results/README.md", "docs/reliability.md")
+DOCUMENTS = ("docs/benchmarks.md", "docs/results/README.md", "docs/reliability.md",
+             "docs/latency.md")
 
 MARKERS = re.compile(
     r"(?P<begin><!-- table:(?P<name>[\w.-]+) begin -->\n)(?P<body>.*?)"
@@ -349,6 +350,45 @@ def _e2e() -> str:
         raise NotMeasured("; ".join(missing))
     return table(["run (`bench/results/`)", "p50 / p95 / p99", "overhead ratio", "frames/s",
                   "windows skipped", "p50 <= 30 ms", "p99 <= 80 ms", "ratio <= 1.5"], rows)
+
+
+@renders("e2e-detail", ".venv/bin/python bench/latency.py")
+def _e2e_detail() -> str:
+    rows, stages = [], ""
+    for src, label in E2E_RUNS:
+        d = load(src)
+        lat, fr, w = get(d, "latency_ms", src=src), get(d, "frames", src=src), d["windows"]
+        e, c, ratio = lat["end_to_end"], lat["compute"], d["overhead_ratio"]
+        n_win = w["windows"] + w["skipped"]
+        images = f" ({num(fr['images_per_s'])})" if fr.get("with_image") else ""
+        rows.append([f"{label}, {num(d['config']['duration_s'], 0)} s",
+                     f"{num(e['p50'])} / {num(e['p95'])} / {num(e['p99'])}",
+                     f"{num(c['p50'])} / {num(c['p99'])}", f"{num(fr['per_s'])}{images}",
+                     f"{w['skipped']} of {n_win} ({pct(w['skipped'] / n_win)})",
+                     num(ratio["median_per_frame"], 2)])
+        for key, what, ratio_key in (("with_image", "frames with an image", "with_image"),
+                                     ("without_image", "retrieval-only frames", "without_image")):
+            part = lat.get(f"end_to_end_{key}")
+            if fr.get("with_image") and part and part.get("n"):
+                rows.append([f"&nbsp;&nbsp;{what} ({part['n']})",
+                             f"{num(part['p50'])} / {num(part['p95'])} / {num(part['p99'])}",
+                             "", "", "", num(ratio[f"median_per_frame_{ratio_key}"], 2)])
+        if not stages:
+            st = lat["stages"]
+            stages = (f"Stages of the {label} run (ms, p50 / p95 / p99): " + ", ".join(
+                f"{k} {num(v['p50'])} / {num(v['p95'])} / {num(v['p99'])}"
+                for k, v in st.items()) + f"; transport (push to pull) "
+                f"{num(lat['path']['transport']['p50'])} / "
+                f"{num(lat['path']['transport']['p99'])} at p50 / p99, delivery (worker to "
+                f"client) {num(lat['path']['delivery']['p50'])} / "
+                f"{num(lat['path']['delivery']['p99'])}.")
+    return "\n".join([
+        table(["run", "end to end p50 / p95 / p99 (ms)", "compute p50 / p99",
+               "frames/s (images/s)", "windows skipped", "overhead ratio (median per frame)"],
+              rows),
+        "",
+        stages,
+    ])
 
 
 LANE_ROWS = (
