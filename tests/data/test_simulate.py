@@ -1,5 +1,6 @@
-"""The simulated cohort: determinism, both sensor systems, events, split, ground truth,
-onset and offset responses, decodable image information, demo easier than paper."""
+"""The simulated cohort: determinism, both sensor systems, events, the zero-shot split of
+the image world, the network-driven hierarchy, ground truth, onset and offset responses,
+decodable image information, demo easier than paper."""
 
 from __future__ import annotations
 
@@ -25,7 +26,14 @@ from rtdecode.data.simulate import (
     simulate_subject,
     source_patterns,
 )
-from rtdecode.data.simulate.sources import Component, Source, amplitudes
+from rtdecode.data.simulate.sources import (
+    LAYERS,
+    REGIONS,
+    Component,
+    Source,
+    amplitudes,
+    hierarchy_latents,
+)
 
 TINY = SIZES["tiny"]
 
@@ -118,7 +126,8 @@ def test_two_real_sensor_systems(sim):
 
 
 def test_events_at_the_right_samples_with_image_ids(sim):
-    gallery_ids = set(_truth(sim)["image_features"]["ids"])
+    concept_of = {r["id"]: r["concept"] for r in _gallery_rows(sim)}
+    file_of = {r["id"]: f"images/{r['file']}" for r in _gallery_rows(sim)}
     replays = sorted((sim / "replay").glob("*_raw.fif"))
     assert [p.name for p in replays] == [
         "sub-01_task-main_replay_raw.fif", "sub-02_task-main_replay_raw.fif"
@@ -139,9 +148,8 @@ def test_events_at_the_right_samples_with_image_ids(sim):
             if r["trial_type"] == "catch":
                 assert int(r["value"]) == CATCH_CODE and r["image_path"] == "n/a"
                 continue
-            assert r["image_id"] in gallery_ids
-            assert (sim / r["image_path"]).is_file()
-            assert Path(r["image_path"]).parent.name == r["category"]
+            assert (sim / r["image_path"]).is_file() and r["image_path"] == file_of[r["image_id"]]
+            assert r["category"] == concept_of[r["image_id"]]  # the concept, as in THINGS-MEG
             assert int(r["image_nr"]) == int(r["value"])
     # replay files: 1200 Hz, JSON annotations, test images only; the top one is sub-01's
     for replay in replays:
@@ -167,19 +175,66 @@ def test_things_paradigm_timing_and_counts(sim):
     truth = _truth(sim)["split"]
     for subject in ("01", "02"):
         rows = _all_rows(sim, subject)
-        train_cats = {r["category"] for r in rows if r["trial_type"] == "exp"}
-        test_cats = {r["category"] for r in rows if r["trial_type"] == "test"}
-        assert sorted(train_cats) == truth["train_categories"]
-        assert sorted(test_cats) == truth["test_categories"]  # the same for every subject
-        assert not train_cats & test_cats
+        train_concepts = {r["category"] for r in rows if r["trial_type"] == "exp"}
+        test_concepts = {r["category"] for r in rows if r["trial_type"] == "test"}
+        assert sorted(train_concepts) == truth["train_concepts"]
+        assert sorted(test_concepts) == truth["test_concepts"]  # the same for every subject
+        assert not train_concepts & test_concepts and truth["n_shared_concepts"] == 0
         test_ids = [r["image_id"] for r in rows if r["trial_type"] == "test"]
         counts = {i: test_ids.count(i) for i in set(test_ids)}
-        assert len(counts) == truth["n_test_images"]
-        assert set(counts.values()) == {TINY.n_sessions}  # once per session, as in THINGS-MEG
-        n_exp = sum(r["trial_type"] == "exp" for r in rows)
-        assert n_exp == min(TINY.max_train_trials, TINY.train_reps * truth["n_train_images"])
+        # one image per test concept, once per session, as in THINGS-MEG
+        assert len(counts) == truth["n_test_images"] == truth["n_test_concepts"]
+        assert set(counts.values()) == {TINY.n_sessions}
+        train_ids = [r["image_id"] for r in rows if r["trial_type"] == "exp"]
+        assert len(set(train_ids)) == truth["n_train_images"]
+        assert truth["n_train_images"] == TINY.exemplars * truth["n_train_concepts"]
+        assert len(train_ids) == TINY.train_reps * truth["n_train_images"]
         n_catch = sum(r["trial_type"] == "catch" for r in rows)
         assert n_catch == TINY.n_sessions * TINY.catch_per_session
+
+
+def _gallery_rows(root: Path) -> list[dict[str, str]]:
+    with (root / "images" / "gallery.csv").open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_images_folder_holds_the_shown_images_with_their_licences(sim):
+    table = _gallery_rows(sim)
+    truth = _truth(sim)
+    assert [r["id"] for r in table] == truth["image_features"]["ids"]
+    shown = {r["image_id"] for r in _all_rows(sim) if r["trial_type"] != "catch"}
+    assert shown == set(truth["image_features"]["ids"])
+    for r in table:
+        assert (sim / "images" / r["file"]).is_file() and r["license"] and r["source"]
+        assert r["split"] == ("test" if r["concept"] in truth["split"]["test_concepts"] else "train")
+    licenses = truth["images"]["licenses"]
+    assert sum(licenses.values()) == len(table) == truth["images"]["n_images"]
+
+
+def test_image_latents_come_from_the_training_images_only():
+    rng = np.random.default_rng(0)
+    layers = {name: rng.normal(size=(30, d)) for name, d in zip(LAYERS, (8, 16, 24), strict=True)}
+    train = list(range(24))
+    lat, columns, explained = hierarchy_latents(
+        layers, train, {"early": 3, "middle": 4, "late": 5}, np.random.default_rng(1)
+    )
+    assert lat.shape == (30, 12) and [len(columns[n]) for n in LAYERS] == [3, 4, 5]
+    assert np.allclose(lat[train].std(0), 1.0) and np.allclose(lat[train].mean(0), 0.0)
+    assert all(0 < explained[n] < 1 for n in LAYERS)
+    # other test images change nothing for the training images (nor for each other)
+    moved = {n: x.copy() for n, x in layers.items()}
+    for x in moved.values():
+        x[24:] = rng.normal(size=x[24:].shape) * 5
+    again, _, _ = hierarchy_latents(
+        moved, train, {"early": 3, "middle": 4, "late": 5}, np.random.default_rng(1)
+    )
+    assert np.array_equal(again[:24], lat[:24]) and not np.allclose(again[24:], lat[24:])
+    # each layer's latents span that layer's leading principal axes
+    z = (layers["late"] - layers["late"][train].mean(0)) / layers["late"][train].std(0)
+    _, _, vt = np.linalg.svd(z[train], full_matrices=False)
+    scores = z[train] @ vt[:5].T
+    coef, *_ = np.linalg.lstsq(scores, lat[train][:, columns["late"]], rcond=None)
+    assert np.allclose(scores @ coef, lat[train][:, columns["late"]], atol=1e-8)
 
 
 def test_ground_truth_features_and_sources(sim):
@@ -187,12 +242,19 @@ def test_ground_truth_features_and_sources(sim):
     feats = truth["image_features"]
     lat = np.array(feats["values"])
     assert lat.shape == (len(feats["ids"]), feats["n_latent"]) and feats["n_latent"] >= 32
-    assert np.allclose(lat.std(0), 1.0, atol=1e-3)
-    # category-level columns vary mostly between categories, exemplar-level only within
-    cats = np.array([i.rsplit("_", 1)[0] for i in feats["ids"]])
-    k = feats["n_category"]
-    within = np.mean([lat[cats == c].std(0) for c in set(cats)], axis=0)
-    assert np.all(within[:k] < 0.75) and np.all(within[k:] > 0.8)
+    train = [feats["ids"].index(i) for i in feats["ids"] if i not in _test_ids(sim)]
+    assert np.allclose(lat[train].std(0), 1.0, atol=1e-3)
+    assert feats["encoder"].startswith("efficientnet-lite0")
+    assert truth["target"]["dim"] == 1280
+    # the hierarchy: early visual regions read the early layer, temporal ones the late one
+    layer_of = {name: info["layer"] for name, info in truth["hierarchy"].items()}
+    assert layer_of == {"V1": "early", "V4": "early", "LO": "middle", "IPS": "middle",
+                        "VT": "late", "AT": "late"}
+    assert {r.name: r.layer for r in REGIONS} == layer_of
+    columns = {n: set(feats["layers"][n]["columns"]) for n in LAYERS}
+    assert sorted(c for n in LAYERS for c in columns[n]) == list(range(feats["n_latent"]))
+    ceiling = truth["latent_retrieval_ceiling"]
+    assert ceiling["n_candidates"] == truth["split"]["n_test_images"]
     for subject in truth["subjects"]:
         assert len(subject["sources"]) >= 32
         head = truth["head_model"]
@@ -202,9 +264,16 @@ def test_ground_truth_features_and_sources(sim):
             assert abs(np.dot(s["ori"], rel)) < 1e-9  # tangential
             onset, offset = s["components"]
             assert 0.07 <= onset["latency_s"] <= 0.3 and 0.62 <= offset["latency_s"] <= 0.75
+            layer = layer_of[s["name"].split("-")[0]]
+            assert set(onset["features"]) <= columns[layer]
+            assert set(offset["gate_features"]) <= columns["late"]
     assert truth["clipped_samples"] == 0
     a, b = truth["subjects"]
     assert [s["pos_m"] for s in a["sources"]] != [s["pos_m"] for s in b["sources"]]
+
+
+def _test_ids(root: Path) -> set[str]:
+    return {r["image_id"] for r in _all_rows(root) if r["trial_type"] == "test"}
 
 
 def test_onset_and_offset_responses_in_the_truth(sim):

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,13 +33,16 @@ from rtdecode.data.simulate.sensors import (
 )
 from rtdecode.data.simulate.sources import (
     IMAGE_DURATION_S,
+    LAYERS,
+    REGIONS,
     Source,
     SourceRecipe,
     build_sources,
-    image_latents,
+    hierarchy_latents,
     noise_free_moments,
     source_activity,
 )
+from rtdecode.data.simulate.stimuli import Stimuli, world_stimuli
 from rtdecode.data.simulate.writing import (
     TASK,
     TRIGGER_S,
@@ -53,14 +56,15 @@ from rtdecode.data.simulate.writing import (
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import mne
 
-    from rtdecode.images.gallery import Gallery
-
 SFREQ_TRAIN_HZ = 200.0  # stored rate of the THINGS-like runs (a lab's downsampled copy)
 SFREQ_REPLAY_HZ = 1200.0  # the replay files keep an acquisition rate (THINGS-MEG: 1200 Hz)
-ENCODER_NAME = "handcrafted"
-N_CATEGORY = 8  # category-level latents (capped at n_categories - 1)
-N_EXEMPLAR = 24  # exemplar-level latents
-FORMAT = "rtdecode-simulation/2"
+#: Latent dimensions per layer of the image network (PCA of its pooled activations).
+N_LATENT: dict[str, int] = {"early": 12, "middle": 12, "late": 16}
+#: At most this many images enter the ground truth's noise-free responses (memory).
+MAX_TRUTH_IMAGES = 400
+FORMAT = "rtdecode-simulation/3"
+#: The image world's seed: one world and one zero-shot split for every simulation.
+WORLD_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -74,40 +78,39 @@ class SimulationSize:
     n_sessions : int
         Sessions (one run each). Every session shows each test image once, as THINGS-MEG
         does, so test images are repeated ``n_sessions`` times.
+    exemplars : int
+        Images shown of each training concept (THINGS-MEG: 12).
     train_reps : int
-        Presentations of each training image over all sessions.
-    max_train_trials : int
-        Upper bound on training presentations (``train_reps`` is lowered to respect it).
+        Presentations of each training image over all sessions (THINGS-MEG: 1).
     catch_per_session : int
         Catch trials per session (dropped by the loader).
     replay_s : float
         Duration of each subject's held-out replay session.
-    max_categories, max_images_per_category : int or None
-        Use only part of the gallery (``tiny``); None uses all of it.
-    test_fraction : float
-        Share of categories held out for the (zero-shot) test set.
+    n_test_concepts : int
+        Test concepts, one image each, shown once per session (THINGS-MEG: 200).
+    max_concepts : int or None
+        Concepts of the image world to use, test concepts included (None: all).
     noise_probe_s : float
         Length of the noise-only stretch simulated to measure the SNR in simulation.json.
     """
 
     name: str
     n_sessions: int
+    exemplars: int
     train_reps: int
-    max_train_trials: int
     catch_per_session: int
     replay_s: float
-    max_categories: int | None = None
-    max_images_per_category: int | None = None
-    test_fraction: float = 0.2
+    n_test_concepts: int = 200
+    max_concepts: int | None = None
     noise_probe_s: float = 120.0
 
 
 SIZES: dict[str, SimulationSize] = {
     "tiny": SimulationSize(
-        "tiny", 3, 6, 48, 1, 8.0, max_categories=3, max_images_per_category=4, noise_probe_s=20.0
+        "tiny", 3, 2, 3, 1, 8.0, n_test_concepts=4, max_concepts=12, noise_probe_s=20.0
     ),
-    "small": SimulationSize("small", 4, 2, 400, 2, 60.0),
-    "full": SimulationSize("full", 8, 5, 1200, 4, 90.0),
+    "small": SimulationSize("small", 2, 1, 1, 2, 60.0, max_concepts=600),
+    "full": SimulationSize("full", 4, 1, 1, 4, 90.0),
 }
 
 
@@ -200,7 +203,7 @@ class SubjectModel:
 
 
 def make_subject(
-    label: str, system: str, difficulty: Difficulty, n_latent: int, n_category: int,
+    label: str, system: str, difficulty: Difficulty, columns: dict[str, list[int]],
     rng: np.random.Generator,
 ) -> SubjectModel:
     """Draw one subject: head placement, source geometry and timing, noise."""
@@ -217,8 +220,7 @@ def make_subject(
     sources = build_sources(
         rng,
         difficulty.sources,
-        n_category,
-        n_latent,
+        columns,
         region_shift_m=0.004,
         latency_shift_s=placement["latency_shift_s"],
         amplitude_scale=placement["amplitude_scale"],
@@ -293,6 +295,29 @@ def _noise_variance(subject: SubjectModel, probe_s: float, sfreq_hz: float) -> n
     return np.fft.irfft(spec, n=n_times, axis=1).var(axis=1)
 
 
+def _linear_share(
+    subject: SubjectModel, n_latent: int, noise_var: np.ndarray, sfreq_hz: float,
+    n_draws: int = 400,
+) -> float:
+    """Share of the image-driven response variance that is linear in the latents.
+
+    A property of the response model, not of a stimulus set: measured over ``n_draws``
+    latent vectors drawn from a standard normal (the latents' own distribution, up to
+    their shape), by least squares from the latents to the noise-free response (each
+    channel in units of its noise), over the first 800 ms.
+    """
+    z = np.random.default_rng(4321).standard_normal((n_draws, n_latent))
+    n_t = int(round(0.8 * sfreq_hz))
+    resp = np.einsum(
+        "cs,nst->nct", subject.gain_signal,
+        noise_free_moments(subject.sources, z, sfreq_hz)[..., :n_t],
+    ) / np.sqrt(noise_var)[None, :, None]
+    flat = (resp - resp.mean(0)).reshape(n_draws, -1)
+    design = np.concatenate([np.ones((n_draws, 1)), z], axis=1)
+    coef, *_ = np.linalg.lstsq(design, flat, rcond=None)
+    return float(((design @ coef) ** 2).sum() / max((flat**2).sum(), 1e-30))
+
+
 def _peak_ms(curve: np.ndarray, t: np.ndarray, lo: float, hi: float) -> float:
     sel = (t >= lo) & (t < hi)
     return float(1000 * t[sel][int(np.argmax(curve[sel]))])
@@ -301,12 +326,12 @@ def _peak_ms(curve: np.ndarray, t: np.ndarray, lo: float, hi: float) -> float:
 def ground_truth_numbers(
     subject: SubjectModel, latents: np.ndarray, probe_s: float
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """SNR figures and the time course of image information, over all gallery images.
+    """SNR figures and the time course of image information, over the images of ``latents``.
 
     Information at time t is the between-image variance of the noise-free response, per
     channel in units of that channel's noise variance, summed over channels.
     ``linear_share`` is the share of that variance a linear function of the latents
-    explains (least squares over the gallery): the rest needs a nonlinear readout.
+    explains (:func:`_linear_share`): the rest needs a nonlinear readout.
     """
     sfreq = SFREQ_TRAIN_HZ
     noise_var = _noise_variance(subject, probe_s, sfreq)
@@ -319,11 +344,7 @@ def ground_truth_numbers(
     kinds = channel_kinds(subject.info(sfreq, stim=False))
     mags, grads = kinds == "mag", kinds == "grad"
     early = t < 0.8
-    centred = (resp - mean) / np.sqrt(noise_var)[None, :, None]
-    flat = centred.reshape(len(resp), -1)
-    design = np.concatenate([np.ones((len(latents), 1)), latents], axis=1)
-    coef, *_ = np.linalg.lstsq(design, flat, rcond=None)
-    linear_share = float(((design @ coef) ** 2).sum() / max((flat**2).sum(), 1e-30))
+    linear_share = _linear_share(subject, latents.shape[1], noise_var, sfreq)
     unit = "fT" if subject.system == NEUROMAG else "fT (axial gradiometer)"
     snr: dict[str, Any] = {
         "band_hz": [1.0, 40.0],
@@ -366,14 +387,31 @@ def ground_truth_numbers(
 
 
 def latent_retrieval_ceiling(
-    latents: np.ndarray, features: np.ndarray, train: list[int], test: list[int]
-) -> dict[str, float]:
-    """Retrieval among the test images from noise-free latents (a ridge map to the embedding).
+    latents: np.ndarray, target: np.ndarray, train: Sequence[int], test: Sequence[int]
+) -> dict[str, Any]:
+    """Retrieval among the test images from noise-free latents (a ridge map to the target).
 
     The best any decoder of this "brain" could do: the latents carry this much of the
-    embedding. Top-1 and top-5 over the test images, cosine similarity.
+    target embedding. A ridge map (fitted on the training images, target z-scored with
+    the training images' statistics) predicts each test image's embedding; the true image
+    is ranked among all test images by cosine similarity.
+
+    Parameters
+    ----------
+    latents : ndarray, shape (n_images, n_latent)
+    target : ndarray, shape (n_images, D)
+        The target embedding (the image network's pooled last layer).
+    train, test : sequence of int
+        Rows of the training and test images.
+
+    Returns
+    -------
+    dict
+        ``top1``, ``top5``, ``median_rank`` (1 = first) and ``n_candidates``.
     """
-    z = (features - features.mean(0)) / np.maximum(features.std(0), 1e-8)
+    train, test = np.asarray(train, dtype=int), np.asarray(test, dtype=int)
+    mean, std = target[train].mean(0), np.maximum(target[train].std(0), 1e-8)
+    z = (target - mean) / std
     a = np.concatenate([latents, np.ones((len(latents), 1))], axis=1)
     at = a[train]
     w = np.linalg.solve(at.T @ at + 1e-3 * np.eye(a.shape[1]), at.T @ z[train])
@@ -383,26 +421,38 @@ def latent_retrieval_ceiling(
     cand = cand / np.linalg.norm(cand, axis=1, keepdims=True)
     sim = pred @ cand.T
     rank = (sim > np.diag(sim)[:, None]).sum(axis=1)
-    return {"top1": float((rank < 1).mean()), "top5": float((rank < 5).mean())}
+    return {
+        "top1": float((rank < 1).mean()),
+        "top5": float((rank < 5).mean()),
+        "median_rank": float(np.median(rank + 1)),
+        "n_candidates": len(test),
+    }
 
 
 # --------------------------------------------------------------------------- entry points
-def _gallery_and_features(images_dir: Path, seed: int) -> tuple[Gallery, np.ndarray, str]:
-    """Build the demo gallery and return it with its handcrafted embeddings (N, D)."""
-    from rtdecode.images import get_image_encoder, make_demo_gallery
+def _network_features(stimuli: Stimuli) -> tuple[dict[str, np.ndarray], np.ndarray, str]:
+    """The image network's pooled layers and its target embedding of every stimulus.
 
-    gallery = make_demo_gallery(images_dir, seed=seed, progress=False)
-    encoder = get_image_encoder(ENCODER_NAME)
-    feats = np.asarray(gallery.embeddings(encoder, progress=False), dtype=np.float64)
-    return gallery, feats.reshape(len(feats), -1), str(encoder.name)
+    Returns ``({"early": (n, d1), "middle": (n, d2), "late": (n, d3)}, target (n, D),
+    encoder name)``. The target goes through the gallery's embedding cache, so that
+    serving and training on this folder later reuse it.
+    """
+    from rtdecode.images import DEFAULT_IMAGE_ENCODER, Gallery, get_image_encoder, load_rgb
 
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.unlink(missing_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+    encoder = get_image_encoder(DEFAULT_IMAGE_ENCODER)
+    gallery = Gallery.from_folder(stimuli.root)
+    order = [gallery.index(i) for i in stimuli.ids]
+    target = np.asarray(gallery.embeddings(encoder, progress=False), dtype=np.float64)[order]
+    layers: dict[str, list[np.ndarray]] = {name: [] for name in LAYERS}
+    for start in range(0, len(stimuli), 64):
+        images = [load_rgb(p) for p in stimuli.paths[start : start + 64]]
+        for name, x in encoder.layers(images).items():
+            layers[name].append(np.asarray(x, dtype=np.float64))
+    return (
+        {name: np.concatenate(v) for name, v in layers.items()},
+        target.reshape(len(target), -1),
+        str(encoder.name),
+    )
 
 
 def _trial_latents(latents: np.ndarray, trials: list[Trial]) -> np.ndarray:
@@ -412,7 +462,7 @@ def _trial_latents(latents: np.ndarray, trials: list[Trial]) -> np.ndarray:
 
 def _simulate_and_write(
     subject: SubjectModel, diff: Difficulty, latents: np.ndarray, trials: list[Trial],
-    info: mne.Info, gallery: Gallery, out: Path, fif: Path, tsv: Path, date: _dt.datetime,
+    info: mne.Info, stimuli: Stimuli, out: Path, fif: Path, tsv: Path, date: _dt.datetime,
     rng: np.random.Generator, *, n_times: int | None, annotate: bool,
 ) -> tuple[int, int]:
     """Simulate one run of ``trials`` and write its FIF (and events); (clipped, n_times).
@@ -426,7 +476,7 @@ def _simulate_and_write(
     data = simulate_run(
         subject, diff, _trial_latents(latents, trials), onset_samples, n_times, sfreq_hz, rng
     )
-    rows = _design.event_rows(trials, onset_samples, sfreq_hz, gallery, out)
+    rows = _design.event_rows(trials, onset_samples, sfreq_hz, stimuli, out)
     write_tsv(tsv, rows)
     n_clipped = write_raw(fif, info, data, rows, meas_date=date, annotate=annotate)
     return n_clipped, n_times
@@ -448,7 +498,7 @@ def simulate_cohort(
     out_dir : path-like
         Folder to write (created; files of a previous simulation there are replaced).
     seed : int
-        Everything (gallery, features, split, subjects, sessions, noise) follows from it.
+        Everything (image world, features, split, subjects, sessions, noise) follows from it.
         Subject ``k`` is the same whatever ``n_subjects`` is.
     n_subjects : int
         Subjects ``sub-01`` ...; odd-numbered ones wear the Neuromag 306 system, even ones
@@ -458,15 +508,16 @@ def simulate_cohort(
         weaker, more variable and more nonlinear responses in more noise, so that
         single-trial retrieval is about as hard as on THINGS-MEG.
     size : {"full", "small", "tiny"}
-        Sessions and trials per subject (:data:`SIZES`). ``full``: 8 sessions, 1352
-        trials, a 90 s replay session. ``tiny``: 3 sessions, 63 trials, for tests.
+        Sessions and trials per subject (:data:`SIZES`; docs/simulated_subject.md gives
+        the counts). ``full``: every concept of the image world, 4 sessions, a 90 s
+        replay session. ``tiny``: 12 concepts, 3 sessions, for tests.
     progress : bool
         Show a progress bar.
 
     Returns
     -------
     Path
-        ``out_dir``, holding ``images/`` (the demo gallery),
+        ``out_dir``, holding ``images/`` (the images shown, with ``gallery.csv``),
         ``sub-XX/ses-YY/meg/sub-XX_ses-YY_task-main_run-01_meg.fif`` (+ ``_events.tsv``,
         ``_meg.json``), ``replay/sub-XX_task-main_replay_raw.fif`` (+ ``_events.tsv``), one
         held-out session per subject at 1200 Hz, ``replay_raw.fif`` + ``replay_events.tsv``
@@ -492,7 +543,7 @@ def simulate_cohort(
     (out / "replay").mkdir(exist_ok=True)
     t_start = time.perf_counter()
     # independent streams: a subject's data do not depend on how many others there are
-    ss_features, ss_split, *ss_subjects = np.random.SeedSequence(seed).spawn(2 + n_subjects)
+    ss_features, _, *ss_subjects = np.random.SeedSequence(seed).spawn(2 + n_subjects)
     labels = [f"{k + 1:02d}" for k in range(n_subjects)]
 
     bar = tqdm(
@@ -502,18 +553,28 @@ def simulate_cohort(
         disable=not progress,
     )
     with bar:
-        bar.set_postfix_str("gallery")
-        gallery, features, encoder_name = _gallery_and_features(out / "images", seed)
-        latents, explained = image_latents(
-            features, gallery.categories, N_CATEGORY, N_EXEMPLAR, np.random.default_rng(ss_features)
+        bar.set_postfix_str("image world")
+        stimuli = world_stimuli(
+            out,
+            seed=WORLD_SEED,
+            n_test_concepts=spec.n_test_concepts,
+            exemplars_per_concept=spec.exemplars,
+            max_concepts=spec.max_concepts,
         )
-        n_category = min(N_CATEGORY, len(set(gallery.categories)) - 1)
-        split = _design.make_split(
-            gallery,
-            np.random.default_rng(ss_split),
-            test_fraction=spec.test_fraction,
-            max_categories=spec.max_categories,
-            max_images_per_category=spec.max_images_per_category,
+        bar.set_postfix_str(f"image network on {len(stimuli)} images")
+        layers, target, encoder_name = _network_features(stimuli)
+        latents, columns, explained = hierarchy_latents(
+            layers, stimuli.train, N_LATENT, np.random.default_rng(ss_features)
+        )
+        split = _design.Split(
+            list(stimuli.train), list(stimuli.test), stimuli.train_concepts, stimuli.test_concepts
+        )
+        # the ground truth's noise-free responses: every test image and a sample of the
+        # training ones (all of them would not fit in memory at the full size)
+        n_truth_train = max(0, MAX_TRUTH_IMAGES - len(split.test_images))
+        truth_rows = sorted(
+            np.random.default_rng(seed).permutation(split.train_images)[:n_truth_train].tolist()
+            + split.test_images
         )
         write_dataset_sidecars(
             out, f"rtdecode simulated cohort (seed {seed}, {size}, {difficulty})", labels
@@ -525,15 +586,12 @@ def simulate_cohort(
             ss_model, ss_order, ss_replay, *ss_runs = ss.spawn(3 + spec.n_sessions)
             system = system_of(int(label) - 1)
             bar.set_postfix_str(f"sub-{label} forward model")
-            subject = make_subject(
-                label, system, diff, latents.shape[1], n_category, np.random.default_rng(ss_model)
-            )
+            subject = make_subject(label, system, diff, columns, np.random.default_rng(ss_model))
             sessions = _design.make_sessions(
                 split,
                 np.random.default_rng(ss_order),
                 n_sessions=spec.n_sessions,
                 train_reps=spec.train_reps,
-                max_train_trials=spec.max_train_trials,
                 catch_per_session=spec.catch_per_session,
             ).sessions
             bar.update()
@@ -548,7 +606,7 @@ def simulate_cohort(
                     days=7 * (ses - 1) + int(label)
                 )
                 n_clipped, n_times = _simulate_and_write(
-                    subject, diff, latents, trials, info_train, gallery, out,
+                    subject, diff, latents, trials, info_train, stimuli, out,
                     meg_dir / f"{stem}_meg.fif", meg_dir / f"{stem}_events.tsv", date,
                     np.random.default_rng(ss_runs[ses - 1]), n_times=None, annotate=False,
                 )
@@ -573,14 +631,16 @@ def simulate_cohort(
             stem = f"sub-{label}_task-{TASK}_replay"
             date = _dt.datetime(2024, 3, 1, 9, tzinfo=_dt.UTC) + _dt.timedelta(days=int(label))
             clipped += _simulate_and_write(
-                subject, diff, latents, trials, subject.info(SFREQ_REPLAY_HZ), gallery, out,
+                subject, diff, latents, trials, subject.info(SFREQ_REPLAY_HZ), stimuli, out,
                 out / "replay" / f"{stem}_raw.fif", out / "replay" / f"{stem}_events.tsv", date,
                 rng_replay, n_times=int(round(spec.replay_s * SFREQ_REPLAY_HZ)), annotate=True,
             )[0]
             bar.update()
 
             bar.set_postfix_str(f"sub-{label} ground truth")
-            snr, information = ground_truth_numbers(subject, latents, spec.noise_probe_s)
+            snr, information = ground_truth_numbers(
+                subject, latents[truth_rows], spec.noise_probe_s
+            )
             subjects_truth.append(
                 {
                     "subject": f"sub-{label}",
@@ -606,9 +666,11 @@ def simulate_cohort(
             )
             bar.update()
 
+        from rtdecode.images.world import link_or_copy
+
         first = f"replay/sub-{labels[0]}_task-{TASK}_replay"
-        _link_or_copy(out / f"{first}_raw.fif", out / "replay_raw.fif")
-        _link_or_copy(out / f"{first}_events.tsv", out / "replay_events.tsv")
+        link_or_copy(out / f"{first}_raw.fif", out / "replay_raw.fif")
+        link_or_copy(out / f"{first}_events.tsv", out / "replay_events.tsv")
         truth = {
             "format": FORMAT,
             "seed": seed,
@@ -630,32 +692,49 @@ def simulate_cohort(
             "image_features": {
                 "encoder": encoder_name,
                 "n_latent": int(latents.shape[1]),
-                "n_category": n_category,
-                "n_exemplar": int(latents.shape[1] - n_category),
+                "layers": {
+                    name: {
+                        "dim": int(layers[name].shape[1]),
+                        "columns": columns[name],
+                        "explained_variance": explained[name],
+                        "regions": [r.name for r in REGIONS if r.layer == name],
+                    }
+                    for name in LAYERS
+                },
                 "latent": (
-                    "columns [0, n_category): the image's z-scored embedding on the leading "
-                    "axes between category means; the rest: its "
-                    "deviation from that mean on the leading axes within categories; each "
-                    "part whitened and mixed by a seeded rotation"
+                    "per layer of the image network (pooled activations at the end of an "
+                    "early, a middle and the last stage): z-scored and reduced by a PCA, "
+                    "both fitted on the training images only, whitened to an average "
+                    "variance of 1, mixed by a seeded rotation, each column scaled to unit "
+                    "variance over the training images"
                 ),
-                "explained_variance": explained,
-                "ids": list(gallery.ids),
+                "ids": list(stimuli.ids),
                 "values": [[round(float(v), 5) for v in row] for row in latents],
             },
+            "hierarchy": {
+                r.name: {"label": r.label, "layer": r.layer, "onset_s": list(r.onset_s)}
+                for r in REGIONS
+            },
+            "target": {"encoder": encoder_name, "dim": int(target.shape[1])},
             "latent_retrieval_ceiling": latent_retrieval_ceiling(
-                latents, features, split.train_images, split.test_images
+                latents, target, split.train_images, split.test_images
             ),
             "response_model": (
                 "moment = (evoked + modulation * f(weights . latent[features])) * "
                 "gaussian(t; latency + shared jitter + own jitter, width) * trial gain"
             ),
             "split": {
-                "train_categories": split.train_categories,
-                "test_categories": split.test_categories,
+                "train_concepts": split.train_concepts,
+                "test_concepts": split.test_concepts,
+                "n_train_concepts": len(split.train_concepts),
+                "n_test_concepts": len(split.test_concepts),
+                "n_shared_concepts": len(set(split.train_concepts) & set(split.test_concepts)),
                 "n_train_images": len(split.train_images),
                 "n_test_images": len(split.test_images),
+                "train_repetitions": spec.train_reps,
                 "test_repetitions": spec.n_sessions,
             },
+            "images": {"n_images": len(stimuli), "licenses": stimuli.licenses},
             "subjects": subjects_truth,
             "replay": {"path": "replay_raw.fif", "events": "replay_events.tsv",
                        "subject": f"sub-{labels[0]}"},

@@ -1,8 +1,8 @@
 """The paradigm of THINGS-MEG: which image is shown when, and the events that say so.
 
 Images are on for 500 ms, followed by 1000 +/- 200 ms of fixation (onsets 1.3-1.7 s
-apart, uniform). Training (``exp``) images come from some categories; the test images
-(``test``) from held-out categories are shown once per session; ``catch`` trials (no
+apart, uniform). Training (``exp``) images show the training concepts; the test images
+(``test``), one per held-out concept, are shown once per session; ``catch`` trials (no
 image from the gallery) are mixed in and dropped by the loader.
 
 Threads: everything runs in the calling thread.
@@ -20,7 +20,7 @@ import numpy as np
 from rtdecode.data.simulate.sources import IMAGE_DURATION_S
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from rtdecode.images.gallery import Gallery
+    from rtdecode.data.simulate.stimuli import Stimuli
 
 SOA_S = 1.5
 SOA_JITTER_S = 0.2  # 500 ms image + 1000 +/- 200 ms fixation
@@ -36,6 +36,7 @@ EVENT_COLUMNS = (
     "image_path",
     "image_id",
     "category",
+    "supercategory",
 )
 
 
@@ -49,12 +50,15 @@ class Trial:
 
 @dataclass
 class Split:
-    """Which images train and which test (the same for every subject, as in THINGS-MEG)."""
+    """Which images train and which test (the same for every subject, as in THINGS-MEG).
+
+    Test images show concepts that no training image shows (zero-shot).
+    """
 
     train_images: list[int]
     test_images: list[int]
-    train_categories: list[str]
-    test_categories: list[str]
+    train_concepts: list[str]
+    test_concepts: list[str]
 
 
 @dataclass
@@ -65,55 +69,20 @@ class Design:
     sessions: list[list[Trial]] = field(default_factory=list)
 
 
-def make_split(
-    gallery: Gallery,
-    rng: np.random.Generator,
-    *,
-    test_fraction: float,
-    max_categories: int | None,
-    max_images_per_category: int | None,
-) -> Split:
-    """Hold out ``test_fraction`` of the categories (zero-shot); optionally subsample."""
-    cats = sorted(set(gallery.categories))
-    if len(cats) < 2:
-        raise ValueError(
-            f"The gallery at {gallery.root} has {len(cats)} category; the simulation needs at "
-            "least 2 so that test categories can be held out of training."
-        )
-    if max_categories is not None:
-        cats = sorted(rng.permutation(cats)[:max_categories].tolist())
-    n_test = min(len(cats) - 1, max(1, int(round(test_fraction * len(cats)))))
-    test_cats = sorted(rng.permutation(cats)[:n_test].tolist())
-    train_cats = [c for c in cats if c not in test_cats]
-    by_cat: dict[str, list[int]] = {c: [] for c in cats}
-    for i, c in enumerate(gallery.categories):
-        if c in by_cat:
-            by_cat[c].append(i)
-    if max_images_per_category is not None:
-        by_cat = {
-            c: sorted(rng.permutation(v)[:max_images_per_category].tolist())
-            for c, v in by_cat.items()
-        }
-    return Split(
-        [i for c in train_cats for i in by_cat[c]],
-        [i for c in test_cats for i in by_cat[c]],
-        train_cats,
-        test_cats,
-    )
-
-
 def make_sessions(
     split: Split,
     rng: np.random.Generator,
     *,
     n_sessions: int,
     train_reps: int,
-    max_train_trials: int,
     catch_per_session: int,
 ) -> Design:
-    """Spread the training presentations over sessions; each session shows every test image."""
-    reps = max(1, min(train_reps, max_train_trials // max(1, len(split.train_images))))
-    presentations = rng.permutation(np.repeat(split.train_images, reps))
+    """Spread the training presentations over sessions; each session shows every test image.
+
+    Each training image is shown ``train_reps`` times in all (THINGS-MEG: once), each
+    test image once per session (THINGS-MEG: 12 sessions, so 12 times).
+    """
+    presentations = rng.permutation(np.repeat(split.train_images, max(1, train_reps)))
     design = Design(split)
     for chunk in np.array_split(presentations, n_sessions):
         trials = [Trial("exp", int(i)) for i in chunk]
@@ -146,10 +115,14 @@ def onsets(n_trials: int, sfreq_hz: float, rng: np.random.Generator) -> tuple[np
 
 
 def event_rows(
-    trials: Sequence[Trial], onset_samples: np.ndarray, sfreq_hz: float, gallery: Gallery,
+    trials: Sequence[Trial], onset_samples: np.ndarray, sfreq_hz: float, stimuli: Stimuli,
     data_root: Path,
 ) -> list[dict[str, Any]]:
-    """THINGS-MEG's ``events.tsv`` rows (plus ``image_id`` and ``category``) of a run."""
+    """THINGS-MEG's ``events.tsv`` rows (plus ``image_id`` and ``category``) of a run.
+
+    ``category`` is the image's concept, as THINGS-MEG's image folders name it (the
+    zero-shot split is by concept); ``supercategory`` is the concept's wider category.
+    """
     rows = []
     for tr, n0 in zip(trials, onset_samples, strict=True):
         row: dict[str, Any] = {
@@ -162,17 +135,16 @@ def event_rows(
             "image_path": "n/a",
             "image_id": "n/a",
             "category": "n/a",
+            "supercategory": "n/a",
         }
         if tr.image >= 0:
             row.update(
                 value=tr.image + 1,
                 image_nr=tr.image + 1,
-                image_path=Path(gallery.paths[tr.image])
-                .resolve()
-                .relative_to(data_root.resolve())
-                .as_posix(),
-                image_id=gallery.ids[tr.image],
-                category=gallery.categories[tr.image],
+                image_path=stimuli.paths[tr.image].relative_to(data_root.resolve()).as_posix(),
+                image_id=stimuli.ids[tr.image],
+                category=stimuli.concepts[tr.image],
+                supercategory=stimuli.categories[tr.image],
             )
         rows.append(row)
     return rows

@@ -1,15 +1,15 @@
 """What carries the image: the feature space, the cortical sources and their responses.
 
-- Feature space (:func:`image_latents`): each gallery image's ``handcrafted`` embedding,
-  z-scored, split into a category-level part (the image's embedding on the leading axes
-  between category means: mostly what its category shares) and an exemplar-level part
-  (the image's deviation from its category mean on the leading axes within categories);
-  each part keeps the embedding's spectrum and is mixed by a seeded rotation, so every
-  latent blends several visual properties, and the axes that matter most for the
-  embedding drive the most cortex.
+- Feature space (:func:`hierarchy_latents`): a pretrained image network's pooled
+  activations at three depths (``early``, ``middle``, ``late``), each reduced to a few
+  latent dimensions by a PCA fitted on the training images only; each layer's latents
+  keep the layer's spectrum and are mixed by a seeded rotation, so every latent blends
+  several of the network's features, and the axes that matter most drive the most cortex.
 - Sources (:func:`build_sources`): dipoles in six visual regions per hemisphere, each
-  with an onset response (80-280 ms, by region) and an offset response (150-210 ms after
-  the image disappears). Each response's moment is
+  driven by one layer of the network, as a visual hierarchy is (V1 and V3/V4 by the early
+  layer, lateral occipital and intraparietal by the middle one, ventral and anterior
+  temporal by the late one), with an onset response (80-280 ms, by region) and an offset
+  response (150-210 ms after the image disappears). Each response's moment is
   ``evoked + modulation * f(drive)``, ``drive = weights . latent[features]``, with ``f``
   one of the nonlinearities of :func:`nonlinear` (a difficulty picks how often each).
 - Trials (:func:`source_activity`): a shared latency jitter and gain per trial, and a
@@ -20,7 +20,7 @@ Threads: everything runs in the calling thread.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,7 +68,7 @@ class Source:
 
 @dataclass(frozen=True)
 class Region:
-    """A visual region: where its sources sit and what they respond to."""
+    """A visual region: where its sources sit, when they answer and which layer drives them."""
 
     name: str
     label: str
@@ -76,16 +76,19 @@ class Region:
     spread_m: float
     onset_s: tuple[float, float]  # range of onset-response latencies
     width_s: tuple[float, float]
-    category_share: float  # share of its features drawn from the category-level part
+    layer: str  # the image network's layer whose latents drive it (LAYERS)
 
+
+#: The image network's readouts that drive the regions, from the retina outwards.
+LAYERS = ("early", "middle", "late")
 
 REGIONS = (
-    Region("V1", "occipital (calcarine)", (-0.010, -0.064, 0.000), 0.006, (0.080, 0.110), (0.015, 0.025), 0.0),
-    Region("V4", "occipital (V3/V4)", (-0.026, -0.056, -0.008), 0.008, (0.110, 0.150), (0.020, 0.030), 0.15),
-    Region("LO", "lateral occipital", (-0.042, -0.046, -0.004), 0.008, (0.130, 0.180), (0.020, 0.035), 0.3),
-    Region("IPS", "intraparietal", (-0.024, -0.048, 0.040), 0.008, (0.170, 0.240), (0.030, 0.045), 0.4),
-    Region("VT", "ventral temporal (fusiform)", (-0.038, -0.028, -0.026), 0.008, (0.160, 0.220), (0.025, 0.040), 0.5),
-    Region("AT", "anterior temporal", (-0.048, 0.004, -0.022), 0.007, (0.200, 0.280), (0.035, 0.050), 0.7),
+    Region("V1", "occipital (calcarine)", (-0.010, -0.064, 0.000), 0.006, (0.080, 0.110), (0.015, 0.025), "early"),
+    Region("V4", "occipital (V3/V4)", (-0.026, -0.056, -0.008), 0.008, (0.110, 0.150), (0.020, 0.030), "early"),
+    Region("LO", "lateral occipital", (-0.042, -0.046, -0.004), 0.008, (0.130, 0.180), (0.020, 0.035), "middle"),
+    Region("IPS", "intraparietal", (-0.024, -0.048, 0.040), 0.008, (0.170, 0.240), (0.030, 0.045), "middle"),
+    Region("VT", "ventral temporal (fusiform)", (-0.038, -0.028, -0.026), 0.008, (0.160, 0.220), (0.025, 0.040), "late"),
+    Region("AT", "anterior temporal", (-0.048, 0.004, -0.022), 0.007, (0.200, 0.280), (0.035, 0.050), "late"),
 )  # fmt: skip
 
 
@@ -103,57 +106,63 @@ class SourceRecipe:
 
 
 # --------------------------------------------------------------------------- features
-def image_latents(
-    features: np.ndarray,
-    categories: Sequence[str],
-    n_category: int,
-    n_exemplar: int,
+def hierarchy_latents(
+    layers: Mapping[str, np.ndarray],
+    train: Sequence[int],
+    n_latent: Mapping[str, int],
     rng: np.random.Generator,
-) -> tuple[np.ndarray, dict[str, float]]:
-    """Latent features of each image: category-level then exemplar-level dimensions.
+) -> tuple[np.ndarray, dict[str, list[int]], dict[str, float]]:
+    """Latent features of each image, layer by layer of an image network.
+
+    Each layer's pooled activations are z-scored and reduced by a PCA, both fitted on the
+    training images only (the test images are projected, never fitted). The scores keep
+    the layer's own spectrum (the leading axes carry more of the response) at an average
+    variance of 1, are mixed by a seeded rotation, and each column is scaled to unit
+    variance over the training images.
 
     Parameters
     ----------
-    features : ndarray, shape (n_images, D)
-        Image embeddings.
-    categories : sequence of str, length n_images
-    n_category, n_exemplar : int
-        Dimensions of each part (the category part is capped at n_categories - 1).
+    layers : mapping of str to ndarray, shape (n_images, d_layer)
+        Pooled activations per layer name (``"early"``, ``"middle"``, ``"late"``).
+    train : sequence of int
+        Rows of the training images.
+    n_latent : mapping of str to int
+        Latent dimensions per layer (capped at the training images' rank).
     rng : numpy.random.Generator
-        Draws the two mixing rotations.
+        Draws the mixing rotations.
 
     Returns
     -------
-    latents : ndarray, shape (n_images, n_category + n_exemplar)
-        Each column has zero mean and unit variance over the images; the first
-        ``n_category`` columns vary mostly between categories, the others only within.
-    explained : dict
-        Share of the embedding's variance each part spans.
+    latents : ndarray, float64, shape (n_images, sum of n_latent)
+        The layers' latents side by side, in the order of ``layers``.
+    columns : dict of str to list of int
+        Which columns of ``latents`` belong to each layer.
+    explained : dict of str to float
+        Share of each layer's (z-scored) training variance its latents span.
     """
-    z = (features - features.mean(0)) / np.maximum(features.std(0), 1e-8)
-    cats = np.asarray(categories)
-    names = sorted(set(categories))
-    means = np.stack([z[cats == c].mean(0) for c in names])
-    resid = z - means[[names.index(c) for c in categories]]
-    n_category = min(n_category, len(names) - 1)
-    _, _, vt_cat = np.linalg.svd(means - means.mean(0), full_matrices=False)
-    _, _, vt_ex = np.linalg.svd(resid, full_matrices=False)
-    n_exemplar = min(n_exemplar, len(vt_ex))
-    parts, explained = [], {}
-    total = (z**2).sum()
-    for name, x, axes, k in (
-        ("category", z, vt_cat, n_category),
-        ("exemplar", resid, vt_ex, n_exemplar),
-    ):
-        scores = x @ axes[:k].T
-        explained[name] = float((scores**2).sum() / total)
-        # keep the embedding's own spectrum (leading axes carry more of the response), at
-        # an average variance of 1 per latent
-        scores = (scores - scores.mean(0)) / np.sqrt(max((scores.var(0)).mean(), 1e-16))
+    train = np.asarray(train, dtype=int)
+    if len(train) < 3:
+        raise ValueError(
+            f"The image latents need at least 3 training images to fit their PCA, not "
+            f"{len(train)}; simulate a larger size."
+        )
+    parts, columns, explained, start = [], {}, {}, 0
+    for name, x in layers.items():
+        x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        mean, std = x[train].mean(0), x[train].std(0)
+        z = (x - mean) / np.maximum(std, 1e-8)
+        _, sv, vt = np.linalg.svd(z[train], full_matrices=False)
+        k = int(min(n_latent[name], len(train) - 1, int((sv > 1e-8 * sv[0]).sum())))
+        scores = z @ vt[:k].T
+        explained[name] = float((sv[:k] ** 2).sum() / max((sv**2).sum(), 1e-30))
+        scores /= np.sqrt(max(scores[train].var(0).mean(), 1e-16))
         rotation, _ = np.linalg.qr(rng.standard_normal((k, k)))
         mixed = scores @ rotation
-        parts.append((mixed - mixed.mean(0)) / np.maximum(mixed.std(0), 1e-8))
-    return np.concatenate(parts, axis=1), explained
+        mixed = (mixed - mixed[train].mean(0)) / np.maximum(mixed[train].std(0), 1e-8)
+        parts.append(mixed)
+        columns[name] = list(range(start, start + k))
+        start += k
+    return np.concatenate(parts, axis=1), columns, explained
 
 
 # --------------------------------------------------------------------------- sources
@@ -180,8 +189,7 @@ def _weights(rng: np.random.Generator, n: int) -> np.ndarray:
 def build_sources(
     rng: np.random.Generator,
     recipe: SourceRecipe,
-    n_category: int,
-    n_latent: int,
+    columns: Mapping[str, Sequence[int]],
     *,
     region_shift_m: float,
     latency_shift_s: float,
@@ -189,16 +197,24 @@ def build_sources(
 ) -> tuple[Source, ...]:
     """One subject's image-driven sources (see the module docstring).
 
-    ``region_shift_m`` moves each region's centre (sd, per axis) so that subjects differ
-    in their geometry; ``latency_shift_s`` delays all responses; ``amplitude_scale``
-    multiplies all moments.
+    ``columns`` names the latent columns of each layer (:func:`hierarchy_latents`): a
+    region's responses read ``recipe.n_features`` of its layer's latents, and a ``gate``
+    is driven by two latents of the last layer (what the image is, rather than how it
+    looks). ``region_shift_m`` moves each region's centre (sd, per axis) so that subjects
+    differ in their geometry; ``latency_shift_s`` delays all responses;
+    ``amplitude_scale`` multiplies all moments.
     """
     r0 = np.asarray(SPHERE_R0_HEAD_M)
     kinds = list(recipe.mix)
     probs = np.array([recipe.mix[k] for k in kinds], float)
     probs /= probs.sum()
-    cat_pool = np.arange(n_category)
-    ex_pool = np.arange(n_category, n_latent)
+    missing = sorted({r.layer for r in REGIONS} - {k for k, v in columns.items() if len(v)})
+    if missing:
+        raise ValueError(
+            f"The sources need latents of the layers {missing}; give hierarchy_latents "
+            "every layer of LAYERS with at least one latent each."
+        )
+    gate_pool = np.asarray(columns[LAYERS[-1]], dtype=int)
     sources = []
     for region in REGIONS:
         for hemi, sign_x in (("L", -1.0), ("R", 1.0)):
@@ -210,14 +226,8 @@ def build_sources(
                 ori = tangential(rel, rng)
                 onset = rng.uniform(*region.onset_s) + latency_shift_s
                 width = rng.uniform(*region.width_s)
-                n_cat = int(rng.binomial(recipe.n_features, region.category_share))
-                n_cat = min(n_cat, len(cat_pool))
-                feats = np.concatenate(
-                    [
-                        rng.choice(cat_pool, n_cat, replace=False),
-                        rng.choice(ex_pool, min(recipe.n_features - n_cat, len(ex_pool)), replace=False),
-                    ]
-                ).astype(int)
+                pool = np.asarray(columns[region.layer], dtype=int)
+                feats = rng.choice(pool, min(recipe.n_features, len(pool)), replace=False)
                 polarity = rng.choice([-1.0, 1.0])
                 comps = []
                 for kind, latency, scale in (
@@ -228,9 +238,8 @@ def build_sources(
                     nl = str(rng.choice(kinds, p=probs))
                     gate_f: tuple[int, ...] = ()
                     gate_w: tuple[float, ...] = ()
-                    if nl == "gate":  # the category part gates an exemplar drive
-                        pool = cat_pool if len(cat_pool) else ex_pool
-                        g = rng.choice(pool, min(2, len(pool)), replace=False)
+                    if nl == "gate":  # what the image is gates how the region answers
+                        g = rng.choice(gate_pool, min(2, len(gate_pool)), replace=False)
                         gate_f = tuple(int(i) for i in g)
                         gate_w = tuple(float(x) for x in _weights(rng, len(g)) * 1.5)
                     amp = amplitude_scale * scale * rng.uniform(0.7, 1.3)
