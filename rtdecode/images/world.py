@@ -706,17 +706,24 @@ def _render_concept(
     return rows
 
 
-def _render_chunk(job: tuple) -> list[WorldImage]:
-    """Render some concepts in a worker process (which collects the sources itself)."""
-    target, names, split, slugs, seed, size, exemplars = job
-    concepts, _, _ = _collect(size)
+def _render_names(
+    target: Path,
+    concepts: dict[str, _Concept],
+    names: list[str],
+    split: dict[str, str],
+    slugs: dict[str, str],
+    seed: int,
+    size: int,
+    exemplars: int,
+    done: Callable[[int], object] | None = None,
+) -> list[WorldImage]:
+    """Write the images of the concepts ``names``; their rows. ``done(1)`` after each."""
     textures = {name: _load_texture(name) for name in TEXTURES}
     photos: dict[str, Image.Image] = {}
-    return [
-        row
-        for name in names
-        for row in _render_concept(
-            Path(target),
+    rows: list[WorldImage] = []
+    for name in names:
+        rows += _render_concept(
+            target,
             concepts[name],
             split[name],
             slugs[name],
@@ -726,7 +733,16 @@ def _render_chunk(job: tuple) -> list[WorldImage]:
             textures,
             photos,
         )
-    ]
+        if done is not None:
+            done(1)
+    return rows
+
+
+def _render_chunk(job: tuple) -> list[WorldImage]:
+    """Render some concepts in a worker process (which collects the sources itself)."""
+    target, names, split, slugs, seed, size, exemplars = job
+    concepts, _, _ = _collect(size)
+    return _render_names(Path(target), concepts, names, split, slugs, seed, size, exemplars)
 
 
 def _render_world(
@@ -752,21 +768,9 @@ def _render_world(
     bar = tqdm(total=len(names), desc="image world", unit="concept", disable=not progress)
     with bar:
         if workers <= 1:
-            textures = {name: _load_texture(name) for name in TEXTURES}
-            photos: dict[str, Image.Image] = {}
-            for name in names:
-                rows += _render_concept(
-                    target,
-                    concepts[name],
-                    split[name],
-                    slugs[name],
-                    seed,
-                    size,
-                    exemplars,
-                    textures,
-                    photos,
-                )
-                bar.update(1)
+            rows = _render_names(
+                target, concepts, names, split, slugs, seed, size, exemplars, bar.update
+            )
         else:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor, as_completed
