@@ -1,13 +1,18 @@
 """Image galleries: a folder of images, their categories, and cached embeddings.
 
 A gallery is a folder of image files (any depth) with an optional ``gallery.csv``
-(columns ``id, category, source, license``; optionally ``file``, a path relative to the
-folder). Without a CSV, an image's category is the name of its subfolder.
+(columns ``id, category, source, license``, often ``concept``; optionally ``file``, a path
+relative to the folder, which may lead outside it: ``rtdecode gallery build`` lists images
+where they are instead of copying them). Without a CSV, an image's category is the name of
+its subfolder.
 
 Embeddings are cached on disk as safetensors, one file per encoder (keyed by
-``encoder.name``). Each cached row remembers the file it came from (relative path, size,
-modification time in ns), so a changed or added image is re-encoded and every other row is
-reused; removed images drop out of the cache.
+``encoder.name``, which carries the identity of the encoder's weights). Each cached row
+remembers the file it came from (relative path, size, modification time in ns) and the
+SHA-1 of its bytes: a row is reused when the file is unchanged, or when an image with the
+same content is found (a renamed, copied or touched file), and read from a built gallery's
+``embeddings-<encoder>.npz`` when that was made by the same encoder. Only images with new
+content are encoded; removed images drop out of the cache.
 
 Threads: a Gallery is built once and then read-only, except for its in-memory embedding
 cache, which :meth:`Gallery.embeddings` fills under a lock; any thread may call
@@ -449,18 +454,24 @@ class Gallery:
                 return hit[1]
             cached = self._read_cache(name)
             rows: dict[str, np.ndarray] = {}
+            digest_of: dict[str, str] = {}  # file key -> content digest
             if cached is not None:
-                old_keys, old = cached
+                old_keys, old, old_digests = cached
                 rows = {k: old[i] for i, k in enumerate(old_keys)}
+                digest_of = dict(zip(old_keys, old_digests or [], strict=False))
             todo = [i for i, k in enumerate(keys) if k not in rows]
-            if todo:  # rows of a built gallery's npz, matched by the image's content
-                built: dict[str, np.ndarray] = {}
+            if todo:
+                # A renamed, copied or touched image keeps its embedding: match rows by
+                # content, in this cache and in a built gallery's npz.
+                by_content: dict[str, np.ndarray] = {}
                 for npz in sorted(self.root.glob(npz_name("*"))):
-                    built.update(read_built_embeddings(npz, name))
-                for i in todo if built else []:
-                    hit = built.get(content_digest(self.paths[i]))
-                    if hit is not None:
-                        rows[keys[i]] = hit
+                    by_content.update(read_built_embeddings(npz, name))
+                if cached is not None:
+                    by_content.update({digest_of[k]: rows[k] for k in old_keys if k in digest_of})
+                for i in todo:
+                    digest_of[keys[i]] = d = content_digest(self.paths[i])
+                    if d in by_content:
+                        rows[keys[i]] = by_content[d]
                 todo = [i for i in todo if keys[i] not in rows]
             if todo:
                 new = self._encode(encoder, todo, batch_size=batch_size, progress=progress)
@@ -471,8 +482,9 @@ class Gallery:
                 out = np.zeros((0, *shape), dtype=np.float32)
             else:
                 out = np.ascontiguousarray(np.stack([rows[k] for k in keys]), dtype=np.float32)
-            if todo or cached is None or len(cached[0]) != len(keys):
-                self._write_cache(name, keys, out)
+            if cached is None or list(cached[0]) != list(keys) or cached[2] is None:
+                digests = [digest_of.get(k) or content_digest(p) for k, p in zip(keys, self.paths, strict=True)]
+                self._write_cache(name, keys, out, digests)
             out.setflags(write=False)
             self._memory[name] = (keys, out)
             return out
@@ -502,7 +514,7 @@ class Gallery:
                 bar.update(len(batch))
         return np.concatenate(chunks)
 
-    def _read_cache(self, name: str) -> tuple[list[str], np.ndarray] | None:
+    def _read_cache(self, name: str) -> tuple[list[str], np.ndarray, list[str] | None] | None:
         from safetensors import safe_open
 
         path = self.cache_path(name)
@@ -514,6 +526,7 @@ class Gallery:
                 if meta.get("format") != CACHE_FORMAT or meta.get("encoder") != name:
                     return None
                 keys = json.loads(meta["keys"])
+                digests = json.loads(meta["sha1"]) if "sha1" in meta else None
                 arr = fh.get_tensor("embeddings")
         except Exception as exc:  # a damaged cache is rebuilt, never fatal
             warnings.warn(
@@ -522,11 +535,13 @@ class Gallery:
                 stacklevel=3,
             )
             return None
-        if arr.shape[0] != len(keys):
+        if arr.shape[0] != len(keys) or (digests is not None and len(digests) != len(keys)):
             return None
-        return keys, arr
+        return keys, arr, digests
 
-    def _write_cache(self, name: str, keys: tuple[str, ...], emb: np.ndarray) -> None:
+    def _write_cache(
+        self, name: str, keys: tuple[str, ...], emb: np.ndarray, digests: list[str]
+    ) -> None:
         from safetensors.numpy import save_file
 
         path = self.cache_path(name)
@@ -536,6 +551,7 @@ class Gallery:
             "fingerprint": self.fingerprint,
             "ids": json.dumps(self.ids),
             "keys": json.dumps(list(keys)),
+            "sha1": json.dumps(digests),
         }
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

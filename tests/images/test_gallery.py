@@ -195,6 +195,27 @@ def test_embeddings_are_cached_reused_and_invalidated(folder):
     assert enc.n_images == 6
 
 
+def test_cache_rows_follow_image_content(folder, tmp_path):
+    import shutil
+
+    enc = CountingEncoder()
+    emb = Gallery.from_folder(folder).embeddings(enc, progress=False)
+    # Touched (same bytes, new time) and renamed images keep their rows: matched by content.
+    _touch_later(folder / "dogs" / "dog_01.png")
+    (folder / "cars" / "car_01.png").rename(folder / "cars" / "car_99.png")
+    g = Gallery.from_folder(folder)
+    np.testing.assert_array_equal(g.embeddings(enc, progress=False)[g.index("car_99")],
+                                  emb[0])
+    assert enc.n_images == 4
+    # A copy of the whole folder (new paths, new times) encodes nothing either.
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    for p in copy.rglob("*.png"):
+        _touch_later(p)
+    assert Gallery.from_folder(copy).embeddings(enc, progress=False).shape == (4, 3)
+    assert enc.n_images == 4
+
+
 def test_cache_is_keyed_by_encoder_name(folder):
     a, b = CountingEncoder(), CountingEncoder()
     b.name = "counting-mean-rgb-other"
