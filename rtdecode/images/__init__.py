@@ -1,10 +1,11 @@
 """Image galleries and image encoders.
 
-Importing this package loads numpy and PIL only: torch and transformers are imported when
-a transformers encoder is built, scikit-image when images are encoded or the demo
-gallery is made.
+Importing this package loads numpy and PIL only: torch is imported when the ImageNet CNN
+(the default encoder) or a transformers encoder is built, scikit-image when images are
+encoded by the handcrafted encoder or the demo gallery is made.
 """
 
+from rtdecode.images.build import build_gallery
 from rtdecode.images.demo import make_demo_gallery
 from rtdecode.images.encoders import (
     DEFAULT_IMAGE_ENCODER,
@@ -24,6 +25,7 @@ __all__ = [
     "Gallery",
     "GalleryWarning",
     "ImageEncoder",
+    "build_gallery",
     "fit_image",
     "get_image_encoder",
     "image_encoder_for",

@@ -142,7 +142,8 @@ def get_image_encoder(
     Parameters
     ----------
     name : str
-        ``"handcrafted"``, ``"dinov2"`` or ``"clip-vision"`` (see :func:`list_image_encoders`).
+        ``"efficientnet-lite0"`` (:data:`DEFAULT_IMAGE_ENCODER`), ``"handcrafted"``,
+        ``"dinov2"`` or ``"clip-vision"`` (see :func:`list_image_encoders`).
     path : path-like, optional
         Local model folder, for encoders with weights.
     readout : str
@@ -197,7 +198,8 @@ def image_encoder_for(target: Mapping[str, Any], device: str = "cpu") -> ImageEn
     Parameters
     ----------
     target : mapping
-        ``encoder`` (registry name, default ``"handcrafted"``), ``encoder_path``
+        ``encoder`` (registry name; ``"handcrafted"`` when absent, as in checkpoints
+        written before the target was recorded), ``encoder_path``
         (optional local model folder) and ``readout`` (default ``"cls"``), as a
         checkpoint's ``config.json`` or a training recipe gives them.
     device : str
