@@ -335,6 +335,8 @@ class EfficientNetLite0Encoder(ImageEncoder):
                 ``middle`` (n, 112): end of stage 5 (block 10, 14 x 14);
                 ``late`` (n, 320): end of stage 7 (block 15, 7 x 7); each the global
                 average of the block's output (no activation: blocks end linearly)
+    ``readouts``  all four from one pass; recent images' readouts are remembered, so
+                ``layers`` after ``encode`` on the same images costs no second pass
 
     ``name`` is ``efficientnet-lite0@<first 12 hex digits of the weights' SHA-256>``, so
     caches and checkpoints tell other weights apart.
@@ -344,6 +346,8 @@ class EfficientNetLite0Encoder(ImageEncoder):
     mean = 127.0
     std = 128.0
     batch_size = 16
+    #: Distinct images whose readouts are kept (about 7 kB each; see :meth:`readouts`).
+    memo_size = 8192
 
     def __init__(self, path: Any = None, readout: str = "cls", device: str = "cpu") -> None:
         _only_cls("efficientnet-lite0", readout, " (and .layers() for intermediate stages)")
@@ -372,44 +376,57 @@ class EfficientNetLite0Encoder(ImageEncoder):
         self.dim = cnn.HEAD_CHANNELS
         self.output_shape = (self.dim,)
         self.layer_dims = {k: cnn.BLOCK_CHANNELS[b] for k, b in cnn.LAYER_BLOCKS.items()}
+        self._memo: dict[bytes, tuple[np.ndarray, ...]] = {}
 
-    def pixels(self, images: Sequence[Image.Image]):
-        """The network's input: float32 tensor (n, 3, 224, 224), normalised."""
+    def readouts(self, images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
+        """The target and the layers of images, from one pass through the network.
+
+        Returns
+        -------
+        dict of str to ndarray, float32
+            ``"pooled"`` (n, 1280) and ``"early"`` (n, 40), ``"middle"`` (n, 112),
+            ``"late"`` (n, 320), as :meth:`encode` and :meth:`layers` give them.
+
+        Notes
+        -----
+        The readouts of the last :attr:`memo_size` distinct images (keyed by the SHA-1
+        of their 224 x 224 input pixels) are kept, so :meth:`layers` after :meth:`encode`
+        on the same images (or the same image twice) runs the network once.
+        """
         import torch
 
-        arr = np.stack(
-            [np.asarray(fit_image(im, self.image_size), dtype=np.float32) for im in images]
-        )
-        arr = (arr - self.mean) / self.std
-        return torch.from_numpy(arr).permute(0, 3, 1, 2)  # channels-last memory, NCHW shape
-
-    def _run(self, images: Sequence[Image.Image], taps: dict[int, str]):
-        import torch
-
-        pooled, tapped = [], {name: [] for name in taps.values()}
-        for start in range(0, len(images), self.batch_size):
-            x = self.pixels(images[start : start + self.batch_size])
-            x = x.to(self.device, memory_format=torch.channels_last)
+        names = ("pooled", *LAYER_NAMES)
+        if len(images) == 0:
+            dims = {"pooled": self.dim, **self.layer_dims}
+            return {k: np.zeros((0, dims[k]), dtype=np.float32) for k in names}
+        pixels = [np.asarray(fit_image(im, self.image_size)) for im in images]
+        keys = [hashlib.sha1(a.tobytes()).digest() for a in pixels]
+        missing = list({k: i for i, k in enumerate(keys) if k not in self._memo}.values())
+        for start in range(0, len(missing), self.batch_size):
+            rows = missing[start : start + self.batch_size]
+            x = (np.stack([pixels[i] for i in rows]).astype(np.float32) - self.mean) / self.std
+            x = torch.from_numpy(x).permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
             with torch.inference_mode():
-                p, t = self.model.features(x, taps)
-            pooled.append(p.float().cpu().numpy())
-            for name, v in t.items():
-                tapped[name].append(v.float().cpu().numpy())
-        return pooled, tapped
+                pooled, tapped = self.model.features(
+                    x.to(self.device, memory_format=torch.channels_last), self.taps
+                )
+            out = {"pooled": pooled, **tapped}
+            out = {k: out[k].float().cpu().numpy() for k in names}
+            for j, i in enumerate(rows):
+                self._memo[keys[i]] = tuple(out[k][j] for k in names)
+        while len(self._memo) > self.memo_size:
+            self._memo.pop(next(iter(self._memo)))  # the oldest
+        hits = [self._memo[k] for k in keys]
+        return {k: np.stack([h[j] for h in hits]).astype(np.float32) for j, k in enumerate(names)}
 
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
         """The pooled last layer, float32 (n_images, 1280)."""
-        if len(images) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        pooled, _ = self._run(images, {})
-        return np.concatenate(pooled).astype(np.float32, copy=False)
+        return self.readouts(images)["pooled"]
 
     def layers(self, images: Sequence[Image.Image]) -> dict[str, np.ndarray]:
         """Pooled early (n, 40), middle (n, 112) and late (n, 320) stages, float32."""
-        if len(images) == 0:
-            return {k: np.zeros((0, d), dtype=np.float32) for k, d in self.layer_dims.items()}
-        _, tapped = self._run(images, self.taps)
-        return {k: np.concatenate(tapped[k]).astype(np.float32, copy=False) for k in LAYER_NAMES}
+        out = self.readouts(images)
+        return {k: out[k] for k in LAYER_NAMES}
 
     def classify(self, images: Sequence[Image.Image]) -> np.ndarray:
         """ImageNet-1k class probabilities, float32 (n_images, 1000)."""

@@ -68,7 +68,8 @@ def test_pooled_target_and_layers(encoder):
         "early": (3, 40), "middle": (3, 112), "late": (3, 320)
     }
     assert all(v.dtype == np.float32 and np.isfinite(v).all() for v in layers.values())
-    # One image alone gives the same rows as in a batch.
+    # One image alone gives the same rows as in a batch (computed again, not remembered).
+    encoder._memo.clear()
     alone = encoder.layers(ims[1:2])
     for k in LAYER_NAMES:
         np.testing.assert_allclose(alone[k][0], layers[k][1], rtol=1e-4, atol=1e-5)
@@ -106,3 +107,27 @@ def test_folded_batchnorm_computes_the_same_function():
     np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(got_taps["early"].numpy(), ref_taps["early"].numpy(), atol=1e-4)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+
+
+def test_layers_after_encode_reuse_the_same_pass(encoder):
+    ims = [_photo("chelsea"), _photo("coffee"), _photo("chelsea")]
+    encoder._memo.clear()
+    batches = []
+    hook = encoder.model._conv_stem.register_forward_hook(lambda m, i, o: batches.append(len(o)))
+    try:
+        pooled = encoder.encode(ims)
+        layers = encoder.layers(ims[:2])
+        both = encoder.readouts(ims[1:])
+    finally:
+        hook.remove()
+    assert batches == [2]  # two distinct images, one pass
+    np.testing.assert_array_equal(pooled[0], pooled[2])
+    np.testing.assert_array_equal(both["pooled"], pooled[1:])
+    np.testing.assert_array_equal(both["early"][0], layers["early"][1])
+    old = encoder.memo_size
+    encoder.memo_size = 1
+    try:
+        encoder.encode([_photo("rocket")])
+        assert len(encoder._memo) == 1
+    finally:
+        encoder.memo_size = old
