@@ -162,10 +162,17 @@ def flag_for(parser: argparse.ArgumentParser, command: str, parameter: str) -> s
     return parameter
 
 
+def write_report(path: Path, report: dict) -> None:
+    """Write a command's ``--json`` report, its paths relative to the repository."""
+    from rtdecode._utils.paths import portable_paths
+
+    path.write_text(json.dumps(portable_paths(report), indent=2) + "\n")
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from rtdecode.io.replay import replay_file
 
-    replay_file(
+    stats = replay_file(
         args.path,
         name=args.name,
         source_id=args.source_id,
@@ -176,7 +183,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         markers=args.markers,
     )
-    return 0
+    return 130 if stats.stopped_by == "SIGINT" else 0  # 130: the shell's code for Ctrl-C
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
@@ -208,7 +215,7 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
     report = describe_dataset(args.dir, images_table=args.images_table)
     print(format_report(report))
     if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_report(args.json, report)
     return 0
 
 
@@ -224,7 +231,7 @@ def _cmd_gallery(args: argparse.Namespace) -> int:
           f"{report['n_embedded']}, reused {report['n_reused']}, skipped "
           f"{len(report['skipped'])} -> {report['gallery_csv']}, {report['embeddings']}")
     if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_report(args.json, report)
     return 0
 
 
