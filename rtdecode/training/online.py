@@ -113,7 +113,8 @@ def evaluate_online(
     subj = subject_index(subject, meta)
     _, retrieval = load_retrieval(meta, ckpt_dir, gallery, retrieval_set)
     # a dataset card gives the recording's codes their labels (a CSV's Marker0 1 -> "house")
-    rec = read_recording(recording) if data is None else read_card(data).read(recording)
+    card_path = data  # (``data`` names the file's samples below)
+    rec = read_recording(recording) if card_path is None else read_card(card_path).read(recording)
     sfreq_hz = float(rec.raw.info["sfreq"])
     n_file = int(rec.raw.n_times)
     if n_file >= COUNTER_MODULUS:
@@ -203,11 +204,11 @@ def evaluate_online(
     curve = online.as_dict()
     # the best bin by top-5, or by top-1 among 5 candidates or fewer (e.g. categories)
     k = "top1" if curve["n_candidates"] <= 5 else "top5"
-    best = max(curve["per_lag"], key=lambda r: (r[k], -r["lag_s"]), default=None)
+    best = max(well_filled(curve["per_lag"]), key=lambda r: (r[k], -r["lag_s"]), default=None)
     report: dict[str, Any] = {
         "checkpoint": str(Path(ckpt_dir).resolve()),
         "recording": str(Path(recording).resolve()),
-        "data": None if data is None else str(Path(data).resolve()),
+        "data": None if card_path is None else str(Path(card_path).resolve()),
         "subject": meta.get("subjects", [None])[subj] if meta.get("subjects") else None,
         "retrieval_set": retrieval_set,
         "speed": speed,
@@ -303,6 +304,16 @@ def _decode_live(recording, pre, model, retrieval, meta, subj, window_s, hop_s, 
     return list(frames), worker.lag_curve
 
 
+def well_filled(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Lag bins with at least a quarter of the fullest bin's windows.
+
+    Past the next onset only the odd window whose marker came late lands in a bin, and
+    one window is no estimate: such bins are neither the best bin nor plotted.
+    """
+    n_full = max((r["n"] for r in rows), default=0)
+    return [r for r in rows if 4 * r["n"] >= n_full]
+
+
 def plot_lag_curves(report: dict[str, Any], path: str | Path) -> Path:
     """Top-5 accuracy per lag bin, online and offline, with chance (PNG).
 
@@ -318,7 +329,7 @@ def plot_lag_curves(report: dict[str, Any], path: str | Path) -> Path:
     ax = fig.add_subplot()
     for key, label, style in (("per_lag", "online (live path)", "-o"),
                               ("offline_per_lag", "offline (same windows)", "--")):
-        rows = report.get(key) or []
+        rows = well_filled(report.get(key) or [])
         if rows:
             ax.plot([r["lag_s"] * 1e3 for r in rows], [100 * r[f"top{k}"] for r in rows],
                     style, ms=3, label=label)
