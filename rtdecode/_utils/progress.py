@@ -1,7 +1,8 @@
-"""Progress on stderr and SIGTERM handling for the long-running commands.
+"""Progress on stderr and stop signals for the long-running commands.
 
 ``rtdecode replay`` and ``rtdecode record`` show one self-updating line and stop cleanly
-on SIGTERM (``docker stop``). tqdm is imported only when a line is shown.
+on Ctrl-C (SIGINT) and SIGTERM (``docker stop``). tqdm is imported only when a line is
+shown.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 import threading
 from collections.abc import Iterator
 
-__all__ = ["ProgressLine", "stop_on_sigterm"]
+__all__ = ["ProgressLine", "StopSignals", "stop_on_signals"]
 
 
 class ProgressLine:
@@ -55,14 +56,50 @@ class ProgressLine:
             self._bar.close()
 
 
+class StopSignals:
+    """Which stop signal arrived while :func:`stop_on_signals` was in force.
+
+    Attributes
+    ----------
+    received : str | None
+        ``"SIGINT"`` or ``"SIGTERM"`` (the first one), None when none came.
+    """
+
+    def __init__(self, stop_event: threading.Event) -> None:
+        self.stop_event = stop_event
+        self.received: str | None = None
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGINT and self.received == "SIGINT":
+            # A second Ctrl-C: the way out of a clean-up that does not end.
+            raise KeyboardInterrupt
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+        self.stop_event.set()
+
+
 @contextlib.contextmanager
-def stop_on_sigterm(stop_event: threading.Event) -> Iterator[None]:
-    """SIGTERM (``docker stop``) sets ``stop_event`` while inside; main thread only."""
+def stop_on_signals(stop_event: threading.Event) -> Iterator[StopSignals]:
+    """Ctrl-C (SIGINT) and SIGTERM set ``stop_event`` while inside; main thread only.
+
+    The loop that checks ``stop_event`` then ends at its next check and cleans up in
+    order (outlets closed, files written). A ``KeyboardInterrupt`` raised at whatever
+    line runs instead could land inside a liblsl call, a file write or the clean-up
+    itself. A second Ctrl-C raises ``KeyboardInterrupt``. Outside the main thread
+    nothing is installed and ``received`` stays None.
+
+    Yields
+    ------
+    StopSignals
+        Its ``received`` names the signal that stopped the loop, if one did.
+    """
+    signals = StopSignals(stop_event)
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield signals
         return
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
+    previous = {sig: signal.signal(sig, signals._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield signals
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

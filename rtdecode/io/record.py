@@ -22,12 +22,15 @@ sample on nothing was recorded. If the disk fills from elsewhere while the file 
 written, the longest start of the recording that fits is written instead (and said so).
 
 Threads: ``record_stream`` makes its inlets and pulls in the thread that calls it (a
-simple pull loop); ``stop_event``, Ctrl-C or SIGTERM (main thread) end it and the file is
-still written.
+simple pull loop); ``stop_event``, or (main thread) Ctrl-C or SIGTERM end it and the file
+is still written: a signal sets the stop event, the pull loop ends within one pull
+(0.1 s), and a signal while the file is written does not interrupt the write (a second
+Ctrl-C does).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -45,7 +48,7 @@ import mne
 import numpy as np
 
 from rtdecode._utils.files import PRIVATE, free_bytes, is_disk_full, publish
-from rtdecode._utils.progress import ProgressLine, stop_on_sigterm
+from rtdecode._utils.progress import ProgressLine, stop_on_signals
 from rtdecode.contracts import ParameterError, marker_stream_name, marker_text, parse_marker
 from rtdecode.io.fif import build_info
 from rtdecode.lsl.streams import (
@@ -199,19 +202,18 @@ def record_stream(
     n_target = None if duration_s is None else max(1, round(duration_s * sfreq))
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     bar = ProgressLine(f"record {name}", n_target, progress)
+    signals = contextlib.ExitStack()
     try:
-        with stop_on_sigterm(stop):
-            spooler = _Spooler(
-                inlet, m_inlet, tmp_dir, desc, spool_dtype, max(1, round(block_s * sfreq))
-            )
-            with spooler:
-                try:
-                    spooler.run(stop, n_target, timeout_s, bar)
-                    spooler.drain(n_target)
-                except KeyboardInterrupt:
-                    pass  # Ctrl-C ends the recording; the file is still written.
-                except _SpoolFull:
-                    pass  # the disk is full: write what the spool holds, then say so
+        signals.enter_context(stop_on_signals(stop))  # in force until the file is written
+        spooler = _Spooler(
+            inlet, m_inlet, tmp_dir, desc, spool_dtype, max(1, round(block_s * sfreq))
+        )
+        with spooler:
+            try:
+                spooler.run(stop, n_target, timeout_s, bar)
+                spooler.drain(n_target)
+            except _SpoolFull:
+                pass  # the disk is full: write what the spool holds, then say so
         bar.close()
         if spooler.n_total == 0:
             raise RuntimeError(
@@ -247,6 +249,7 @@ def record_stream(
         if full:
             raise _disk_full_error(out, desc, n_total, spooler, summary)
     finally:
+        signals.close()
         bar.close()
         shutil.rmtree(tmp_dir, ignore_errors=True)
     if progress:

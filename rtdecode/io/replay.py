@@ -11,8 +11,9 @@ chunk late; it never shifts the ones after it.
 
 Threads: :class:`Player` makes and uses its outlets in one thread: the caller's with
 ``run()`` / ``replay_file``, its own with ``start()``. ``stop()``, a ``threading.Event``
-passed as ``stop_event``, Ctrl-C, or SIGTERM (when run from the main thread) end it
-cleanly.
+passed as ``stop_event``, or (run from the main thread) Ctrl-C or SIGTERM end it
+cleanly: a signal sets the stop event, the loop ends at its next wait (within one chunk)
+and the outlets are closed in order.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import importlib
 import math
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rtdecode._utils.jsonable import jsonable
-from rtdecode._utils.progress import ProgressLine, stop_on_sigterm
+from rtdecode._utils.progress import ProgressLine, stop_on_signals
 from rtdecode.contracts import ParameterError, format_marker, marker_stream_name
 from rtdecode.lsl.streams import (
     COUNTER_CHANNEL,
@@ -189,7 +189,9 @@ class ReplayStats:
     max_lag_ms : float
         Largest delay of a push past its due time.
     stopped : bool
-        True when a stop request (stop_event, SIGTERM, max_duration_s) ended it early.
+        True when a stop request (stop_event, a signal, max_duration_s) ended it early.
+    stopped_by : str | None
+        ``"SIGINT"`` (Ctrl-C) or ``"SIGTERM"`` when a signal ended it.
     """
 
     name: str
@@ -200,6 +202,7 @@ class ReplayStats:
     wall_s: float = 0.0
     max_lag_ms: float = 0.0
     stopped: bool = False
+    stopped_by: str | None = None
 
 
 def default_stream_name(path: Path) -> str:
@@ -230,8 +233,10 @@ def _marker_form(payload: dict[str, Any], form: str) -> str | None:
     """The marker text of an event in ``form`` (None: not sent)."""
     if form == "json":
         return format_marker(payload)
-    if form == "string" and payload.get("image_id") is not None:
-        return str(payload["image_id"])
+    if form == "string":  # the image id, else the code as recorded (a muse-lsl CSV's 1, 2)
+        text = payload.get("image_id")
+        text = payload.get("value") if text is None else text
+        return None if text is None else str(text)
     return None
 
 
@@ -476,7 +481,7 @@ class Player:
         bar = ProgressLine(f"replay {name}", n_limit or n_file, progress)
         t_start = None
         try:
-            with stop_on_sigterm(stop):
+            with stop_on_signals(stop) as signals:
                 if self.wait_for_consumer_s is not None:
                     _wait_for_consumer(outlet, self.wait_for_consumer_s, stop, name)
                 pacer = Pacer(sfreq, self.speed, wait=stop.wait)
@@ -524,7 +529,8 @@ class Player:
                     abs_i += n
                 stats.wall_s = local_clock() - t_start
                 if stats.samples_sent and not stop.is_set():
-                    time.sleep(self.linger_s)
+                    stop.wait(self.linger_s)
+            stats.stopped_by = signals.received
         finally:
             stats.passes_completed = stats.samples_sent // n_file
             stats.stopped = stop.is_set() or self.loop or stats.samples_sent < n_file

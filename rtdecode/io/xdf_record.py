@@ -11,8 +11,9 @@ then the footers on stop. Markers are a second stream: ``<name>-markers``, else 
 ``<name>-annotations``, or the one named.
 
 The file is written under a hidden temporary name next to ``out`` and moved into place,
-owner-only (0600), when it is complete. ``stop_event``, Ctrl-C or SIGTERM (main thread)
-end the recording and the file is still written.
+owner-only (0600), when it is complete. ``stop_event``, or (main thread) Ctrl-C or SIGTERM
+end the recording and the file is still written (a signal sets the stop event; the pull
+loop ends within one pull).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from rtdecode._utils.files import PRIVATE, publish
-from rtdecode._utils.progress import ProgressLine, stop_on_sigterm
+from rtdecode._utils.progress import ProgressLine, stop_on_signals
 from rtdecode.contracts import annotation_stream_name, marker_stream_name
 from rtdecode.io.xdf import FORMATS, XdfWriter
 from rtdecode.lsl.streams import describe, find_first, local_clock, open_inlet, resolve
@@ -142,40 +143,37 @@ def record_xdf(
         bar = ProgressLine(f"record {name}", n_target, progress)
         t_offsets = -float("inf")
         t_last_data = local_clock()
-        with stop_on_sigterm(stop):
-            try:
-                while not stop.is_set():
-                    if local_clock() - t_offsets >= offset_every_s:
-                        for s in streams:
-                            s.write_offset()
-                        t_offsets = local_clock()
-                    if mrk is not None:
-                        mrk.pull(0.0, 1024)
-                    left = 1024 if n_target is None else min(1024, n_target - data.n_samples)
-                    if left <= 0 or (t_end is not None and local_clock() >= t_end):
-                        break
-                    n = data.pull(0.1, left)
-                    if n:
-                        t_last_data = local_clock()
-                        bar.update(n, f"{data.n_samples} samples, "
-                                   f"{0 if mrk is None else mrk.n_samples} markers")
-                    elif local_clock() - t_last_data > timeout_s:
-                        break  # the source is gone: keep what we have
-            except KeyboardInterrupt:
-                pass  # Ctrl-C ends the recording; the file is still written
+        with stop_on_signals(stop):
+            while not stop.is_set():
+                if local_clock() - t_offsets >= offset_every_s:
+                    for s in streams:
+                        s.write_offset()
+                    t_offsets = local_clock()
+                if mrk is not None:
+                    mrk.pull(0.0, 1024)
+                left = 1024 if n_target is None else min(1024, n_target - data.n_samples)
+                if left <= 0 or (t_end is not None and local_clock() >= t_end):
+                    break
+                n = data.pull(0.1, left)
+                if n:
+                    t_last_data = local_clock()
+                    bar.update(n, f"{data.n_samples} samples, "
+                               f"{0 if mrk is None else mrk.n_samples} markers")
+                elif local_clock() - t_last_data > timeout_s:
+                    break  # the source is gone: keep what we have
             if mrk is not None:  # markers of the last samples may still be on their way
                 drain_until = local_clock() + 0.5
                 while local_clock() < drain_until and mrk.pull(0.05, 1024):
                     pass
             for s in streams:
                 s.write_offset()
-        if data.n_samples == 0:
-            raise RuntimeError(
-                f"Stream {name!r} sent no samples (waited {timeout_s:g} s); nothing was "
-                "written. Check that the source is running and sending data."
-            )
-        writer.close()
-        publish(tmp, out, mode=PRIVATE)
+            if data.n_samples == 0:
+                raise RuntimeError(
+                    f"Stream {name!r} sent no samples (waited {timeout_s:g} s); nothing was "
+                    "written. Check that the source is running and sending data."
+                )
+            writer.close()  # a signal now does not interrupt the file's completion
+            publish(tmp, out, mode=PRIVATE)
     finally:
         writer.close()
         if bar is not None:

@@ -22,12 +22,11 @@ import heapq
 import math
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 
-from rtdecode._utils.progress import ProgressLine, stop_on_sigterm
+from rtdecode._utils.progress import ProgressLine, stop_on_signals
 from rtdecode.io.replay import ReplayStats
 from rtdecode.io.xdf import XdfStream, read_xdf
 from rtdecode.lsl.streams import DTYPES, local_clock, make_info, make_outlet
@@ -174,7 +173,7 @@ def replay_xdf(
     bar = ProgressLine(f"replay {main_name}", main.n_samples, progress)
     t_start = None
     try:
-        with stop_on_sigterm(stop):
+        with stop_on_signals(stop) as signals:
             if wait_for_consumer_s is not None:
                 _wait_for_consumer(outlets[main_k], wait_for_consumer_s, stop, main_name)
             t_start = local_clock() + 0.01
@@ -233,7 +232,8 @@ def replay_xdf(
             stats.passes_completed = stats.samples_sent // main.n_samples
             stats.wall_s = local_clock() - t_start
             if stats.samples_sent and not stop.is_set():
-                time.sleep(linger_s)
+                stop.wait(linger_s)
+        stats.stopped_by = signals.received
     finally:
         stats.stopped = stop.is_set() or loop or stats.samples_sent < main.n_samples
         if t_start is not None and not stats.wall_s:

@@ -1,5 +1,6 @@
 """Recordings under test: what the synthetic source sent, a check of ``--record``
-segments against it, and a small real file system that fills up (``small_disk``)."""
+segments against it, a small real file system that fills up (``small_disk``), and a
+small MEG file to replay (``make_meg_file``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ import pytest
 
 from rtdecode.io.segments import read_index
 from tests.helpers.lsl_source import signal as source_signal
+
+SFREQ = 1000.0
+N_MEG = 20
+EVENT_SAMPLES = tuple(range(200, 3000, 500))  # one every 0.5 s: any 1 s holds two
 
 
 def expected(first: int, n: int, n_channels: int) -> np.ndarray:
@@ -81,3 +86,24 @@ def fill(path: Path, leave_bytes: int) -> Path:
     with filler.open("wb") as fh:
         fh.write(b"\0" * max(0, free - leave_bytes))
     return filler
+
+
+def make_meg_file(path: Path, n_times: int, event_samples=EVENT_SAMPLES, seed: int = 0) -> Path:
+    """20 magnetometers with positions + a stim channel; events as JSON annotations."""
+    names = [f"MEG{i:03d}" for i in range(N_MEG)] + ["STI 014"]
+    info = mne.create_info(names, SFREQ, ["mag"] * N_MEG + ["stim"])
+    rng = np.random.default_rng(seed)
+    for ch in info["chs"][:N_MEG]:
+        ch["loc"][:] = rng.uniform(-0.1, 0.1, 12)
+    data = rng.standard_normal((N_MEG + 1, n_times)) * 1e-12
+    data[-1] = 0
+    descs = []
+    for k, s in enumerate(event_samples):
+        data[-1, s : s + 3] = k + 1
+        descs.append(json.dumps({"image_id": f"img_{k:02d}", "trial_type": "test", "value": k + 1}))
+    raw = mne.io.RawArray(data, info, verbose="error")
+    raw.set_annotations(
+        mne.Annotations([s / SFREQ for s in event_samples], [0.0] * len(descs), descs)
+    )
+    raw.save(path, overwrite=True, verbose="error")
+    return path

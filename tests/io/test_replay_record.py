@@ -34,37 +34,13 @@ from rtdecode.lsl.streams import (
     resolve,
     unwrap_counter,
 )
-
-SFREQ = 1000.0
-N_MEG = 20
-EVENT_SAMPLES = tuple(range(200, 3000, 500))  # one every 0.5 s: any 1 s holds two
-
-
-def _make_file(path: Path, n_times: int, event_samples=EVENT_SAMPLES, seed: int = 0) -> Path:
-    """20 magnetometers with positions + a stim channel; events as JSON annotations."""
-    names = [f"MEG{i:03d}" for i in range(N_MEG)] + ["STI 014"]
-    info = mne.create_info(names, SFREQ, ["mag"] * N_MEG + ["stim"])
-    rng = np.random.default_rng(seed)
-    for ch in info["chs"][:N_MEG]:
-        ch["loc"][:] = rng.uniform(-0.1, 0.1, 12)
-    data = rng.standard_normal((N_MEG + 1, n_times)) * 1e-12
-    data[-1] = 0
-    descs = []
-    for k, s in enumerate(event_samples):
-        data[-1, s : s + 3] = k + 1
-        descs.append(json.dumps({"image_id": f"img_{k:02d}", "trial_type": "test", "value": k + 1}))
-    raw = mne.io.RawArray(data, info, verbose="error")
-    raw.set_annotations(
-        mne.Annotations([s / SFREQ for s in event_samples], [0.0] * len(descs), descs)
-    )
-    raw.save(path, overwrite=True, verbose="error")
-    return path
+from tests.helpers.recording import EVENT_SAMPLES, N_MEG, SFREQ, make_meg_file
 
 
 @pytest.fixture(scope="module")
 def meg_file(tmp_path_factory) -> Path:
     """3 s at 1000 Hz."""
-    return _make_file(tmp_path_factory.mktemp("replay") / "meg3s_raw.fif", 3000)
+    return make_meg_file(tmp_path_factory.mktemp("replay") / "meg3s_raw.fif", 3000)
 
 
 @pytest.fixture(scope="module")
@@ -309,7 +285,7 @@ def test_replay_speed_10_is_ten_times_faster(meg_file, unique_name):
 
 
 def test_loop_continues_counter_timestamps_and_markers(tmp_path, unique_name):
-    path = _make_file(tmp_path / "short_raw.fif", 500, event_samples=(100, 300))
+    path = make_meg_file(tmp_path / "short_raw.fif", 500, event_samples=(100, 300))
     expected = read_recording(path).raw.get_data().astype(np.float32)
     data, stamps, _, markers, stats = _replay_and_pull(
         path, unique_name, 1300, loop=True, speed=5.0, counter=True, max_duration_s=1.3
