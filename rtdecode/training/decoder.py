@@ -339,6 +339,7 @@ def embedding_fidelity(
     encoder: Any,
     *,
     ids: Sequence[str] | None = None,
+    candidates: Sequence[str] | None = None,
     seed: int = 0,
     steps: int = 4,
     progress: bool = True,
@@ -346,9 +347,11 @@ def embedding_fidelity(
     """How well generated images keep the embedding they were generated from.
 
     For each gallery image: generate from its true embedding, embed the generated image
-    with the same encoder, and rank the true image among the whole gallery by cosine
-    similarity (:class:`rtdecode.decoder.retrieval.Retrieval`). The percentile is the share
-    of the other gallery images that the true one beats: 1.0 = ranked first.
+    with the same encoder, and rank the true image among the candidates (default: the
+    whole gallery) by cosine similarity (:class:`rtdecode.decoder.retrieval.Retrieval`).
+    The percentile is the share of the other candidates that the true one beats: 1.0 =
+    ranked first. With ``ids`` and ``candidates`` both the 200 test concepts' images, this
+    is the rank of the true concept among the retrieval set the demo searches.
 
     Parameters
     ----------
@@ -357,23 +360,34 @@ def embedding_fidelity(
     encoder : rtdecode.images.ImageEncoder
         The encoder the decoder was trained with.
     ids : sequence of str, optional
-        Images to generate from (default: all); ranks are always over the whole gallery.
+        Images to generate from (default: all).
+    candidates : sequence of str, optional
+        Images to rank among (default: the whole gallery); must hold every id of ``ids``.
 
     Returns
     -------
     dict
-        ``n_images``, ``n_gallery``, ``mean_percentile``, ``median_percentile``,
-        ``share_at_least_90`` (share of images whose percentile is >= 0.9), ``top1``,
-        ``top5``, ``ranks`` {id: rank}, ``images`` {id: generated PIL image}.
+        ``n_images``, ``n_gallery`` (the candidates), ``mean_percentile``,
+        ``median_percentile``, ``median_rank``, ``share_at_least_90`` (share of images
+        whose percentile is >= 0.9), ``top1``, ``top5``, ``ranks`` {id: rank},
+        ``images`` {id: generated PIL image}.
     """
     from tqdm.auto import tqdm
 
     from rtdecode.decoder.retrieval import Retrieval
 
     emb = np.asarray(gallery.embeddings(encoder, progress=progress), dtype=np.float32)
-    retrieval = Retrieval(emb, gallery.ids)
     ids = list(gallery.ids if ids is None else ids)
-    n = len(gallery.ids)
+    pool = list(gallery.ids if candidates is None else candidates)
+    outside = sorted(set(ids) - set(pool))
+    if outside:
+        raise ValueError(
+            f"{len(outside)} images to generate from are not among the candidates, e.g. "
+            f"{outside[:3]}; pass candidates that hold every id (or leave it None for the "
+            "whole gallery)."
+        )
+    retrieval = Retrieval(emb[[gallery.index(i) for i in pool]], pool)
+    n = len(pool)
     ranks: dict[str, int] = {}
     images: dict[str, Image.Image] = {}
     for image_id in tqdm(ids, desc="fidelity", unit="img", disable=not progress):
@@ -390,6 +404,7 @@ def embedding_fidelity(
         "seed": seed,
         "mean_percentile": float(pct.mean()),
         "median_percentile": float(np.median(pct)),
+        "median_rank": float(np.median(r)),
         "share_at_least_90": float((pct >= 0.9).mean()),
         "top1": float((r == 1).mean()),
         "top5": float((r <= 5).mean()),

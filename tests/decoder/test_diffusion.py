@@ -494,3 +494,22 @@ def test_normalizer_round_trips_through_json_and_checks_dims():
         norm.transform(np.zeros(5))
     with pytest.raises(RuntimeError, match="not fitted"):
         EmbeddingNormalizer().transform(x)
+
+
+def test_fidelity_ranks_each_image_among_the_given_candidates(tiny_dir, gallery_dir):
+    from rtdecode.images import Gallery, get_image_encoder
+    from rtdecode.training.decoder import embedding_fidelity
+
+    config = json.loads((tiny_dir / "config.json").read_text())
+    encoder = get_image_encoder(config["image_encoder"]["registry_name"])
+    gallery = Gallery.from_folder(gallery_dir)
+    pool = list(gallery.ids[:4])
+    fid = embedding_fidelity(
+        load_decoder(tiny_dir), gallery, encoder, ids=pool[:2], candidates=pool, progress=False
+    )
+    assert fid["n_gallery"] == 4 and fid["n_images"] == 2 and set(fid["ranks"]) == set(pool[:2])
+    assert all(1 <= r <= 4 for r in fid["ranks"].values())
+    assert fid["median_rank"] == float(np.median(list(fid["ranks"].values())))
+    with pytest.raises(ValueError, match="not among the candidates"):
+        embedding_fidelity(load_decoder(tiny_dir), gallery, encoder, ids=[gallery.ids[5]],
+                           candidates=pool, progress=False)
