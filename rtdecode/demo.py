@@ -104,6 +104,8 @@ def _n170_settings_and_replay(name: str, port: int):
     settings = Settings.load(
         None, stream=name, source_id=name, model=encoder_dir, decoder="none",
         gallery=card.images_root, retrieval_set="all", port=port, lsl_local=True,
+        # chosen on one window (100-400 ms after onset), scored live at every lag
+        allow_fixed_window=True,
     )
     return settings, recording
 

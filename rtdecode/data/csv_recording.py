@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rtdecode.signal.units import si_factor
+
 if TYPE_CHECKING:  # pragma: no cover
     import mne
 
@@ -153,7 +155,7 @@ def read_raw_csv(path: str | Path, marker_columns: list[str] | None = None) -> m
     ch_names = [header[i] for i in data_cols]
     ch_types = typed_eeg_channels(ch_names)
     info = mne.create_info(ch_names, sfreq, ch_types)
-    data = rows[:, data_cols].T * 1e-6  # µV -> V
+    data = rows[:, data_cols].T * si_factor("microvolts")  # µV -> V
     raw = mne.io.RawArray(data, info, verbose="error")
     if "eeg" in ch_types:
         raw.set_montage(standard_montage(), match_case=False, on_missing="ignore",

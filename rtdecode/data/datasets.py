@@ -333,6 +333,10 @@ def _positions(
 
     picked = mne.pick_info(info, [info["ch_names"].index(c) for c in ch_names])
     types = tuple(picked.get_channel_types())
+    if not _has_positions(picked):
+        # EEG saved without positions (EDF, many BrainVision/EEGLAB files): the standard
+        # 10-05 positions of the channels it names; channels it does not name stay unknown
+        return _positions_by_name(ch_names, types)
     pos2 = None
     try:
         layout = mne.channels.find_layout(picked)
@@ -352,6 +356,36 @@ def _positions(
     if picked["dev_head_t"] is not None and types and types[0] in ("mag", "grad"):
         loc = mne.transforms.apply_trans(picked["dev_head_t"], loc)
     return pos2.astype(np.float32), loc.astype(np.float32), types
+
+
+def _has_positions(info: mne.Info) -> bool:
+    """Whether every channel has a position (MEG sensors always do; EEG only when digitised)."""
+    loc = np.array([ch["loc"][:3] for ch in info["chs"]], dtype=np.float64)
+    return bool(np.isfinite(loc).all() and (np.abs(loc).sum(axis=1) > 0).all())
+
+
+def _positions_by_name(
+    ch_names: Sequence[str], types: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Positions from the standard 10-05 montage by channel name; NaN where not in it.
+
+    2D: the azimuthal equidistant projection from the vertex (as MNE's topomaps), rescaled
+    per axis to [0, 1] over the channels found. The encoder's spatial attention treats
+    NaN positions as unknown.
+    """
+    from rtdecode.data.csv_recording import standard_montage
+
+    ch_pos = {k.lower(): v for k, v in standard_montage().get_positions()["ch_pos"].items()}
+    xyz = np.array([ch_pos.get(c.lower(), (np.nan,) * 3) for c in ch_names], dtype=np.float64)
+    r = np.linalg.norm(xyz, axis=1)
+    theta = np.arccos(np.clip(xyz[:, 2] / np.where(r > 0, r, 1.0), -1.0, 1.0))
+    phi = np.arctan2(xyz[:, 1], xyz[:, 0])
+    pos2 = np.column_stack([theta * np.cos(phi), theta * np.sin(phi)])
+    found = np.isfinite(pos2).all(axis=1)
+    if found.any():
+        lo, span = np.nanmin(pos2[found], axis=0), np.ptp(pos2[found], axis=0)
+        pos2 = (pos2 - lo) / np.where(span > 0, span, 1.0)
+    return pos2.astype(np.float32), xyz.astype(np.float32), types
 
 
 def _resample(x: np.ndarray, sfreq_in_hz: float, sfreq_out_hz: float) -> np.ndarray:

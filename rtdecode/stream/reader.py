@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rtdecode.lsl import streams as lsl
+from rtdecode.signal.units import si_factors
 from rtdecode.stream.ring import RingBuffer
 
 __all__ = [
@@ -565,6 +566,10 @@ class StreamReader(_InletThread):
         self._ext_c = np.empty(self._max_chunk + 1, dtype=np.float64)
         self._lost_scratch = np.empty(self._max_chunk, dtype=np.int32)
         self._inlet_capacity = int(self.max_buflen_s * desc.sfreq_hz)
+        # Channels declared in another unit than SI (muse-lsl: microvolts) are scaled to
+        # SI as they are pulled, so that a model trained on V or T reads them alike.
+        floating = np.issubdtype(self._dest.dtype, np.floating)
+        self._si = si_factors(desc.units) if floating else None
 
     # ------------------------------------------------------------------ pulling
     def _pull(self, inlet) -> int:
@@ -580,6 +585,8 @@ class StreamReader(_InletThread):
                 self._update(stalled=True)
             return 0
         backlog = inlet.samples_available() if n == self._max_chunk else 0
+        if self._si is not None:
+            self._dest[:n] *= self._si
         self._ingest(self._dest[:n], ts, t_arrived, backlog)
         return n
 
