@@ -54,7 +54,9 @@ TARGETS = {
     "retrieval_ms": ("median, 10,000 x 768, k = 5", "<=", 1.0),
     "decoder_p50_ms": ("p50, 4 steps", "<=", 60.0),
     "fidelity_share": ("share of images above 90 % of the gallery", ">=", 0.9),
-    "slow_viewer_age_s": ("p50", "<=", 2.0),
+    # "Frame age <= 2 s for every client": every frame, so the oldest one (bench/slow_client.py
+    # exits 1 when its client that reads nothing ahead gets a frame older than 2 s).
+    "slow_viewer_age_s": ("max", "<=", 2.0),
 }
 
 
@@ -507,12 +509,12 @@ def _soak_summary() -> str:
                      f"{num(a['p50'])} / {num(a['p99'])} ms", ""])
     for v in slow:
         a = v["frame_age_ms"]
-        chk = check(a["p50"] / 1e3, "<=", TARGETS["slow_viewer_age_s"][2])
+        chk = check(a["max"] / 1e3, "<=", TARGETS["slow_viewer_age_s"][2])
         rows.append([
             "slow viewer (1 message/s, never acks): frames, age p50 / p99 / max",
             f"{num(v['frames'])}, {a['p50'] / 1e3:.2f} / {a['p99'] / 1e3:.2f} / "
             f"{a['max'] / 1e3:.2f} s; {num(v['frames_older_than_2s'])} of "
-            f"{num(a['n'])} frames over 2 s", f"p50 <= 2 s: {verdict(chk)}"])
+            f"{num(a['n'])} frames over 2 s", f"every frame <= 2 s: {verdict(chk)}"])
     cfg = get(d, "config", src=src)
     m = get(d, "machine", src=src)
     return "\n".join([
@@ -564,7 +566,7 @@ def _slow_client() -> str:
     rows = []
     for key, c in get(d, "slow", src=src).items():
         a = c["age_s"]
-        chk = check(a["p50"], "<=", TARGETS["slow_viewer_age_s"][2])
+        chk = check(a["max"], "<=", TARGETS["slow_viewer_age_s"][2])
         end = "connected to the end" if c.get("connected") else "closed by the server (stalled)"
         rows.append([f"`{key}`", c["frames"], f"{a['p50']:.3f}", f"{a['max']:.3f}",
                      c["over_2s"], end, verdict(chk)])
@@ -580,7 +582,7 @@ def _slow_client() -> str:
         f"{load_1} (`{src}`):",
         "",
         table(["slow client (websockets `max_queue`)", "frames", "age p50 (s)", "age max (s)",
-               "frames over 2 s", "", "age p50 <= 2 s"], rows),
+               "frames over 2 s", "", "every frame <= 2 s"], rows),
     ])
 
 
