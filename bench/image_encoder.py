@@ -3,7 +3,9 @@
 Run:  .venv/bin/python bench/image_encoder.py [--stamps DIR] [--json OUT]
 
 The photographs are Tux Paint's default stamps (Debian ``tuxpaint-stamps-default``,
-GPL-2.0; not committed). Fetch them once without installing the package::
+GPL-2.0; not committed). ``make install`` unpacks them into the per-user assets folder
+(``scripts/install_world_assets.sh``), where this benchmark finds them; or fetch them
+once by hand without installing the package::
 
     apt-get update && apt-get download tuxpaint-stamps-default
     dpkg -x tuxpaint-stamps-default_*.deb /tmp/tuxpaint
@@ -114,6 +116,22 @@ class MobileNetV2Bottleneck:
         raise NotImplementedError
 
 
+def default_stamps() -> str:
+    """``$RTDECODE_TUXPAINT_STAMPS``, else the image world's unpacked copy if present, else
+    the system-wide install's folder."""
+    if os.environ.get("RTDECODE_TUXPAINT_STAMPS"):
+        return os.environ["RTDECODE_TUXPAINT_STAMPS"]
+    try:
+        from rtdecode.images import world
+
+        unpacked = world.assets_dir() / world.STAMPS_PACKAGE / world.STAMPS_ROOT
+        if unpacked.is_dir():
+            return str(unpacked)
+    except (ImportError, AttributeError):
+        pass
+    return DEFAULT_STAMPS
+
+
 def n_colours(rgba: np.ndarray) -> int:
     """Distinct colours among the opaque pixels (alpha > 200) of an RGBA array."""
     rgb = rgba[rgba[..., 3] > 200][:, :3].astype(np.int64)
@@ -178,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--stamps",
-        default=os.environ.get("RTDECODE_TUXPAINT_STAMPS", DEFAULT_STAMPS),
+        default=default_stamps(),
         help="Tux Paint's stamps folder (usr/share/tuxpaint/stamps of the unpacked package)",
     )
     ap.add_argument("--min-colours", type=int, default=1000)
