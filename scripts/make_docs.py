@@ -676,6 +676,37 @@ for _name, _src, _how in (
     RENDERERS[_name] = (partial(_evaluation, _src), _how)
 
 
+def _sd_above(top5: float, chance: float, n: int) -> float:
+    """How many binomial standard deviations ``top5`` lies above ``chance`` (n queries)."""
+    return (top5 - chance) / (chance * (1 - chance) / n) ** 0.5
+
+
+@renders("paper-comparison", "rtdecode evaluate runs/paper-difficulty --data data/sim-paper "
+         "--json docs/results/paper_difficulty_eval.json")
+def _paper_comparison() -> str:
+    """Deep against ridge in each candidate set, worded by which is ahead there."""
+    src = "docs/results/paper_difficulty_eval.json"
+    d = load(src)
+    lines = []
+    for where, what in (("test", "the test images"), ("gallery", "the whole gallery")):
+        deep = get(d, "retrieval", "model", where, "single", src=src)
+        ridge = get(d, "retrieval", "ridge", where, "single", src=src)
+        n, chance = deep["n_queries"], deep["chance_top5"]
+        ahead = "deep" if deep["top5"] > ridge["top5"] else (
+            "ridge" if ridge["top5"] > deep["top5"] else "neither")
+        rank_ahead = "deep" if deep["relative_median_rank"] < ridge["relative_median_rank"] \
+            else "ridge"
+        lines.append(
+            f"* Among {what} ({deep['n_candidates']} candidates, {n} single trials, chance "
+            f"top-5 {pct(chance)}): top-5 deep {pct(deep['top5'])} "
+            f"({_sd_above(deep['top5'], chance, n):+.1f} binomial SDs from chance), ridge "
+            f"{pct(ridge['top5'])} ({_sd_above(ridge['top5'], chance, n):+.1f} SDs); "
+            f"**{ahead} ahead** on top-5. Relative median rank deep "
+            f"{deep['relative_median_rank']:.3f}, ridge {ridge['relative_median_rank']:.3f} "
+            f"(chance 0.5): **{rank_ahead} ahead**.")
+    return "\n".join(lines)
+
+
 @renders("online", "rtdecode evaluate-online models/demo/encoder --recording "
          "data/sim/replay_raw.fif --subject 01 --retrieval-set test --speed 2 --json "
          "docs/results/online_eval.json --plots docs/results")
