@@ -194,3 +194,44 @@ def test_default_encoder_builds_on_real_weights(tmp_path):
     np.testing.assert_allclose(
         z["embeddings"], enc.encode([load_rgb(p) for p in sorted(root.rglob("*.png"))]), atol=1e-5
     )
+
+
+def test_a_killed_build_process_resumes(tmp_path):
+    """A real `rtdecode gallery build` process killed (SIGKILL) after its first chunk."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "many"
+    for c, (name, colour) in enumerate(CATEGORIES.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(300):
+            _image(colour, 1000 * c + i, size=(24, 24)).save(root / name / f"{name}_{i:03d}.png")
+    out = tmp_path / "g"
+    cmd = [sys.executable, "-m", "rtdecode.cli", "gallery", "build", str(root), "--out", str(out),
+           "--image-encoder", "handcrafted", "--chunk-size", "8", "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob(".rtdecode-build/*/chunk-*.npz")):
+            assert proc.poll() is None, "the build ended before its first chunk was seen"
+            assert time.monotonic() < deadline, "no chunk written within 120 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (out / "embeddings-handcrafted.npz").exists()
+    n_done = 8 * len(list(out.glob(".rtdecode-build/*/chunk-*.npz")))
+    assert 0 < n_done < 900
+
+    report = build_gallery(root, out, image_encoder="handcrafted", chunk_size=8, progress=False)
+    assert report["n_reused"] == n_done and report["n_embedded"] == 900 - n_done
+    z = _npz(out / "embeddings-handcrafted.npz")
+    rows = _read_csv(out / "gallery.csv")
+    check = [0, 450, 899]
+    expected = get_image_encoder("handcrafted").encode([load_rgb(out / rows[i]["file"]) for i in check])
+    np.testing.assert_allclose(z["embeddings"][check], expected, rtol=1e-6)
