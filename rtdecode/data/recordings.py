@@ -189,6 +189,13 @@ def read_recording(path: str | Path | Any) -> Recording:
         fpath = _single_recording_in(fpath)
     ext = _check_extension(fpath)
     _check_not_empty(fpath, ext)
+    if ext == ".csv" and not _is_recording_csv(fpath):
+        raise RecordingError(
+            f"{str(fpath)!r} is a CSV without a 'timestamps' column, so not a recording (an "
+            "images or events table?). The CSV rtdecode reads is the one muse-lsl and "
+            "eeg-notebooks write: timestamps, channels in µV, marker columns. Supported: "
+            f"{_supported_list()}, or a BIDS dataset."
+        )
 
     if bids_path is None and _bids_root_of(fpath) is not None and fpath.name.startswith("sub-"):
         bids_path = _bids_path_from_file(fpath, notes)

@@ -296,8 +296,8 @@ def subject_of(path: Path) -> str:
 def find_recordings(data_dir: str | Path, subjects: Iterable[str] | None = None) -> list[Path]:
     """Recordings of a THINGS-like BIDS tree, a plain folder, or a single file.
 
-    In a BIDS tree (``sub-*`` folders) only the ``meg/*_meg.*`` files of the subject
-    folders are used, so files next to them (e.g. the simulated ``replay_raw.fif`` at the
+    In a BIDS tree (``sub-*`` folders) only the ``meg/*_meg.*`` and ``eeg/*_eeg.*`` files of
+    the subject folders are used, so files next to them (e.g. the simulated ``replay_raw.fif`` at the
     root) are not mixed into the dataset. Otherwise every recording under the folder is.
 
     Parameters
@@ -336,7 +336,9 @@ def find_recordings(data_dir: str | Path, subjects: Iterable[str] | None = None)
                 p
                 for d in subject_dirs
                 for p in recording_files(d)
-                if p.parent.name == "meg" and re.search(r"_meg(\.|_split)", p.name)
+                # MEG or EEG data of the subject (a BIDS EEG export: eeg/*_eeg.edf)
+                if p.parent.name in ("meg", "eeg")
+                and re.search(rf"_{p.parent.name}(\.|_split)", p.name)
             ]
         else:
             files = recording_files(root)

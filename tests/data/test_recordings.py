@@ -231,7 +231,7 @@ def test_garbage_file(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "hint"),
-    [("notes.txt", "Supported: FIF"), ("rec.vmrk", r"\.vhdr"), ("rec.csv", "BrainVision")],
+    [("notes.txt", "Supported: FIF"), ("rec.vmrk", r"\.vhdr"), ("rec.csv", "timestamps")],
 )
 def test_wrong_extension_names_supported_formats(tmp_path, name, hint):
     path = tmp_path / name

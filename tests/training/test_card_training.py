@@ -123,3 +123,15 @@ def test_online_equals_offline_on_an_eeg_run_read_through_its_card(bids_card, tm
     assert report["n_candidates"] == 2 and report["chance_top1"] == 0.5
     assert report["n_ranked"] > 0.8 * report["n_frames"]  # the codes were understood live
     assert report["best"]["top1"] > 0.5
+
+
+def test_a_bids_eeg_folder_is_found_as_a_dataset_not_only_meg(bids_card):
+    from rtdecode.data.report import describe_dataset
+    from rtdecode.data.things import find_recordings
+
+    # an MEG-only assumption: a BIDS tree's recordings were meg/*_meg.* only
+    found = find_recordings(bids_card.parent / "bids")
+    assert [p.name for p in found] == [f"sub-01_task-faces_run-{r}_eeg.edf" for r in (1, 2, 3)]
+    report = describe_dataset(bids_card.parent / "bids")  # without the card: codes only
+    assert report["n_recordings"] == 3 and report["trials_with_image"] == 0
+    assert any("name no image" in m for m in report["missing"])
