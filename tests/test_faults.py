@@ -70,7 +70,8 @@ def test_ten_outages_reconnect_within_2s_report_every_gap_and_leak_nothing(
         )
 
     print(f"reconnection after the outlet was visible (s): {np.round(latencies_s, 2).tolist()}")
-    # Every outage within 2 s (0.5-0.6 s here with the loopback configuration's tuning).
+    # Every outage within 2 s, both readers (0.3-0.6 s here with the loopback tuning, also
+    # with two busy-loop processes: the reconnection is not what is slow under load).
     assert max(latencies_s) < 2.0, f"reconnection latencies (s): {latencies_s}"
     assert all(g["reconnect"] and g["n_lost"] > 0 for g in gaps[:11])
     assert [g["gaps_total"] for g in gaps[:11]] == list(range(1, 12))

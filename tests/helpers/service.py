@@ -192,17 +192,41 @@ class Live:
 
     def outage(self) -> float:
         """Kill the source and start it again; how long after the new outlet became
-        visible the service had reconnected (s)."""
-        reader = self.service.reader
-        reconnects = reader.stats.reconnects
+        visible the service had reconnected both of its inlets (s).
+
+        The source sends only once each of its outlets has a consumer (lsl_source.py
+        waits for the data reader and for the marker reader), so both reconnections are
+        waited for, each step with its own deadline, and a step that fails says where
+        each reader stands.
+        """
+        reader, markers = self.service.reader, self.service.markers
+        reconnects, m_reconnects = reader.stats.reconnects, markers.stats.reconnects
         self.src.kill()
-        poll(lambda: not reader.connected, 10.0, "the reader to notice the loss")
+        self._step(lambda: not reader.connected, "the reader to notice the loss")
         self.restart_source()
         self.src.wait_event("ready", 20.0)  # the outlet exists: from here the clock runs
         t_visible = time.monotonic()
-        poll(lambda: reader.stats.reconnects > reconnects, 10.0, "the reconnection")
+        self._step(
+            lambda: reader.stats.reconnects > reconnects
+            and markers.stats.reconnects > m_reconnects,
+            "the data and marker readers' reconnection",
+        )
         latency_s = time.monotonic() - t_visible
         # The source streams again before the next outage (else two outages are one gap).
+        self.src.wait_event("started", 10.0)  # it saw both consumers and sends
         samples = reader.stats.samples
-        poll(lambda: reader.stats.samples > samples, 10.0, "samples after the reconnection")
+        self._step(lambda: reader.stats.samples > samples, "samples after the reconnection")
         return latency_s
+
+    def _step(self, condition, what: str, timeout_s: float = 10.0) -> None:
+        try:
+            poll(condition, timeout_s, what)
+        except AssertionError as exc:
+            reader, markers = self.service.reader, self.service.markers
+            raise AssertionError(
+                f"{exc} Data reader: connected={reader.connected}, "
+                f"{reader.stats.reconnects} reconnects, {reader.stats.samples} samples; "
+                f"marker reader: connected={markers.connected}, "
+                f"{markers.stats.reconnects} reconnects; source events: "
+                f"{[e['event'] for e in self.src.events]}."
+            ) from None
