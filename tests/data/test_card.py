@@ -163,3 +163,30 @@ def test_the_n170_card_splits_runs_5_and_6_off_as_test(tmp_path):
     shutil.copytree(N170, copy)
     assert [p.name for p in read_card(copy / "card.toml").recordings] == [
         p.name for p in card.recordings]
+
+
+def test_a_card_reads_the_eeglab_tutorial_file_by_its_text_codes(tmp_path):
+    import os
+
+    eeglab = Path(__file__).resolve().parent / "files" / "eeglab" / "test_raw.set"
+    (tmp_path / "pics" / "square").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "pics" / "square" / "square_0.png")
+    card_path = write_card(tmp_path, f"""
+[dataset]
+name = "eeglab-tutorial"
+modality = "eeg"
+recordings = ["{os.path.relpath(eeglab, tmp_path)}"]
+[events]
+source = "annotations"
+codes = {{ square = "square" }}
+ignore = ["rt"]
+[images]
+root = "pics"
+""")
+    report = describe_dataset(card_path)
+    (entry,) = report["recordings"]
+    assert entry["sfreq_hz"] == 128.0 and entry["n_data_channels"] == 32
+    assert entry["trials_per_label"] == {"square": 80} and entry["split"] == "train"
+    assert any("no [split] test" in m for m in report["missing"])  # named, with the fix
+    es = load_epochs(card_path, tmin_s=-0.1, tmax_s=0.5, pad_s=0.2, progress=False)
+    assert len(es) == 80 and es.labels == "category" and not es.test_mask.any()
