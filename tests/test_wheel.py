@@ -64,17 +64,21 @@ def test_wheel_and_sdist_hold_the_models_the_viewer_and_the_licence(tmp_path):
     assert "SetuptoolsDeprecationWarning" not in log and "License classifiers" not in log, log
     (wheel,) = tmp_path.glob("rtdecode-*.whl")
     (sdist,) = tmp_path.glob("rtdecode-*.tar.gz")
-    models = bundled_models_dir() / "demo"
-    shipped = sorted(
-        f"rtdecode/_models/demo/{p.relative_to(models).as_posix()}"
-        for p in models.rglob("*") if p.is_file()
-    )
-    assert any(name.endswith("encoder/model.safetensors") for name in shipped)
+    # every committed file of the bundled models and the N170 example, as the wheel names it
+    tracked = subprocess.run(
+        ["git", "ls-files", "models/demo", "models/n170/encoder", "rtdecode/examples/n170"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert tracked, "git ls-files found none of the bundled files"
+    source = {f.replace("models/", "rtdecode/_models/", 1) if f.startswith("models/") else f: f
+              for f in tracked}
+    shipped = sorted(source)
+    assert "rtdecode/_models/demo/encoder/model.safetensors" in shipped
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         meta = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
         for name in shipped:
-            assert zf.getinfo(name).file_size == (REPO / "models" / name[17:]).stat().st_size
+            assert zf.getinfo(name).file_size == (REPO / source[name]).stat().st_size, name
     for name in ["rtdecode/server/static/index.html", "rtdecode/server/static/viewer.js",
                  "rtdecode/lsl/lsl_local.cfg", *shipped]:
         assert name in names, name
