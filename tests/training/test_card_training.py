@@ -135,3 +135,21 @@ def test_a_bids_eeg_folder_is_found_as_a_dataset_not_only_meg(bids_card):
     report = describe_dataset(bids_card.parent / "bids")  # without the card: codes only
     assert report["n_recordings"] == 3 and report["trials_with_image"] == 0
     assert any("name no image" in m for m in report["missing"])
+
+
+def test_time_resolved_takes_a_card_and_finds_the_evoked_response(bids_card, tmp_path):
+    import json
+
+    from rtdecode.training.sweeps import time_resolved
+
+    out = time_resolved(bids_card, tmp_path / "sweep", window_s=0.1, stride_s=0.1,
+                        tmin_s=-0.1, tmax_s=0.5, models=("ridge",), executor="debug",
+                        recipe={"preprocess": {"highpass_hz": 1.0, "lowpass_hz": 30.0}},
+                        progress=False, log=None)
+    report = json.loads(out.json_path.read_text())
+    assert report["chance"]["top1"] == 0.5
+    by_end = {round(p["end_s"], 2): p["models"]["ridge"]["single"] for p in report["positions"]}
+    assert all("auc" in m and m["n_candidates"] == 2 for m in by_end.values())
+    # the category-specific bump is at 170 ms: the window ending at 0.2 s decodes it,
+    # the one before onset does not
+    assert by_end[0.2]["auc"] > 0.75 and abs(by_end[0.0]["auc"] - 0.5) < 0.15
