@@ -370,8 +370,10 @@ def format_report(report: dict[str, Any]) -> str:
         f"(with an image file: {report['trials_with_image_file']}), "
         f"with a category: {report['trials_with_category']}",
         f"categories: {report['n_categories']}",
-        f"zero-shot split: train {zs['train']}, test {zs['test']}, "
-        f"left out (test category) {zs['left_out']}",
+        (f"split (the card's, by recording): train {zs['train']}, test {zs['test']}"
+         if report["kind"] == "card" else
+         f"zero-shot split: train {zs['train']}, test {zs['test']}, "
+         f"left out (test category) {zs['left_out']}"),
         f"images table: {report['images_table'] or 'none'}; "
         f"image folder: {report['image_root'] or 'not found'}",
     ]
