@@ -17,6 +17,7 @@ from pathlib import Path
 import mne
 import numpy as np
 import pytest
+from PIL import Image
 
 from rtdecode.data.recordings import read_recording
 
@@ -148,3 +149,49 @@ def test_serve_reads_a_live_muse_stream_in_microvolts_as_volts(muse_source):
         assert np.abs(got).max() < 1e-2  # volts, not microvolts
     finally:
         service.stop()
+
+
+def _write_brainvision(root: Path, data_uv: np.ndarray, sfreq: float, names, markers) -> Path:
+    """A BrainVision recording as BrainVision Recorder writes it: header, markers, and
+    multiplexed IEEE float32 samples in µV (Brain Products' Core Data Format 1.0)."""
+    stem = "sub-01_run-1"
+    (root / f"{stem}.eeg").write_bytes(data_uv.T.astype("<f4").tobytes())
+    chans = "\n".join(f"Ch{i + 1}={n},,1,µV" for i, n in enumerate(names))
+    (root / f"{stem}.vhdr").write_text(
+        "Brain Vision Data Exchange Header File Version 1.0\n\n[Common Infos]\n"
+        f"Codepage=UTF-8\nDataFile={stem}.eeg\nMarkerFile={stem}.vmrk\n"
+        "DataFormat=BINARY\nDataOrientation=MULTIPLEXED\n"
+        f"NumberOfChannels={len(names)}\nSamplingInterval={1e6 / sfreq:g}\n\n"
+        "[Binary Infos]\nBinaryFormat=IEEE_FLOAT_32\n\n[Channel Infos]\n" + chans + "\n",
+        encoding="utf-8")
+    marks = "\n".join(f"Mk{k + 2}=Stimulus,S{code:>3},{sample + 1},1,0"
+                      for k, (sample, code) in enumerate(markers))
+    (root / f"{stem}.vmrk").write_text(
+        "Brain Vision Data Exchange Marker File, Version 1.0\n\n[Common Infos]\n"
+        f"Codepage=UTF-8\nDataFile={stem}.eeg\n\n[Marker Infos]\n"
+        "Mk1=New Segment,,1,1,0\n" + marks + "\n", encoding="utf-8")
+    return root / f"{stem}.vhdr"
+
+
+def test_a_brainvision_recording_reads_in_volts_with_its_stimulus_codes(tmp_path):
+    from rtdecode.data.card import read_card
+
+    rng = np.random.default_rng(1)
+    names = ["Fz", "Cz", "Pz", "O1"]
+    data = rng.normal(0, 10, (4, 2000))
+    markers = [(200, 1), (700, 2), (1200, 1)]
+    vhdr = _write_brainvision(tmp_path, data, 500.0, names, markers)
+    rec = read_recording(vhdr)
+    assert rec.sfreq_hz == 500.0 and rec.ch_names == names
+    np.testing.assert_allclose(rec.raw.get_data(), data * 1e-6, rtol=1e-6)
+    assert [(e.sample, e.value["value"]) for e in rec.events] == markers
+    (tmp_path / "pics" / "house").mkdir(parents=True)
+    (tmp_path / "pics" / "face").mkdir(parents=True)
+    for c in ("house", "face"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "pics" / c / f"{c}.png")
+    (tmp_path / "card.toml").write_text(
+        '[dataset]\nname = "bv"\nmodality = "eeg"\nrecordings = ["*.vhdr"]\n'
+        '[events]\ncodes = { 1 = "house", 2 = "face" }\n[images]\nroot = "pics"\n')
+    card = read_card(tmp_path / "card.toml")
+    events = card.read(vhdr).events
+    assert [e.value["image_id"] for e in events] == ["house", "face", "house"]
