@@ -1,10 +1,12 @@
 """The import direction of DESIGN.md's layers, and no import cycle, checked by parsing
 every module of rtdecode/ (imports inside functions count: a lazy import is still an
-edge of the design)."""
+edge of the design, and so does a ``"rtdecode.module:attr"`` string, which a registry
+imports by name)."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -46,13 +48,32 @@ def modules() -> dict[str, Path]:
     return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
+#: A ``"module:attr"`` reference (uvicorn's registry style) to a module of the package.
+_REFERENCE = re.compile(r"(rtdecode(?:\.\w+)*):\w+(?:\.\w+)*")
+
+
+def reference_of(text: str, known: set[str]) -> str | None:
+    """The module a ``"rtdecode.pkg.mod:attr"`` string names (the longest known prefix:
+    ``"rtdecode.pkg:Class"`` names ``rtdecode.pkg``), or None for any other string."""
+    match = _REFERENCE.fullmatch(text.strip())
+    if match is None:
+        return None
+    module = match.group(1)
+    while module not in known and "." in module:
+        module = module.rsplit(".", 1)[0]
+    return module
+
+
 def imports_of(path: Path, known: set[str]) -> set[str]:
     """The rtdecode modules that ``path`` imports (``from pkg import sub`` names ``pkg.sub``
-    when that is a module, else ``pkg``)."""
+    when that is a module, else ``pkg``) or names in a ``"module:attr"`` string."""
     tree = ast.parse(path.read_text(), filename=str(path))
     found: set[str] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if (target := reference_of(node.value, known)) is not None:
+                found.add(target)
+        elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.split(".")[0] == "rtdecode")
         elif isinstance(node, ast.ImportFrom):
             if node.level:
@@ -141,3 +162,16 @@ def test_no_import_cycle():
 )
 def test_the_cycle_finder_finds_cycles(edges, has_cycle):
     assert (find_cycle(edges) is not None) == has_cycle
+
+
+def test_module_attr_strings_are_edges(tmp_path):
+    known = set(modules())
+    source = tmp_path / "registry.py"
+    source.write_text(
+        '"""Docs may say rtdecode.cli:main in a sentence."""\n'
+        'PLAYERS = {".x": "rtdecode.io.replay:Player", "y": "rtdecode.decoder:load_decoder"}\n'
+        'OTHER = "uvicorn.protocols:Thing"\n'
+    )
+    assert imports_of(source, known) == {"rtdecode.io.replay", "rtdecode.decoder"}
+    # The decoder registry's strings are edges of the real graph.
+    assert "rtdecode.decoder.tiny" in graph()["rtdecode.decoder.registry"]

@@ -16,6 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from rtdecode._utils.paths import bundled_models_dir
+from rtdecode.decoder.kinds import (
+    KANDINSKY22_CLASS_NAMES,
+    TINY_CLASS_NAME,
+    TURBO_CLASS_NAMES,
+    UNCLIP_CLASS_NAMES,
+)
 
 #: Decoder kinds and the class that loads each (``Class.from_folder(folder, ...)``).
 DECODERS: dict[str, str] = {
@@ -25,11 +31,6 @@ DECODERS: dict[str, str] = {
     "sdxl-turbo": "rtdecode.decoder.turbo:TurboDecoder",
 }
 
-TINY_CLASS_NAME = "RtdecodeTinyDecoder"
-UNCLIP_CLASS_NAMES = ("StableUnCLIPImg2ImgPipeline",)
-KANDINSKY22_CLASS_NAMES = ("KandinskyV22Pipeline", "KandinskyV22Img2ImgPipeline")
-#: SDXL-Turbo / SD-Turbo text-to-image pipelines, conditioned through an IP-Adapter.
-TURBO_CLASS_NAMES = ("StableDiffusionXLPipeline", "StableDiffusionPipeline")
 
 #: Names that :func:`load_decoder` resolves to folders shipped inside the package
 #: (``rtdecode/_models``: the wheel's package data, ``models/`` in a checkout).

@@ -53,8 +53,8 @@ from rtdecode.decoder.base import (
     pil_to_tensor,
     tensor_to_pil,
 )
+from rtdecode.decoder.kinds import TINY_CLASS_NAME
 from rtdecode.decoder.normalize import EmbeddingNormalizer
-from rtdecode.decoder.registry import TINY_CLASS_NAME
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"

@@ -39,9 +39,9 @@ import torch
 from PIL import Image
 
 from rtdecode.decoder.base import BaseDecoder, fit_image, load_normalizer
+from rtdecode.decoder.kinds import TURBO_CLASS_NAMES
 from rtdecode.decoder.normalize import EmbeddingNormalizer
 from rtdecode.decoder.pipelines import _dtype_kwargs, _prepare
-from rtdecode.decoder.registry import TURBO_CLASS_NAMES
 
 #: Pipeline classes (``model_index.json``'s ``_class_name``) this decoder wraps.
 SDXL_CLASS_NAMES = TURBO_CLASS_NAMES[:1]

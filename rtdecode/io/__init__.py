@@ -4,6 +4,8 @@ Replay a recording as a live stream, record a stream to a file, and write a stre
 rolling segments while the service runs.
 
 - replay.py    ``rtdecode replay``: a recording's samples and events as LSL outlets.
+- xdf_replay.py  XdfReplay: the Player's source for an XDF file (every stream as recorded).
+- playback.py  What both replay sources share: pacing, stats, options, consumer wait.
 - record.py    ``rtdecode record``: one LSL stream and its markers to a FIF file.
 - segments.py  SegmentRecorder: ``serve --record``'s rolling FIF segments.
 - xdf.py       XDF files (LabRecorder's format): read through pyxdf, and our own writer.

@@ -1,8 +1,10 @@
 """Publish a recording as a live LSL stream, at real-time pace (``rtdecode replay``).
 
-Two outlets are made: the data stream (type ``MEG`` when the file has MEG channels, else
+An MNE recording gets two outlets: the data stream (type ``MEG`` when the file has MEG channels, else
 ``EEG``; float32 in the file's SI units, Tesla, T/m, Volt) and an irregular-rate string
-marker stream ``<name>-markers`` carrying one JSON object per event.
+marker stream ``<name>-markers`` carrying one JSON object per event. An XDF file is
+replayed by the same :class:`Player`, every stream as recorded
+(:class:`rtdecode.io.xdf_replay.XdfReplay` is its source).
 
 Pacing never accumulates sleep errors: sample ``i`` (counted from the start of the replay,
 across loops) has the LSL timestamp ``t0 + i / (sfreq * speed)``, and each chunk is pushed
@@ -18,12 +20,8 @@ and the outlets are closed in order.
 
 from __future__ import annotations
 
-import importlib
-import math
 import sys
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +30,13 @@ import numpy as np
 from rtdecode._utils.jsonable import jsonable
 from rtdecode._utils.progress import ProgressLine, stop_on_signals
 from rtdecode.contracts import ParameterError, format_marker, marker_stream_name
+from rtdecode.io.playback import (
+    MARKER_FORMS,
+    Pacer,
+    ReplayStats,
+    check_replay_options,
+    wait_for_consumer,
+)
 from rtdecode.lsl.streams import (
     COUNTER_CHANNEL,
     counter_values,
@@ -43,72 +48,14 @@ from rtdecode.lsl.streams import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from rtdecode.data.recordings import Event, Recording
+    from rtdecode.io.xdf_replay import XdfReplay
 
-__all__ = ["Pacer", "Player", "ReplayStats", "replay_file"]
+__all__ = ["MARKER_FORMS", "Pacer", "Player", "ReplayStats", "check_replay_options", "replay_file"]
 
 MARKER_STREAM_TYPE = "Markers"
 
 # FIFF unit codes -> the SI unit strings put in the stream description.
 _UNIT_NAMES = {107: "V", 112: "T", 201: "T/m", 202: "Am", 114: "C", 6: "M", -1: ""}
-
-
-# ---------------------------------------------------------------- pacing
-
-
-class Pacer:
-    """Due times computed from the start time and the sample index.
-
-    Parameters
-    ----------
-    sfreq_hz : float
-        The recording's sampling rate.
-    speed : float
-        1 = real time; 10 = ten times faster (timestamps are 10x closer too).
-    t0 : float | None
-        LSL time of sample 0 (default: ``clock()`` now).
-    clock : callable
-        Returns the current LSL time in seconds (default ``rtdecode.lsl.streams.local_clock``).
-    wait : callable
-        ``wait(delay_s) -> bool`` sleeps up to ``delay_s`` and returns True when asked to
-        stop (``threading.Event().wait`` by default).
-    """
-
-    def __init__(
-        self,
-        sfreq_hz: float,
-        speed: float = 1.0,
-        *,
-        t0: float | None = None,
-        clock: Callable[[], float] | None = None,
-        wait: Callable[[float], bool] | None = None,
-    ) -> None:
-        clock = local_clock if clock is None else clock
-        self.rate_hz = float(sfreq_hz) * float(speed)
-        self.clock = clock
-        self.wait = wait if wait is not None else threading.Event().wait
-        self.t0 = float(clock() if t0 is None else t0)
-
-    def t_of(self, sample: int) -> float:
-        """LSL timestamp of absolute sample ``sample``."""
-        return self.t0 + sample / self.rate_hz
-
-    def timestamps(self, first_sample: int, n: int) -> np.ndarray:
-        """Timestamps of ``n`` samples from ``first_sample``, float64 shape (n,)."""
-        return self.t0 + (first_sample + np.arange(n, dtype=np.float64)) / self.rate_hz
-
-    def wait_until(self, t_due: float) -> tuple[float, bool]:
-        """Sleep until ``t_due``; return (lag_s, stopped).
-
-        ``lag_s`` is how late the clock is past ``t_due`` on return (>= 0 when the wait
-        completed). Nothing is carried over to the next call: no drift.
-        """
-        delay = t_due - self.clock()
-        if delay > 0 and self.wait(delay):
-            return 0.0, True
-        return self.clock() - t_due, False
-
-
-# ---------------------------------------------------------------- progress, signals
 
 
 # ---------------------------------------------------------------- stream description
@@ -170,41 +117,6 @@ def build_stream_infos(
 # ---------------------------------------------------------------- replay
 
 
-@dataclass
-class ReplayStats:
-    """What a replay did.
-
-    Attributes
-    ----------
-    name : str
-        Data stream name (markers: ``name + "-markers"``).
-    samples_sent : int
-    markers_sent : int
-    passes_completed : int
-        Full passes over the file (``--loop`` starts a new one at the end).
-    t0_lsl : float
-        LSL timestamp of sample 0.
-    wall_s : float
-        Seconds from sample 0's due time to the last push.
-    max_lag_ms : float
-        Largest delay of a push past its due time.
-    stopped : bool
-        True when a stop request (stop_event, a signal, max_duration_s) ended it early.
-    stopped_by : str | None
-        ``"SIGINT"`` (Ctrl-C) or ``"SIGTERM"`` when a signal ended it.
-    """
-
-    name: str
-    samples_sent: int = 0
-    markers_sent: int = 0
-    passes_completed: int = 0
-    t0_lsl: float = 0.0
-    wall_s: float = 0.0
-    max_lag_ms: float = 0.0
-    stopped: bool = False
-    stopped_by: str | None = None
-
-
 def default_stream_name(path: Path) -> str:
     """The file's name without its extension (``sub-01_meg.fif.gz`` -> ``sub-01_meg``)."""
     name = path.name
@@ -221,14 +133,6 @@ def _marker_payload(event: Event) -> dict[str, Any]:
     return payload
 
 
-#: ``rtdecode replay --markers``: the forms in which events go out.
-MARKER_FORMS = ("json", "string", "none")
-
-#: Files replayed stream by stream as recorded, by extension ("module:function"; the
-#: player module uses this one's pacing helpers, so it is loaded by name).
-_PLAYERS = {".xdf": "rtdecode.io.xdf_replay:replay_xdf"}
-
-
 def _marker_form(payload: dict[str, Any], form: str) -> str | None:
     """The marker text of an event in ``form`` (None: not sent)."""
     if form == "json":
@@ -240,40 +144,6 @@ def _marker_form(payload: dict[str, Any], form: str) -> str | None:
     return None
 
 
-def _wait_for_consumer(outlet: Any, timeout_s: float, stop: threading.Event, name: str) -> None:
-    deadline = local_clock() + timeout_s
-    while not outlet.wait_for_consumers(0.05):
-        if stop.is_set():
-            return
-        if local_clock() > deadline:
-            raise RuntimeError(
-                f"No consumer connected to stream {name!r} within {timeout_s:g} s; start "
-                "the reader first or replay without waiting for one."
-            )
-
-
-def check_replay_options(*, speed: float = 1.0, chunk_ms: float = 10.0,
-                         max_duration_s: float | None = None, markers: str = "json") -> None:
-    """Refuse replay options that cannot work, naming the parameter (any file type)."""
-    if markers not in MARKER_FORMS:
-        raise ParameterError(
-            "markers", f"{{param}} {markers!r} is not known; use one of {', '.join(MARKER_FORMS)}."
-        )
-
-    if not speed > 0 or not math.isfinite(speed):
-        raise ParameterError(
-            "speed", f"{{param}} must be a positive number, got {speed!r}; 1 is real time."
-        )
-    if not chunk_ms > 0 or not math.isfinite(chunk_ms):
-        raise ParameterError(
-            "chunk_ms", f"{{param}} must be a positive number of ms, got {chunk_ms!r}."
-        )
-    if max_duration_s is not None and not max_duration_s > 0:
-        raise ParameterError(
-            "max_duration_s", f"{{param}} must be positive, got {max_duration_s!r}."
-        )
-
-
 class Player:
     """A recording published on LSL at real-time pace, as an object (``rtdecode replay``).
 
@@ -283,15 +153,17 @@ class Player:
 
     Parameters
     ----------
-    path : str | Path
-        Anything ``rtdecode.data.recordings.read_recording`` reads (read here, so a bad
-        file is an error of the constructor).
+    path : str | Path | Recording
+        Anything ``rtdecode.data.recordings.read_recording`` reads, or an XDF file (every
+        stream replayed as recorded, see :class:`rtdecode.io.xdf_replay.XdfReplay`); read
+        here, so a bad file is an error of the constructor.
     name : str | None
         Data stream name (default: the file's stem); the markers go to
-        ``<name>-markers``.
+        ``<name>-markers``. For XDF: the new name of the main stream and of the streams
+        named after it.
     source_id : str | None
         LSL source id (default ``rtdecode-replay-<name>``); markers use
-        ``<source_id>-markers``.
+        ``<source_id>-markers``. XDF streams keep their recorded source ids.
     speed : float
         Pace relative to real time (> 0); timestamps are scaled by the same factor.
     loop : bool
@@ -301,7 +173,7 @@ class Player:
         Samples per push, in ms of recording (at least one sample).
     counter : bool
         Add a last channel ``COUNTER_CHANNEL`` holding the absolute sample index modulo
-        ``COUNTER_MODULUS`` (exact in float32).
+        ``COUNTER_MODULUS`` (exact in float32); not for XDF files.
     progress : bool
         Show a progress line on stderr (stream seconds sent / total, samples, lag).
     max_duration_s : float | None
@@ -320,6 +192,8 @@ class Player:
     name, source_id : str
         The data stream's name and source id (the markers': ``marker_stream_name`` of
         each).
+    recording : Recording | None
+        The MNE recording replayed (None for an XDF file).
     stats : ReplayStats
         Updated while the replay runs.
     error : BaseException | None
@@ -352,10 +226,29 @@ class Player:
 
         check_replay_options(speed=speed, chunk_ms=chunk_ms, max_duration_s=max_duration_s,
                              markers=markers)
-        # a Recording already read (e.g. with a dataset card's codes applied) is replayed as is
-        self.recording = path if isinstance(path, Recording) else read_recording(path)
-        self.name = name or default_stream_name(self.recording.path)
-        self.source_id = source_id or f"rtdecode-replay-{self.name}"
+        self._xdf: XdfReplay | None = None
+        self.recording: Recording | None = None
+        if not isinstance(path, Recording) and Path(path).suffix.lower() == ".xdf":
+            from rtdecode.io.xdf_replay import XdfReplay
+
+            if counter:
+                raise ParameterError(
+                    "counter", "{param} adds a channel to an MNE recording; an XDF file is "
+                    "replayed as recorded (record one with a counter channel instead).",
+                )
+            self._xdf = XdfReplay(
+                path, name=name, speed=speed, loop=loop, chunk_ms=chunk_ms,
+                progress=progress, max_duration_s=max_duration_s,
+                wait_for_consumer_s=wait_for_consumer_s, linger_s=linger_s, markers=markers,
+            )  # fmt: skip
+            self.path, self.name, self.source_id = self._xdf.path, self._xdf.name, None
+        else:
+            # a Recording already read (e.g. with a dataset card's codes applied) is
+            # replayed as is
+            self.recording = path if isinstance(path, Recording) else read_recording(path)
+            self.path = self.recording.path
+            self.name = name or default_stream_name(self.recording.path)
+            self.source_id = source_id or f"rtdecode-replay-{self.name}"
         self.speed, self.loop, self.chunk_ms, self.counter = speed, loop, chunk_ms, counter
         self.progress = progress
         self.max_duration_s = max_duration_s
@@ -369,7 +262,7 @@ class Player:
         self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
-        return f"<Player {self.name!r} of {self.recording.path.name} running={self.running}>"
+        return f"<Player {self.name!r} of {self.path.name} running={self.running}>"
 
     # ------------------------------------------------------------------ thread API
     @property
@@ -439,11 +332,13 @@ class Player:
     def run(self, stop_event: threading.Event | None = None) -> ReplayStats:
         """Replay in the calling thread until the end, ``stop()`` or ``stop_event``.
 
-        Called from the main thread, SIGTERM stops it too.
+        Called from the main thread, Ctrl-C and SIGTERM stop it too.
         """
         if stop_event is not None:
             self._stop = stop_event
         stop = self._stop
+        if self._xdf is not None:
+            return self._xdf.run(stop, self.stats, self._streaming)
         rec, name, progress, counter = self.recording, self.name, self.progress, self.counter
         sfreq = rec.sfreq_hz
         n_file = rec.n_times
@@ -483,7 +378,7 @@ class Player:
         try:
             with stop_on_signals(stop) as signals:
                 if self.wait_for_consumer_s is not None:
-                    _wait_for_consumer(outlet, self.wait_for_consumer_s, stop, name)
+                    wait_for_consumer(outlet, self.wait_for_consumer_s, stop, name)
                 pacer = Pacer(sfreq, self.speed, wait=stop.wait)
                 stats.t0_lsl = t_start = pacer.t0
                 abs_i = 0
@@ -532,10 +427,7 @@ class Player:
                     stop.wait(self.linger_s)
             stats.stopped_by = signals.received
         finally:
-            stats.passes_completed = stats.samples_sent // n_file
-            stats.stopped = stop.is_set() or self.loop or stats.samples_sent < n_file
-            if t_start is not None and not stats.wall_s:
-                stats.wall_s = local_clock() - t_start
+            stats.finish(stopped=stop.is_set(), loop=self.loop, n_per_pass=n_file, t_start=t_start)
             bar.close()
             if progress:
                 print(
@@ -572,26 +464,11 @@ def replay_file(
     **options
         ``name``, ``source_id``, ``speed``, ``loop``, ``chunk_ms``, ``counter``,
         ``max_duration_s``, ``wait_for_consumer_s``, ``block_s``, ``linger_s``,
-        ``markers``: as for :class:`Player`. An ``.xdf`` file is replayed by
-        :func:`rtdecode.io.xdf_replay.replay_xdf`, every stream as recorded.
+        ``markers``: as for :class:`Player` (an ``.xdf`` file: every stream as
+        recorded).
 
     Returns
     -------
     ReplayStats
     """
-    player = _PLAYERS.get(Path(path).suffix.lower())
-    if player is not None:  # e.g. XDF: every stream of the file, as recorded
-        if options.pop("counter", False):
-            raise ParameterError(
-                "counter", "{param} adds a channel to an MNE recording; an XDF file is "
-                "replayed as recorded (record one with a counter channel instead).",
-            )
-        for key in ("source_id", "block_s"):
-            options.pop(key, None)
-        check_replay_options(**{k: v for k, v in options.items()
-                                if k in ("speed", "chunk_ms", "max_duration_s", "markers")})
-        module, func = player.split(":")
-        return getattr(importlib.import_module(module), func)(
-            path, progress=progress, stop_event=stop_event, **options
-        )
     return Player(path, progress=progress, **options).run(stop_event)
