@@ -561,7 +561,10 @@
       ctx.fillText(ms === 0 ? "onset" : "+" + ms + " ms", x(ms / 1000), box.y1 + 6 * dpr);
     }
     if (!rows.length) return;
-    const chance = 100 * curve.chance_top5;
+    // among 5 candidates or fewer (categories: face or house) top-5 is always 100 %: top-1
+    const k = curve.n_candidates <= 5 ? 1 : 5;
+    const acc = (r) => r["top" + k];
+    const chance = 100 * (curve["chance_top" + k] ?? curve.chance_top5);
     ctx.setLineDash([6 * dpr, 4 * dpr]);
     ctx.strokeStyle = "#d29922";
     ctx.beginPath();
@@ -572,18 +575,18 @@
     ctx.strokeStyle = "#3fb950";
     ctx.lineWidth = 2 * dpr;
     ctx.beginPath();
-    rows.forEach((r, i) => (i ? ctx.lineTo(x(r.lag_s), y(100 * r.top5)) : ctx.moveTo(x(r.lag_s), y(100 * r.top5))));
+    rows.forEach((r, i) => (i ? ctx.lineTo(x(r.lag_s), y(100 * acc(r))) : ctx.moveTo(x(r.lag_s), y(100 * acc(r)))));
     ctx.stroke();
     ctx.fillStyle = "#3fb950";
     for (const r of rows) {
       ctx.beginPath();
-      ctx.arc(x(r.lag_s), y(100 * r.top5), 2.4 * dpr, 0, 2 * Math.PI);
+      ctx.arc(x(r.lag_s), y(100 * acc(r)), 2.4 * dpr, 0, 2 * Math.PI);
       ctx.fill();
     }
-    const best = rows.reduce((a, b) => (b.top5 > a.top5 ? b : a));
+    const best = rows.reduce((a, b) => (acc(b) > acc(a) ? b : a));
     const n = rows.reduce((a, r) => a + r.n, 0);
     state.curveBins = rows.length;
-    $("curve-legend").innerHTML = "peak top-5 <b>" + (100 * best.top5).toFixed(0) + " %</b> at <b>+" +
+    $("curve-legend").innerHTML = "peak top-" + k + " <b>" + (100 * acc(best)).toFixed(0) + " %</b> at <b>+" +
       Math.round(1000 * best.lag_s) + " ms</b> (median rank " + best.median_rank + " of " +
       curve.n_candidates + ") · chance <b>" + chance.toFixed(1) + " %</b> · " + fmtInt(n) + " windows";
   }
