@@ -190,3 +190,15 @@ root = "pics"
     assert any("no [split] test" in m for m in report["missing"])  # named, with the fix
     es = load_epochs(card_path, tmin_s=-0.1, tmax_s=0.5, pad_s=0.2, progress=False)
     assert len(es) == 80 and es.labels == "category" and not es.test_mask.any()
+
+
+def test_rtdecode_dataset_takes_a_card_and_writes_its_json(tmp_path, capsys):
+    from rtdecode.cli import main
+
+    card_path = write_card(make_lab(tmp_path / "lab"))
+    out = tmp_path / "report.json"
+    assert main(["dataset", str(card_path), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "(card)" in printed and "run3.csv (test" in printed and "missing: nothing" in printed
+    report = json.loads(out.read_text())
+    assert report["kind"] == "card" and report["card"]["labels"] == "category"
