@@ -50,6 +50,7 @@ class Service:
         self.meta: dict[str, Any] = {}
         self.t_started = time.time()
         self._thumb_cache: dict[str, tuple[bytes, str]] = {}
+        self._names: dict[str, str] | None = None
         self._app = None
 
     # ------------------------------------------------------------------ build
@@ -265,6 +266,24 @@ class Service:
             img.thumbnail((160, 160))
             self._thumb_cache[image_id] = (encode_image(img, "jpeg"), "image/jpeg")
         return self._thumb_cache[image_id]
+
+    def image_names(self) -> dict[str, str]:
+        """Each gallery image's concept name (gallery.csv's ``concept``), for the viewer.
+
+        Ids whose row has no concept (a folder without gallery.csv) are left out: the viewer
+        shows their id.
+        """
+        if getattr(self.gallery, "root", None) is None:
+            return {}
+        if self._names is None:
+            from pathlib import Path
+
+            from rtdecode.images.world import read_world_table
+
+            csv_path = Path(self.gallery.root) / "gallery.csv"
+            rows = read_world_table(csv_path) if csv_path.is_file() else []
+            self._names = {r.id: r.concept for r in rows if r.concept and r.concept != r.id}
+        return self._names
 
     # ------------------------------------------------------------------ stop
     def stop(self) -> None:

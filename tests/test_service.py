@@ -4,6 +4,7 @@ client. Nothing is mocked."""
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -106,6 +107,11 @@ def test_frames_carry_the_true_stimulus_from_markers(service):
     assert 1 <= h["true_rank"] <= len(service.gallery)
     # the window ends lag_s after the onset: at most the hold, and on the 50 ms hop grid
     assert 0.0 <= h["lag_s"] <= 1.5
+    # the viewer names the stimulus by its concept, from the gallery's gallery.csv
+    names = httpx.get(f"{service.url}api/names", timeout=10).json()["names"]
+    with open(service.gallery.root / "gallery.csv", newline="") as fh:
+        concept_of = {r["id"]: r["concept"] for r in csv.DictReader(fh)}
+    assert names[h["true_id"]] == concept_of[h["true_id"]] and len(names) == len(service.gallery)
 
 
 def test_status_and_metrics_carry_the_sessions_decoding_curve(service):

@@ -452,6 +452,15 @@ def create_app(
         data, mime = found
         return Response(content=data, media_type=mime, headers={"Cache-Control": "max-age=300"})
 
+    @app.get("/api/names", dependencies=guarded)
+    def image_names() -> JSONResponse:
+        # Optional on a FrameSource (added in v1): sources without it have no names.
+        names = getattr(state.source, "image_names", None)
+        return JSONResponse(
+            {"v": PROTOCOL_VERSION, "names": names() if names is not None else {}},
+            headers={"Cache-Control": "max-age=300"},
+        )
+
     @app.get("/metrics", dependencies=guarded)
     def metrics() -> Response:
         assert state.metrics is not None

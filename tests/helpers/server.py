@@ -26,7 +26,7 @@ DEADLINE_S = 15.0
 
 class SyntheticSource:
     """A FrameSource with settable health, counters shaped like the service's and
-    thumbnails for ids ``img_000`` ... ``img_019``."""
+    thumbnails and concept names (``object 0`` ...) for ids ``img_000`` ... ``img_019``."""
 
     def __init__(self) -> None:
         self.state = "ready"
@@ -59,6 +59,9 @@ class SyntheticSource:
         if image_id.startswith("img_") and image_id[4:].isdigit() and int(image_id[4:]) < 20:
             return jpeg_bytes(int(image_id[4:]), size=64), "image/jpeg"
         return None
+
+    def image_names(self) -> dict[str, str]:
+        return {f"img_{k:03d}": f"object {k}" for k in range(20)}
 
 
 class FrameProducer(threading.Thread):

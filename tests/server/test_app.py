@@ -258,6 +258,8 @@ def test_status_and_gallery_thumbnails():
         assert Image.open(io.BytesIO(r.content)).size == (64, 64)
         r = get(handle, "/api/gallery/no_such_image")
         assert r.status_code == 404 and "no_such_image" in r.json()["detail"]
+        names = get(handle, "/api/names").json()
+        assert names["v"] == 1 and names["names"]["img_003"] == "object 3"
         r = get(handle, "/")
         assert r.status_code == 200 and "<html" in r.text.lower()
 
@@ -274,7 +276,7 @@ def test_token_guards_websocket_and_api_but_not_health():
             assert recv_until(ws, "frame")
         with ws_connect(handle, additional_headers={"Authorization": "Bearer s3cret"}) as ws:
             assert recv_until(ws, "hello")["type"] == "hello"
-        for path in ("/api/status", "/metrics", "/api/gallery/img_001"):
+        for path in ("/api/status", "/metrics", "/api/gallery/img_001", "/api/names"):
             assert get(handle, path).status_code == 401
             assert get(handle, path + "?token=nope").status_code == 401
             assert get(handle, path + "?token=s3cret").status_code == 200

@@ -106,6 +106,12 @@ def test_viewer_renders_frames_topk_truth_and_charts(page):
             }""",
         )
         assert page.inner_text("#true-id") == "img_007"
+        # Concept names from /api/names beside the stimulus and each retrieved image
+        wait_js(page, "() => document.getElementById('true-name').textContent === 'object 7'")
+        pairs = page.eval_on_selector_all(  # one read: the strip changes with every frame
+            "#topk li", "els => els.map(e => [e.querySelector('.name').textContent, "
+            "e.querySelector('.id').textContent])")
+        assert len(pairs) == 5 and all(name == f"object {int(i[4:])}" for name, i in pairs)
         assert page.inner_text("#true-rank").startswith("#")
         assert viewer(page)["rankPoints"] > 0
         wait_js(page, "() => window.rtdecodeViewer.fps > 2")

@@ -37,6 +37,7 @@
     lastError: null,
     closeCode: null,
     fps: 0,
+    namesLoaded: 0,
   };
   window.rtdecodeViewer = state;
 
@@ -53,6 +54,24 @@
   }
   function thumbUrl(id) {
     return withToken(new URL("api/gallery/" + encodeURIComponent(id), window.location.href)).toString();
+  }
+
+  // Concept names of the gallery's images (/api/names, fetched once per connection);
+  // an id without a name is shown as it is.
+  let names = {};
+  async function loadNames() {
+    try {
+      const res = await fetch(withToken(new URL("api/names", window.location.href)).toString());
+      if (!res.ok) return;
+      const body = await res.json();
+      names = body.names || {};
+      state.namesLoaded = Object.keys(names).length;
+    } catch (err) {
+      state.lastError = "names: " + err;
+    }
+  }
+  function nameOf(id) {
+    return (id && names[id]) || id || "–";
   }
 
   // ------------------------------------------------------------------ protocol
@@ -166,6 +185,7 @@
         $("client-info").textContent = "viewer " + msg.client_id + " · rtdecode " + msg.version +
           " · protocol v" + msg.protocol;
         if ($("rate").value) requestRate();
+        loadNames();
         break;
       case "status":
         onStatus(msg);
@@ -360,6 +380,7 @@
 
   function showTruth(trueId, trueRank) {
     thumbImg($("true-thumb"), trueId || null);
+    $("true-name").textContent = trueId ? nameOf(trueId) : "–";
     $("true-id").textContent = trueId || "–";
     $("true-rank").textContent = typeof trueRank === "number" ? "#" + trueRank : "–";
   }
@@ -368,7 +389,7 @@
     const list = $("topk");
     while (list.children.length < topk.length) {
       const li = document.createElement("li");
-      li.innerHTML = '<div class="thumb"></div><div class="score"></div>' +
+      li.innerHTML = '<div class="thumb"></div><div class="name"></div><div class="score"></div>' +
         '<div class="scorebar"><div></div></div><div class="id mono"></div>';
       list.appendChild(li);
     }
@@ -379,6 +400,8 @@
       li.classList.toggle("is-true", id === trueId);
       thumbImg(li.querySelector(".thumb"), id);
       li.querySelector(".score").textContent = (i + 1) + ". " + score.toFixed(3);
+      li.querySelector(".name").textContent = nameOf(id);
+      li.querySelector(".name").title = nameOf(id);
       li.querySelector(".id").textContent = id;
       li.querySelector(".id").title = id;
       const frac = best > 0 ? Math.max(0, Math.min(1, score / best)) : 0;
