@@ -226,19 +226,31 @@ class DatasetCard:
             )
         return replace(rec, events=events, events_source=f"card ({rec.events_source})")
 
+    def data_channels(self, info: Any) -> list[str]:
+        """The channels of the card's modality (``meg``: no reference sensors), bad ones out."""
+        import mne
+
+        picks = mne.pick_types(info, meg=self.modality == "meg", eeg=self.modality == "eeg",
+                               ref_meg=False, exclude="bads")
+        return [info["ch_names"][i] for i in picks]
+
     def check_channels(self, recordings: list[Recording]) -> list[str]:
         """The data channels every run shares, or a CardError naming the differences.
 
         Returns
         -------
         list of str
-            The data channels (MEG, else EEG; bad ones left out) of the first run.
+            The first run's channels of the card's modality (bad ones left out).
         """
-        from rtdecode.data.recordings import data_channels
-
         first = None
         for rec in recordings:
-            chans = [c for c in data_channels(rec.raw.info) if c not in rec.raw.info["bads"]]
+            chans = self.data_channels(rec.raw.info)
+            if not chans:
+                raise CardError(
+                    f"{_where(self)}: {rec.path.name!r} has no {self.modality.upper()} channel "
+                    f"(its types: {sorted(set(rec.raw.get_channel_types()))}); set [dataset] "
+                    "modality to what it recorded, or type its channels in [channels] types."
+                )
             if first is None:
                 first = (rec, chans)
                 continue

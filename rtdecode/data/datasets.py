@@ -506,8 +506,8 @@ def load_epochs(
     recs = [read_recording(p) if card is None else card.read(p) for p in paths]
     if card is not None:
         image_root = card.images_root if image_root is None else image_root
-        if ch_names is None:
-            card.check_channels(recs)
+        if ch_names is None:  # the card's modality: EEG of a recording that has MEG too
+            ch_names = card.check_channels(recs)
     for rec in recs:
         if not any(trial_from_value(e.value, images).image_id for e in rec.events):
             raise ValueError(

@@ -237,8 +237,6 @@ def describe_card(card_path: str | Path, *, subjects=None) -> dict[str, Any]:
         the card's split sizes) plus ``card`` (the card as resolved) and, per recording,
         ``split``, ``n_trials``, ``trials_per_label`` and ``error``.
     """
-    from rtdecode.data.datasets import _data_channels
-
     card = read_card(card_path)
     wanted = None if subjects is None else {
         s if str(s).startswith("sub-") else f"sub-{s}" for s in subjects}
@@ -256,7 +254,7 @@ def describe_card(card_path: str | Path, *, subjects=None) -> dict[str, Any]:
             entries.append(entry)
             continue
         recs.append(rec)
-        chans = _data_channels(rec.raw.info)
+        chans = card.data_channels(rec.raw.info)
         trial_labels = [str(e.value.get("image_id")) for e in rec.events]
         labels += [(entry["split"], lab) for lab in trial_labels]
         entry.update(

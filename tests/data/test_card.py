@@ -202,3 +202,34 @@ def test_rtdecode_dataset_takes_a_card_and_writes_its_json(tmp_path, capsys):
     assert "(card)" in printed and "run3.csv (test" in printed and "missing: nothing" in printed
     report = json.loads(out.read_text())
     assert report["kind"] == "card" and report["card"]["labels"] == "category"
+
+
+@pytest.mark.parametrize("modality", ["eeg", "meg"])
+def test_the_card_modality_picks_eeg_or_meg_of_a_recording_with_both(tmp_path, modality):
+    import mne
+
+    rng = np.random.default_rng(0)
+    names = ["MEG0111", "MEG0121", "EEG001", "EEG002", "STI101"]
+    info = mne.create_info(names, 200.0, ["mag", "mag", "eeg", "eeg", "stim"])
+    data = rng.normal(0, 1e-12, (5, 4000))
+    data[4] = 0
+    for k, s in enumerate(range(200, 3800, 300)):
+        data[4, s:s + 3] = 1 + k % 2
+    mne.io.RawArray(data, info, verbose="error").save(tmp_path / "run1_raw.fif", verbose="error")
+    for c in ("a", "b"):
+        (tmp_path / "pics" / c).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "pics" / c / f"{c}.png")
+    card_path = write_card(tmp_path, f"""
+[dataset]
+name = "both"
+modality = "{modality}"
+recordings = ["run1_raw.fif"]
+[events]
+source = "STI101"
+codes = {{ 1 = "a", 2 = "b" }}
+[images]
+root = "pics"
+""")
+    es = load_epochs(card_path, tmin_s=-0.1, tmax_s=0.3, pad_s=0.1, progress=False)
+    assert set(es.ch_types) == ({"eeg"} if modality == "eeg" else {"mag"})
+    assert len(es) == 12 and set(es.image_ids) == {"a", "b"}
