@@ -24,20 +24,22 @@ and ``.ci/run`` call; without them the world is built from the PyPI sources and
 
 Names and categories: an emoji's concept is its Unicode CLDR short name from
 ``emoji-test.txt`` (Debian's ``unicode-data``; ``unicodedata.name()`` without it), lower
-case, the animal "x face" emoji joining the concept "x"; its category is its Unicode emoji
-subgroup (``animal-mammal``, ``food-fruit``...). A stamp's concept is the English line of
-its ``.txt`` (or its file name when that line is a sentence; mirrored copies and the
-faces of one object join one concept), its category its folder, or the category of the
-emoji concept of the same name. The same concept from several sources is one concept with several drawings or
-photographs ("dog": an OpenMoji drawing, a Noto drawing, Tux Paint photographs). Only
-recognisable things are kept: no flags, keycaps, skin-tone or gender variants (nothing
-but single code points), no hand gestures, faces, symbols, letters, clock faces, road
-signs or cartoon stamps.
+case; its category is its Unicode emoji subgroup (``animal-mammal``, ``food-fruit``...).
+A stamp's concept is the English line of its ``.txt`` (its file name when that line is a
+sentence), its category its folder, or that of the emoji concept of the same name. The
+same concept from several sources is one concept with several drawings or photographs
+("dog": OpenMoji and Noto drawings, a Tux Paint photograph), and one object under several
+names is one concept (:data:`ALIASES`: "dog face" and "dog", a mailbox with its flag up
+or down, the phases of the moon, a stamp and its mirrored copy), so no test concept has a
+near-twin in training. Only recognisable things are kept: no flags, keycaps, skin-tone or
+gender variants (single code points only), no hand gestures, smileys, symbols, letters,
+card suits, clock faces, road signs or cartoon stamps.
 
 Exemplars: every image (train and test alike) is a source image placed by one seeded
-draw of position, scale, rotation, mirror, background (plain, gradient or a tinted
-texture) and colour jitter; where a concept has several source images its exemplars
-cycle through them. The six full-frame photographs vary by crop, flip and colour jitter.
+draw of position, scale, rotation, mirror, background (white, or a pale plain, gradient
+or tinted-texture one that stands off the object's colour) and colour jitter; a concept's
+sources take turns among its exemplars (a photograph first). The six full-frame
+photographs vary by crop, flip and colour jitter instead.
 
 The split follows THINGS-MEG (Benchetrit et al. 2024): ``n_test_concepts`` concepts, drawn
 by the seed, have one test image each and no training image; training uses every other
