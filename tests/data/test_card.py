@@ -45,11 +45,16 @@ def make_lab(root: Path, *, runs=3, codes=(1, 2), categories=("house", "face"),
             chans = ["TP9", "AF7", "AF8", "Fpz", "Right AUX"]
         write_muse_csv(root / f"run{r + 1}.csv", [codes[k % len(codes)] for k in range(12)],
                        channels=chans, seed=r)
-    for c in categories:
-        (root / "stim" / c).mkdir(parents=True, exist_ok=True)
-        for i in range(2):
-            Image.new("RGB", (16, 16), (40 * i, 90, 200)).save(root / "stim" / c / f"{c}_{i}.png")
+    write_pictures(root / "stim", categories)
     return root
+
+
+def write_pictures(folder: Path, categories, per_category: int = 2) -> None:
+    """``<folder>/<category>/<category>_<i>.png``: a picture folder per category."""
+    for c in categories:
+        (folder / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_category):
+            Image.new("RGB", (16, 16), (40 * i, 90, 200)).save(folder / c / f"{c}_{i}.png")
 
 
 CARD = """
@@ -169,8 +174,7 @@ def test_a_card_reads_the_eeglab_tutorial_file_by_its_text_codes(tmp_path):
     import os
 
     eeglab = Path(__file__).resolve().parent / "files" / "eeglab" / "test_raw.set"
-    (tmp_path / "pics" / "square").mkdir(parents=True)
-    Image.new("RGB", (8, 8)).save(tmp_path / "pics" / "square" / "square_0.png")
+    write_pictures(tmp_path / "pics", ["square"])
     card_path = write_card(tmp_path, f"""
 [dataset]
 name = "eeglab-tutorial"
@@ -216,9 +220,7 @@ def test_the_card_modality_picks_eeg_or_meg_of_a_recording_with_both(tmp_path, m
     for k, s in enumerate(range(200, 3800, 300)):
         data[4, s:s + 3] = 1 + k % 2
     mne.io.RawArray(data, info, verbose="error").save(tmp_path / "run1_raw.fif", verbose="error")
-    for c in ("a", "b"):
-        (tmp_path / "pics" / c).mkdir(parents=True)
-        Image.new("RGB", (8, 8)).save(tmp_path / "pics" / c / f"{c}.png")
+    write_pictures(tmp_path / "pics", ["a", "b"])
     card_path = write_card(tmp_path, f"""
 [dataset]
 name = "both"
