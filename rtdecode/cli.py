@@ -447,8 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use the first M minutes of the subject's recordings")
     s.add_argument("--out", required=True, type=Path, help="the new checkpoint folder")
     s.add_argument("--max-epochs", type=int, default=20)
-    s.add_argument("--head-lr-scale", type=float, default=0.1,
-                   help="the heads' learning rate relative to the subject layer's (0 freezes them)")
+    s.add_argument("--head-lr-scale", type=float, default=0.0,
+                   help="fine-tune the shared heads at this fraction of the learning rate "
+                        "(default 0: frozen, the known subjects' outputs unchanged)")
     s.add_argument("--device", default="auto")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_cmd_calibrate)

@@ -1,0 +1,99 @@
+"""`rtdecode calibrate`: a new subject added to a trained encoder from its first minutes.
+
+The tiny two-subject cohort: an encoder trained on sub-01 (Neuromag) only is calibrated to
+sub-02 (CTF, a sensor system it has never read) from the first two sessions' minutes.
+The calibrated subject decodes its held-out third session above chance, the subject the
+encoder already knew decodes exactly as before, and the checkpoint loads in the
+service's load path and runs live.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.helpers.cohorts import held_out_top1, tiny_cohort
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    return tiny_cohort(tmp_path_factory.mktemp("sim"))
+
+
+@pytest.fixture(scope="module")
+def base(cohort, tmp_path_factory):
+    from rtdecode.training.encoder import train
+
+    return train(cohort, tmp_path_factory.mktemp("base") / "ckpt", preset="demo", subjects=["01"],
+                 max_epochs=20, device="cpu", progress=False,
+                 recipe={"batch_size": 32, "val_fraction": 0.0, "lag_min_s": 0.1, "lag_max_s": 0.8})
+
+
+@pytest.fixture(scope="module")
+def calibrated(cohort, base, tmp_path_factory):
+    from rtdecode.cli import main
+    from rtdecode.data.recordings import read_recording
+
+    first_two = sorted(cohort.glob("sub-02/ses-0[12]/meg/*_meg.fif"))
+    minutes = sum(read_recording(p).raw.n_times / read_recording(p).sfreq_hz
+                  for p in first_two) / 60.0
+    out = tmp_path_factory.mktemp("calibrated") / "ckpt"
+    assert main(["calibrate", str(base), "--data", str(cohort), "--subject", "02",
+                 "--minutes", f"{minutes:.4f}", "--out", str(out), "--device", "cpu"]) == 0
+    return out, minutes
+
+
+def test_first_minutes_follow_recording_time():
+    from rtdecode.training.calibrate import first_minutes
+
+    keep = first_minutes(np.array([0, 0, 1, 1]), np.array([10.0, 55.0, 5.0, 70.0]),
+                         [60.0, 120.0], minutes=1.5, end_s=1.0)
+    # recording 1 starts at 60 s: its trials end at 66 s and 131 s
+    assert keep.tolist() == [True, True, True, False]
+
+
+def test_calibration_uses_only_the_first_minutes(cohort, calibrated):
+    from rtdecode.encoder import load_checkpoint
+
+    out, minutes = calibrated
+    model, meta = load_checkpoint(out)
+    info = meta["provenance"]["calibration"]
+    assert info["subject"] == "sub-02" and info["minutes"] == pytest.approx(minutes, abs=1e-3)
+    assert [p.split("/")[-3] for p in info["recordings"]] == ["ses-01", "ses-02"]
+    assert all("sub-02" in p for p in info["recordings"])
+    assert info["n_trials"] > 10
+    assert meta["subjects"] == ["sub-01", "sub-02"]
+    assert model.config.n_systems == 2 and model.config.subject_system == (0, 1)
+    assert len(meta["systems"][1]["ch_names"]) < 306
+    from rtdecode.training.calibrate import calibrate
+
+    with pytest.raises(ValueError, match="already knows subject"):
+        calibrate(out, cohort, "02", 1.0, out.parent / "again", progress=False)
+
+
+def test_calibrated_subject_decodes_its_held_out_session(cohort, calibrated):
+    # Session 3 is after the calibration minutes; one decision per trial.
+    r = held_out_top1(cohort, calibrated[0], "02")
+    assert r["n"] >= 12 and r["n_candidates"] >= 4
+    assert r["top1"] >= r["threshold"], (r["top1"], r["threshold"], r["n"])
+
+
+def test_known_subject_is_unchanged(cohort, base, calibrated):
+    before = held_out_top1(cohort, base, "01")["per_trial"]
+    after = held_out_top1(cohort, calibrated[0], "01")["per_trial"]
+    np.testing.assert_allclose(after, before, atol=1e-5)
+
+
+def test_calibrated_checkpoint_loads_in_the_service_and_runs_live(cohort, calibrated):
+    from rtdecode.config import Settings
+    from rtdecode.service import Service
+    from rtdecode.training.online import evaluate_online
+
+    out, _ = calibrated
+    service = Service(Settings(model=out, subject="02", decoder="none", gallery=cohort / "images"))
+    model, meta, pre, retrieval, decoder, device = service._load_models()
+    assert list(pre.ch_names) == meta["systems"][1]["ch_names"] == meta["ch_names"]
+    assert decoder is None and len(retrieval.ids) > 0
+    report = evaluate_online(out, cohort / "replay" / "sub-02_task-main_replay_raw.fif",
+                             subject="02", retrieval_set="all", speed=4.0, progress=False)
+    assert report["parity"]["max_rel_err"] < 1e-5 and report["parity"]["ranks_equal"]
