@@ -183,6 +183,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         markers=args.markers,
     )
+    from rtdecode._utils.progress import prepare_exit
+
+    prepare_exit()  # the outlets are closed: end the process quickly
     return 130 if stats.stopped_by == "SIGINT" else 0  # 130: the shell's code for Ctrl-C
 
 
@@ -197,6 +200,9 @@ def _cmd_record(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         progress=not args.quiet,
     )
+    from rtdecode._utils.progress import prepare_exit
+
+    prepare_exit()  # the file is written: end the process quickly
     print(path)
     return 0
 

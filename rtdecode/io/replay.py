@@ -429,6 +429,7 @@ class Player:
         finally:
             stats.finish(stopped=stop.is_set(), loop=self.loop, n_per_pass=n_file, t_start=t_start)
             bar.close()
+            del outlet, marker_outlet  # closed before the summary says the replay ended
             if progress:
                 print(
                     f"replay {name}: sent {stats.samples_sent} samples "
@@ -437,7 +438,6 @@ class Player:
                     f"max lag {stats.max_lag_ms:.1f} ms.",
                     file=sys.stderr,
                 )
-            del outlet, marker_outlet
         return stats
 
 

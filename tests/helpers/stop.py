@@ -51,6 +51,7 @@ class Command:
             stderr=subprocess.PIPE,
         )
         self._out = {"stdout": bytearray(), "stderr": bytearray()}
+        self._arrivals: list[tuple[float, int]] = []  # (monotonic time, stderr length then)
         self._readers = [
             threading.Thread(target=self._read, args=(name,), daemon=True) for name in self._out
         ]
@@ -61,6 +62,8 @@ class Command:
         pipe = getattr(self.proc, name)
         while chunk := os.read(pipe.fileno(), 65536):
             self._out[name] += chunk
+            if name == "stderr":
+                self._arrivals.append((time.monotonic(), len(self._out[name])))
 
     @property
     def stdout(self) -> str:
@@ -69,6 +72,14 @@ class Command:
     @property
     def stderr(self) -> str:
         return self._out["stderr"].decode(errors="replace")
+
+    def time_of(self, text: str) -> float | None:
+        """When ``text`` arrived on stderr (``time.monotonic()``), None if it did not."""
+        where = self._out["stderr"].find(text.encode())
+        if where < 0:
+            return None
+        end = where + len(text.encode())
+        return next(t for t, n in self._arrivals if n >= end)
 
     def wait_for_stderr(self, text: str, timeout_s: float) -> None:
         """Wait until ``text`` appears on stderr (AssertionError on timeout or exit)."""
@@ -92,7 +103,7 @@ class Command:
         Raises AssertionError when it is still running ``timeout_s`` later (it is then
         killed).
         """
-        t0 = time.monotonic()
+        t0 = self.t_interrupted = time.monotonic()
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout_s)
@@ -126,7 +137,9 @@ def stop_replay_and_record(recording: Path, out: Path, name: str, bound_s: float
     Returns
     -------
     dict
-        ``record_stop_s``, ``replay_stop_s`` (Ctrl-C to process end), the exit codes
+        ``record_stop_s``, ``replay_stop_s`` (Ctrl-C to process end), ``record_done_s``,
+        ``replay_done_s`` (Ctrl-C to the command's summary line: file written, outlets
+        closed; the rest is the interpreter's exit), the exit codes
         ``record_code`` and ``replay_code``, ``record_stdout`` and both stderr texts.
     """
     from rtdecode.lsl.streams import local_clock, open_inlet, resolve
@@ -146,6 +159,10 @@ def stop_replay_and_record(recording: Path, out: Path, name: str, bound_s: float
         record.wait_for_stderr(" samples,", 60)  # its progress line: it has data
         record_stop_s = record.interrupt(bound_s)
         replay_stop_s = replay.interrupt(bound_s)
+        # The commands' own summary lines: printed once the outlets are closed (replay)
+        # and once the file is written (record); what follows is the interpreter's exit.
+        t_record_done = record.time_of(f"record {name}: wrote")
+        t_replay_done = replay.time_of(f"replay {name}: sent")
         del inlet
     finally:
         replay.kill()
@@ -154,6 +171,8 @@ def stop_replay_and_record(recording: Path, out: Path, name: str, bound_s: float
     return {
         "record_stop_s": record_stop_s,
         "replay_stop_s": replay_stop_s,
+        "record_done_s": None if t_record_done is None else t_record_done - record.t_interrupted,
+        "replay_done_s": None if t_replay_done is None else t_replay_done - replay.t_interrupted,
         "record_code": record.proc.returncode,
         "replay_code": replay.proc.returncode,
         "record_stdout": record.stdout,
