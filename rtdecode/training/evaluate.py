@@ -95,15 +95,11 @@ def ridge_baseline(X_train: np.ndarray, Y_train: np.ndarray, X_test: np.ndarray,
     alpha : float
         The regularisation RidgeCV chose (efficient leave-one-out).
     """
-    from sklearn.linear_model import RidgeCV
-    from sklearn.preprocessing import StandardScaler
+    from rtdecode.encoder.model import fit_ridge  # the ridge preset's fit, too
 
-    scaler = StandardScaler()
-    a = scaler.fit_transform(X_train.reshape(len(X_train), -1))
-    b = scaler.transform(X_test.reshape(len(X_test), -1))
-    ridge = RidgeCV(alphas=list(alphas)).fit(a, Y_train.reshape(len(Y_train), -1))
-    pred = ridge.predict(b).astype(np.float32).reshape((len(X_test),) + Y_train.shape[1:])
-    return pred, float(ridge.alpha_)
+    weight, bias, alpha = fit_ridge(X_train, Y_train, alphas)
+    pred = X_test.reshape(len(X_test), -1).astype(np.float64) @ weight.T + bias
+    return pred.astype(np.float32).reshape((len(X_test),) + Y_train.shape[1:]), alpha
 
 
 def _subject_indices(meta: dict[str, Any], epochs: Any) -> np.ndarray:
@@ -166,7 +162,7 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    from rtdecode.encoder.checkpoint import load_checkpoint
+    from rtdecode.encoder.checkpoint import load_checkpoint, systems_of
     from rtdecode.images import image_encoder_for
     from rtdecode.images.categories import open_gallery
     from rtdecode.signal import Preprocessor
@@ -178,19 +174,25 @@ def evaluate(
     )
 
     model, meta = load_checkpoint(ckpt_dir, device=device)
-    pre = Preprocessor.from_dict(meta["preprocess"])
     window_s = float(meta["window_s"])
     start_s = float((meta.get("offsets") or {}).get("window_start_s", 0.0))
     tmin, tmax = start_s, start_s + window_s
     if time_resolved:
         tmin, tmax = min(tmin, curve_range_s[0]), max(tmax, curve_range_s[1])
-    # The checkpoint's subjects (a cohort may hold others, on another sensor layout).
+    # The checkpoint's subjects (a cohort may hold others), one part per sensor system, each
+    # read with its system's channels and preprocessing; the parts' predictions are pooled.
     # Streaming checkpoints: windows cut from each recording's streamed output, by sample.
-    es = load_epochs_for(data_dir, lambda names: pre, tmin_s=tmin, tmax_s=tmax,
-                         ch_names=meta["ch_names"], subjects=meta.get("subjects") or None,
-                         progress=progress)
-    test, train = es.test, es.train
-    if len(test) == 0:
+    parts = []
+    for system in systems_of(meta):
+        pre = Preprocessor.from_dict(system["preprocess"])
+        parts.append((load_epochs_for(
+            data_dir, lambda names, pre=pre: pre, tmin_s=tmin, tmax_s=tmax,
+            ch_names=system["ch_names"], subjects=system.get("subjects") or meta.get("subjects") or None,
+            progress=progress), pre))
+    es = parts[0][0]
+    tests = [part.test for part, _ in parts]
+    trains = [part.train for part, _ in parts]
+    if sum(len(t) for t in tests) == 0:
         raise ValueError(f"{data_dir} has no test trials (trial_type 'test'); nothing to evaluate.")
     if es.gallery_root is None:
         raise ValueError(f"The images of {data_dir} were not found; retrieval needs the gallery.")
@@ -204,29 +206,40 @@ def evaluate(
     gallery = open_gallery(es.gallery_root, meta["target"].get("labels") or es.labels)
     stats = meta.get("target_stats")
     gallery_z = standardize(gallery.embeddings(encoder, progress=progress), stats)
-    test_ids = [str(i) for i in test.image_ids]
+    test_ids = [str(i) for t in tests for i in t.image_ids]
     test_images = list(dict.fromkeys(test_ids))
     image_targets(gallery, encoder, test_images, progress=False)  # names missing ids
     sets = {
         "test": (test_images, gallery_z[[gallery.index(i) for i in test_images]]),
         "gallery": (list(gallery.ids), gallery_z),
     }
-    s_test = _subject_indices(meta, test)
+    s_test = [_subject_indices(meta, t) for t in tests]
 
     def score(pred: np.ndarray) -> dict[str, Any]:
         return {name: retrieval_scores(pred, test_ids, ids, emb) for name, (ids, emb) in sets.items()}
 
-    X_test = preprocess_windows(test, pre, start_s, window_s)
-    pred_model = predict(model, X_test, s_test)["clip"]
+    def windows(splits: list, offset_s: float) -> list[np.ndarray]:
+        return [preprocess_windows(split, pre, offset_s, window_s)
+                for split, (_, pre) in zip(splits, parts, strict=True)]
+
+    def model_pred(xs: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate([predict(model, x, s)["clip"] for x, s in zip(xs, s_test, strict=True)])
+
+    def ridge_pred(xrs: list[np.ndarray], xts: list[np.ndarray]) -> tuple[np.ndarray, list[float]]:
+        # one ridge per sensor system: their windows have different channels
+        fits = [ridge_baseline(xr, y, xt) for xr, y, xt in zip(xrs, Y_trains, xts, strict=True)]
+        return np.concatenate([p for p, _ in fits]), [a for _, a in fits]
+
+    X_test = windows(tests, start_s)
+    pred_model = model_pred(X_test)
     results: dict[str, Any] = {"model": score(pred_model)}
-    have_ridge = len(train) >= 2
+    have_ridge = all(len(t) >= 2 for t in trains)
     if have_ridge:
-        X_train = preprocess_windows(train, pre, start_s, window_s)
-        Y_train = standardize(image_targets(gallery, encoder, train.image_ids, progress=False), stats)
-        pred_ridge, alpha = ridge_baseline(X_train, Y_train, X_test)
+        Y_trains = [standardize(image_targets(gallery, encoder, t.image_ids, progress=False), stats)
+                    for t in trains]
+        pred_ridge, alphas = ridge_pred(windows(trains, start_s), X_test)
         results["ridge"] = score(pred_ridge)
-        results["ridge"]["alpha"] = alpha
-        del X_train
+        results["ridge"]["alpha"] = alphas[0] if len(alphas) == 1 else alphas
 
     curve = None
     if time_resolved:
@@ -238,11 +251,10 @@ def evaluate(
                  "chance_top5": min(5, len(test_images)) / len(test_images),
                  "model": {t: [] for t in tracks}, "ridge": {t: [] for t in tracks}}
         for off in tqdm(offsets, desc="time-resolved", unit="window", disable=not progress):
-            xt = preprocess_windows(test, pre, float(off), window_s)
-            preds = {"model": predict(model, xt, s_test)["clip"]}
+            xt = windows(tests, float(off))
+            preds = {"model": model_pred(xt)}
             if have_ridge:
-                xr = preprocess_windows(train, pre, float(off), window_s)
-                preds["ridge"] = ridge_baseline(xr, Y_train, xt)[0]
+                preds["ridge"] = ridge_pred(windows(trains, float(off)), xt)[0]
             for name, p in preds.items():
                 r = retrieval_scores(p, test_ids, *sets["test"])
                 for t in tracks:
@@ -257,13 +269,14 @@ def evaluate(
         "window_s": window_s,
         "window_start_s": start_s,
         "target": meta["target"].get("name"),
-        "n_train_trials": len(train),
-        "n_test_trials": len(test),
+        "n_train_trials": sum(len(t) for t in trains),
+        "n_test_trials": len(test_ids),
         "n_test_images": len(test_images),
         "n_gallery_images": len(gallery),
         "labels": meta["target"].get("labels") or es.labels,
         "chance_top1": 1 / len(test_images),
-        "drop_log": dict(es.drop_log),
+        "drop_log": {k: sum(int(part.drop_log.get(k, 0)) for part, _ in parts)
+                     for k in es.drop_log},
         "retrieval": results,
         "time_resolved": curve,
     }

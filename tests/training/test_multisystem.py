@@ -139,3 +139,14 @@ def test_unknown_subject_names_calibrate_and_subjects_flag_restricts(cohort, mix
     assert default_out_dir(data) == data / "derivatives" / "rtdecode" / "encoder"
     assert meta["subjects"] == ["sub-02"] and "systems" not in meta
     assert model.config.n_systems == 1 and model.config.n_channels == len(meta["ch_names"]) < 306
+
+
+def test_evaluate_scores_the_subjects_of_both_systems(cohort, mixed):
+    from rtdecode.training.evaluate import evaluate
+
+    report = evaluate(mixed, cohort, time_resolved=False, progress=False)
+    # each system's subjects read with its own channels; one ridge per system
+    assert len(report["retrieval"]["ridge"]["alpha"]) == 2
+    n_sessions, n_test_images = 3, report["n_test_images"]
+    assert report["n_test_trials"] == 2 * n_sessions * n_test_images
+    assert 0 <= report["retrieval"]["model"]["gallery"]["single"]["top5"] <= 1
