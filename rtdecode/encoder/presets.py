@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 AGGREGATIONS = ("affine", "attention", "average")
+# The regularisations every ridge fit chooses from (efficient leave-one-out): 1e-1 .. 1e6.
+RIDGE_ALPHAS = tuple(10.0**k for k in range(-1, 7))
 KINDS = ("brain", "ridge")
 
 

@@ -1091,7 +1091,7 @@ def fit_ridge_checkpoint(
     RidgeModule
         In eval mode.
     """
-    from rtdecode.training.evaluate import RIDGE_ALPHAS
+    from rtdecode.encoder.presets import RIDGE_ALPHAS
 
     rc = load_recipe(recipe)
     options = dict(rc.model)

@@ -34,10 +34,10 @@ from rtdecode.encoder.metrics import (
     retrieval_metrics,
     standardize,
 )
+from rtdecode.encoder.presets import RIDGE_ALPHAS
 
 __all__ = ["evaluate", "retrieval_scores", "ridge_baseline"]
 
-RIDGE_ALPHAS = tuple(10.0 ** np.arange(-1, 7))
 CURVE_RANGE_S = (-0.2, 1.0)
 
 
