@@ -629,12 +629,7 @@ class RidgeModule(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Predict from x (B, n_channels, n_times): {"clip", "mse"}, each (B, D) or (B, N, D)."""
         c = self.config
-        if x.ndim != 3 or x.shape[1] != c.n_channels or x.shape[2] != c.n_times:
-            raise ValueError(
-                f"The encoder expects windows of shape (batch, {c.n_channels}, {c.n_times}) "
-                f"(channels, samples at the model rate); got {tuple(x.shape)}. Preprocess "
-                "with the checkpoint's Preprocessor and window length."
-            )
+        c.check_window_shape(tuple(x.shape))
         y = self.linear(x.reshape(x.shape[0], -1)).reshape(x.shape[0], *c.target_shape)
         return {"clip": y, "mse": y}
 
@@ -679,7 +674,11 @@ def fit_ridge(
 
 
 def module_for(config: BrainConfig, positions: np.ndarray | torch.Tensor) -> nn.Module:
-    """The encoder module a config describes: BrainModule, or RidgeModule for ``kind="ridge"``."""
+    """The encoder module a config describes: BrainModule, RidgeModule or RiemannModule (kind)."""
+    if config.kind == "riemann":
+        from rtdecode.encoder.riemann import RiemannModule
+
+        return RiemannModule(config, positions)
     return (RidgeModule if config.kind == "ridge" else BrainModule)(config, positions)
 
 

@@ -17,7 +17,8 @@ from typing import Any
 AGGREGATIONS = ("affine", "attention", "average")
 # The regularisations every ridge fit chooses from (efficient leave-one-out): 1e-1 .. 1e6.
 RIDGE_ALPHAS = tuple(10.0**k for k in range(-1, 7))
-KINDS = ("brain", "ridge")
+KINDS = ("brain", "ridge", "riemann")
+RIEMANN_ESTIMATORS = ("scm", "oas")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ class BrainConfig:
         ``"brain"``: the deep brain module. ``"ridge"``: one linear map from the
         flattened preprocessed window to the embedding (:class:`RidgeModule`, fitted in
         closed form); only ``n_channels``, ``n_times`` and ``target_shape`` apply to it.
+        ``"riemann"``: Xdawn covariances, tangent space and a linear map
+        (:class:`~rtdecode.encoder.riemann.RiemannModule`); ``n_channels``, ``n_times``,
+        ``target_shape`` and the ``riemann_*`` fields apply.
     n_systems : int
         Sensor systems (channel sets) the spatial attention reads: ``n_channels`` is the
         largest system's channel count, and a smaller system's channels come first with
@@ -76,6 +80,16 @@ class BrainConfig:
     subject_system : tuple of int
         The system of each subject (``n_subjects`` entries); empty means all subjects
         use system 0.
+    riemann_filters : int
+        ``kind="riemann"``: Xdawn spatial filters kept per class.
+    riemann_classes : int
+        ``kind="riemann"``: classes whose Xdawn prototypes are stacked on the window.
+    riemann_estimator : str
+        ``kind="riemann"``: covariance estimator, ``"scm"`` (sample covariance) or
+        ``"oas"`` (Oracle Approximating Shrinkage, per window).
+    riemann_shrinkage : float
+        ``kind="riemann"``: fixed shrinkage towards ``trace/n * I`` in [0, 1), applied
+        after the estimator.
     """
 
     n_channels: int = 306
@@ -101,6 +115,10 @@ class BrainConfig:
     kind: str = "brain"
     n_systems: int = 1
     subject_system: tuple[int, ...] = ()
+    riemann_filters: int = 4
+    riemann_classes: int = 2
+    riemann_estimator: str = "oas"
+    riemann_shrinkage: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_shape", tuple(int(v) for v in self.target_shape))
@@ -133,6 +151,18 @@ class BrainConfig:
             )
         if self.kind not in KINDS:
             raise ValueError(f"BrainConfig.kind={self.kind!r} is unknown; use one of {KINDS}.")
+        if self.riemann_estimator not in RIEMANN_ESTIMATORS:
+            raise ValueError(
+                f"BrainConfig.riemann_estimator={self.riemann_estimator!r} is unknown; use one "
+                f"of {RIEMANN_ESTIMATORS}."
+            )
+        if not 0.0 <= self.riemann_shrinkage < 1.0 or min(self.riemann_filters,
+                                                           self.riemann_classes) < 1:
+            raise ValueError(
+                f"BrainConfig.riemann_shrinkage={self.riemann_shrinkage} must lie in [0, 1) and "
+                f"riemann_filters={self.riemann_filters}, riemann_classes="
+                f"{self.riemann_classes} must be positive integers."
+            )
         if self.subject_system and (
             len(self.subject_system) != self.n_subjects
             or not all(0 <= v < self.n_systems for v in self.subject_system)
@@ -161,6 +191,15 @@ class BrainConfig:
     def systems(self) -> tuple[int, ...]:
         """The system of each subject (all 0 for a one-system model)."""
         return self.subject_system or (0,) * self.n_subjects
+
+    def check_window_shape(self, shape: tuple[int, ...]) -> None:
+        """Refuse a batch of windows whose shape is not (batch, n_channels, n_times)."""
+        if len(shape) != 3 or shape[1] != self.n_channels or shape[2] != self.n_times:
+            raise ValueError(
+                f"The encoder expects windows of shape (batch, {self.n_channels}, "
+                f"{self.n_times}) (channels, samples at the model rate); got {shape}. "
+                "Preprocess with the checkpoint's Preprocessor and window length."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (tuples become lists)."""
@@ -214,6 +253,9 @@ PRESETS: dict[str, BrainConfig] = {
     # The linear baseline of Benchetrit et al. as a servable model: one ridge map from the
     # flattened, standardised window to the embedding, fitted in closed form.
     "ridge": BrainConfig(kind="ridge", target_shape=(256,)),
+    # Xdawn covariances + tangent space + a linear map onto the embedding (the pyriemann
+    # ERP pipeline as a servable model), fitted in closed form; the window is one epoch.
+    "riemann": BrainConfig(kind="riemann", target_shape=(256,)),
 }
 
 

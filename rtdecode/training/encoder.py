@@ -61,6 +61,7 @@ __all__ = [
     "TrainResult",
     "default_out_dir",
     "fit_ridge_checkpoint",
+    "fit_riemann_checkpoint",
     "sensor_systems",
     "image_targets",
     "lagged_windows",
@@ -886,7 +887,9 @@ def train(
         ``training/``); default :func:`default_out_dir`.
     preset : str, optional
         Architecture preset (default: the recipe's, ``paper``); ``ridge`` fits the
-        linear baseline as a servable checkpoint (:func:`fit_ridge_checkpoint`).
+        linear baseline as a servable checkpoint (:func:`fit_ridge_checkpoint`),
+        ``riemann`` the Xdawn-covariance tangent-space model
+        (:func:`fit_riemann_checkpoint`).
     recipe : TOML path, dict or Recipe, optional
     max_epochs, seed : optional overrides of the recipe
     device : str
@@ -950,9 +953,9 @@ def train(
         fit_scaler(es.train, preprocessor, rc.window_start_s, rc.window_s)
         parts.append((es, preprocessor))
     subjects = sorted({name for es, _ in parts for name in es.subjects})
-    if len(parts) > 1 and get_preset(rc.preset).kind == "ridge":
+    if len(parts) > 1 and get_preset(rc.preset).kind in ("ridge", "riemann"):
         raise ValueError(
-            f"The ridge preset reads one sensor system, but {data_dir} holds "
+            f"The {rc.preset} preset reads one sensor system, but {data_dir} holds "
             f"{len(parts)} ({'; '.join(', '.join(es.subjects) for es, _ in parts)}); pick the "
             "subjects of one with --subjects."
         )
@@ -1005,6 +1008,10 @@ def train(
         meta["systems"] = tables
     if get_preset(rc.preset).kind == "ridge":
         fit_ridge_checkpoint(X, Y, tables[0]["positions"], recipe=rc, out_dir=out, meta=meta)
+        return out
+    if get_preset(rc.preset).kind == "riemann":
+        fit_riemann_checkpoint(X, Y, G, tables[0]["positions"], recipe=rc, out_dir=out,
+                               meta=meta)
         return out
     positions = (tables[0]["positions"] if len(parts) == 1
                  else stack_positions([t["positions"] for t in tables]))
@@ -1091,6 +1098,26 @@ def fit_ridge_checkpoint(
     RidgeModule
         In eval mode.
     """
+    rc, options, alphas, X, Y, ok, target_stats = _closed_form_inputs(recipe, X, Y)
+    weight, bias, alpha = fit_ridge(X, standardize(Y, target_stats), alphas)
+    model = build_model(rc.preset, X.shape[1], X.shape[2], positions,
+                        target_dim=Y.shape[1:], **options)
+    model.set_weights(weight, bias)
+    model.eval()
+    if out_dir is not None:
+        _save_fitted(out_dir, model, meta, rc, positions, target_stats, n_train=int(len(X)),
+                     n_dropped=int((~ok).sum()), ridge_alpha=alpha)
+    return model
+
+
+def _closed_form_inputs(recipe: Recipe | dict | None, X: np.ndarray, Y: np.ndarray):
+    """Recipe, ``[model]`` options less ``alphas``, alphas, finite rows and target statistics.
+
+    Returns
+    -------
+    rc, options, alphas, X (n_ok, C, T) float32, Y (n_ok, ...) float32, ok (n,) bool,
+    target_stats
+    """
     from rtdecode.encoder.presets import RIDGE_ALPHAS
 
     rc = load_recipe(recipe)
@@ -1099,24 +1126,63 @@ def fit_ridge_checkpoint(
     X = np.asarray(X, np.float32)
     Y = np.asarray(Y, np.float32)
     ok = _finite_rows(X, Y)
-    X, Y = X[ok], Y[ok]
-    target_stats = fit_target_stats(Y)
-    weight, bias, alpha = fit_ridge(X, standardize(Y, target_stats), alphas)
-    model = build_model(rc.preset, X.shape[1], X.shape[2], positions,
-                        target_dim=Y.shape[1:], **options)
-    model.set_weights(weight, bias)
-    model.eval()
+    return rc, options, alphas, X[ok], Y[ok], ok, fit_target_stats(Y[ok])
+
+
+def _save_fitted(out_dir: str | Path, model: nn.Module, meta: dict[str, Any] | None, rc: Recipe,
+                 positions: np.ndarray, target_stats: dict[str, Any], *, n_train: int,
+                 n_dropped: int, **fitted: Any) -> None:
+    """Write the checkpoint of a model fitted in closed form (ridge, riemann)."""
+    full = dict(meta or {})
+    full.setdefault("ch_names", [f"ch{i:03d}" for i in range(model.config.n_channels)])
+    full.setdefault("positions", np.asarray(positions))
+    full["target_stats"] = target_stats
+    full["provenance"] = {
+        **(full.get("provenance") or {}), "recipe": rc.to_dict(), "n_train": n_train,
+        "n_dropped_nonfinite": n_dropped, **fitted,
+        "torch": torch.__version__, "python": platform.python_version(),
+        "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    save_checkpoint(out_dir, model, full)
+
+
+def fit_riemann_checkpoint(
+    X: np.ndarray, Y: np.ndarray, labels: Sequence[Any], positions: np.ndarray, *,
+    recipe: Recipe | dict | None = None, out_dir: str | Path | None = None,
+    meta: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Fit the riemann preset (Xdawn covariances, tangent space, ridge) and write its checkpoint.
+
+    Parameters
+    ----------
+    X : ndarray, float32, shape (n, C, T)
+        Preprocessed windows, one per trial (``window_sampling = "fixed"``: each window
+        is a whole epoch).
+    Y : ndarray, float32, shape (n, D) or (n, N, D)
+        Image (or category mean) embeddings, standardised here as for the other presets.
+    labels : sequence, length n
+        Each window's image id or category: the Xdawn classes.
+    positions : ndarray, shape (C, 2)
+    recipe : Recipe or dict, optional
+        Its ``model`` table sets ``riemann_filters``, ``riemann_estimator``,
+        ``riemann_shrinkage`` and ``alphas`` (default: the evaluation's ridge alphas).
+    out_dir, meta : optional
+        As :func:`fit_ridge_checkpoint`.
+
+    Returns
+    -------
+    RiemannModule
+        In eval mode.
+    """
+    from rtdecode.encoder.riemann import fit_riemann
+
+    rc, options, alphas, X, Y, ok, target_stats = _closed_form_inputs(recipe, X, Y)
+    labels = np.asarray(labels)[ok]
+    model, alpha = fit_riemann(X, standardize(Y, target_stats), labels, positions,
+                               get_preset(rc.preset).replace(**options), alphas, seed=rc.seed)
     if out_dir is not None:
-        full = dict(meta or {})
-        full.setdefault("ch_names", [f"ch{i:03d}" for i in range(X.shape[1])])
-        full.setdefault("positions", np.asarray(positions))
-        full["target_stats"] = target_stats
-        full["provenance"] = {
-            **(full.get("provenance") or {}), "recipe": rc.to_dict(), "n_train": int(len(X)),
-            "n_dropped_nonfinite": int((~ok).sum()), "ridge_alpha": alpha,
-            "torch": torch.__version__, "python": platform.python_version(),
-            "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        }
-        save_checkpoint(out_dir, model, full)
+        _save_fitted(out_dir, model, meta, rc, positions, target_stats, n_train=int(len(X)),
+                     n_dropped=int((~ok).sum()), ridge_alpha=alpha,
+                     classes=sorted({str(v) for v in labels}))
     return model
 

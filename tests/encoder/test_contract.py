@@ -23,7 +23,8 @@ torch.set_num_threads(1)
 
 # Sizes per preset: the real ones for paper/demo (306 sensors, 250 ms at 120 Hz), small
 # for the tiny preset. Batches stay small so the whole battery runs in seconds.
-SIZES = {"paper": (306, 30, 2), "demo": (306, 30, 3), "test": (8, 12, 4), "ridge": (306, 30, 2)}
+SIZES = {"paper": (306, 30, 2), "demo": (306, 30, 3), "test": (8, 12, 4), "ridge": (306, 30, 2),
+         "riemann": (4, 64, 3)}
 
 
 def _positions(n_channels: int, seed: int = 0) -> np.ndarray:
@@ -50,7 +51,7 @@ def _meta(model) -> dict:
     cfg = model.config
     return {
         "ch_names": [f"MEG{i:04d}" for i in range(cfg.n_channels)],
-        "positions": (model.positions if cfg.kind == "ridge" else model.spatial.positions).numpy(),
+        "positions": (model.spatial.positions if cfg.kind == "brain" else model.positions).numpy(),
         "sfreq_in_hz": 1000.0,
         "sfreq_model_hz": 120.0,
         "window_s": cfg.n_times / 120.0,
