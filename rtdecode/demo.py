@@ -51,12 +51,26 @@ def default_models_dir() -> Path:
 
 
 def ensure_simulated_subject(data_dir: Path) -> Path:
-    """Write the simulated subject into ``data_dir`` unless it is already there."""
+    """Write the simulated subject into ``data_dir`` unless it is already there.
+
+    A simulation of an earlier format (another image world than the bundled models were
+    trained on) is replaced.
+    """
+    import json
+
+    from rtdecode.data.simulate.cohort import FORMAT
+
     replay = data_dir / "replay_raw.fif"
-    if not replay.is_file():
+    truth = data_dir / "simulation.json"
+    try:
+        current = json.loads(truth.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError):
+        current = False
+    if not replay.is_file() or not current:
         from rtdecode.data.simulate import simulate_subject
 
-        print(f"Simulating the demo subject into {data_dir} (a minute or two, once) ...", flush=True)
+        what = "Simulating" if not truth.is_file() else "Re-simulating (new image world)"
+        print(f"{what} the demo subject into {data_dir} (a few minutes, once) ...", flush=True)
         simulate_subject(data_dir, seed=0, size="full")
     return replay
 

@@ -109,7 +109,9 @@ SIZES: dict[str, SimulationSize] = {
     "tiny": SimulationSize(
         "tiny", 3, 2, 3, 1, 8.0, n_test_concepts=4, max_concepts=12, noise_probe_s=20.0
     ),
-    "small": SimulationSize("small", 2, 1, 1, 2, 60.0, max_concepts=600),
+    "small": SimulationSize(
+        "small", 4, 2, 1, 2, 60.0, n_test_concepts=40, max_concepts=240, noise_probe_s=60.0
+    ),
     "full": SimulationSize("full", 4, 1, 1, 4, 90.0),
 }
 
