@@ -7,9 +7,13 @@ split, are never read). For each preprocessing (highpass cut-off; streaming, as 
 live service runs it) and each window (start after onset, length), a ridge from the
 preprocessed window to the category's mean image embedding is fitted on three runs and
 scored on the fourth, four times; the mean AUC (face vs house) and top-1 over the four
-held-out runs rank the candidates. The deep model (``demo`` preset) is scored the same
-way on the best ridge setting. The winner is written to ``models/n170/recipe.toml`` by
-hand from this script's output (see docs/results/real_eeg.md).
+held-out runs rank the candidates. The Riemannian model (``riemann`` preset: Xdawn
+covariances, tangent space, ridge onto the embedding) is scored the same way on each
+preprocessing, for epoch-long windows, Xdawn filter counts and covariance estimators
+(``RIEMANN_*``). The deep model (``demo`` preset) is scored on the best ridge setting.
+The best candidate of the three families by mean held-out AUC is written to
+``models/n170/recipe.toml`` by hand from this script's output (see
+docs/results/real_eeg.md).
 
 Uses the library's own pieces: the card loader, ``load_epochs_for`` (streamed windows,
 as ``rtdecode train`` cuts them), ``fit_scaler``/``preprocess_windows``, the category
@@ -37,6 +41,11 @@ WINDOWS = ((0.0, 0.6, None), (0.05, 0.45, None), (0.1, 0.3, None), (0.1, 0.25, N
            (0.15, 0.25, None), (0.0, 0.8, None), (-0.1, 0.5, (0.0, 0.1)),
            (-0.1, 0.7, (0.0, 0.1)), (-0.1, 0.9, (0.0, 0.1)))
 IMAGE_ENCODER = "handcrafted"
+#: riemann: (start after onset, length) in s, Xdawn filters per class, (estimator, shrinkage)
+RIEMANN_WINDOWS = ((0.0, 0.5), (0.05, 0.55), (0.1, 0.5), (0.0, 0.6), (0.0, 0.8), (-0.1, 0.8),
+                   (-0.1, 0.9))
+RIEMANN_FILTERS = (2, 4)
+RIEMANN_COVARIANCES = (("oas", 0.0), ("scm", 0.05))
 
 
 def _folds(es, pre_for, start_s, window_s):
@@ -81,6 +90,29 @@ def ridge_cv(es, pre_for, start_s, window_s, gallery, encoder):
     return per_run
 
 
+def riemann_cv(es, pre_for, start_s, window_s, gallery, encoder, options):
+    """Leave-one-run-out riemann model (``riemann`` preset with ``options``)."""
+    import torch
+
+    from rtdecode.encoder.metrics import retrieval_metrics
+    from rtdecode.encoder.presets import get_preset
+    from rtdecode.encoder.riemann import fit_riemann
+    from rtdecode.training.evaluate import RIDGE_ALPHAS
+
+    Y, cands, truth, _ = _targets(es, gallery, encoder)
+    labels = np.asarray(es.image_ids)
+    per_run = []
+    for r, tr, va, xt, xv in _folds(es, pre_for, start_s, window_s):
+        model, alpha = fit_riemann(xt, Y[tr], labels[tr], es.positions_2d,
+                                   get_preset("riemann").replace(**options), RIDGE_ALPHAS)
+        with torch.no_grad():
+            pred = model(torch.from_numpy(xv))["clip"].numpy()
+        m = retrieval_metrics(pred, cands, truth[va], ks=(1,))
+        per_run.append({"run": Path(es.recordings[r]).name, "auc": m["auc"], "top1": m["top1"],
+                        "alpha": alpha})
+    return per_run
+
+
 def deep_cv(es, pre_for, start_s, window_s, gallery, encoder, max_epochs):
     """Leave-one-run-out deep model (``demo`` preset, one fixed window)."""
     from rtdecode.encoder.metrics import retrieval_metrics, standardize
@@ -114,6 +146,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=HERE / "selection.json")
     ap.add_argument("--deep-epochs", type=int, default=0,
                     help="also score the deep model on the best ridge setting (0: skip)")
+    ap.add_argument("--keep-deep", type=Path, default=None, metavar="JSON",
+                    help="take the deep rows from an earlier selection JSON instead of "
+                         "training them again (the same data, folds and seed)")
     args = ap.parse_args()
     encoder = image_encoder_for({"encoder": IMAGE_ENCODER})
     rows, loaded = [], {}
@@ -144,6 +179,22 @@ def main() -> None:
                   f"top-1 {row['top1']:.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
             if best is None or row["auc"] > best[0]["auc"]:
                 best = (row, es, pre_for, gallery)
+        if (start_s, window_s, base) != WINDOWS[-1]:
+            continue  # the riemann candidates: once per preprocessing
+        for (r_start, r_len), n_filters, (est, shrink) in itertools.product(
+                RIEMANN_WINDOWS, RIEMANN_FILTERS, RIEMANN_COVARIANCES):
+            options = {"riemann_filters": n_filters, "riemann_estimator": est,
+                       "riemann_shrinkage": shrink}
+            per_run = riemann_cv(es, pre_for, r_start, r_len, gallery, encoder, options)
+            row = {"model": "riemann", "sfreq_model_hz": rate, "highpass_hz": hp,
+                   "lowpass_hz": lp, "baseline_s": None, "window_start_s": r_start,
+                   "window_s": r_len, **options,
+                   "auc": float(np.mean([p["auc"] for p in per_run])),
+                   "top1": float(np.mean([p["top1"] for p in per_run])), "per_run": per_run}
+            rows.append(row)
+            print(f"riemann {rate:g} Hz lp={lp:g} hp={hp:<4} window {r_start:.2f}+{r_len:.2f} s "
+                  f"{n_filters} filters {est}+{shrink:g}: AUC {row['auc']:.3f} top-1 "
+                  f"{row['top1']:.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
     if args.deep_epochs:
         row, es, pre_for, gallery = best
         per_run = deep_cv(es, pre_for, row["window_start_s"], row["window_s"], gallery, encoder,
@@ -155,6 +206,9 @@ def main() -> None:
                 "top1": float(np.mean([p["top1"] for p in per_run])), "per_run": per_run}
         rows.append(deep)
         print(f"deep on the best ridge setting: AUC {deep['auc']:.3f} top-1 {deep['top1']:.3f}")
+    if args.keep_deep:
+        rows += [r for r in json.loads(args.keep_deep.read_text())["candidates"]
+                 if r["model"].startswith("deep")]
     rows.sort(key=lambda r: -r["auc"])
     out = {"card": str(CARD.relative_to(HERE.parents[1])), "validation": "leave-one-run-out over runs 1-4",
            "image_encoder": IMAGE_ENCODER, "chance_top1": 0.5, "chance_auc": 0.5,
