@@ -435,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=None,
                    help="checkpoint folder (default: DATA/derivatives/rtdecode/encoder)")
     s.add_argument("--preset", default=None,
-                   help="architecture preset: paper (default), demo, test or ridge")
+                   help="architecture preset: paper (default), demo, test, ridge or riemann "
+                        "(Xdawn covariances + tangent space; category labels, one window)")
     s.add_argument("--config", type=Path, default=None, help="recipe TOML")
     s.add_argument("--max-epochs", type=int, default=None)
     s.add_argument("--device", default="auto")
