@@ -321,6 +321,34 @@ def predict(
     return {k: np.concatenate(v) if v else np.zeros((0, *d), np.float32) for k, v in outs.items()}
 
 
+class _Rows:
+    """Some rows of a window array, by index (``shape`` and ``len`` as if copied)."""
+
+    def __init__(self, X: np.ndarray, rows: np.ndarray) -> None:
+        self.X = X
+        self.rows = rows
+        self.shape = (len(rows), *X.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+class _RowsDataset(torch.utils.data.Dataset):
+    """(window, subject, target) per training row; windows read from X by index."""
+
+    def __init__(self, rows: _Rows, S: np.ndarray, Y: np.ndarray) -> None:
+        self.X = torch.from_numpy(rows.X)
+        self.rows = rows.rows
+        self.S = torch.from_numpy(S)
+        self.Y = torch.from_numpy(Y)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        return self.X[int(self.rows[i])], self.S[i], self.Y[i]
+
+
 def _split_groups(groups: Sequence[Any], val_fraction: float, seed: int) -> np.ndarray:
     """Boolean validation mask: a seeded random ``val_fraction`` of the groups."""
     labels = np.asarray([str(g) for g in groups])
@@ -491,9 +519,12 @@ def train_arrays(
     n_subj = int(n_subjects) if n_subjects is not None else int(S.max(initial=0)) + 1
     ok = _finite_rows(X, Y)
     n_dropped = int((~ok).sum())
-    X, Y, S, G = X[ok], Y[ok], S[ok], G[ok]
+    if n_dropped:  # X is the biggest array of a run: copied only when rows must go
+        X, Y, S, G = X[ok], Y[ok], S[ok], G[ok]
     val_mask = _split_groups(G, rc.val_fraction, rc.seed)
-    Xt, Yt, St = X[~val_mask], Y[~val_mask], S[~val_mask]
+    # The training windows stay rows of X (an index, not a copy); validation is copied.
+    Xt = _Rows(X, np.flatnonzero(~val_mask))
+    Yt, St = Y[~val_mask], S[~val_mask]
     Xv, Yv, Sv, Gv = X[val_mask], Y[val_mask], S[val_mask], G[val_mask]
     if len(Xt) < 2:
         raise ValueError(
@@ -527,7 +558,7 @@ def train_arrays(
 
 def _fit(rc, dist_info, dev, Xt, Yt, St, Xv, Yv, Sv, Gv, positions, n_subj, target_stats,
          n_dropped, out_dir, meta, resume, progress, systems) -> TrainResult:
-    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+    from torch.utils.data import DataLoader, DistributedSampler
     from tqdm.auto import tqdm
 
     world = dist_info.world
@@ -565,7 +596,7 @@ def _fit(rc, dist_info, dev, Xt, Yt, St, Xv, Yv, Sv, Gv, positions, n_subj, targ
             f"{len(Xt)} training windows cannot fill a batch of 2 on {world} processes; "
             "give more data or fewer processes."
         )
-    dataset = TensorDataset(torch.from_numpy(Xt), torch.from_numpy(St), torch.from_numpy(Yt))
+    dataset = _RowsDataset(Xt, St, Yt)
     sampler = DistributedSampler(
         dataset, num_replicas=world, rank=dist_info.rank, shuffle=True, seed=rc.seed, drop_last=True
     )
