@@ -1208,6 +1208,12 @@ def fit_riemann_checkpoint(
     from rtdecode.encoder.riemann import fit_riemann
 
     rc, options, alphas, X, Y, ok, target_stats = _closed_form_inputs(recipe, X, Y)
+    if rc.window_sampling != "fixed":
+        raise ValueError(
+            f"The riemann preset fits one window per trial, the epoch, but the recipe has "
+            f"window_sampling={rc.window_sampling!r}; set window_sampling = \"fixed\" with the "
+            "epoch as window_start_s and window_s (e.g. 0.0 and 0.5)."
+        )
     labels = np.asarray(labels)[ok]
     model, alpha = fit_riemann(X, standardize(Y, target_stats), labels, positions,
                                get_preset(rc.preset).replace(**options), alphas, seed=rc.seed)

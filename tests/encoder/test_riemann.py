@@ -44,7 +44,8 @@ def checkpoint(data, tmp_path_factory):
     meta = {"ch_names": [f"E{i}" for i in range(N_CH)], "positions": np.zeros((N_CH, 2)),
             "sfreq_model_hz": 64.0, "window_s": 1.0, "target": {"name": "test"}}
     model = fit_riemann_checkpoint(X, emb[y], CATEGORIES[y], np.zeros((N_CH, 2)),
-                                   recipe={"preset": "riemann"}, out_dir=out, meta=meta)
+                                   recipe={"preset": "riemann", "window_sampling": "fixed"},
+                                   out_dir=out, meta=meta)
     return model, out
 
 
@@ -124,3 +125,12 @@ def test_too_many_classes_is_one_clear_error(data):
     with pytest.raises(ValueError, match="category labels"):
         fit_riemann(X, np.zeros((len(X), D), np.float32), ids, np.zeros((N_CH, 2)),
                     get_preset("riemann"), [1.0])
+
+
+def test_streamed_windows_are_refused_with_the_fix(data):
+    from rtdecode.training.encoder import fit_riemann_checkpoint
+
+    X, y, _, _, emb = data
+    with pytest.raises(ValueError, match='window_sampling = "fixed"'):
+        fit_riemann_checkpoint(X, emb[y], CATEGORIES[y], np.zeros((N_CH, 2)),
+                               recipe={"preset": "riemann"})
