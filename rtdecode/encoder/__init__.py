@@ -26,6 +26,7 @@ _EXPORTS = {
     "destandardize": "metrics",
     "retrieval_metrics": "metrics",
     "EncoderRunner": "runner",
+    "RiemannModule": "riemann",
 }
 
 __all__ = sorted(_EXPORTS)
