@@ -70,7 +70,7 @@
       state.lastError = "names: " + err;
     }
   }
-  function nameOf(id) {
+  function conceptOf(id) {
     return (id && names[id]) || id || "–";
   }
 
@@ -380,7 +380,7 @@
 
   function showTruth(trueId, trueRank) {
     thumbImg($("true-thumb"), trueId || null);
-    $("true-name").textContent = trueId ? nameOf(trueId) : "–";
+    $("true-name").textContent = trueId ? conceptOf(trueId) : "–";
     $("true-id").textContent = trueId || "–";
     $("true-rank").textContent = typeof trueRank === "number" ? "#" + trueRank : "–";
   }
@@ -400,8 +400,8 @@
       li.classList.toggle("is-true", id === trueId);
       thumbImg(li.querySelector(".thumb"), id);
       li.querySelector(".score").textContent = (i + 1) + ". " + score.toFixed(3);
-      li.querySelector(".name").textContent = nameOf(id);
-      li.querySelector(".name").title = nameOf(id);
+      li.querySelector(".name").textContent = conceptOf(id);
+      li.querySelector(".name").title = conceptOf(id);
       li.querySelector(".id").textContent = id;
       li.querySelector(".id").title = id;
       const frac = best > 0 ? Math.max(0, Math.min(1, score / best)) : 0;
