@@ -22,6 +22,7 @@ What is checked per chunk
 from __future__ import annotations
 
 import collections
+import logging
 import math
 import threading
 import time
@@ -32,6 +33,8 @@ import numpy as np
 from rtdecode.lsl import streams as lsl
 from rtdecode.signal.units import si_factors
 from rtdecode.stream.ring import RingBuffer
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "StreamReader",
@@ -373,7 +376,10 @@ class _InletThread:
         """Wait for the source to come back (a new outlet, same source_id) and connect.
 
         The resolver remembers the vanished outlet for a few seconds, so its uid (and
-        that of any outlet that vanishes while we connect) is skipped.
+        that of any outlet that vanishes while we connect) is skipped. An outlet that
+        only answered slowly (a timeout while connecting, as on a loaded machine) is
+        tried again: skipping it would leave the reader waiting for a source that is
+        already back.
         """
         gone = {self._uid}
         while not self._stop.is_set():
@@ -382,8 +388,13 @@ class _InletThread:
                 return None
             try:
                 return self._connect(info, first=False)
-            except (lsl.LostError, lsl.LslTimeoutError, TimeoutError):
+            except lsl.LostError:
                 gone.add(info.uid())
+            except (lsl.LslTimeoutError, TimeoutError):
+                log.warning(
+                    "Stream %r answered too slowly while reconnecting; trying again.",
+                    self._description.name,
+                )
         return None
 
 
