@@ -26,10 +26,11 @@ def test_generated_requests_get_no_5xx_and_the_token_is_asked_where_it_should(wi
         "GET /health",
         "GET /api/status",
         "GET /api/gallery/{image_id}",
+        "GET /api/names",
         "GET /metrics",
     }
     assert result["requests"] >= 4 * N_CASES
     assert "401" not in routes["GET /health"]
-    for route in ("GET /api/status", "GET /metrics"):
+    for route in ("GET /api/status", "GET /api/names", "GET /metrics"):
         assert ("401" in routes[route]) is with_token  # refused without the token...
         assert "200" in routes[route]  # ...and served with it
