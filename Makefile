@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml | $(PY)
 
 # The image world's Debian assets (Noto emoji, Tux Paint photos) go to a per-user cache.
 install: $(STAMP)
-	@bash scripts/install_world_assets.sh
+	@bash rtdecode/images/install_world_assets.sh
 
 test: install
 	@bash scripts/pytest.sh

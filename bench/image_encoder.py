@@ -4,7 +4,7 @@ Run:  .venv/bin/python bench/image_encoder.py [--stamps DIR] [--json OUT]
 
 The photographs are Tux Paint's default stamps (Debian ``tuxpaint-stamps-default``,
 GPL-2.0; not committed). ``make install`` unpacks them into the per-user assets folder
-(``scripts/install_world_assets.sh``), where this benchmark finds them; or fetch them
+(``rtdecode/images/install_world_assets.sh``), where this benchmark finds them; or fetch them
 once by hand without installing the package::
 
     apt-get update && apt-get download tuxpaint-stamps-default

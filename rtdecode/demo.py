@@ -68,7 +68,21 @@ def ensure_simulated_subject(data_dir: Path) -> Path:
         current = False
     if not replay.is_file() or not current:
         from rtdecode.data.simulate import simulate_subject
+        from rtdecode.images.world import ASSET_INSTALLER, install_assets, missing_assets
 
+        if missing_assets():
+            # The bundled models were trained on the full world: its Debian sources are
+            # part of the demo's set-up (make install does this in a checkout).
+            print("Installing the image world's Debian sources into the per-user cache ...",
+                  flush=True)
+            still = install_assets()
+            if still:
+                raise RuntimeError(
+                    f"The image world lacks the Debian package(s) {', '.join(still)}, which "
+                    "the demo's models were trained with. Install them system-wide "
+                    f"(apt-get install {' '.join(still)}) or run `bash {ASSET_INSTALLER}` "
+                    "where apt-get can download, then run the demo again."
+                )
         what = "Simulating" if not truth.is_file() else "Re-simulating (new image world)"
         print(f"{what} the demo subject into {data_dir} (a few minutes, once) ...", flush=True)
         simulate_subject(data_dir, seed=0, size="full")

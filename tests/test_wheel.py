@@ -80,7 +80,8 @@ def test_wheel_and_sdist_hold_the_models_the_viewer_and_the_licence(tmp_path):
         for name in shipped:
             assert zf.getinfo(name).file_size == (REPO / source[name]).stat().st_size, name
     for name in ["rtdecode/server/static/index.html", "rtdecode/server/static/viewer.js",
-                 "rtdecode/lsl/lsl_local.cfg", *shipped]:
+                 "rtdecode/lsl/lsl_local.cfg", "rtdecode/images/install_world_assets.sh",
+                 *shipped]:
         assert name in names, name
     assert "License-Expression: BSD-3-Clause" in meta
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)

@@ -18,8 +18,8 @@ scikit-image, scikit-learn  CC0-1.0, public       six natural photographs
 ==========================  ====================  ======================================
 
 The Debian packages are unpacked (``apt-get download`` + ``dpkg -x``, no system change)
-into ``<user data>/assets/`` by ``scripts/install_world_assets.sh``, which ``make install``
-and ``.ci/run`` call; without them the world is built from the PyPI sources and
+into ``<user data>/assets/`` by ``install_world_assets.sh`` (shipped beside this module),
+which ``make install``, ``.ci/run`` and a first ``rtdecode demo`` run; without them the world is built from the PyPI sources and
 :attr:`World.missing` says what is absent.
 
 Names and categories: an emoji's concept is its Unicode CLDR short name from
@@ -119,7 +119,9 @@ ATTRIBUTIONS = {
     "contributors (GNU GPL 2 or later), from Debian's tuxpaint-stamps-default.",
 }
 
-# Debian packages unpacked by scripts/install_world_assets.sh, and the file each gives.
+# Debian packages unpacked by the installer that ships beside this module
+# (install_world_assets.sh, run by `make install`, .ci/run and `rtdecode demo`), and the
+# file each gives.
 NOTO_PACKAGE = "fonts-noto-color-emoji"
 STAMPS_PACKAGE = "tuxpaint-stamps-default"
 UNICODE_PACKAGE = "unicode-data"
@@ -288,8 +290,12 @@ def _source_family(source: str) -> str:
 
 
 # --------------------------------------------------------------------------- sources
+#: The installer of the Debian sources (a shell script shipped in the package).
+ASSET_INSTALLER = Path(__file__).with_name("install_world_assets.sh")
+
+
 def assets_dir() -> Path:
-    """Where scripts/install_world_assets.sh unpacks the Debian packages.
+    """Where the installer (:data:`ASSET_INSTALLER`) unpacks the Debian packages.
 
     Returns
     -------
@@ -309,6 +315,32 @@ def _asset(package: str, rel: str) -> Path | None:
         if path.exists():
             return path
     return None
+
+
+def missing_assets() -> list[str]:
+    """The Debian packages of the world that are neither unpacked nor installed.
+
+    Returns
+    -------
+    list of str
+        Package names; empty when every source of the default world is there.
+    """
+    wanted = ((NOTO_PACKAGE, NOTO_FONT), (STAMPS_PACKAGE, STAMPS_ROOT), (UNICODE_PACKAGE, EMOJI_TEST))
+    return [package for package, rel in wanted if _asset(package, rel) is None]
+
+
+def install_assets() -> list[str]:
+    """Run the packaged installer (``apt-get download`` + ``dpkg -x`` into the per-user cache).
+
+    Returns
+    -------
+    list of str
+        The packages still missing afterwards (the installer says why on stderr).
+    """
+    import subprocess
+
+    subprocess.run(["bash", str(ASSET_INSTALLER)], check=False)
+    return missing_assets()
 
 
 def _package_version(package: str) -> str:
@@ -529,7 +561,7 @@ def _collect(size: int) -> tuple[dict[str, _Concept], dict[str, str], list[str]]
     if test_path is None:
         missing.append(
             f"Unicode's emoji-test.txt (Debian {UNICODE_PACKAGE}) is not installed, so emoji "
-            "categories are coarse (Unicode blocks); run scripts/install_world_assets.sh."
+            f"categories are coarse (Unicode blocks); run `bash {ASSET_INSTALLER}`."
         )
     else:
         versions[UNICODE_PACKAGE] = _package_version(UNICODE_PACKAGE)
@@ -546,7 +578,7 @@ def _collect(size: int) -> tuple[dict[str, _Concept], dict[str, str], list[str]]
     if noto is None:
         missing.append(
             f"Noto Color Emoji (Debian {NOTO_PACKAGE}) is not installed; run "
-            "scripts/install_world_assets.sh."
+            f"`bash {ASSET_INSTALLER}`."
         )
     else:
         versions["noto"] = _package_version(NOTO_PACKAGE)
@@ -575,7 +607,7 @@ def _collect(size: int) -> tuple[dict[str, _Concept], dict[str, str], list[str]]
     if stamps is None:
         missing.append(
             f"Tux Paint's photographs (Debian {STAMPS_PACKAGE}) are not installed; run "
-            "scripts/install_world_assets.sh."
+            f"`bash {ASSET_INSTALLER}`."
         )
     else:
         versions["tuxpaint"] = _package_version(STAMPS_PACKAGE)
@@ -1098,7 +1130,7 @@ def build_world(
             f"{len(concepts)} concepts are too few to hold out {n_test_concepts} test and "
             f"{n_distractors} distractor concepts and train on at least as many: lower "
             "n_test_concepts or n_distractor_concepts, raise max_concepts, or install the "
-            "missing sources (scripts/install_world_assets.sh)."
+            f"missing sources (`bash {ASSET_INSTALLER}`)."
         )
     options = {
         "seed": seed,

@@ -25,7 +25,7 @@ from rtdecode.images.world import (
     summarize_world,
 )
 
-INSTALL = "run scripts/install_world_assets.sh (make install does)"
+INSTALL = "run rtdecode/images/install_world_assets.sh (make install does)"
 
 
 @pytest.fixture(scope="session")
@@ -233,3 +233,11 @@ def test_a_half_built_world_of_a_dead_process_is_removed(tmp_path, small_world):
     assert w.meta["fingerprint"] == fingerprint
     assert not abandoned.exists()
     assert sorted(p.name for p in cache.iterdir()) == [fingerprint]
+
+
+def test_the_installer_ships_in_the_package_and_every_default_source_is_found():
+    # The demo of an installed wheel runs this installer on first use (rtdecode.demo).
+    from rtdecode.images.world import ASSET_INSTALLER, missing_assets
+
+    assert ASSET_INSTALLER.is_file() and ASSET_INSTALLER.parent.name == "images"
+    assert missing_assets() == [], f"{INSTALL}."

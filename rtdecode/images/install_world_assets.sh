@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian half of the image world (rtdecode.images.world) into a per-user
 # cache, without touching the system: `apt-get download` + `dpkg -x` (no dependencies,
-# no root needed once apt's lists exist). Called by `make install` and .ci/run.
+# no root needed once apt's lists exist). Called by `make install`, .ci/run and, from an
+# installed wheel, by `rtdecode demo` on its first run (rtdecode.images.world.install_assets).
 #
 #   fonts-noto-color-emoji   Noto Color Emoji glyphs (SIL OFL 1.1)
 #   tuxpaint-stamps-default  Tux Paint's object photographs (GPL-2+; never committed)
