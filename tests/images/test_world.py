@@ -241,3 +241,15 @@ def test_the_installer_ships_in_the_package_and_every_default_source_is_found():
 
     assert ASSET_INSTALLER.is_file() and ASSET_INSTALLER.parent.name == "images"
     assert missing_assets() == [], f"{INSTALL}."
+
+
+def test_the_bundled_demo_encoder_was_trained_on_this_world(full_world):
+    # The demo simulates a fresh subject from this code and serves the bundled encoder with
+    # its held-out test images as the retrieval set: they must be exactly this world's
+    # test images (the split tests above check that no training image shares a concept).
+    import json
+
+    from rtdecode._utils.paths import bundled_models_dir
+
+    card = json.loads((bundled_models_dir() / "demo" / "encoder" / "config.json").read_text())
+    assert set(card["test_images"]) == set(full_world.test_ids)
