@@ -104,6 +104,38 @@ class Window:
 
 
 @dataclass(frozen=True, slots=True)
+class Gap:
+    """Samples missing from a stream before ``sample``.
+
+    The StreamReader detects gaps; the service reports them to viewers and a recording
+    keeps them in its summary.
+
+    Attributes
+    ----------
+    sample : int
+        Absolute index (in the reader's ring) of the first sample after the gap.
+    n_lost : int
+        Samples missing (from the counter when the stream has one, else from time).
+    duration_s : float
+        Time no sample covers: ``t_after - t_before - 1 / sfreq``.
+    t_before, t_after : float
+        LSL times (clock-corrected) of the samples on either side.
+    reconnect : bool
+        True when the source was lost and this gap spans the reconnection.
+    detected_by : str
+        ``"counter"`` or ``"timestamps"``.
+    """
+
+    sample: int
+    n_lost: int
+    duration_s: float
+    t_before: float
+    t_after: float
+    reconnect: bool = False
+    detected_by: str = "timestamps"
+
+
+@dataclass(frozen=True, slots=True)
 class Embedding:
     """What the brain encoder made of one window.
 

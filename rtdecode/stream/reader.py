@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rtdecode.contracts import Gap  # re-exported: it used to live here
 from rtdecode.lsl import streams as lsl
 from rtdecode.signal.units import si_factors
 from rtdecode.stream.ring import RingBuffer
@@ -62,35 +63,6 @@ class StreamFormatError(StreamError):
 
 class ChannelMismatchError(StreamFormatError):
     """The channels differ from what was expected (given, or seen before a reconnect)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    """Samples missing before ``sample``.
-
-    Attributes
-    ----------
-    sample : int
-        Absolute ring index of the first sample after the gap.
-    n_lost : int
-        Samples missing (from the counter when the stream has one, else from time).
-    duration_s : float
-        Time no sample covers: ``t_after - t_before - 1 / sfreq``.
-    t_before, t_after : float
-        LSL times of the samples on either side.
-    reconnect : bool
-        True when the source was lost and this gap spans the reconnection.
-    detected_by : str
-        ``"counter"`` or ``"timestamps"``.
-    """
-
-    sample: int
-    n_lost: int
-    duration_s: float
-    t_before: float
-    t_after: float
-    reconnect: bool = False
-    detected_by: str = "timestamps"
 
 
 @dataclass(frozen=True, slots=True)
