@@ -838,10 +838,15 @@ def subject_index(subject: str | None, meta: dict[str, Any]) -> int:
                 "--subject with the one whose stream you decode."
             )
         return 0
-    from rtdecode.encoder.checkpoint import subject_position
-
-    # an unknown subject's error names `rtdecode calibrate`
-    return subject_position(meta, subject)
+    wanted = str(subject).removeprefix("sub-")
+    for i, name in enumerate(known):
+        if name.removeprefix("sub-") == wanted:
+            return i
+    raise ValueError(
+        f"Subject {subject!r} is not one of the encoder's subjects ({', '.join(known) or 'none'}). "
+        "Decode one of those, or calibrate the encoder to this subject first: `rtdecode "
+        "calibrate CKPT_DIR --data DIR --subject S --minutes M --out NEW_CKPT`."
+    )
 
 
 def check_window(settings: Any, meta: dict[str, Any]) -> float:

@@ -20,6 +20,8 @@ _EXPORTS = {
     "CombinedLoss": "losses",
     "save_checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
+    "open_checkpoint": "checkpoint",
+    "CheckpointCard": "card",
     "read_config": "checkpoint",
     "describe_model": "checkpoint",
     "standardize": "metrics",

@@ -31,18 +31,19 @@ Threading: everything runs in the calling thread.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from rtdecode.contracts import ParameterError
-from rtdecode.encoder.checkpoint import load_checkpoint, save_checkpoint, systems_of
+from rtdecode.encoder.card import CheckpointCard, SensorSystem
+from rtdecode.encoder.checkpoint import open_checkpoint, save_checkpoint
 from rtdecode.encoder.losses import CombinedLoss
 from rtdecode.encoder.metrics import standardize
 from rtdecode.encoder.model import BrainModule, stack_positions
@@ -87,20 +88,19 @@ def first_minutes(
     return t_end <= 60.0 * float(minutes)
 
 
-def _system_for(meta: dict[str, Any], channels: Sequence[str]) -> int | None:
+def _system_for(card: CheckpointCard, channels: Sequence[str]) -> int | None:
     """The checkpoint's sensor system whose channels the subject's recording all has."""
     have = set(channels)
-    for k, system in enumerate(systems_of(meta)):
-        if set(system["ch_names"]) <= have:
+    for k, system in enumerate(card.systems):
+        if set(system.ch_names) <= have:
             return k
     return None
 
 
-def _grow(model: BrainModule, systems: list[dict[str, Any]], system: int) -> BrainModule:
+def _grow(model: BrainModule, systems: Sequence[SensorSystem], system: int) -> BrainModule:
     """A copy of ``model`` with one more subject (of ``system``), and the new system's positions."""
     cfg = model.config
-    arrays = [np.asarray([[np.nan if v is None else v for v in row] for row in s["positions"]],
-                         dtype=np.float32) for s in systems]
+    arrays = [np.asarray(s.positions, dtype=np.float32) for s in systems]
     n_channels = max(len(a) for a in arrays)
     new_cfg = cfg.replace(
         n_subjects=cfg.n_subjects + 1, n_channels=n_channels, n_systems=len(arrays),
@@ -171,15 +171,13 @@ def calibrate(
 
     from rtdecode.data.recordings import read_recording
     from rtdecode.data.things import find_recordings
-    from rtdecode.images import image_encoder_for
     from rtdecode.images.categories import open_gallery
-    from rtdecode.signal import Preprocessor
 
     if not minutes > 0:
         raise ParameterError("minutes", f"{{param}}={minutes} must be positive (minutes of data).")
     if not head_lr_scale >= 0:
         raise ParameterError("head_lr_scale", f"{{param}}={head_lr_scale} must be 0 or more.")
-    model, meta = load_checkpoint(ckpt_dir)
+    model, card = open_checkpoint(ckpt_dir)
     if not isinstance(model, BrainModule):
         raise ValueError(
             f"{ckpt_dir} is a {model.config.kind} checkpoint; calibrate starts from a deep "
@@ -187,24 +185,23 @@ def calibrate(
             "instead: rtdecode train --preset ridge --subjects S."
         )
     name = f"sub-{str(subject).removeprefix('sub-')}"
-    known = [str(s) for s in meta.get("subjects") or []]
+    known = list(card.subjects)
     if name in known or name.removeprefix("sub-") in known:
         raise ValueError(
             f"{ckpt_dir} already knows subject {name!r}; serve it as it is, or calibrate "
             "another subject."
         )
-    saved = dict((meta.get("provenance") or {}).get("recipe") or {})
-    rc = load_recipe(saved, subjects=[name], lr=lr, batch_size=batch_size, seed=seed)
+    rc = load_recipe(card.recipe, subjects=[name], lr=lr, batch_size=batch_size, seed=seed)
     paths = find_recordings(data_dir, [name])
     recordings = [read_recording(p) for p in paths]  # sorted: sessions and runs in time order
-    systems = systems_of(meta)
-    system = _system_for(meta, recordings[0].raw.ch_names)
+    systems = list(card.systems)
+    system = _system_for(card, recordings[0].raw.ch_names)
     lags = rc.lags_s
     span = {"tmin_s": float(lags[0]) - rc.window_s, "tmax_s": float(lags[-1])}
     if system is not None:
-        pre = Preprocessor.from_dict(systems[system]["preprocess"])
+        pre = systems[system].preprocessor()
         es = load_epochs_for(data_dir, lambda names: pre, **span, subjects=[name],
-                             ch_names=systems[system]["ch_names"], progress=progress)
+                             ch_names=systems[system].ch_names, progress=progress)
     else:
         es = load_epochs_for(data_dir, lambda names: _preprocessor(rc, names), **span,
                              subjects=[name], progress=progress)
@@ -221,15 +218,17 @@ def calibrate(
     if system is None:
         pre = _preprocessor(rc, es.ch_names)
         fit_scaler(es, pre, rc.window_start_s, rc.window_s)
-        systems = systems + [_system_table(es, pre, [name])]
+        systems.append(SensorSystem.from_table(_system_table(es, pre, [name]),
+                                               f"the sensor system of {name}"))
         system = len(systems) - 1
-    systems[system]["subjects"] = list(systems[system].get("subjects") or []) + [name]
+    systems[system] = dataclasses.replace(
+        systems[system], subjects=systems[system].subjects + (name,))
 
     X, rows = lagged_windows(es, pre, lags, rc.window_s, progress=progress)
-    encoder = image_encoder_for(meta["target"])
+    encoder = card.target.image_encoder()
     gallery = open_gallery(es.gallery_root, es.labels)
     Y = standardize(image_targets(gallery, encoder, es.image_ids, progress=progress)[rows],
-                    meta.get("target_stats"))
+                    card.target.stats)
 
     dev = resolve_device(device)
     torch.manual_seed(rc.seed)
@@ -271,12 +270,8 @@ def calibrate(
         history.append({"epoch": epoch, "train_loss": total / max(n, 1)})
     grown.eval()
 
-    full = dict(meta)
-    full["subjects"] = known + [name]
-    if len(systems) > 1:
-        full["systems"] = systems
-    full["provenance"] = {
-        **(meta.get("provenance") or {}),
+    provenance = {
+        **card.provenance,
         "calibration": {
             "from": str(Path(ckpt_dir).resolve()),
             "subject": name,
@@ -294,8 +289,8 @@ def calibrate(
             "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         },
     }
-    for key in ("architecture", "n_parameters"):
-        full.pop(key, None)
-    save_checkpoint(out_dir, grown, full)
+    grown_card = card.replace(subjects=(*known, name), systems=tuple(systems),
+                              provenance=provenance)
+    save_checkpoint(out_dir, grown, grown_card.to_meta())
     return Path(out_dir)
 

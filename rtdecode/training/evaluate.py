@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from rtdecode._utils.paths import portable_paths
+from rtdecode.encoder.card import CheckpointCard
 from rtdecode.encoder.metrics import (
     average_by_group,
     cosine_similarity,
@@ -102,9 +103,9 @@ def ridge_baseline(X_train: np.ndarray, Y_train: np.ndarray, X_test: np.ndarray,
     return pred.astype(np.float32).reshape((len(X_test),) + Y_train.shape[1:]), alpha
 
 
-def _subject_indices(meta: dict[str, Any], epochs: Any) -> np.ndarray:
+def _subject_indices(card: CheckpointCard, epochs: Any) -> np.ndarray:
     """Map the data's subjects onto the model's subject layers."""
-    known = list(meta.get("subjects") or [])
+    known = list(card.subjects)
     names = [epochs.subjects[i] for i in epochs.subject_index]
     if len(known) <= 1:
         return np.zeros(len(names), dtype=np.int64)
@@ -162,10 +163,8 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    from rtdecode.encoder.checkpoint import load_checkpoint, systems_of
-    from rtdecode.images import image_encoder_for
+    from rtdecode.encoder.checkpoint import open_checkpoint
     from rtdecode.images.categories import open_gallery
-    from rtdecode.signal import Preprocessor
     from rtdecode.training.encoder import (
         image_targets,
         load_epochs_for,
@@ -173,9 +172,11 @@ def evaluate(
         preprocess_windows,
     )
 
-    model, meta = load_checkpoint(ckpt_dir, device=device)
-    window_s = float(meta["window_s"])
-    start_s = float((meta.get("offsets") or {}).get("window_start_s", 0.0))
+    model, card = open_checkpoint(ckpt_dir, device=device)
+    if card.window.length_s is None:
+        raise ValueError(f"{ckpt_dir} does not record its window length (window_s); retrain it.")
+    window_s = card.window.length_s
+    start_s = card.window.start_s
     tmin, tmax = start_s, start_s + window_s
     if time_resolved:
         tmin, tmax = min(tmin, curve_range_s[0]), max(tmax, curve_range_s[1])
@@ -183,11 +184,11 @@ def evaluate(
     # read with its system's channels and preprocessing; the parts' predictions are pooled.
     # Streaming checkpoints: windows cut from each recording's streamed output, by sample.
     parts = []
-    for system in systems_of(meta):
-        pre = Preprocessor.from_dict(system["preprocess"])
+    for system in card.systems:
+        pre = system.preprocessor()
         parts.append((load_epochs_for(
             data_dir, lambda names, pre=pre: pre, tmin_s=tmin, tmax_s=tmax,
-            ch_names=system["ch_names"], subjects=system.get("subjects") or meta.get("subjects") or None,
+            ch_names=list(system.ch_names), subjects=list(system.subjects or card.subjects) or None,
             progress=progress), pre))
     es = parts[0][0]
     tests = [part.test for part, _ in parts]
@@ -196,15 +197,15 @@ def evaluate(
         raise ValueError(f"{data_dir} has no test trials (trial_type 'test'); nothing to evaluate.")
     if es.gallery_root is None:
         raise ValueError(f"The images of {data_dir} were not found; retrieval needs the gallery.")
-    encoder = image_encoder_for(meta["target"])
-    if meta["target"].get("name") not in (None, encoder.name):
+    # trials that name a category: retrieval among the categories' mean embeddings
+    encoder = card.target.image_encoder()
+    if card.target.name not in (None, encoder.name):
         raise ValueError(
-            f"The checkpoint was trained on {meta['target']['name']!r} embeddings but the "
+            f"The checkpoint was trained on {card.target.name!r} embeddings but the "
             f"image encoder here is {encoder.name!r}; use the same image encoder."
         )
-    # trials that name a category: retrieval among the categories' mean embeddings
-    gallery = open_gallery(es.gallery_root, meta["target"].get("labels") or es.labels)
-    stats = meta.get("target_stats")
+    gallery = open_gallery(es.gallery_root, card.target.labels or es.labels)
+    stats = card.target.stats
     gallery_z = standardize(gallery.embeddings(encoder, progress=progress), stats)
     test_ids = [str(i) for t in tests for i in t.image_ids]
     test_images = list(dict.fromkeys(test_ids))
@@ -213,7 +214,7 @@ def evaluate(
         "test": (test_images, gallery_z[[gallery.index(i) for i in test_images]]),
         "gallery": (list(gallery.ids), gallery_z),
     }
-    s_test = [_subject_indices(meta, t) for t in tests]
+    s_test = [_subject_indices(card, t) for t in tests]
 
     def score(pred: np.ndarray) -> dict[str, Any]:
         return {name: retrieval_scores(pred, test_ids, ids, emb) for name, (ids, emb) in sets.items()}
@@ -268,12 +269,12 @@ def evaluate(
         "data": str(Path(data_dir).resolve()),
         "window_s": window_s,
         "window_start_s": start_s,
-        "target": meta["target"].get("name"),
+        "target": card.target.name,
         "n_train_trials": sum(len(t) for t in trains),
         "n_test_trials": len(test_ids),
         "n_test_images": len(test_images),
         "n_gallery_images": len(gallery),
-        "labels": meta["target"].get("labels") or es.labels,
+        "labels": card.target.labels or es.labels,
         "chance_top1": 1 / len(test_images),
         "drop_log": {k: sum(int(part.drop_log.get(k, 0)) for part, _ in parts)
                      for k in es.drop_log},

@@ -193,3 +193,87 @@ def test_training_state_round_trip(ckpt):
         for k in s1["state"][pid]:
             assert torch.equal(torch.as_tensor(s1["state"][pid][k]), torch.as_tensor(s2["state"][pid][k]))
     assert s1["param_groups"][0]["lr"] == s2["param_groups"][0]["lr"]
+
+
+# --------------------------------------------------------------------------- the card
+def test_open_checkpoint_gives_the_model_and_a_typed_frozen_card(ckpt):
+    import dataclasses
+
+    from rtdecode.encoder.card import CheckpointCard
+    from rtdecode.encoder.checkpoint import open_checkpoint
+
+    folder, model = ckpt
+    loaded, card = open_checkpoint(folder)
+    assert isinstance(card, CheckpointCard) and card.folder == folder
+    assert card.architecture == model.config
+    assert card.ch_names == tuple(f"MEG{i}" for i in range(8)) and len(card.systems) == 1
+    assert card.system.positions.shape == (8, 2) and card.system.positions_3d.shape == (8, 3)
+    assert card.system.sfreq_in_hz == 1000.0 and card.sfreq_model_hz == 120.0
+    assert card.clamp == 20.0 and card.subjects == ("sub-01", "sub-02")
+    # an offsets table with only window_start_s: one fixed window (checkpoints before streaming)
+    assert (card.window.length_s, card.window.start_s, card.window.sampling) == (0.1, 0.05, "fixed")
+    assert card.target.name == "handcrafted" and card.target.dim == 8
+    assert card.target.encoder == "handcrafted" and card.target.readout == "cls"  # defaults
+    np.testing.assert_array_equal(card.target.stats["std"], np.ones(8))
+    assert card.provenance == {"data": "/tmp/x"} and card.test_images == ()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        card.subjects = ()
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_the_card_names_its_subjects_and_their_systems(ckpt):
+    from rtdecode.contracts import ParameterError
+    from rtdecode.encoder.checkpoint import open_checkpoint
+
+    _, card = open_checkpoint(ckpt[0])
+    assert card.subject_position("02") == 1 == card.subject_index("sub-02")
+    assert card.subject_name(1) == "sub-02" and card.system_of(1) is card.system
+    with pytest.raises(ParameterError, match="trained on 2 subjects") as bad:
+        card.subject_index(None)
+    assert bad.value.parameter == "subject"
+    with pytest.raises(ValueError, match="rtdecode calibrate"):
+        card.subject_index("09")
+
+
+def test_a_card_saved_again_reads_the_same(ckpt, tmp_path):
+    from rtdecode.encoder.card import CheckpointCard
+    from rtdecode.encoder.checkpoint import open_checkpoint
+
+    folder, model = ckpt
+    _, card = open_checkpoint(folder)
+    again = save_checkpoint(tmp_path / "again", model, card.replace(test_images=("x",)).to_meta())
+    _, card2 = open_checkpoint(again)
+    assert card2.to_config() == {**card.to_config(), "test_images": ["x"]}
+    assert CheckpointCard.from_config(card2.to_config()).to_config() == card2.to_config()
+
+
+def test_old_configs_get_the_documented_defaults(ckpt):
+    from rtdecode.encoder.card import CheckpointCard
+
+    config = read_config(ckpt[0])
+    for key in ("offsets", "target_stats", "provenance", "clamp", "sfreq_model_hz"):
+        del config[key]
+    config["target"] = {"name": "handcrafted-v1"}
+    card = CheckpointCard.from_config(config)
+    assert (card.window.start_s, card.window.sampling) == (0.0, "stream")
+    assert card.target.stats is None and card.target.encoder == "handcrafted"
+    assert card.target.labels is None and card.target.gallery is None
+    assert card.provenance == {} and card.clamp is None and card.sfreq_model_hz is None
+    assert card.recipe == {} and card.gallery_dir is None
+
+
+@pytest.mark.parametrize("folder", ["models/demo/encoder", "models/n170/encoder"])
+def test_the_bundled_checkpoints_open(folder):
+    from pathlib import Path
+
+    from rtdecode.encoder.checkpoint import open_checkpoint
+
+    path = Path(__file__).resolve().parents[2] / folder
+    model, card = open_checkpoint(path)
+    assert card.folder == path and card.architecture == model.config
+    assert len(card.ch_names) == model.config.n_channels
+    assert card.system.preprocessor().config.ch_names == card.ch_names
+    assert card.window.sampling == ("stream" if "demo" in folder else "fixed")
+    assert card.test_images and card.target.name and card.recipe
+    assert card.gallery_dir.is_absolute()  # relative to the checkpoint folder
