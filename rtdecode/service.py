@@ -22,11 +22,14 @@ import logging
 import signal
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rtdecode._utils.devices import device_name
 from rtdecode.config import Settings
-from rtdecode.contracts import annotation_stream_name
+from rtdecode.contracts import ParameterError, annotation_stream_name
+
+if TYPE_CHECKING:
+    from rtdecode.decoding import Decoding
 
 log = logging.getLogger(__name__)
 
@@ -47,42 +50,29 @@ class Service:
         self.recorder = None
         self.gallery = None
         self.vocabulary = None
-        self.meta: dict[str, Any] = {}
+        self.decoding: Decoding | None = None
         self.t_started = time.time()
         self._thumb_cache: dict[str, tuple[bytes, str]] = {}
         self._names: dict[str, str] | None = None
         self._app = None
 
     # ------------------------------------------------------------------ build
-    def _load_models(self):
-        from rtdecode.encoder import load_checkpoint
-        from rtdecode.signal.preprocess import Preprocessor
-        from rtdecode.worker import check_image_space, check_window, load_retrieval
+    def _open_decoding(self) -> Decoding:
+        """Open the checkpoint for decoding (rtdecode.decoding): models, subject, retrieval set."""
+        from rtdecode.decoding import open_decoding
 
         s = self.settings
         if s.model is None:
-            raise ValueError("No brain encoder given; pass --model CKPT_DIR (a checkpoint folder).")
-        device = device_name(s.device)
-        model, meta = load_checkpoint(s.model, device=device, subject=s.subject)
-        self.meta = meta
-        check_window(s, meta)  # before the (slow) gallery and decoder
-        pre = Preprocessor.from_dict(meta["preprocess"])
-        self.gallery, retrieval = load_retrieval(
-            meta, s.model, s.gallery, s.retrieval_set, device=device
-        )
-        self.vocabulary = self._marker_vocabulary(retrieval)
-        decoder = None
-        if s.decoder and s.decoder.lower() != "none":
-            from rtdecode.decoder.registry import load_decoder
-
-            decoder = load_decoder(s.decoder, device=device)
-            check_image_space(
-                meta.get("target", {}),
-                getattr(decoder, "image_encoder", None),
-                "the decoder's image encoder",
-                "--decoder",
+            raise ParameterError(
+                "model", "No brain encoder given; pass {param} CKPT_DIR (a checkpoint folder)."
             )
-        return model, meta, pre, retrieval, decoder, device
+        return open_decoding(
+            s.model, subject=s.subject, device=device_name(s.device), gallery=s.gallery,
+            retrieval_set=s.retrieval_set, decoder=s.decoder,
+            # a window length asked for must be the checkpoint's; unset, the checkpoint's is cut
+            window_s=s.window_s if "window_s" in s.model_fields_set else None,
+            allow_fixed_window=s.allow_fixed_window, hop_s=s.hop_s,
+        )
 
     def _marker_vocabulary(self, retrieval):
         """What plain-string and code markers mean: gallery ids and the events table."""
@@ -121,7 +111,7 @@ class Service:
         """Load the models, connect to the stream, start the worker and the server."""
         from rtdecode.server.app import create_app, run_server_in_thread
         from rtdecode.stream.supervisor import StreamSupervisor
-        from rtdecode.worker import DecodeWorker, WorkerOptions, check_window, subject_index
+        from rtdecode.worker import WorkerOptions
 
         s = self.settings
         if s.lsl_local:
@@ -129,21 +119,24 @@ class Service:
 
             use_local_config()
         if s.host not in {"127.0.0.1", "localhost", "::1"} and not s.token:
-            raise ValueError(
+            raise ParameterError(
+                "token",
                 f"Refusing to listen on {s.host} without a token: anyone on the network could "
-                "watch the stream. Set --token (or RTDECODE_TOKEN), or bind 127.0.0.1."
+                "watch the stream. Set {param} (or RTDECODE_TOKEN), or bind 127.0.0.1.",
             )
         if not s.stream:
-            raise ValueError("No stream given; pass --stream NAME (the LSL stream to decode).")
-        model, meta, pre, retrieval, decoder, device = self._load_models()
-        window_s = check_window(s, meta)
-        subject = subject_index(s.subject, meta)
+            raise ParameterError(
+                "stream", "No stream given; pass {param} NAME (the LSL stream to decode)."
+            )
+        decoding = self.decoding = self._open_decoding()
+        self.gallery = decoding.gallery
+        self.vocabulary = self._marker_vocabulary(decoding.retrieval)
 
         self.supervisor = StreamSupervisor(
             s.stream,
-            window_s=window_s,
+            window_s=decoding.window_s,
             hop_s=s.hop_s,
-            pad_s=pre.config.pad_s,
+            pad_s=decoding.preprocessor.config.pad_s,
             source_id=s.source_id,
             buffer_s=s.buffer_s,
             ch_names=s.ch_names,
@@ -164,15 +157,10 @@ class Service:
             log.info("Recording every received sample to %s.", self.recorder.session_dir)
         app = self._app = create_app(s, self)
         broadcaster = app.state.broadcaster
-        self.worker = DecodeWorker(
+        self.worker = decoding.worker(
             self.windower,
-            pre,
-            model,
-            retrieval,
-            decoder,
             broadcaster.publish,
-            device=device,
-            options=WorkerOptions(
+            WorkerOptions(
                 topk=s.topk,
                 max_fps=s.max_fps,
                 diffusion_steps=s.diffusion_steps,
@@ -180,12 +168,8 @@ class Service:
                 image_format=s.image_format,
                 lanes=s.lanes,
                 precision=s.encoder_precision,
-                cuda_graph=s.cuda_graphs if str(device).startswith("cuda") else None,
+                cuda_graph=s.cuda_graphs if decoding.device.startswith("cuda") else None,
             ),
-            target_stats=meta.get("target_stats"),
-            gallery=self.gallery,
-            subject=subject,
-            window_shape=(len(pre.config.ch_names), pre.n_times_out(window_s)),
         )
         self.worker.start()
         self.server = run_server_in_thread(app, s.host, s.port)
@@ -206,7 +190,7 @@ class Service:
             "stream": s.stream,
             "model": str(s.model),
             "decoder": s.decoder,
-            "window_s": self.meta.get("window_s", s.window_s),
+            "window_s": s.window_s if self.decoding is None else self.decoding.window_s,
             "hop_s": s.hop_s,
             "subject": s.subject,
             "retrieval_set": s.retrieval_set,
@@ -260,7 +244,7 @@ class Service:
         if self.gallery is None or image_id not in self.gallery:
             return None
         if image_id not in self._thumb_cache:
-            from rtdecode.worker import encode_image
+            from rtdecode.images.codec import encode_image
 
             img = self.gallery.image(image_id)
             img.thumbnail((160, 160))

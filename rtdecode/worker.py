@@ -34,7 +34,6 @@ that frame, is counted and logged, and the lane goes on; failures on every try s
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import threading
@@ -49,6 +48,7 @@ import numpy as np
 from rtdecode.contracts import Embedding, Frame, Window
 from rtdecode.decoder.normalize import rescale_prediction
 from rtdecode.encoder.metrics import LagCurve
+from rtdecode.images.codec import encode_image
 
 log = logging.getLogger(__name__)
 
@@ -711,167 +711,4 @@ def _percentiles(table: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     return pct
 
 
-def encode_image(img: Any, fmt: str = "jpeg", quality: int = 85) -> bytes:
-    """Encode a PIL image to bytes in ``fmt`` (jpeg, webp or png)."""
-    buf = io.BytesIO()
-    pil_fmt = {"jpeg": "JPEG", "webp": "WEBP", "png": "PNG"}[fmt]
-    kwargs = {"quality": quality} if pil_fmt in {"JPEG", "WEBP"} else {}
-    img.convert("RGB").save(buf, format=pil_fmt, **kwargs)
-    return buf.getvalue()
-
-
-__all__ = ["DecodeWorker", "WorkerOptions", "WorkerStats", "encode_image", "lane_threads", "LANE_STAGES", "STAGES"]
-
-
-# --------------------------------------------------------------------------- retrieval set
-RETRIEVAL_SETS = ("test", "all")
-
-
-def load_retrieval(
-    meta: dict[str, Any],
-    ckpt_dir: Any,
-    gallery_dir: Any = None,
-    retrieval_set: str = "all",
-    device: str = "cpu",
-) -> tuple[Any, Any]:
-    """The gallery and the retrieval index a checkpoint decodes into.
-
-    serve and ``rtdecode evaluate-online`` build theirs here, so both search the same set.
-
-    Parameters
-    ----------
-    meta : dict
-        The checkpoint's ``config.json``.
-    ckpt_dir : path
-        The checkpoint folder (a relative gallery path in ``meta`` is relative to it).
-    gallery_dir : path, optional
-        Gallery folder (default: the one the checkpoint names).
-    retrieval_set : str
-        ``"test"`` (the checkpoint's held-out test images, the paper's small test set),
-        ``"all"`` (every gallery image) or a folder of images to retrieve among.
-    device : str
-        Where the gallery's image encoder embeds the images (serve's device).
-
-    Returns
-    -------
-    gallery : Gallery
-        Thumbnails and embeddings come from it.
-    retrieval : Retrieval
-        Over the z-scored embeddings of the retrieval set (the CLIP head's space).
-    """
-    from pathlib import Path
-
-    from rtdecode.decoder.retrieval import Retrieval
-    from rtdecode.encoder.metrics import standardize
-    from rtdecode.images import get_image_encoder
-    from rtdecode.images.categories import open_gallery
-
-    target = meta.get("target", {})
-    if retrieval_set not in RETRIEVAL_SETS:
-        gallery_dir = Path(retrieval_set).expanduser()  # a folder of images
-    elif gallery_dir is None:
-        named = target.get("gallery") or meta.get("provenance", {}).get("gallery")
-        if named:
-            gallery_dir = Path(named) if Path(named).is_absolute() else (Path(ckpt_dir) / named).resolve()
-    if gallery_dir is None:
-        raise ValueError(
-            "No gallery for retrieval; pass --gallery DIR or use a checkpoint whose "
-            "config.json names its gallery."
-        )
-    gallery = open_gallery(gallery_dir, target.get("labels"))  # images, or categories
-    enc = get_image_encoder(
-        target.get("encoder", "handcrafted"),
-        path=target.get("encoder_path"),
-        readout=target.get("readout", "cls"),
-        device=device,
-    )
-    check_image_space(target, enc.name, "the gallery's image encoder", "--gallery")
-    ids = retrieval_ids(retrieval_set, meta, gallery)
-    rows = [gallery.index(i) for i in ids]
-    # The CLIP head was trained against z-scored embeddings: search in that space.
-    z = standardize(gallery.embeddings(enc)[rows], meta.get("target_stats"))
-    return gallery, Retrieval(z, ids)
-
-
-def retrieval_ids(retrieval_set: str, meta: dict[str, Any], gallery: Any) -> list[str]:
-    """Ids of the images to retrieve among (``--retrieval-set``).
-
-    ``test``: the checkpoint's held-out (zero-shot) test images, the paper's "small test
-    set"; ``all`` or a folder: every image of the gallery.
-    """
-    if retrieval_set != "test":
-        return list(gallery.ids)
-    test = [str(i) for i in meta.get("test_images") or []]
-    if not test:
-        raise ValueError(
-            "--retrieval-set test needs the checkpoint's list of held-out test images, and "
-            "this checkpoint has none (config.json 'test_images'); retrain it with this "
-            "rtdecode, or use --retrieval-set all or a folder of images."
-        )
-    missing = [i for i in test if i not in gallery]
-    if missing:
-        raise ValueError(
-            f"The gallery {gallery.root} lacks {len(missing)} of the checkpoint's test images, "
-            f"e.g. {missing[:3]}; pass the gallery it was trained with (--gallery)."
-        )
-    return test
-
-
-def check_image_space(target: dict[str, Any], name: str | None, what: str, flag: str) -> None:
-    """Refuse embeddings of another image encoder than the one the model was trained on."""
-    expected = target.get("name")
-    if expected is None or name is None or name == expected:
-        return
-    raise ValueError(
-        f"The encoder was trained to predict {expected!r} embeddings but {what} is "
-        f"{name!r}; give a {flag} made with {expected!r} (or retrain the encoder on {name!r})."
-    )
-
-
-def subject_index(subject: str | None, meta: dict[str, Any]) -> int:
-    """Row of the model's subject layer to decode with (``--subject``)."""
-    known = [str(v) for v in meta.get("subjects") or []]
-    if subject is None:
-        if len(known) > 1:
-            raise ValueError(
-                f"This encoder was trained on {len(known)} subjects ({', '.join(known)}); pass "
-                "--subject with the one whose stream you decode."
-            )
-        return 0
-    wanted = str(subject).removeprefix("sub-")
-    for i, name in enumerate(known):
-        if name.removeprefix("sub-") == wanted:
-            return i
-    raise ValueError(
-        f"Subject {subject!r} is not one of the encoder's subjects ({', '.join(known) or 'none'}). "
-        "Decode one of those, or calibrate the encoder to this subject first: `rtdecode "
-        "calibrate CKPT_DIR --data DIR --subject S --minutes M --out NEW_CKPT`."
-    )
-
-
-def check_window(settings: Any, meta: dict[str, Any]) -> float:
-    """The window length to cut, after checking the checkpoint was trained for streaming.
-
-    Returns
-    -------
-    float
-        ``window_s`` of the checkpoint.
-    """
-    window_s = float(meta.get("window_s", settings.window_s))
-    if "window_s" in settings.model_fields_set and abs(settings.window_s - window_s) > 1e-9:
-        raise ValueError(
-            f"The encoder was trained on {window_s} s windows but window_s={settings.window_s} "
-            "was asked for; leave window_s unset (the checkpoint's is used) or retrain with "
-            f"window_s = {settings.window_s} in the recipe."
-        )
-    offsets = meta.get("offsets") or {}
-    sampling = offsets.get("sampling", "fixed" if "window_start_s" in offsets else "stream")
-    if sampling == "fixed" and not settings.allow_fixed_window:
-        start = offsets.get("window_start_s")
-        raise ValueError(
-            f"This encoder was trained on one window ({window_s} s starting {start} s after "
-            f"onset), but serve cuts a window every {settings.hop_s} s at every lag, most of "
-            "which it never saw. Retrain it with the streaming recipe (window_sampling = "
-            '"stream" in the [train] table, the default), or pass --allow-fixed-window.'
-        )
-    return window_s
+__all__ = ["DecodeWorker", "WorkerOptions", "WorkerStats", "lane_threads", "LANE_STAGES", "STAGES"]

@@ -29,6 +29,7 @@ LAYERS = {
     "encoder": 4,
     "decoder": 4,
     "worker": 5,
+    "decoding": 5,
     "training": 5,
     "server": 6,
     "service": 7,

@@ -177,51 +177,71 @@ def test_retrieval_set_test_searches_only_the_held_out_images(tiny_subject, repl
 
 
 # --------------------------------------------------------------------------- checks
-def _meta(**changes):
-    meta = {"window_s": 0.25, "subjects": ["sub-01"], "target": {"name": "handcrafted-v1"},
-            "offsets": {"window_start_s": 0.1, "sampling": "stream", "lag_min_s": -0.2,
-                        "lag_max_s": 1.0, "lag_step_s": 0.05}}
-    meta.update(changes)
-    return meta
+def _card(**changes):
+    """A checkpoint card of two channels (the checks read nothing else)."""
+    from rtdecode.encoder.card import CheckpointCard
+
+    config = {"window_s": 0.25, "subjects": ["sub-01"], "target": {"name": "handcrafted-v1"},
+              "offsets": {"window_start_s": 0.1, "sampling": "stream", "lag_min_s": -0.2,
+                          "lag_max_s": 1.0, "lag_step_s": 0.05},
+              "ch_names": ["a", "b"], "positions": [[0.0, 0.0], [1.0, 1.0]]}
+    config.update(changes)
+    config["architecture"] = {"n_channels": 2, "n_times": 4, "target_shape": [4],
+                              "n_subjects": len(config["subjects"])}
+    return CheckpointCard.from_config(config)
 
 
 def test_serve_needs_the_subject_of_a_multi_subject_encoder():
-    from rtdecode.worker import subject_index
+    from rtdecode.contracts import ParameterError
 
-    meta = _meta(subjects=["sub-01", "sub-02", "sub-03"])
-    with pytest.raises(ValueError, match="trained on 3 subjects .*--subject"):
-        subject_index(None, meta)
-    assert subject_index("02", meta) == 1
-    assert subject_index("sub-03", meta) == 2
+    card = _card(subjects=["sub-01", "sub-02", "sub-03"])
+    with pytest.raises(ParameterError, match="trained on 3 subjects .*pass subject") as bad:
+        card.subject_index(None)
+    assert bad.value.parameter == "subject"
+    assert card.subject_index("02") == 1
+    assert card.subject_index("sub-03") == 2
     with pytest.raises(ValueError, match="'07' is not one of the encoder's subjects"):
-        subject_index("07", meta)
-    assert subject_index(None, _meta()) == 0
+        card.subject_index("07")
+    assert _card().subject_index(None) == 0
 
 
 def test_serve_refuses_a_fixed_window_encoder_and_a_window_it_would_not_cut():
-    from rtdecode.worker import check_window
+    from rtdecode.contracts import ParameterError
+    from rtdecode.decoding import check_window
 
-    legacy = _meta(offsets={"window_start_s": 0.1})  # checkpoints before streaming training
-    with pytest.raises(ValueError, match="trained on one window .*streaming recipe"):
-        check_window(Settings(), legacy)
-    assert check_window(Settings(allow_fixed_window=True), legacy) == 0.25
-    assert check_window(Settings(), _meta()) == 0.25
-    with pytest.raises(ValueError, match="trained on 0.25 s windows but window_s=0.5"):
-        check_window(Settings(window_s=0.5), _meta())
+    legacy = _card(offsets={"window_start_s": 0.1})  # checkpoints before streaming training
+    with pytest.raises(ParameterError, match="trained on one window .*streaming recipe") as bad:
+        check_window(legacy)
+    assert bad.value.parameter == "allow_fixed_window"
+    assert check_window(legacy, allow_fixed_window=True) == 0.25
+    assert check_window(_card()) == 0.25
+    assert check_window(_card(), 0.25) == 0.25
+    with pytest.raises(ParameterError, match="trained on 0.25 s windows but window_s=0.5") as bad:
+        check_window(_card(), 0.5)
+    assert bad.value.parameter == "window_s"
+    with pytest.raises(ParameterError, match="does not record its window length"):
+        check_window(_card(window_s=None))
+    assert check_window(_card(window_s=None), 0.3) == 0.3
 
 
 def test_serve_refuses_embeddings_of_another_image_encoder():
-    from rtdecode.worker import check_image_space
+    from rtdecode.contracts import ParameterError
+    from rtdecode.decoding import check_image_space
 
-    target = {"name": "clip-vit-h-14"}
-    check_image_space(target, "clip-vit-h-14", "the decoder's image encoder", "--decoder")
-    with pytest.raises(ValueError, match="'clip-vit-h-14' embeddings but the decoder's image "
-                       "encoder is 'handcrafted-v1'.*--decoder"):
-        check_image_space(target, "handcrafted-v1", "the decoder's image encoder", "--decoder")
+    card = _card(target={"name": "clip-vit-h-14"})
+    check_image_space(card, "clip-vit-h-14", "the decoder's image encoder", "decoder")
+    check_image_space(card, None, "the decoder's image encoder", "decoder")  # unknown: accepted
+    with pytest.raises(ParameterError, match="'clip-vit-h-14' embeddings but the decoder's image "
+                       "encoder is 'handcrafted-v1'") as bad:
+        check_image_space(card, "handcrafted-v1", "the decoder's image encoder", "decoder")
+    assert "give a --decoder made with 'clip-vit-h-14'" in bad.value.naming("--decoder")
+    with pytest.raises(ValueError, match="use the same image encoder"):
+        check_image_space(card, "handcrafted-v1", "the image encoder built here")
 
 
 def test_retrieval_set_test_needs_the_checkpoints_test_images(tmp_path):
-    from rtdecode.worker import retrieval_ids
+    from rtdecode.contracts import ParameterError
+    from rtdecode.decoding import retrieval_ids
 
     class _Gallery:
         root = tmp_path
@@ -230,9 +250,75 @@ def test_retrieval_set_test_needs_the_checkpoints_test_images(tmp_path):
         def __contains__(self, i):
             return i in self.ids
 
-    assert retrieval_ids("all", _meta(), _Gallery()) == ["a", "b", "c"]
-    assert retrieval_ids("test", _meta(test_images=["c", "a"]), _Gallery()) == ["c", "a"]
-    with pytest.raises(ValueError, match="has none .*--retrieval-set all"):
-        retrieval_ids("test", _meta(), _Gallery())
-    with pytest.raises(ValueError, match="lacks 1 of the checkpoint's test images"):
-        retrieval_ids("test", _meta(test_images=["z"]), _Gallery())
+    assert retrieval_ids("all", _card(), _Gallery()) == ["a", "b", "c"]
+    assert retrieval_ids("test", _card(test_images=["c", "a"]), _Gallery()) == ["c", "a"]
+    with pytest.raises(ParameterError, match="has none .*use retrieval_set all") as bad:
+        retrieval_ids("test", _card(), _Gallery())
+    assert bad.value.naming("--retrieval-set").startswith("--retrieval-set test needs")
+    with pytest.raises(ParameterError, match="lacks 1 of the checkpoint's test images") as bad:
+        retrieval_ids("test", _card(test_images=["z"]), _Gallery())
+    assert bad.value.parameter == "gallery"
+
+
+def _checkpoint(folder, subjects=("sub-01", "sub-02")):
+    """A random two-subject `test`-preset checkpoint whose card names no gallery."""
+    from rtdecode.encoder import build_model
+    from rtdecode.encoder.checkpoint import save_checkpoint
+
+    positions = np.random.default_rng(0).normal(size=(4, 2))
+    model = build_model("test", 4, 12, positions, n_subjects=len(subjects), target_dim=8)
+    save_checkpoint(folder, model, {
+        "ch_names": ["a", "b", "c", "d"], "positions": positions, "window_s": 0.1,
+        "offsets": {"window_start_s": 0.0, "sampling": "stream"}, "subjects": list(subjects),
+        "preprocess": {"version": 1, "config": {"ch_names": ["a", "b", "c", "d"]}},
+    })
+    return folder
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        ([], "pass --subject with the one whose stream you decode"),
+        (["--subject", "01", "--window-s", "0.5"], "but --window-s=0.5 was asked for"),
+        (["--subject", "01"], "No gallery for retrieval; pass --gallery DIR"),
+    ],
+)
+def test_serve_errors_name_the_flags(tmp_path, capsys, argv, says):
+    """The library names its parameters (ParameterError); the command line names the flags."""
+    import signal
+
+    from rtdecode.cli import main
+
+    ckpt = _checkpoint(tmp_path / "ckpt")
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = main(["serve", "--model", str(ckpt), "--stream", "nothing", "--decoder", "none",
+                     *argv])
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    err = capsys.readouterr().err
+    assert code == 2 and "rtdecode serve: error: " in err and says in err, err
+
+
+def test_evaluate_online_names_the_subject_flag(tmp_path, capsys):
+    from rtdecode.cli import main
+
+    ckpt = _checkpoint(tmp_path / "ckpt")
+    assert main(["evaluate-online", str(ckpt), "--recording", str(tmp_path / "x_raw.fif")]) == 2
+    err = capsys.readouterr().err
+    assert "rtdecode evaluate-online: error: This encoder was trained on 2 subjects" in err
+    assert "pass --subject with the one" in err
+
+
+def test_every_parameter_the_seam_names_has_a_serve_flag():
+    from rtdecode.cli import build_parser, flag_for
+
+    parser = build_parser()
+    flags = {p: flag_for(parser, "serve", p) for p in (
+        "subject", "gallery", "retrieval_set", "window_s", "allow_fixed_window", "decoder",
+        "model", "stream", "token")}
+    assert flags == {"subject": "--subject", "gallery": "--gallery",
+                     "retrieval_set": "--retrieval-set", "window_s": "--window-s",
+                     "allow_fixed_window": "--allow-fixed-window", "decoder": "--decoder",
+                     "model": "--model", "stream": "--stream", "token": "--token"}

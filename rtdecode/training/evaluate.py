@@ -163,8 +163,8 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
+    from rtdecode.decoding import check_window, gallery_space
     from rtdecode.encoder.checkpoint import open_checkpoint
-    from rtdecode.images.categories import open_gallery
     from rtdecode.training.encoder import (
         image_targets,
         load_epochs_for,
@@ -173,9 +173,7 @@ def evaluate(
     )
 
     model, card = open_checkpoint(ckpt_dir, device=device)
-    if card.window.length_s is None:
-        raise ValueError(f"{ckpt_dir} does not record its window length (window_s); retrain it.")
-    window_s = card.window.length_s
+    window_s = check_window(card, allow_fixed_window=True)  # both samplings are scored here
     start_s = card.window.start_s
     tmin, tmax = start_s, start_s + window_s
     if time_resolved:
@@ -198,15 +196,9 @@ def evaluate(
     if es.gallery_root is None:
         raise ValueError(f"The images of {data_dir} were not found; retrieval needs the gallery.")
     # trials that name a category: retrieval among the categories' mean embeddings
-    encoder = card.target.image_encoder()
-    if card.target.name not in (None, encoder.name):
-        raise ValueError(
-            f"The checkpoint was trained on {card.target.name!r} embeddings but the "
-            f"image encoder here is {encoder.name!r}; use the same image encoder."
-        )
-    gallery = open_gallery(es.gallery_root, card.target.labels or es.labels)
+    space = gallery_space(card, es.gallery_root, labels=es.labels, progress=progress)
+    gallery, encoder, gallery_z = space.gallery, space.image_encoder, space.embeddings
     stats = card.target.stats
-    gallery_z = standardize(gallery.embeddings(encoder, progress=progress), stats)
     test_ids = [str(i) for t in tests for i in t.image_ids]
     test_images = list(dict.fromkeys(test_ids))
     image_targets(gallery, encoder, test_images, progress=False)  # names missing ids

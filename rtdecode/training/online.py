@@ -24,13 +24,17 @@ import json
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rtdecode._utils.paths import portable_paths
 from rtdecode.contracts import ParameterError
 from rtdecode.encoder.metrics import LagCurve
+
+if TYPE_CHECKING:
+    from rtdecode.decoding import Decoding
+    from rtdecode.worker import WorkerOptions
 
 __all__ = ["evaluate_online"]
 
@@ -99,19 +103,19 @@ def evaluate_online(
     """
     from rtdecode.data.card import read_card
     from rtdecode.data.recordings import read_recording
-    from rtdecode.encoder import load_checkpoint
+    from rtdecode.decoding import open_decoding
     from rtdecode.lsl.streams import COUNTER_CHANNEL, COUNTER_MODULUS
-    from rtdecode.signal.preprocess import Preprocessor
     from rtdecode.training.encoder import predict
-    from rtdecode.worker import WorkerOptions, load_retrieval, subject_index
+    from rtdecode.worker import WorkerOptions
 
     if not speed > 0:
         raise ParameterError("speed", f"{{param}}={speed} must be positive (1 = real time).")
-    model, meta = load_checkpoint(ckpt_dir, device=device, subject=subject)
-    pre = Preprocessor.from_dict(meta["preprocess"])
-    window_s = float(meta["window_s"])
-    subj = subject_index(subject, meta)
-    _, retrieval = load_retrieval(meta, ckpt_dir, gallery, retrieval_set)
+    # Any checkpoint is scored, a fixed-window one too: the curve shows where it decodes.
+    decoding = open_decoding(ckpt_dir, subject=subject, device=device, gallery=gallery,
+                             retrieval_set=retrieval_set, allow_fixed_window=True, hop_s=hop_s,
+                             progress=progress)
+    model, pre, retrieval = decoding.model, decoding.preprocessor, decoding.retrieval
+    window_s, subj = decoding.window_s, decoding.subject
     # a dataset card gives the recording's codes their labels (a CSV's Marker0 1 -> "house")
     card_path = data  # (``data`` names the file's samples below)
     rec = read_recording(recording) if card_path is None else read_card(card_path).read(recording)
@@ -127,8 +131,7 @@ def evaluate_online(
     # an onset, in its lag bins.
     options = WorkerOptions(topk=5)
     frames, live_curve = _decode_live(
-        rec, pre, model, retrieval, meta, subj, window_s, hop_s, speed, device,
-        n_file / sfreq_hz, resolve_timeout_s, progress, options,
+        rec, decoding, hop_s, speed, n_file / sfreq_hz, resolve_timeout_s, progress, options,
     )
     if not frames:
         raise RuntimeError(
@@ -209,7 +212,7 @@ def evaluate_online(
         "checkpoint": str(Path(ckpt_dir).resolve()),
         "recording": str(Path(recording).resolve()),
         "data": None if card_path is None else str(Path(card_path).resolve()),
-        "subject": meta.get("subjects", [None])[subj] if meta.get("subjects") else None,
+        "subject": decoding.card.subject_name(subj),
         "retrieval_set": retrieval_set,
         "speed": speed,
         "window_s": window_s,
@@ -244,8 +247,9 @@ def evaluate_online(
     return report
 
 
-def _decode_live(recording, pre, model, retrieval, meta, subj, window_s, hop_s, speed, device,
-                 duration_s, resolve_timeout_s, progress, options) -> tuple[list[Any], LagCurve]:
+def _decode_live(recording: Any, decoding: Decoding, hop_s: float, speed: float,
+                 duration_s: float, resolve_timeout_s: float, progress: bool,
+                 options: WorkerOptions) -> tuple[list[Any], LagCurve]:
     """Replay the file on loopback LSL and decode every window of it, in order.
 
     The input is opened by the service's own ``StreamSupervisor`` (reader, marker reader
@@ -256,7 +260,6 @@ def _decode_live(recording, pre, model, retrieval, meta, subj, window_s, hop_s, 
 
     from rtdecode.io.replay import Player
     from rtdecode.stream import StreamSupervisor
-    from rtdecode.worker import DecodeWorker
 
     name = f"rtdecode-eval-{uuid.uuid4().hex[:8]}"
     frames: list[Any] = []
@@ -264,18 +267,15 @@ def _decode_live(recording, pre, model, retrieval, meta, subj, window_s, hop_s, 
     replay = Player(recording, name=name, source_id=name, speed=speed, counter=True,
                     wait_for_consumer_s=resolve_timeout_s).start()
     # The ring holds the whole recording: windows are taken in order, none is skipped.
+    window_s, pad_s = decoding.window_s, decoding.preprocessor.config.pad_s
     supervisor = StreamSupervisor(
-        name, window_s=window_s, hop_s=hop_s, pad_s=pre.config.pad_s, source_id=name,
+        name, window_s=window_s, hop_s=hop_s, pad_s=pad_s, source_id=name,
         buffer_s=max(30.0, duration_s + 5.0), resolve_timeout_s=resolve_timeout_s,
         latest_wins=False,
     ).open()
-    worker = DecodeWorker(
-        supervisor.windower, pre, model, retrieval, None, frames.append, device=device,
-        options=options, target_stats=meta.get("target_stats"),
-        subject=subj, window_shape=(len(pre.config.ch_names), pre.n_times_out(window_s)),
-    )
+    worker = decoding.worker(supervisor.windower, frames.append, options)
     worker.start()
-    n_expected = max(1, int((duration_s - window_s - pre.config.pad_s) / hop_s))
+    n_expected = max(1, int((duration_s - window_s - pad_s) / hop_s))
     bar = tqdm(total=n_expected, desc="online windows", unit="window", disable=not progress)
     try:
         idle_since = None

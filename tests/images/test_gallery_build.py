@@ -163,7 +163,8 @@ def test_bad_folders_are_clear_errors(tmp_path, capsys):
 
 def test_cli_builds_and_serve_retrieves_from_the_folder(nested, tmp_path, capsys):
     from rtdecode.cli import main
-    from rtdecode.worker import load_retrieval
+    from rtdecode.decoding import load_retrieval
+    from rtdecode.encoder.card import CheckpointCard
 
     out, report = tmp_path / "g", tmp_path / "report.json"
     assert main(["gallery", "build", str(nested), "--out", str(out), "--image-encoder",
@@ -171,8 +172,11 @@ def test_cli_builds_and_serve_retrieves_from_the_folder(nested, tmp_path, capsys
     assert "9 images, 3 concepts, 3 categories" in capsys.readouterr().out
     assert json.loads(report.read_text())["n_embedded"] == 9
 
-    meta = {"target": {"encoder": "handcrafted", "name": "handcrafted-v1"}}
-    gallery, retrieval = load_retrieval(meta, tmp_path, retrieval_set=str(out))
+    card = CheckpointCard.from_config({
+        "architecture": {"n_channels": 1, "n_times": 4, "target_shape": [8]},
+        "ch_names": ["a"], "positions": [[0.0, 0.0]],
+        "target": {"encoder": "handcrafted", "name": "handcrafted-v1"}})
+    gallery, retrieval = load_retrieval(card, retrieval_set=str(out), progress=False)
     assert len(gallery) == 9 and gallery.category("leaf_02") == "leaf"
     emb = _npz(out / "embeddings-handcrafted.npz")["embeddings"]
     top = retrieval.topk(emb[4] - emb.mean(0), k=1)  # leaf_02's own row, centred as z-scores are

@@ -100,9 +100,11 @@ def test_calibrated_checkpoint_loads_in_the_service_and_runs_live(cohort, calibr
 
     out, _ = calibrated
     service = Service(Settings(model=out, subject="02", decoder="none", gallery=cohort / "images"))
-    model, meta, pre, retrieval, decoder, device = service._load_models()
-    assert list(pre.ch_names) == meta["systems"][1]["ch_names"] == meta["ch_names"]
-    assert decoder is None and len(retrieval.ids) > 0
+    decoding = service._open_decoding()
+    card = decoding.card
+    assert list(decoding.preprocessor.ch_names) == list(card.systems[1].ch_names)
+    assert decoding.system is card.systems[1] and card.subjects[decoding.subject] == "sub-02"
+    assert decoding.image_decoder is None and len(decoding.retrieval.ids) > 0
     report = evaluate_online(out, cohort / "replay" / "sub-02_task-main_replay_raw.fif",
                              subject="02", retrieval_set="all", speed=4.0, progress=False)
     assert report["parity"]["max_rel_err"] < 1e-5 and report["parity"]["ranks_equal"]
