@@ -204,6 +204,30 @@ class Frame:
     window_seq: int | None = None
 
 
+# ----------------------------------------------------------------- lag
+def lag_s(last_sample: int, onset_sample: int, sfreq_hz: float) -> float:
+    """A window's lag since a stimulus onset: its end (one sample past its last) minus the onset.
+
+    The one rule of the live worker (``Frame.lag_s``) and of ``rtdecode evaluate-online``'s
+    offline scoring; training cuts its windows by the same rule. Rounded to the microsecond.
+
+    Parameters
+    ----------
+    last_sample : int
+        Index of the window's last sample.
+    onset_sample : int
+        Index of the onset's sample, on the same stream.
+    sfreq_hz : float
+        The stream's sampling rate.
+
+    Examples
+    --------
+    >>> lag_s(last_sample=249, onset_sample=0, sfreq_hz=1000.0)
+    0.25
+    """
+    return round((int(last_sample) + 1 - int(onset_sample)) / float(sfreq_hz), 6)
+
+
 # ----------------------------------------------------------------- errors
 class ParameterError(ValueError):
     """A bad argument to a library call; it names the parameter.

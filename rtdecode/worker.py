@@ -45,7 +45,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rtdecode.contracts import Embedding, Frame, Window
+from rtdecode.contracts import Embedding, Frame, Window, lag_s
 from rtdecode.decoder.normalize import rescale_prediction
 from rtdecode.encoder.metrics import LagCurve
 from rtdecode.images.codec import encode_image
@@ -515,18 +515,18 @@ class DecodeWorker(threading.Thread):
     def _truth(self, window: Window) -> tuple[str | None, float | None]:
         """The stimulus on screen for this window and the window's lag since its onset.
 
-        The lag is the window's end (one sample past its last) minus the latest onset, in
-        the stream's samples when the marker was located, else on the LSL clock; training
+        The lag is the window's end (one sample past its last) minus the latest onset
+        (:func:`rtdecode.contracts.lag_s`), in the stream's samples when the marker was
+        located, else the same rule on the LSL clock; training
         cuts its windows by the same rule (:func:`rtdecode.training.encoder.lagged_windows`).
         """
         m = window.marker
         if m is None:
             return None, None
         if m.sample is not None:
-            lag = (window.last_sample + 1 - m.sample) / window.sfreq_hz
+            lag = lag_s(window.last_sample, m.sample, window.sfreq_hz)
         else:
-            lag = window.t_last + 1.0 / window.sfreq_hz - m.t_lsl
-        lag = round(float(lag), 6)
+            lag = round(float(window.t_last + 1.0 / window.sfreq_hz - m.t_lsl), 6)
         if m.image_id is None or not 0.0 <= lag <= self.options.stimulus_hold_s:
             return None, lag
         return m.image_id, lag

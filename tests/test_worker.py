@@ -110,3 +110,20 @@ def test_image_lane_errors_are_counted_and_retrieval_goes_on(run_worker):
     image = worker.stats.lanes["image"]
     assert "out of memory" in image["last_error"] and image["error"] is None
     assert worker.error is None and worker.stats.counters["image_errors"] >= 5
+
+
+def test_the_lag_is_the_one_rule_of_contracts():
+    """A window's lag since the onset: its end (one sample past its last) minus the onset."""
+    import dataclasses
+
+    from rtdecode.contracts import Marker, lag_s
+
+    assert lag_s(last_sample=249, onset_sample=0, sfreq_hz=1000.0) == 0.25
+    worker, source, _ = build_worker(None)
+    window = source.next_window(timeout_s=1.0)
+    onset = window.first_sample + 10
+    marked = dataclasses.replace(
+        window, marker=Marker(window.t_first, {"image_id": "img03"}, sample=onset))
+    true_id, lag = worker._truth(marked)
+    expected = round((window.last_sample + 1 - onset) / window.sfreq_hz, 6)
+    assert true_id == "img03" and lag == lag_s(window.last_sample, onset, window.sfreq_hz) == expected

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rtdecode._utils.paths import portable_paths
-from rtdecode.contracts import ParameterError
+from rtdecode.contracts import ParameterError, lag_s
 from rtdecode.encoder.metrics import LagCurve
 
 if TYPE_CHECKING:
@@ -184,7 +184,7 @@ def evaluate_online(
     for f, first, vec in zip(kept, file_firsts, off, strict=True):
         last = first + f.embedding.window.data.shape[1] - 1
         k = int(np.searchsorted(onsets, last, side="right")) - 1
-        lag_off = None if k < 0 else round((last + 1 - int(onsets[k])) / sfreq_hz, 6)
+        lag_off = None if k < 0 else lag_s(last, int(onsets[k]), sfreq_hz)
         true_off = None if k < 0 or lag_off > options.stimulus_hold_s else ids[k]
         is_late = (f.lag_s is None) != (lag_off is None) or (
             lag_off is not None and abs(f.lag_s - lag_off) >= 0.5 / sfreq_hz
