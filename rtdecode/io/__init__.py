@@ -7,6 +7,7 @@ rolling segments while the service runs.
 - xdf_replay.py  XdfReplay: the Player's source for an XDF file (every stream as recorded).
 - playback.py  What both replay sources share: pacing, stats, options, consumer wait.
 - record.py    ``rtdecode record``: one LSL stream and its markers to a FIF file.
+- capture.py   Capture: what both record formats read, through the stream readers' sinks.
 - segments.py  SegmentRecorder: ``serve --record``'s rolling FIF segments.
 - xdf.py       XDF files (LabRecorder's format): read through pyxdf, and our own writer.
 """

@@ -1,6 +1,6 @@
 """Write an LSL stream, and its marker stream, to a FIF file (``rtdecode record``).
 
-Everything received is kept, from the first sample the inlet delivers: samples go from a
+Everything received is kept, from the first sample the reader delivers: samples go from a
 preallocated block buffer to a spool file on disk, one block at a time, so memory does not
 grow with the length of the recording. At the end the spool becomes a FIF file (float32, or
 float64 for double streams), markers become annotations whose description is the marker
@@ -21,11 +21,20 @@ become a valid FIF file, and the error names the file, what it holds and from wh
 sample on nothing was recorded. If the disk fills from elsewhere while the file is being
 written, the longest start of the recording that fits is written instead (and said so).
 
-Threads: ``record_stream`` makes its inlets and pulls in the thread that calls it (a
-simple pull loop); ``stop_event``, or (main thread) Ctrl-C or SIGTERM end it and the file
-is still written: a signal sets the stop event, the pull loop ends within one pull
-(0.1 s), and a signal while the file is written does not interrupt the write (a second
-Ctrl-C does).
+Where the samples come from: ``record`` opens no inlet of its own. The stream layer's
+StreamReader pulls the data stream and a StreamTap the marker stream (the one LSL pull
+loop, stream/reader.py); each hands every chunk, as sent (the stream's dtype, before any
+rescaling), to a sink that queues a copy for the recording thread (io/capture.py). The
+timestamps kept are the reader's clock-corrected ones (the source's time plus the clock
+offset, as the service's ring holds them). Gaps the reader finds (the counter channel,
+timestamps, a source that went and came back within ``timeout_s``) are counted in the
+file's summary (``gaps``) and in the last line printed.
+
+Threads: the reader threads pull; the thread that calls ``record_stream`` (the
+recording thread) spools what they queue. ``stop_event``, or (main thread) Ctrl-C or
+SIGTERM end it and the file is still written: a signal sets the stop event, the loop
+ends within 0.1 s, the readers hand over what their inlets still hold, and a signal while
+the file is written does not interrupt the write (a second Ctrl-C does).
 """
 
 from __future__ import annotations
@@ -50,21 +59,16 @@ import numpy as np
 from rtdecode._utils.files import PRIVATE, free_bytes, is_disk_full, publish
 from rtdecode._utils.progress import ProgressLine, stop_on_signals
 from rtdecode.contracts import ParameterError, marker_stream_name, marker_text, parse_marker
+from rtdecode.io.capture import DATA, Capture
 from rtdecode.io.fif import build_info
 from rtdecode.lsl.streams import (
     COUNTER_CHANNEL,
     COUNTER_MODULUS,
     DTYPES,
-    describe,
-    find,
     local_clock,
-    open_inlet,
-    pull_into,
-    pull_markers,
-    read_fiff_details,
-    resolve,
     unwrap_counter,
 )
+from rtdecode.stream.reader import Chunk
 from rtdecode.stream.ring import nearest_index
 
 __all__ = ["record_stream", "marker_stream_name", "DiskFullError"]
@@ -169,35 +173,41 @@ def record_stream(
             overwrite=overwrite,
         )  # fmt: skip
     stop = stop_event if stop_event is not None else threading.Event()
-
-    info = resolve(name=name, source_id=source_id, timeout_s=timeout_s)
     m_name = marker_stream_name(name) if markers_name is None else markers_name
-    m_info = None
-    if m_name:
-        m_source = marker_stream_name(source_id) if source_id else None
-        m_info = find(name=m_name, source_id=m_source, timeout_s=min(timeout_s, 2.0))
-    m_inlet = None
-    if m_info is not None:
-        # Subscribe to markers before data so no event of a recorded sample is missed.
-        m_inlet = open_inlet(m_info, max_buflen_s=360)
-        m_inlet.open_stream(timeout_s)
-    inlet = open_inlet(info, max_buflen_s=60)
-    inlet.open_stream(timeout_s)
-    full_info = inlet.info(timeout_s)  # only a connected inlet's info has <desc>
-    desc = describe(full_info)
-    fiff_chs, filters = read_fiff_details(full_info)
-    if desc.channel_format not in DTYPES:
-        raise RuntimeError(
-            f"Stream {name!r} carries {desc.channel_format} values; rtdecode record writes "
-            "numeric streams only (record its data stream, not a marker stream)."
+    capture = Capture(
+        name,
+        source_id=source_id,
+        timeout_s=timeout_s,
+        marker_names=(m_name,) if m_name else (),
+        marker_source_id=marker_stream_name(source_id) if source_id else None,
+        regular_only=True,
+    )
+    with capture:
+        capture.open()
+        n_total, summary = _record_fif(
+            capture, out, stop, duration_s, progress, block_s
         )
-    if not desc.sfreq_hz > 0:
-        raise RuntimeError(
-            f"Stream {name!r} has an irregular rate (nominal rate {desc.sfreq_hz}); FIF needs a "
-            "regularly sampled stream."
+    if progress:
+        counter = summary.get("counter")
+        lost = (
+            ""
+            if counter is None
+            else (f"; counter: {counter['lost']} samples lost, {counter['repeated']} repeated")
         )
+        sfreq = capture.data.description.sfreq_hz
+        print(
+            f"record {name}: wrote {n_total} samples ({n_total / sfreq:.1f} s) and "
+            f"{summary['n_markers']} markers to {out}{lost}{capture.gap_note()}.",
+            file=sys.stderr,
+        )
+    capture.raise_if_cut_short(out)
+    return out
 
-    sfreq = desc.sfreq_hz
+
+def _record_fif(capture: Capture, out: Path, stop, duration_s, progress, block_s):
+    """Spool what ``capture`` hands over, then write the FIF file; (n_samples, summary)."""
+    desc = capture.data.description
+    name, sfreq = desc.name, desc.sfreq_hz
     spool_dtype = _SPOOL_DTYPES.get(desc.channel_format, np.float64)
     n_target = None if duration_s is None else max(1, round(duration_s * sfreq))
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -205,36 +215,26 @@ def record_stream(
     signals = contextlib.ExitStack()
     try:
         signals.enter_context(stop_on_signals(stop))  # in force until the file is written
-        spooler = _Spooler(
-            inlet, m_inlet, tmp_dir, desc, spool_dtype, max(1, round(block_s * sfreq))
-        )
+        spooler = _Spooler(tmp_dir, desc, spool_dtype, max(1, round(block_s * sfreq)), bar)
         with spooler:
             try:
-                spooler.run(stop, n_target, timeout_s, bar)
-                spooler.drain(n_target)
+                capture.run(spooler.take, stop, n_target=n_target)
             except _SpoolFull:
                 pass  # the disk is full: write what the spool holds, then say so
         bar.close()
         if spooler.n_total == 0:
             raise RuntimeError(
-                f"Stream {name!r} sent no samples (waited {timeout_s:g} s); nothing was "
-                "written. Check that the source is running and sending data."
+                f"Stream {name!r} sent no samples (waited {capture.timeout_s:g} s); nothing "
+                "was written. Check that the source is running and sending data."
             )
-        del inlet, m_inlet
         n_total, full = spooler.n_spooled, spooler.full
 
         def write(n: int) -> dict[str, Any]:
-            return _write_fif(
-                out,
-                tmp_dir,
-                desc,
-                fiff_chs,
-                filters,
-                spool_dtype,
-                n,
-                spooler.markers,
-                spooler.wall_first,
-            )
+            summary = _write_fif(
+                out, tmp_dir, desc, spool_dtype, n, spooler.markers, spooler.wall_first,
+                capture.gap_summary(),
+            )  # fmt: skip
+            return summary
 
         try:
             summary = write(n_total) if n_total else None
@@ -252,19 +252,7 @@ def record_stream(
         signals.close()
         bar.close()
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    if progress:
-        counter = summary.get("counter")
-        lost = (
-            ""
-            if counter is None
-            else (f"; counter: {counter['lost']} samples lost, {counter['repeated']} repeated")
-        )
-        print(
-            f"record {name}: wrote {n_total} samples ({n_total / sfreq:.1f} s) and "
-            f"{summary['n_markers']} markers to {out}{lost}.",
-            file=sys.stderr,
-        )
-    return out
+    return n_total, summary
 
 
 # ---------------------------------------------------------------- helpers
@@ -348,13 +336,12 @@ def _disk_full_error(out: Path, desc, n_kept: int, spooler, summary) -> DiskFull
 
 
 class _Spooler:
-    """The pull loop: inlet -> preallocated block -> spool files, plus the marker log.
+    """The recording thread's writer: chunks -> preallocated block -> spool files.
 
-    Used by one thread (the one that made the inlets).
+    Markers go to a list of (LSL time, text). Used by one thread (the recording thread).
     """
 
-    def __init__(self, inlet, m_inlet, tmp_dir: Path, desc, spool_dtype, n_block: int):
-        self.inlet, self.m_inlet = inlet, m_inlet
+    def __init__(self, tmp_dir: Path, desc, spool_dtype, n_block: int, bar) -> None:
         self.sfreq_hz = desc.sfreq_hz
         self.spool_dtype = np.dtype(spool_dtype)
         self.buf = np.empty((n_block, desc.n_channels), dtype=DTYPES[desc.channel_format])
@@ -364,6 +351,7 @@ class _Spooler:
         self.n_spooled = 0  # on disk in the spool
         self.full = False
         self.tmp_dir = tmp_dir
+        self.bar = bar
         self.wall_first: float | None = None
         self.markers: list[tuple[float, str]] = []
         self.f_data = _open_private(tmp_dir / "data.spool")
@@ -415,60 +403,32 @@ class _Spooler:
         self.n_spooled += self.fill
         self.fill = 0
 
-    def pull(self, timeout_s: float, n_max: int | None) -> tuple[int, float]:
-        """One pull of data (up to the block's free room) and of markers.
-
-        Returns the number of samples and the lag of the newest one (s).
-        """
-        if self.m_inlet is not None:
-            texts, stamps = pull_markers(self.m_inlet, 0.0, max_samples=1024)
-            self.markers.extend(zip(stamps, map(marker_text, texts), strict=True))
-        want = len(self.buf) - self.fill
-        if n_max is not None:
-            want = min(want, n_max)
-        if want <= 0:
-            return 0, 0.0
-        stamps = pull_into(self.inlet, self.buf[self.fill : self.fill + want], timeout_s)
-        n = len(stamps)
-        if n == 0:
-            return 0, 0.0
-        now = local_clock()
+    def take(self, key: str, chunk: Chunk) -> None:
+        """One chunk from the capture: samples into the block (spooled when full), or markers."""
+        t_lsl = chunk.t_lsl  # clock-corrected, as the service's ring holds them
+        if key != DATA:
+            rows = chunk.values.tolist() if isinstance(chunk.values, np.ndarray) else chunk.values
+            self.markers.extend(zip(t_lsl.tolist(), map(marker_text, rows), strict=True))
+            return
+        n = chunk.n
         if self.wall_first is None:
-            self.wall_first = time.time() - (now - float(stamps[0]))
-        self.ts_buf[self.fill : self.fill + n] = stamps
-        self.fill += n
-        self.n_total += n
-        if self.fill == len(self.buf):
-            self.flush()
-        return n, now - float(stamps[-1])
-
-    def run(self, stop: threading.Event, n_target: int | None, timeout_s: float, bar) -> None:
-        """Pull until ``n_target`` samples, ``stop``, or ``timeout_s`` of silence."""
-        t_last_data = local_clock()
-        while not stop.is_set():
-            left = None if n_target is None else n_target - self.n_total
-            if left is not None and left <= 0:
-                return
-            n, lag_s = self.pull(0.1, left)
-            if n == 0:
-                if local_clock() - t_last_data > timeout_s:
-                    break  # the source is gone: keep what we have
-                continue
-            t_last_data = local_clock()
-            bar.update(
-                n,
-                f"{self.n_total / self.sfreq_hz:.1f} s, {self.n_total} samples, "
-                f"{len(self.markers)} markers, lag {lag_s * 1e3:.1f} ms",
-            )
-
-    def drain(self, n_target: int | None, max_s: float = 0.5) -> None:
-        """Take what is already queued: a stop request does not drop received samples."""
-        drain_until = local_clock() + max_s
-        while local_clock() < drain_until:
-            left = None if n_target is None else n_target - self.n_total
-            n, _ = self.pull(0.0, left)
-            if n == 0:
-                return
+            self.wall_first = time.time() - (local_clock() - float(t_lsl[0]))
+        done = 0
+        while done < n:
+            k = min(n - done, len(self.buf) - self.fill)
+            self.buf[self.fill : self.fill + k] = chunk.values[done : done + k]
+            self.ts_buf[self.fill : self.fill + k] = t_lsl[done : done + k]
+            self.fill += k
+            self.n_total += k
+            done += k
+            if self.fill == len(self.buf):
+                self.flush()
+        lag_s = chunk.t_arrived - float(t_lsl[-1])
+        self.bar.update(
+            n,
+            f"{self.n_total / self.sfreq_hz:.1f} s, {self.n_total} samples, "
+            f"{len(self.markers)} markers, lag {lag_s * 1e3:.1f} ms",
+        )
 
 
 class _SpoolRaw(mne.io.BaseRaw):
@@ -582,9 +542,9 @@ def _markers_to_annotations(
 
 
 def _write_fif(
-    out, tmp_dir, desc, fiff_chs, filters, spool_dtype, n_total, marker_log, wall_first
+    out, tmp_dir, desc, spool_dtype, n_total, marker_log, wall_first, gaps
 ) -> dict[str, Any]:
-    info = build_info(desc, fiff_chs, filters)
+    info = build_info(desc, list(desc.fiff_chs), desc.filters)
     if wall_first is not None:
         info.set_meas_date(datetime.fromtimestamp(wall_first, tz=UTC))
     stamps = np.fromfile(tmp_dir / "times.spool", dtype=np.float64, count=n_total)
@@ -617,6 +577,7 @@ def _write_fif(
         "n_markers": len(ann),
         "n_markers_outside": dropped,
         "counter": None,
+        "gaps": gaps,
     }
     if COUNTER_CHANNEL in raw.ch_names:
         summary["counter"] = _counter_check(

@@ -102,6 +102,12 @@ class StreamDescription:
         Sensor positions in metres (head frame), NaN where unknown.
     has_description : bool
         False for a peer stream that sent no ``<channels>`` block.
+    hostname : str
+    fiff_chs : tuple of dict
+        mne-lsl's per-channel FIFF fields, where the source sent them (see
+        :func:`read_fiff_details`); empty for a resolved (not connected) stream.
+    filters : dict
+        ``highpass``/``lowpass`` in Hz, where the source sent them.
     """
 
     name: str
@@ -116,6 +122,8 @@ class StreamDescription:
     positions: np.ndarray | None = field(default=None, compare=False)
     has_description: bool = False
     hostname: str = ""
+    fiff_chs: tuple[dict[str, Any], ...] = field(default=(), compare=False)
+    filters: dict[str, float] = field(default_factory=dict, compare=False)
 
     @property
     def counter_index(self) -> int | None:
@@ -190,6 +198,7 @@ def describe(info: pylsl.StreamInfo) -> StreamDescription:
     has_desc = len(names) == n and all(names)
     if not has_desc:
         names, types, units = [], [], []
+    fiff_chs, filters = read_fiff_details(info)
     return StreamDescription(
         name=info.name(),
         stype=info.type(),
@@ -203,6 +212,8 @@ def describe(info: pylsl.StreamInfo) -> StreamDescription:
         positions=pos if has_desc and np.isfinite(pos).any() else None,
         has_description=has_desc,
         hostname=info.hostname(),
+        fiff_chs=tuple(fiff_chs),
+        filters=filters,
     )
 
 

@@ -2,9 +2,11 @@
 
 Threads
 -------
-- The marker thread (``rtdecode-markers-<name>``) owns its pylsl inlet, appends each
-  marker to a bounded history under a lock and notifies waiters. It reconnects like
-  StreamReader and stores errors in ``.error`` (see reader.py).
+- The marker thread (``rtdecode-markers-<name>``) owns its pylsl inlet (the pull loop of
+  reader.py), hands each chunk to its sinks, appends each marker to a bounded history
+  under a lock and notifies waiters. It reconnects like StreamReader and stores errors in
+  ``.error`` (see reader.py). The history is for the live path; a recorder that must
+  keep every marker registers a sink (or reads the stream with a StreamTap).
 - Any thread reads the history (``markers``, ``since``, ``latest``) and maps a marker's
   time onto the data stream's absolute sample index (``locate``) through the data
   reader's ring; a mapped marker is cached in the history.
@@ -23,6 +25,8 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+
+import numpy as np
 
 from rtdecode.contracts import Marker, marker_text, parse_marker
 from rtdecode.lsl import streams as lsl
@@ -71,11 +75,10 @@ class MarkerReader(_InletThread):
     ):
         # Markers are sparse: a generous inlet buffer costs nothing.
         options.setdefault("max_buflen_s", 360)
-        super().__init__(name, stype, source_id, **options)
+        super().__init__(name, stype, source_id, fallback_names=fallback_names, **options)
         if history < 1:
             raise ValueError(f"history={history} must keep at least one marker.")
         self.reader = reader
-        self.fallback_names = tuple(fallback_names)
         self.interpret = interpret
         self._onehot: tuple[str, ...] = ()
         self._history: collections.deque[Marker] = collections.deque(maxlen=int(history))
@@ -101,42 +104,32 @@ class MarkerReader(_InletThread):
             log.info("Markers from stream %r (%s).", desc.name,
                      "one-hot" if one_hot else desc.channel_format)
 
-    def _find(self, timeout_s, source_id, exclude_uids=()):
-        if not self.fallback_names:
-            return super()._find(timeout_s, source_id, exclude_uids)
-        return lsl.find_first(
-            (self.name, *self.fallback_names),
-            source_id,
-            timeout_s,
-            exclude_uids=exclude_uids,
-            should_stop=self._stop.is_set,
-        )
-
     def _texts(self, sample) -> list[str]:
         """The marker text(s) of one sample: one per non-zero channel when one-hot."""
         if self._onehot:
             return [name for name, v in zip(self._onehot, sample, strict=True) if v]
         return [marker_text(sample)]
 
-    def _pull(self, inlet) -> int:
-        samples, ts = lsl.pull_markers(inlet, self.pull_timeout_s)
-        if not ts:
-            return 0
+    def _handle(self, values, t_source, t_arrived, backlog) -> None:
+        self._emit(values, t_source, t_arrived)
+        # A numeric stream comes as an array: its rows as Python numbers, as pylsl's
+        # lists give them (the marker text of 3.0 stays "3.0").
+        samples = values.tolist() if isinstance(values, np.ndarray) else values
         interpret = self.interpret or (lambda value: value)
+        ts = t_source + self._offset_s
         new = [
             Marker(t_lsl=float(t), value=interpret(parse_marker(text)))
-            for s, t in zip(samples, ts, strict=True)
+            for s, t in zip(samples, ts.tolist(), strict=True)
             for text in self._texts(s)
         ]
         if not new:
-            return 0
+            return
         with self._cond:
             self._history.extend(new)
             self._n_received += len(new)
             self._counts["samples"] += len(new)
             self._counts["chunks"] += 1
             self._cond.notify_all()
-        return len(new)
 
     def _finish(self) -> None:
         with self._cond:

@@ -1,17 +1,28 @@
 """StreamReader: one background thread that pulls an LSL data stream into a RingBuffer.
 
+This module holds rtdecode's one LSL pull loop (``_InletThread``): StreamReader (data ->
+ring), MarkerReader (stream/markers.py: markers -> history) and StreamTap (any stream ->
+sinks only) are its subclasses. Whatever else needs a stream's samples (``rtdecode
+record``) registers a *sink* with one of them instead of opening its own inlet.
+
 Threads
 -------
 - The reader thread (``rtdecode-reader-<name>``) owns every pylsl object: it resolves the
-  stream, opens the inlet, pulls chunks, and is the ring's only writer. It reconnects
-  when the source disappears and comes back, and stores any error in ``.error`` before
-  ending (never silently): ``wait_ready`` and ``Windower.next_window`` re-raise it.
+  stream, opens the inlet, pulls chunks, hands each to the sinks, and is the ring's only
+  writer. It reconnects when the source disappears and comes back, and stores any error
+  in ``.error`` before ending (never silently): ``wait_ready`` and
+  ``Windower.next_window`` re-raise it.
 - Any thread may read ``.ring`` (see ring.py), ``.stats`` (a snapshot taken under a
-  small lock), ``.description``, ``.gaps()`` and ``.error``.
+  small lock), ``.description``, ``.gaps()``, ``.clock_offset`` and ``.error``.
+- Sinks run on the reader thread, with each chunk as sent (the stream's dtype, the
+  source's timestamps and the clock offset; see :class:`Chunk`), before the rescaling
+  to SI units and the copy into the float32 ring. They must be quick and copy what they
+  keep (a recorder queues a copy for its own writer thread).
 
 What is checked per chunk
 -------------------------
-- Timestamps (clock-corrected by liblsl, ``proc_clocksync``) going backwards: counted.
+- Timestamps (clock-corrected: the source's time plus ``inlet.time_correction()``, as
+  liblsl's ``proc_clocksync`` does) going backwards: counted.
 - A jump of more than ``gap_factor`` sample periods past the newest timestamp so far: a
   gap, with ``round(jump * sfreq) - 1`` lost samples. When the stream carries the
   sample-counter channel (``COUNTER_CHANNEL``), the counter decides instead (exact).
@@ -26,7 +37,9 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +51,10 @@ from rtdecode.stream.ring import RingBuffer
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "Chunk",
+    "Sink",
     "StreamReader",
+    "StreamTap",
     "StreamStats",
     "Gap",
     "StreamError",
@@ -131,14 +147,79 @@ _NO_STATS = StreamStats()
 _NO_INDEX = np.empty(0, dtype=np.intp)
 
 
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One pull of a stream, as a sink receives it: the values and times as sent.
+
+    Sinks run on the reader thread, before anything is rescaled or checked against the
+    ring; a sink must be quick (copy, then hand over to its own writer thread) and copy
+    what it keeps: ``values`` and ``t_source`` are views of buffers that the next pull
+    overwrites.
+
+    Attributes
+    ----------
+    values : ndarray, shape (n, n_channels), or list of n lists of str
+        The samples in the stream's own dtype (``lsl.DTYPES``: float32, float64, int16,
+        ...); the raw values, never rescaled. A string stream's samples are lists of str.
+    t_source : ndarray, float64, shape (n,)
+        Timestamps as the source stamped them (its LSL clock), not clock-corrected.
+    clock_offset_s : float
+        The clock correction in force (``inlet.time_correction``): ``t_source +
+        clock_offset_s`` is on the local LSL clock, the ``t_lsl`` the ring holds.
+    t_clock_offset : float
+        Local clock when that correction was measured.
+    t_arrived : float
+        Local clock right after the pull.
+    first_sample : int
+        Index of ``values[0]`` among every sample the reader received, from 0 (for a
+        StreamReader, its absolute ring index).
+    gaps : tuple of Gap
+        Gaps the reader found just before or inside this chunk (StreamReader only).
+    """
+
+    values: Any
+    t_source: np.ndarray
+    clock_offset_s: float
+    t_clock_offset: float
+    t_arrived: float
+    first_sample: int
+    gaps: tuple[Gap, ...] = ()
+
+    @property
+    def n(self) -> int:
+        """Samples in the chunk."""
+        return int(self.t_source.size)
+
+    @property
+    def t_lsl(self) -> np.ndarray:
+        """Clock-corrected timestamps, shape (n,) (a new array)."""
+        return self.t_source + self.clock_offset_s
+
+
+Sink = Callable[[Chunk], None]
+"""Called on the reader thread with every chunk pulled (see :class:`Chunk`)."""
+
+#: Seconds between refreshes of the clock correction (liblsl's own ``proc_clocksync``
+#: refreshes about as often; the estimate behind it changes every few seconds).
+CLOCK_REFRESH_S = 0.5
+#: Longest wait of one pull while draining a stopped reader.
+_DRAIN_PULL_S = 0.05
+
+
 class _InletThread:
     """Resolve a stream and keep an inlet open in a background thread.
 
-    Reconnects when the source is lost, and never dies silently. Subclasses validate and
-    pull.
+    The one LSL pull loop of rtdecode: it pulls chunks, hands each to the registered
+    sinks and to the subclass (``_handle``), reconnects when the source is lost, and
+    never dies silently.
 
     The thread owns the pylsl objects; other threads see ``description``, ``error``,
-    ``stats`` and whatever the subclass publishes.
+    ``stats``, ``clock_offset`` and whatever the subclass publishes.
+
+    Timestamps: the inlet gives the source's own timestamps, and the thread adds the
+    clock correction (``inlet.time_correction()``, refreshed every ``CLOCK_REFRESH_S``),
+    which is what liblsl's ``proc_clocksync`` does. Sinks get both (an XDF file keeps the
+    source's times and the offsets apart); the subclass gets the corrected times.
     """
 
     kind = "stream"
@@ -153,6 +234,8 @@ class _InletThread:
         reconnect: bool = True,
         max_buflen_s: int = 30,
         pull_timeout_s: float = 0.1,
+        fallback_names: Sequence[str] = (),
+        max_chunk: int | None = None,
     ):
         if not (name or stype or source_id):
             raise ValueError(
@@ -164,21 +247,41 @@ class _InletThread:
         self.reconnect = bool(reconnect)
         self.max_buflen_s = int(max_buflen_s)
         self.pull_timeout_s = float(pull_timeout_s)
+        self.fallback_names = tuple(fallback_names)
+        self.max_chunk = max_chunk
         self._stop = threading.Event()
+        self._drain_s = 0.0
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._description: lsl.StreamDescription | None = None
+        self._sinks: list[Sink] = []
         self._uid = ""  # of the outlet connected to (reader thread)
         self._lock = threading.Lock()
         # Mutable counters, written by the thread under the lock; ``stats`` copies them
         # into a frozen StreamStats (cheaper per chunk than rebuilding a dataclass).
         self._counts = {f: getattr(_NO_STATS, f) for f in StreamStats.__dataclass_fields__}
+        # Reader-thread state: the pull buffer, the clock correction, samples received.
+        self._dest: np.ndarray | None = None
+        self._max_chunk = 0
+        self._offset_s = 0.0
+        self._t_offset = -math.inf
+        self._n_pulled = 0
 
     # --------------------------------------------------------------- public API
     def __repr__(self) -> str:
         what = self.name or self.stype or self.source_id
         return f"<{type(self).__name__} {what!r} alive={self.is_alive} error={self._error!r}>"
+
+    def add_sink(self, sink: Sink) -> None:
+        """Hand every chunk pulled to ``sink`` (on the reader thread; before ``start``).
+
+        See :class:`Chunk` for what a sink receives and must do. An exception in a sink
+        ends the reader with that error, as any other failure does.
+        """
+        if self._thread is not None:
+            raise RuntimeError(f"Add sinks to {self!r} before start(), so none misses a sample.")
+        self._sinks.append(sink)
 
     def start(self):
         """Start the background thread (once). Returns self."""
@@ -191,10 +294,20 @@ class _InletThread:
         self._thread.start()
         return self
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Ask the thread to end and wait for it (at most ``timeout_s``)."""
+    def stop(self, timeout_s: float = 5.0, *, drain_s: float = 0.0) -> None:
+        """Ask the thread to end and wait for it (at most ``timeout_s``; 0: do not wait).
+
+        ``drain_s``: first take what the inlet already holds (or receives meanwhile),
+        for at most this long, so that a recording keeps every sample sent before the
+        stop. A later call does not shorten a drain already asked for.
+        """
+        self._drain_s = max(self._drain_s, float(drain_s))
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
+        if (
+            timeout_s > 0
+            and self._thread is not None
+            and self._thread is not threading.current_thread()
+        ):
             self._thread.join(timeout_s)
 
     def __enter__(self):
@@ -229,6 +342,12 @@ class _InletThread:
         with self._lock:
             return StreamStats(**self._counts)
 
+    @property
+    def clock_offset(self) -> tuple[float, float]:
+        """(local clock when measured, offset in s) of the latest clock correction."""
+        with self._lock:
+            return self._t_offset, self._offset_s
+
     def raise_if_failed(self) -> None:
         """Re-raise the background thread's error, if there is one."""
         if self._error is not None:
@@ -259,9 +378,12 @@ class _InletThread:
     def _validate(self, desc: lsl.StreamDescription, first: bool) -> None:
         """Raise when this stream cannot be read; set up state on the first call."""
 
-    def _pull(self, inlet) -> int:
-        """Pull once (blocking up to pull_timeout_s); return the samples received."""
+    def _handle(self, values, t_source: np.ndarray, t_arrived: float, backlog: int) -> None:
+        """Take one chunk (``values`` as in :class:`Chunk`); call ``_emit`` for the sinks."""
         raise NotImplementedError
+
+    def _idle(self, t_arrived: float) -> None:
+        """A pull returned nothing."""
 
     def _on_lost(self) -> None:
         """The source is gone; a reconnection may follow."""
@@ -283,7 +405,19 @@ class _InletThread:
             self._counts.update(changes)
 
     def _find(self, timeout_s: float | None, source_id: str | None, exclude_uids=()):
-        """Resolve until found, ``timeout_s`` passes (None: no limit) or stop()."""
+        """Resolve until found, ``timeout_s`` passes (None: no limit) or stop().
+
+        With ``fallback_names``, the first of ``name`` and those names that is visible
+        (``name`` preferred when several are).
+        """
+        if self.fallback_names:
+            return lsl.find_first(
+                (self.name, *self.fallback_names),
+                source_id,
+                timeout_s,
+                exclude_uids=exclude_uids,
+                should_stop=self._stop.is_set,
+            )
         return lsl.find(
             self.name,
             self.stype,
@@ -294,18 +428,79 @@ class _InletThread:
         )
 
     def _connect(self, info, first: bool):
-        inlet = lsl.open_inlet(info, max_buflen_s=self.max_buflen_s, recover=False)
+        # The source's own timestamps; the correction is added here (see the class doc).
+        inlet = lsl.open_inlet(
+            info, max_buflen_s=self.max_buflen_s, recover=False, clocksync=False
+        )
         desc = lsl.inlet_description(inlet, timeout_s=5.0)
         self._validate(desc, first)
+        self._setup_pull(desc)
         inlet.open_stream(5.0)
-        offset = inlet.time_correction(5.0)
+        offset = float(inlet.time_correction(5.0))
         if first:
             self._description = desc
         self._uid = info.uid()
+        t_offset = lsl.local_clock()
         with self._lock:
-            self._counts.update(connected=True, stalled=False, clock_offset_s=float(offset))
+            self._offset_s, self._t_offset = offset, t_offset
+            self._counts.update(connected=True, stalled=False, clock_offset_s=offset)
             self._counts["reconnects"] += 0 if first else 1
         return inlet
+
+    def _setup_pull(self, desc: lsl.StreamDescription) -> None:
+        """The pull buffer for this stream (on every connection)."""
+        regular = desc.sfreq_hz > 0
+        n = self.max_chunk or (max(32, int(math.ceil(0.1 * desc.sfreq_hz))) if regular else 64)
+        self._max_chunk = int(n)
+        dtype = lsl.DTYPES.get(desc.channel_format)
+        # One pull buffer, reused for every chunk: (samples, channels) as liblsl writes.
+        # A string stream is pulled as lists (there is no buffer for strings).
+        self._dest = None if dtype is None else np.empty((self._max_chunk, desc.n_channels), dtype)
+
+    def _pull(self, inlet, timeout_s: float) -> int:
+        """Pull once (waiting up to ``timeout_s`` for a first sample); the samples taken."""
+        if self._dest is not None:
+            t_source = lsl.pull_into(inlet, self._dest, timeout_s)
+            values = self._dest[: t_source.size]
+        else:
+            values, stamps = lsl.pull_markers(inlet, timeout_s, self._max_chunk)
+            t_source = np.asarray(stamps, dtype=np.float64)
+        t_arrived = lsl.local_clock()
+        if t_arrived - self._t_offset >= CLOCK_REFRESH_S:
+            self._refresh_offset(inlet, t_arrived)
+        n = int(t_source.size)
+        if n == 0:
+            self._idle(t_arrived)
+            return 0
+        backlog = inlet.samples_available() if n == self._max_chunk else 0
+        self._handle(values, t_source, t_arrived, backlog)
+        self._n_pulled += n
+        return n
+
+    def _refresh_offset(self, inlet, t_now: float) -> None:
+        try:
+            offset = float(inlet.time_correction(0.5))
+        except (lsl.LslTimeoutError, TimeoutError):
+            return  # no new estimate yet (liblsl re-measures after a clock reset)
+        with self._lock:
+            self._offset_s, self._t_offset = offset, t_now
+            self._counts["clock_offset_s"] = offset
+
+    def _emit(self, values, t_source: np.ndarray, t_arrived: float, gaps=()) -> None:
+        """Hand one chunk to every sink (reader thread)."""
+        if not self._sinks:
+            return
+        chunk = Chunk(
+            values=values,
+            t_source=t_source,
+            clock_offset_s=self._offset_s,
+            t_clock_offset=self._t_offset,
+            t_arrived=t_arrived,
+            first_sample=self._n_pulled,
+            gaps=tuple(gaps),
+        )
+        for sink in self._sinks:
+            sink(chunk)
 
     def _run(self) -> None:
         inlet = None
@@ -323,7 +518,7 @@ class _InletThread:
             self._ready.set()
             while not self._stop.is_set():
                 try:
-                    self._pull(inlet)
+                    self._pull(inlet, self.pull_timeout_s)
                 except lsl.LostError:
                     inlet = None
                     self._update(connected=False)
@@ -336,6 +531,8 @@ class _InletThread:
                     inlet = self._reconnect(source_id)
                     if inlet is None:  # stopped while waiting
                         break
+            if inlet is not None and self._drain_s > 0:
+                self._drain(inlet)
         except BaseException as exc:  # noqa: BLE001 - stored and re-raised by consumers
             self._error = exc
         finally:
@@ -343,6 +540,16 @@ class _InletThread:
             self._update(connected=False)
             self._ready.set()  # wake wait_ready, which then raises the error if any
             self._finish()
+
+    def _drain(self, inlet) -> None:
+        """After stop(drain_s=...): pull until the inlet stays empty or drain_s passes."""
+        deadline = lsl.local_clock() + self._drain_s
+        try:
+            while lsl.local_clock() < deadline:
+                if not self._pull(inlet, _DRAIN_PULL_S):
+                    return
+        except lsl.LostError:
+            return  # the source went meanwhile: everything it sent was taken
 
     def _reconnect(self, source_id: str | None):
         """Wait for the source to come back (a new outlet, same source_id) and connect.
@@ -370,6 +577,54 @@ class _InletThread:
         return None
 
 
+class StreamTap(_InletThread):
+    """Read any LSL stream only for its sinks: no ring, no history.
+
+    For a recorder that must keep a stream as sent that a StreamReader does not take: a
+    marker (string) stream, an irregular-rate stream. It reconnects like StreamReader
+    and refuses a source that comes back with another format, channel count or rate.
+
+    Parameters
+    ----------
+    name, stype, source_id : str, optional
+        What to resolve (at least one).
+    sinks : sequence of callables
+        Registered before the thread starts (see :meth:`add_sink`).
+    **options
+        ``resolve_timeout_s``, ``reconnect``, ``max_buflen_s``, ``pull_timeout_s``,
+        ``fallback_names``, ``max_chunk``, as for StreamReader and MarkerReader.
+    """
+
+    kind = "tap"
+
+    def __init__(self, name=None, stype=None, source_id=None, *, sinks=(), **options):
+        super().__init__(name, stype, source_id, **options)
+        for sink in sinks:
+            self.add_sink(sink)
+
+    def _validate(self, desc: lsl.StreamDescription, first: bool) -> None:
+        if desc.channel_format != "string" and desc.channel_format not in lsl.DTYPES:
+            raise StreamFormatError(
+                f"Stream {desc.name!r} has channel format {desc.channel_format!r}, which "
+                "rtdecode cannot read; give a numeric or string stream."
+            )
+        before = self._description
+        shape = (desc.channel_format, desc.n_channels, desc.sfreq_hz)
+        if before is not None and (before.channel_format, before.n_channels, before.sfreq_hz) != shape:
+            raise ChannelMismatchError(
+                f"Stream {desc.name!r} came back as {shape[1]} {shape[0]} channels at "
+                f"{shape[2]:g} Hz, but was {before.n_channels} {before.channel_format} "
+                f"channels at {before.sfreq_hz:g} Hz: the source changed. Restart the tap."
+            )
+
+    def _handle(self, values, t_source, t_arrived, backlog) -> None:
+        self._emit(values, t_source, t_arrived)
+        with self._lock:
+            self._counts["samples"] += int(t_source.size)
+            self._counts["chunks"] += 1
+            self._counts["t_last_pull"] = t_arrived
+
+
 class StreamReader(_InletThread):
     """Pull one LSL data stream into a :class:`RingBuffer` in a background thread.
 
@@ -380,8 +635,8 @@ class StreamReader(_InletThread):
     buffer_s : float
         Ring length in seconds.
     ch_names : sequence of str, optional
-        Channel names for a stream that sends no channel description (required then);
-        for a described stream they must match its labels.
+        Channel names for a stream that sends no channel description (required then,
+        unless ``generic_names``); for a described stream they must match its labels.
     n_channels : int, optional
         Expected channel count (checked on connect and every reconnect).
     resolve_timeout_s : float | None
@@ -397,6 +652,12 @@ class StreamReader(_InletThread):
         Samples per pull (default: 0.1 s of data, at least 32).
     max_gaps : int
         Gaps kept in ``gaps()`` (older ones only stay counted).
+    generic_names : bool
+        Name the channels of a stream without a description ``ch000``, ``ch001``, ...
+        instead of refusing it (a recorder keeps such a stream; a model needs names).
+    sinks : sequence of callables
+        Called with every chunk before it is rescaled and written to the ring (see
+        :class:`Chunk` and :meth:`add_sink`).
 
     Attributes
     ----------
@@ -423,6 +684,8 @@ class StreamReader(_InletThread):
         max_buflen_s: int = 30,
         max_gaps: int = 1000,
         pull_timeout_s: float = 0.1,
+        generic_names: bool = False,
+        sinks: Sequence[Sink] = (),
     ):
         super().__init__(
             name,
@@ -432,6 +695,7 @@ class StreamReader(_InletThread):
             reconnect=reconnect,
             max_buflen_s=max_buflen_s,
             pull_timeout_s=pull_timeout_s,
+            max_chunk=max_chunk,
         )
         if buffer_s <= 0:
             raise ValueError(f"buffer_s={buffer_s} must be positive (seconds of data kept).")
@@ -442,13 +706,14 @@ class StreamReader(_InletThread):
         self.expected_n_channels = n_channels
         self.gap_factor = float(gap_factor)
         self.stall_s = float(stall_s)
-        self.max_chunk = max_chunk
+        self.generic_names = bool(generic_names)
+        for sink in sinks:
+            self.add_sink(sink)
         self.ring: RingBuffer | None = None
         self.ch_names: tuple[str, ...] = ()
         self.sfreq_hz: float = 0.0
         self._gaps: collections.deque[Gap] = collections.deque(maxlen=max_gaps)
         # Writer-thread state (touched only by the reader thread).
-        self._dest: np.ndarray | None = None
         self._counter_idx: int | None = None
         self._last_t: float | None = None
         self._max_t: float | None = None
@@ -495,7 +760,6 @@ class StreamReader(_InletThread):
                     f"{where} came back with a different rate or channel names "
                     f"({desc.sfreq_hz:g} Hz, was {self.sfreq_hz:g} Hz); restart the reader."
                 )
-            self._setup_pull(desc)
             return
         if expected is not None and len(expected) != desc.n_channels:
             raise ChannelMismatchError(
@@ -508,6 +772,8 @@ class StreamReader(_InletThread):
                 f"{self.expected_n_channels} was expected; check the stream name."
             )
         if not desc.has_description:
+            if expected is None and self.generic_names:
+                expected = tuple(f"ch{i:03d}" for i in range(desc.n_channels))
             if expected is None:
                 raise StreamFormatError(
                     f"{where} sends no channel description (no <channels> block with "
@@ -535,15 +801,11 @@ class StreamReader(_InletThread):
         )
         capacity = max(2, int(math.ceil(self.buffer_s * self.sfreq_hz)))
         self.ring = RingBuffer(desc.n_channels, capacity)
-        self._setup_pull(desc)
 
     def _setup_pull(self, desc: lsl.StreamDescription) -> None:
-        n = self.max_chunk or max(32, int(math.ceil(0.1 * desc.sfreq_hz)))
-        self._max_chunk = int(n)
-        # One pull buffer, reused for every chunk: (samples, channels) as liblsl writes.
-        self._dest = np.empty(
-            (self._max_chunk, desc.n_channels), dtype=lsl.DTYPES[desc.channel_format]
-        )
+        super()._setup_pull(desc)
+        # The chunk's clock-corrected timestamps (what the ring and the checks use).
+        self._t_lsl = np.empty(self._max_chunk, dtype=np.float64)
         # Scratch rows for the per-chunk checks: the previous value, then the chunk's.
         self._ext_t = np.empty(self._max_chunk + 1, dtype=np.float64)
         self._ext_c = np.empty(self._max_chunk + 1, dtype=np.float64)
@@ -555,23 +817,13 @@ class StreamReader(_InletThread):
         self._si = si_factors(desc.units) if floating else None
 
     # ------------------------------------------------------------------ pulling
-    def _pull(self, inlet) -> int:
-        ts = lsl.pull_into(inlet, self._dest, self.pull_timeout_s)
-        t_arrived = lsl.local_clock()
-        n = int(ts.size)
-        if n == 0:
-            if (
-                self._t_last_data
-                and t_arrived - self._t_last_data > self.stall_s
-                and not self._counts["stalled"]
-            ):
-                self._update(stalled=True)
-            return 0
-        backlog = inlet.samples_available() if n == self._max_chunk else 0
-        if self._si is not None:
-            self._dest[:n] *= self._si
-        self._ingest(self._dest[:n], ts, t_arrived, backlog)
-        return n
+    def _idle(self, t_arrived: float) -> None:
+        if (
+            self._t_last_data
+            and t_arrived - self._t_last_data > self.stall_s
+            and not self._counts["stalled"]
+        ):
+            self._update(stalled=True)
 
     def _on_lost(self) -> None:
         self._lost_at_t = self._last_t
@@ -640,12 +892,14 @@ class StreamReader(_InletThread):
                 n_repeated += 1
         return n_repeated
 
-    def _ingest(self, block: np.ndarray, ts: np.ndarray, t_arrived: float, backlog: int) -> None:
-        """Check one chunk and write it to the ring (reader thread only).
+    def _handle(self, block: np.ndarray, t_source: np.ndarray, t_arrived: float, backlog: int):
+        """Check one chunk, hand it to the sinks, write it to the ring (reader thread).
 
-        block : (n, n_channels) view of the pull buffer; ts : (n,) float64.
+        block : (n, n_channels) view of the pull buffer, in the stream's dtype;
+        t_source : (n,) float64, the source's timestamps.
         """
-        n = ts.size
+        n = t_source.size
+        ts = np.add(t_source, self._offset_s, out=self._t_lsl[:n])
         first_index = self.ring.n_written
         lost_before = self._lost_scratch[:n]
         lost_before[:] = 0
@@ -691,6 +945,9 @@ class StreamReader(_InletThread):
                 n_nonfinite = (block.shape[1] - finite.sum(axis=1)).astype(np.int32)
                 n_bad_samples = int(np.count_nonzero(n_nonfinite))
 
+        self._emit(block, t_source, t_arrived, new_gaps)  # as sent: before the rescaling
+        if self._si is not None:
+            block *= self._si
         self.ring.write(block.T, ts, t_arrived, n_nonfinite, lost_before)
 
         self._last_t = float(ts[-1])
