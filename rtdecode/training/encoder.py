@@ -38,10 +38,10 @@ import os
 import platform
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -56,9 +56,21 @@ from rtdecode.encoder.presets import get_preset
 from rtdecode.images.encoders import DEFAULT_IMAGE_ENCODER
 from rtdecode.training.state import TRAINING_DIR, load_training_state, save_training_state
 
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from tqdm.auto import tqdm
+
+    from rtdecode.data.datasets import EpochSet
+    from rtdecode.images.categories import CategoryGallery
+    from rtdecode.images.encoders import ImageEncoder
+    from rtdecode.images.gallery import Gallery
+    from rtdecode.signal import Preprocessor
+
 __all__ = [
     "Recipe",
     "TrainResult",
+    "TrainSplit",
+    "TrainingRun",
+    "ValidationScores",
     "default_out_dir",
     "fit_ridge_checkpoint",
     "fit_riemann_checkpoint",
@@ -223,8 +235,13 @@ def load_recipe(recipe: str | Path | dict | Recipe | None = None, **overrides: A
 
 
 # --------------------------------------------------------------------------- distributed
-@dataclass
-class _Dist:
+@dataclass(frozen=True)
+class _Distributed:
+    """Where this process trains: its rank among ``world`` processes, and its device.
+
+    ``created``: this process initialised the process group, so it tears it down.
+    """
+
     world: int
     rank: int
     device: torch.device
@@ -232,15 +249,16 @@ class _Dist:
 
     @property
     def main(self) -> bool:
+        """Rank 0: the process that writes files and shows the progress bar."""
         return self.rank == 0
 
 
-def _setup_distributed(device: str | torch.device) -> _Dist:
+def _setup_distributed(device: str | torch.device) -> _Distributed:
     """Initialise the process group when torchrun says there are several processes."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dev = resolve_device(device)
     if world <= 1:
-        return _Dist(1, 0, dev, False)
+        return _Distributed(1, 0, dev, False)
     import torch.distributed as dist
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -251,10 +269,10 @@ def _setup_distributed(device: str | torch.device) -> _Dist:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
         created = True
-    return _Dist(dist.get_world_size(), dist.get_rank(), dev, created)
+    return _Distributed(dist.get_world_size(), dist.get_rank(), dev, created)
 
 
-def _broadcast_flag(flag: bool, dist_info: _Dist) -> bool:
+def _broadcast_flag(flag: bool, dist_info: _Distributed) -> bool:
     """Rank 0's decision, on every rank (early stopping must stop everyone together)."""
     if dist_info.world == 1:
         return flag
@@ -336,11 +354,13 @@ class _Rows:
 class _RowsDataset(torch.utils.data.Dataset):
     """(window, subject, target) per training row; windows read from X by index."""
 
-    def __init__(self, rows: _Rows, S: np.ndarray, Y: np.ndarray) -> None:
-        self.X = torch.from_numpy(rows.X)
-        self.rows = rows.rows
-        self.S = torch.from_numpy(S)
-        self.Y = torch.from_numpy(Y)
+    def __init__(self, split: TrainSplit) -> None:
+        if not isinstance(split.windows, _Rows):
+            raise TypeError("The training split's windows must be rows of the window array.")
+        self.X = torch.from_numpy(split.windows.X)
+        self.rows = split.windows.rows
+        self.S = torch.from_numpy(split.subjects)
+        self.Y = torch.from_numpy(split.targets)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -369,20 +389,61 @@ def _finite_rows(*arrays: np.ndarray) -> np.ndarray:
     return ok
 
 
+@dataclass(frozen=True)
+class TrainSplit:
+    """One side of the training/validation split, row for row.
+
+    Attributes
+    ----------
+    windows : _Rows or ndarray, float32, shape (n, C, T)
+        Preprocessed windows. The training side is rows of the full window array (an
+        index, not a copy: the window array is the biggest one of a run).
+    targets : ndarray, float32, shape (n, D) or (n, N, D)
+        Image embeddings, standardised with the training side's statistics.
+    subjects : ndarray, int64, shape (n,)
+        Subject-layer row of each window.
+    groups : ndarray of str, shape (n,), or None
+        Image id of each window: validation scores retrieval among these images (the
+        training side leaves them out).
+    """
+
+    windows: _Rows | np.ndarray
+    targets: np.ndarray
+    subjects: np.ndarray
+    groups: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+
+@dataclass(frozen=True)
+class ValidationScores:
+    """One epoch's validation: the loss and single-trial retrieval among its images.
+
+    ``as_dict()`` gives the epoch record's ``val_*`` keys (history, progress bar,
+    ``monitor``).
+    """
+
+    val_loss: float
+    val_top1: float
+    val_top5: float
+    val_chance_top5: float
+    val_n_images: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        """The scores under their history keys, in this order."""
+        return dataclasses.asdict(self)
+
+
 def _validate(
-    model: BrainModule,
-    loss_fn: CombinedLoss,
-    X: np.ndarray,
-    S: np.ndarray,
-    Y: np.ndarray,
-    ids: np.ndarray,
-    batch_size: int,
-) -> dict[str, float]:
+    model: BrainModule, loss_fn: CombinedLoss, val: TrainSplit, batch_size: int
+) -> ValidationScores:
     """Validation loss and single-trial retrieval among the validation images.
 
     The loss uses the same batches every epoch.
     """
-    out = predict(model, X, S, batch_size=batch_size)
+    X, Y = val.windows, val.targets
+    out = predict(model, X, val.subjects, batch_size=batch_size)
     lam = loss_fn.lam
     scale = float(loss_fn.logit_scale.detach())
     losses, weights = [], []
@@ -394,16 +455,16 @@ def _validate(
         mse = mse_loss(torch.from_numpy(out["mse"][sl]), torch.from_numpy(Y[sl]))
         losses.append(float(lam * clip + (1 - lam) * mse))
         weights.append(len(X[sl]))
-    uniq, inverse = np.unique(ids, return_inverse=True)
+    uniq, inverse = np.unique(val.groups, return_inverse=True)
     first = np.array([np.flatnonzero(inverse == k)[0] for k in range(len(uniq))])
     metrics = retrieval_metrics(out["clip"], Y[first], inverse)
-    return {
-        "val_loss": float(np.average(losses, weights=weights)),
-        "val_top1": metrics["top1"],
-        "val_top5": metrics["top5"],
-        "val_chance_top5": metrics["chance_top5"],
-        "val_n_images": int(len(uniq)),
-    }
+    return ValidationScores(
+        val_loss=float(np.average(losses, weights=weights)),
+        val_top1=metrics["top1"],
+        val_top5=metrics["top5"],
+        val_chance_top5=metrics["chance_top5"],
+        val_n_images=int(len(uniq)),
+    )
 
 
 def _better(score: float, best: float | None, mode: str) -> bool:
@@ -443,6 +504,64 @@ class TrainResult:
     n_dropped_nonfinite: int
     stopped_early: bool
     ckpt_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """One run of the training loop, resolved and checked once by :func:`train_arrays`.
+
+    Attributes
+    ----------
+    recipe : Recipe
+        Model, optimisation and early-stopping settings.
+    dist : _Distributed
+        This process's rank among the processes of the run, and its device.
+    train, val : TrainSplit
+        The windows the optimiser sees, and those that score each epoch (whole images
+        on one side; ``val`` may be empty).
+    positions : ndarray, shape (C, 2) or (n_systems, C, 2)
+        Sensor positions of the spatial attention.
+    n_subjects : int
+        Rows of the subject layer.
+    subject_system : tuple of int, or None
+        With several sensor systems: the system of each subject.
+    target_stats : dict
+        ``{"mean", "std"}`` of the training embeddings (lists), stored in the checkpoint.
+    n_dropped_nonfinite : int
+        Windows left out because they held NaN/Inf.
+    out_dir : Path or None
+        Checkpoint folder (best model) and ``training/`` (last state); None writes nothing.
+    meta : dict or None
+        Checkpoint metadata given by the caller.
+    resume : bool
+        Continue the run saved in ``out_dir``.
+    progress : bool
+        Show a progress bar (rank 0 only).
+    """
+
+    recipe: Recipe
+    dist: _Distributed
+    train: TrainSplit
+    val: TrainSplit
+    positions: np.ndarray
+    n_subjects: int
+    subject_system: tuple[int, ...] | None
+    target_stats: dict[str, Any]
+    n_dropped_nonfinite: int
+    out_dir: Path | None
+    meta: dict[str, Any] | None
+    resume: bool
+    progress: bool
+
+    @property
+    def device(self) -> torch.device:
+        """The device this process trains on."""
+        return self.dist.device
+
+    @property
+    def writes(self) -> bool:
+        """True on the process that writes the checkpoint and the resume state."""
+        return self.out_dir is not None and self.dist.main
 
 
 def train_arrays(
@@ -522,26 +641,30 @@ def train_arrays(
     if n_dropped:  # X is the biggest array of a run: copied only when rows must go
         X, Y, S, G = X[ok], Y[ok], S[ok], G[ok]
     val_mask = _split_groups(G, rc.val_fraction, rc.seed)
-    # The training windows stay rows of X (an index, not a copy); validation is copied.
-    Xt = _Rows(X, np.flatnonzero(~val_mask))
-    Yt, St = Y[~val_mask], S[~val_mask]
-    Xv, Yv, Sv, Gv = X[val_mask], Y[val_mask], S[val_mask], G[val_mask]
-    if len(Xt) < 2:
+    Yt = Y[~val_mask]
+    if len(Yt) < 2:
         raise ValueError(
-            f"Only {len(Xt)} finite training windows are left (of {n_all}; {n_dropped} had "
+            f"Only {len(Yt)} finite training windows are left (of {n_all}; {n_dropped} had "
             "NaN/Inf); training needs at least 2."
         )
     target_stats = fit_target_stats(Yt)
-    Yt_z, Yv_z = standardize(Yt, target_stats), standardize(Yv, target_stats)
+    # The training windows stay rows of X (an index, not a copy); validation is copied.
+    train_split = TrainSplit(_Rows(X, np.flatnonzero(~val_mask)), standardize(Yt, target_stats),
+                             S[~val_mask])
+    val_split = TrainSplit(X[val_mask], standardize(Y[val_mask], target_stats), S[val_mask],
+                           G[val_mask])
 
     dist_info = _setup_distributed(device)
-    dev = dist_info.device
     try:
-        systems = {} if subject_system is None else {"subject_system": tuple(subject_system)}
-        result = _fit(
-            rc, dist_info, dev, Xt, Yt_z, St, Xv, Yv_z, Sv, Gv, positions, n_subj,
-            target_stats, n_dropped, out_dir, meta, resume, progress, systems,
+        run = TrainingRun(
+            recipe=rc, dist=dist_info, train=train_split, val=val_split,
+            positions=np.asarray(positions), n_subjects=n_subj,
+            subject_system=None if subject_system is None else tuple(subject_system),
+            target_stats=target_stats, n_dropped_nonfinite=n_dropped,
+            out_dir=None if out_dir is None else Path(out_dir), meta=meta, resume=resume,
+            progress=progress,
         )
+        result = _fit(run)
         if dist_info.created:
             import torch.distributed as dist
 
@@ -556,162 +679,222 @@ def train_arrays(
             dist.destroy_process_group()
 
 
-def _fit(rc, dist_info, dev, Xt, Yt, St, Xv, Yv, Sv, Gv, positions, n_subj, target_stats,
-         n_dropped, out_dir, meta, resume, progress, systems) -> TrainResult:
-    from torch.utils.data import DataLoader, DistributedSampler
+@dataclass
+class _LoopState:
+    """Where the epoch loop stands: the early-stopping state ``--resume`` continues from.
+
+    Attributes
+    ----------
+    epoch : int
+        The last finished epoch (0 before the first).
+    history : list of dict
+        One record per finished epoch.
+    best_score, best_epoch : float or None, int
+        The monitored score of the best epoch so far, and that epoch.
+    bad_epochs : int
+        Epochs since the best one (patience).
+    best_state : dict of tensors, or None
+        The best epoch's weights (on the CPU); not part of the saved state.
+    """
+
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_score: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+
+    def saved(self, recipe: Recipe, spatial_rng: torch.Tensor) -> dict[str, Any]:
+        """The state as ``save_training_state`` stores it."""
+        return {"epoch": self.epoch, "best_score": self.best_score,
+                "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+                "history": self.history, "recipe": recipe.to_dict(),
+                "tensors": {"spatial_rng": spatial_rng}}
+
+
+@dataclass(frozen=True)
+class _Batches:
+    """How this process reads the training windows: its share of every global batch."""
+
+    global_batch: int
+    sampler: torch.utils.data.DistributedSampler
+    loader: torch.utils.data.DataLoader
+    max_batches: int
+
+    @classmethod
+    def of(cls, run: TrainingRun) -> _Batches:
+        """The global batch, split evenly over ranks; a small data set shrinks it."""
+        from torch.utils.data import DataLoader, DistributedSampler
+
+        rc, world = run.recipe, run.dist.world
+        n_train = len(run.train)
+        global_batch = min(rc.batch_size, (n_train // world) * world)
+        per_rank = global_batch // world
+        if per_rank < 1 or global_batch < 2:
+            raise ValueError(
+                f"{n_train} training windows cannot fill a batch of 2 on {world} processes; "
+                "give more data or fewer processes."
+            )
+        dataset = _RowsDataset(run.train)
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=run.dist.rank,
+                                     shuffle=True, seed=rc.seed, drop_last=True)
+        loader = DataLoader(
+            dataset, batch_size=per_rank, sampler=sampler, drop_last=True,
+            num_workers=rc.num_workers, pin_memory=run.device.type == "cuda",
+        )
+        max_batches = len(loader)
+        if rc.samples_per_epoch is not None:
+            max_batches = max(1, min(max_batches, int(rc.samples_per_epoch) // global_batch))
+        return cls(global_batch, sampler, loader, max_batches)
+
+
+def _parallel(step: _TrainStep, run: TrainingRun) -> nn.Module:
+    """The module the loop calls: ``step`` itself, or wrapped in DDP on several processes."""
+    if run.dist.world == 1:
+        return step
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dev = run.device
+    # Buffers need no broadcast before each forward: BatchNorm statistics are
+    # reduced over all ranks, so they stay identical everywhere.
+    no_sync = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in inspect.signature(DDP).parameters
+        else {"broadcast_buffers": False}
+    )
+    return DDP(
+        step,
+        device_ids=[dev.index] if dev.type == "cuda" else None,
+        find_unused_parameters=run.recipe.lam in (0.0, 1.0),
+        **no_sync,
+    )
+
+
+def _resumed(run: TrainingRun, model: BrainModule, loss_fn: CombinedLoss,
+             opt: torch.optim.Optimizer) -> _LoopState:
+    """Load the saved run of ``run.out_dir`` into the modules and the optimiser."""
+    out = run.out_dir
+    if out is None:
+        raise ValueError("resume=True needs out_dir, the folder of the run to continue.")
+    state = load_training_state(out, {"model": model, "loss": loss_fn}, opt)
+    saved = {k: v for k, v in state.get("recipe", {}).items() if k != "max_epochs"}
+    now = {k: v for k, v in run.recipe.to_dict().items() if k != "max_epochs"}
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if diff:
+        raise ValueError(
+            f"The run in {out} used a different recipe ({diff} differ); resume with the "
+            "same recipe (only max_epochs may change), or start a new run."
+        )
+    if "spatial_rng" in state["tensors"]:
+        model.spatial.generator.set_state(state["tensors"]["spatial_rng"])
+    loop = _LoopState(
+        epoch=int(state["epoch"]), history=list(state["history"]),
+        best_score=state.get("best_score"), best_epoch=int(state.get("best_epoch", 0)),
+        bad_epochs=int(state.get("bad_epochs", 0)),
+    )
+    if (out / WEIGHTS_FILE).is_file():
+        from safetensors.torch import load_file
+
+        loop.best_state = load_file(out / WEIGHTS_FILE)
+    return loop
+
+
+def _train_epoch(runner: nn.Module, opt: torch.optim.Optimizer, batches: _Batches,
+                 dev: torch.device, bar: tqdm) -> dict[str, float]:
+    """One pass over this process's batches: the mean loss and its parts per batch.
+
+    Returns
+    -------
+    dict
+        ``train_loss``, ``train_clip``, ``train_mse`` (the epoch record's keys).
+    """
+    sums = {"loss": 0.0, "clip": 0.0, "mse": 0.0}
+    n_batches = 0
+    for xb, sb, yb in batches.loader:
+        if n_batches >= batches.max_batches:
+            break  # samples_per_epoch: the sampler's order differs every epoch
+        xb, sb, yb = xb.to(dev, non_blocking=True), sb.to(dev), yb.to(dev)
+        loss, parts = runner(xb, sb, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        n_batches += 1
+        sums["loss"] += float(loss.detach())
+        sums["clip"] += float(parts["clip"])
+        sums["mse"] += float(parts["mse"])
+        bar.set_postfix(loss=f"{sums['loss'] / n_batches:.3f}", refresh=False)
+    return {f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()}
+
+
+def _fit(run: TrainingRun) -> TrainResult:
+    """The epoch loop: train, validate, keep the best weights, stop on patience."""
     from tqdm.auto import tqdm
 
-    world = dist_info.world
+    rc, dev, dist_info = run.recipe, run.device, run.dist
+    n_channels, n_times = run.train.windows.shape[1:]
     torch.manual_seed(rc.seed)
+    systems = {} if run.subject_system is None else {"subject_system": run.subject_system}
     model = build_model(
-        rc.preset, Xt.shape[1], Xt.shape[2], positions, n_subjects=n_subj,
-        target_dim=Yt.shape[1:], seed=rc.seed, **systems, **rc.model,
+        rc.preset, n_channels, n_times, run.positions, n_subjects=run.n_subjects,
+        target_dim=run.train.targets.shape[1:], seed=rc.seed, **systems, **rc.model,
     ).to(dev)
     loss_fn = CombinedLoss(rc.lam).to(dev)
     step = _TrainStep(model, loss_fn)
     opt = torch.optim.Adam(step.parameters(), lr=rc.lr, weight_decay=rc.weight_decay)
-    runner: nn.Module = step
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        # Buffers need no broadcast before each forward: BatchNorm statistics are
-        # reduced over all ranks, so they stay identical everywhere.
-        no_sync = (
-            {"forward_sync_buffers": False}
-            if "forward_sync_buffers" in inspect.signature(DDP).parameters
-            else {"broadcast_buffers": False}
-        )
-        runner = DDP(
-            step,
-            device_ids=[dev.index] if dev.type == "cuda" else None,
-            find_unused_parameters=rc.lam in (0.0, 1.0),
-            **no_sync,
-        )
-
-    # The global batch, split evenly over ranks; a small data set shrinks it.
-    global_batch = min(rc.batch_size, (len(Xt) // world) * world)
-    per_rank = global_batch // world
-    if per_rank < 1 or global_batch < 2:
-        raise ValueError(
-            f"{len(Xt)} training windows cannot fill a batch of 2 on {world} processes; "
-            "give more data or fewer processes."
-        )
-    dataset = _RowsDataset(Xt, St, Yt)
-    sampler = DistributedSampler(
-        dataset, num_replicas=world, rank=dist_info.rank, shuffle=True, seed=rc.seed, drop_last=True
-    )
-    loader = DataLoader(
-        dataset, batch_size=per_rank, sampler=sampler, drop_last=True,
-        num_workers=rc.num_workers, pin_memory=dev.type == "cuda",
-    )
-    max_batches = len(loader)
-    if rc.samples_per_epoch is not None:
-        max_batches = max(1, min(max_batches, int(rc.samples_per_epoch) // global_batch))
+    runner = _parallel(step, run)
+    batches = _Batches.of(run)
     mode = MONITORS[rc.monitor]
-    has_val = len(np.unique(Gv)) >= 2
-    history: list[dict[str, Any]] = []
-    best_score: float | None = None
-    best_epoch = 0
-    bad_epochs = 0
-    start_epoch = 0
-    best_state: dict[str, torch.Tensor] | None = None
-    out = Path(out_dir) if out_dir is not None else None
-
-    if resume:
-        if out is None:
-            raise ValueError("resume=True needs out_dir, the folder of the run to continue.")
-        state = load_training_state(out, {"model": model, "loss": loss_fn}, opt)
-        saved = {k: v for k, v in state.get("recipe", {}).items() if k != "max_epochs"}
-        now = {k: v for k, v in rc.to_dict().items() if k != "max_epochs"}
-        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-        if diff:
-            raise ValueError(
-                f"The run in {out} used a different recipe ({diff} differ); resume with the "
-                "same recipe (only max_epochs may change), or start a new run."
-            )
-        if "spatial_rng" in state["tensors"]:
-            model.spatial.generator.set_state(state["tensors"]["spatial_rng"])
-        start_epoch = int(state["epoch"])
-        history = list(state["history"])
-        best_score, best_epoch = state.get("best_score"), int(state.get("best_epoch", 0))
-        bad_epochs = int(state.get("bad_epochs", 0))
-        if (out / WEIGHTS_FILE).is_file():
-            from safetensors.torch import load_file
-
-            best_state = load_file(out / WEIGHTS_FILE)
-
+    has_val = len(np.unique(run.val.groups)) >= 2
+    loop = _resumed(run, model, loss_fn, opt) if run.resume else _LoopState()
+    out = run.out_dir
     provenance = {
         "recipe": rc.to_dict(),
-        "n_train": int(len(Xt)),
-        "n_val": int(len(Xv)),
-        "n_dropped_nonfinite": n_dropped,
-        "world_size": world,
+        "n_train": int(len(run.train)),
+        "n_val": int(len(run.val)),
+        "n_dropped_nonfinite": run.n_dropped_nonfinite,
+        "world_size": dist_info.world,
         "device": str(dev),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        **_software(),
     }
 
     def write_checkpoint(epoch: int) -> None:
-        full = dict(meta or {})
-        full.setdefault("ch_names", [f"ch{i:03d}" for i in range(Xt.shape[1])])
-        full.setdefault("positions", np.asarray(positions))
-        full["target_stats"] = target_stats
-        full["provenance"] = {**(full.get("provenance") or {}), **provenance,
-                              "best_epoch": epoch, "history": history}
-        save_checkpoint(out, model, full)
+        save_checkpoint(out, model, _checkpoint_meta(
+            run.meta, n_channels, run.positions, run.target_stats,
+            {**provenance, "best_epoch": epoch, "history": loop.history}))
 
     bar = tqdm(
-        total=rc.max_epochs, initial=min(start_epoch, rc.max_epochs), unit="epoch",
-        desc="training", disable=not (progress and dist_info.main),
+        total=rc.max_epochs, initial=min(loop.epoch, rc.max_epochs), unit="epoch",
+        desc="training", disable=not (run.progress and dist_info.main),
     )
     stopped_early = False
     try:
-        for epoch in range(start_epoch + 1, rc.max_epochs + 1):
+        for epoch in range(loop.epoch + 1, rc.max_epochs + 1):
             t0 = time.perf_counter()
-            sampler.set_epoch(epoch)
+            batches.sampler.set_epoch(epoch)
             step.train()
-            sums = {"loss": 0.0, "clip": 0.0, "mse": 0.0}
-            n_batches = 0
-            for xb, sb, yb in loader:
-                if n_batches >= max_batches:
-                    break  # samples_per_epoch: the sampler's order differs every epoch
-                xb, sb, yb = xb.to(dev, non_blocking=True), sb.to(dev), yb.to(dev)
-                loss, parts = runner(xb, sb, yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                n_batches += 1
-                sums["loss"] += float(loss.detach())
-                sums["clip"] += float(parts["clip"])
-                sums["mse"] += float(parts["mse"])
-                bar.set_postfix(loss=f"{sums['loss'] / n_batches:.3f}", refresh=False)
             record: dict[str, Any] = {"epoch": epoch}
-            record.update({f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()})
+            record.update(_train_epoch(runner, opt, batches, dev, bar))
             record["logit_scale"] = float(loss_fn.logit_scale.detach())
             if has_val:
-                record.update(_validate(model, loss_fn, Xv, Sv, Yv, Gv, global_batch))
+                record.update(_validate(model, loss_fn, run.val, batches.global_batch).as_dict())
                 score = record[rc.monitor]
             else:
                 score = -record["train_loss"] if mode == "max" else record["train_loss"]
             record["seconds"] = round(time.perf_counter() - t0, 3)
-            history.append(record)
-            improved = _better(score, best_score, mode)
-            if improved:
-                best_score, best_epoch, bad_epochs = score, epoch, 0
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                if out is not None and dist_info.main:
+            loop.history.append(record)
+            loop.epoch = epoch
+            if _better(score, loop.best_score, mode):
+                loop.best_score, loop.best_epoch, loop.bad_epochs = score, epoch, 0
+                loop.best_state = {k: v.detach().cpu().clone()
+                                   for k, v in model.state_dict().items()}
+                if run.writes:
                     write_checkpoint(epoch)
             else:
-                bad_epochs += 1
-            stop = _broadcast_flag(bad_epochs >= rc.patience, dist_info)
-            if out is not None and dist_info.main:
-                save_training_state(
-                    out, {"model": model, "loss": loss_fn}, opt,
-                    {"epoch": epoch, "best_score": best_score, "best_epoch": best_epoch,
-                     "bad_epochs": bad_epochs, "history": history, "recipe": rc.to_dict(),
-                     "tensors": {"spatial_rng": model.spatial.generator.get_state()}},
-                )
+                loop.bad_epochs += 1
+            stop = _broadcast_flag(loop.bad_epochs >= rc.patience, dist_info)
+            if run.writes:
+                save_training_state(out, {"model": model, "loss": loss_fn}, opt,
+                                    loop.saved(rc, model.spatial.generator.get_state()))
             bar.update(1)
             post = {"loss": f"{record['train_loss']:.3f}"}
             if has_val:
@@ -722,26 +905,27 @@ def _fit(rc, dist_info, dev, Xt, Yt, St, Xv, Yv, Sv, Gv, positions, n_subj, targ
                 break
     finally:
         bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if loop.best_state is not None:
+        model.load_state_dict(loop.best_state)
     model.eval()
-    if out is not None and dist_info.main and not (out / WEIGHTS_FILE).is_file():
-        write_checkpoint(best_epoch)
+    if run.writes and not (out / WEIGHTS_FILE).is_file():
+        write_checkpoint(loop.best_epoch)
     return TrainResult(
         model=model,
-        history=history,
-        best_epoch=best_epoch,
-        target_stats=target_stats,
-        n_train=int(len(Xt)),
-        n_val=int(len(Xv)),
-        n_dropped_nonfinite=n_dropped,
+        history=loop.history,
+        best_epoch=loop.best_epoch,
+        target_stats=run.target_stats,
+        n_train=int(len(run.train)),
+        n_val=int(len(run.val)),
+        n_dropped_nonfinite=run.n_dropped_nonfinite,
         stopped_early=stopped_early,
         ckpt_dir=out,
     )
 
 
 # --------------------------------------------------------------------------- data
-def preprocess_windows(epochs: Any, preprocessor: Any, window_start_s: float, window_s: float,
+def preprocess_windows(epochs: EpochSet, preprocessor: Preprocessor, window_start_s: float,
+                       window_s: float,
                        *, scaled: bool = True) -> np.ndarray:
     """Cut a window from every epoch of an EpochSet and preprocess it, as the live service does.
 
@@ -775,7 +959,8 @@ def preprocess_windows(epochs: Any, preprocessor: Any, window_start_s: float, wi
                                          scaled=scaled)
 
 
-def fit_scaler(epochs: Any, preprocessor: Any, window_start_s: float, window_s: float) -> None:
+def fit_scaler(epochs: EpochSet, preprocessor: Preprocessor, window_start_s: float,
+               window_s: float) -> None:
     """Fit the robust scaler on the window ``[window_start_s, + window_s)`` of every epoch.
 
     Either path: the statistic (``Preprocessor.fit_unscaled``) sees the preprocessed,
@@ -785,8 +970,8 @@ def fit_scaler(epochs: Any, preprocessor: Any, window_start_s: float, window_s: 
         preprocess_windows(epochs, preprocessor, window_start_s, window_s, scaled=False))
 
 
-def load_epochs_for(data_dir: Any, preprocessor_for: Any, *, tmin_s: float, tmax_s: float,
-                    **kwargs: Any) -> Any:
+def load_epochs_for(data_dir: str | Path, preprocessor_for: Callable[[Sequence[str]], Preprocessor],
+                    *, tmin_s: float, tmax_s: float, **kwargs: Any) -> EpochSet:
     """``load_epochs`` for a preprocessing: streamed spans or raw epochs with history.
 
     Parameters
@@ -813,7 +998,7 @@ def load_epochs_for(data_dir: Any, preprocessor_for: Any, *, tmin_s: float, tmax
 
 
 def lagged_windows(
-    epochs: Any, preprocessor: Any, lags_s: Sequence[float], window_s: float,
+    epochs: EpochSet, preprocessor: Preprocessor, lags_s: Sequence[float], window_s: float,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Preprocessed windows of every epoch at every window-end lag, as `serve` cuts them.
@@ -850,7 +1035,8 @@ def lagged_windows(
     return X, np.tile(np.arange(n, dtype=np.int64), len(lags))
 
 
-def image_targets(gallery: Any, encoder: Any, image_ids: Sequence[str], progress: bool = True) -> np.ndarray:
+def image_targets(gallery: Gallery | CategoryGallery, encoder: ImageEncoder, image_ids: Sequence[str],
+                  progress: bool = True) -> np.ndarray:
     """Embedding of each image id (rows of ``gallery.embeddings(encoder)``).
 
     Raises
@@ -868,7 +1054,7 @@ def image_targets(gallery: Any, encoder: Any, image_ids: Sequence[str], progress
     return np.ascontiguousarray(emb[[gallery.index(str(i)) for i in image_ids]])
 
 
-def _preprocessor(rc: Recipe, ch_names: Sequence[str]):
+def _preprocessor(rc: Recipe, ch_names: Sequence[str]) -> Preprocessor:
     """The recipe's Preprocessor.
 
     New training runs stream (``[preprocess] streaming = false`` keeps the block path);
@@ -1054,7 +1240,8 @@ def train(
     return out
 
 
-def _system_table(es: Any, preprocessor: Any, subjects: Sequence[str]) -> dict[str, Any]:
+def _system_table(es: EpochSet, preprocessor: Preprocessor, subjects: Sequence[str]
+                  ) -> dict[str, Any]:
     """What a checkpoint keeps of one sensor system: channels, positions, preprocessing."""
     return {
         "ch_names": list(es.ch_names),
@@ -1067,7 +1254,8 @@ def _system_table(es: Any, preprocessor: Any, subjects: Sequence[str]) -> dict[s
     }
 
 
-def sensor_systems(data_dir: str | Path, subjects: Sequence[str] | None = None) -> list[Any]:
+def sensor_systems(data_dir: str | Path, subjects: Sequence[str] | None = None
+                   ) -> list[Sequence[str] | None]:
     """The dataset's subjects grouped by sensor system (the channels of their recordings).
 
     Parameters
@@ -1129,52 +1317,96 @@ def fit_ridge_checkpoint(
     RidgeModule
         In eval mode.
     """
-    rc, options, alphas, X, Y, ok, target_stats = _closed_form_inputs(recipe, X, Y)
-    weight, bias, alpha = fit_ridge(X, standardize(Y, target_stats), alphas)
-    model = build_model(rc.preset, X.shape[1], X.shape[2], positions,
-                        target_dim=Y.shape[1:], **options)
+    fit = _ClosedFormFit.of(recipe, X, Y)
+    weight, bias, alpha = fit_ridge(fit.X, fit.targets, fit.alphas)
+    model = build_model(fit.recipe.preset, fit.X.shape[1], fit.X.shape[2], positions,
+                        target_dim=fit.Y.shape[1:], **fit.options)
     model.set_weights(weight, bias)
     model.eval()
     if out_dir is not None:
-        _save_fitted(out_dir, model, meta, rc, positions, target_stats, n_train=int(len(X)),
-                     n_dropped=int((~ok).sum()), ridge_alpha=alpha)
+        fit.save(out_dir, model, meta, positions, ridge_alpha=alpha)
     return model
 
 
-def _closed_form_inputs(recipe: Recipe | dict | None, X: np.ndarray, Y: np.ndarray):
-    """Recipe, ``[model]`` options less ``alphas``, alphas, finite rows and target statistics.
+@dataclass(frozen=True)
+class _ClosedFormFit:
+    """What a closed-form fit (ridge, riemann) starts from, checked once.
 
-    Returns
-    -------
-    rc, options, alphas, X (n_ok, C, T) float32, Y (n_ok, ...) float32, ok (n,) bool,
-    target_stats
+    Attributes
+    ----------
+    recipe : Recipe
+    options : dict
+        The recipe's ``[model]`` table less ``alphas``.
+    alphas : sequence of float
+        The ridge penalties to choose from (the recipe's ``alphas``, or the evaluation's).
+    X : ndarray, float32, shape (n_ok, C, T)
+        The finite windows.
+    Y : ndarray, float32, shape (n_ok, ...)
+        Their image embeddings (not standardised).
+    finite : ndarray of bool, shape (n,)
+        Which of the given rows were finite.
+    target_stats : dict
+        ``{"mean", "std"}`` of ``Y``.
     """
-    from rtdecode.encoder.presets import RIDGE_ALPHAS
 
-    rc = load_recipe(recipe)
-    options = dict(rc.model)
-    alphas = options.pop("alphas", RIDGE_ALPHAS)
-    X = np.asarray(X, np.float32)
-    Y = np.asarray(Y, np.float32)
-    ok = _finite_rows(X, Y)
-    return rc, options, alphas, X[ok], Y[ok], ok, fit_target_stats(Y[ok])
+    recipe: Recipe
+    options: dict[str, Any]
+    alphas: Sequence[float]
+    X: np.ndarray
+    Y: np.ndarray
+    finite: np.ndarray
+    target_stats: dict[str, Any]
+
+    @classmethod
+    def of(cls, recipe: Recipe | dict | None, X: np.ndarray, Y: np.ndarray) -> _ClosedFormFit:
+        """The recipe resolved, the non-finite rows left out, the target statistics fitted."""
+        from rtdecode.encoder.presets import RIDGE_ALPHAS
+
+        rc = load_recipe(recipe)
+        options = dict(rc.model)
+        alphas = options.pop("alphas", RIDGE_ALPHAS)
+        X = np.asarray(X, np.float32)
+        Y = np.asarray(Y, np.float32)
+        ok = _finite_rows(X, Y)
+        return cls(rc, options, alphas, X[ok], Y[ok], ok, fit_target_stats(Y[ok]))
+
+    @property
+    def targets(self) -> np.ndarray:
+        """``Y`` standardised with ``target_stats``, as the models are fitted against."""
+        return standardize(self.Y, self.target_stats)
+
+    def save(self, out_dir: str | Path, model: nn.Module, meta: dict[str, Any] | None,
+             positions: np.ndarray, *, ridge_alpha: float,
+             classes: list[str] | None = None) -> None:
+        """Write the fitted model's checkpoint, with what the fit chose in its provenance."""
+        fitted: dict[str, Any] = {"ridge_alpha": ridge_alpha}
+        if classes is not None:
+            fitted["classes"] = classes
+        provenance = {"recipe": self.recipe.to_dict(), "n_train": int(len(self.X)),
+                      "n_dropped_nonfinite": int((~self.finite).sum()), **fitted, **_software()}
+        save_checkpoint(out_dir, model, _checkpoint_meta(
+            meta, model.config.n_channels, positions, self.target_stats, provenance))
 
 
-def _save_fitted(out_dir: str | Path, model: nn.Module, meta: dict[str, Any] | None, rc: Recipe,
-                 positions: np.ndarray, target_stats: dict[str, Any], *, n_train: int,
-                 n_dropped: int, **fitted: Any) -> None:
-    """Write the checkpoint of a model fitted in closed form (ridge, riemann)."""
+def _software() -> dict[str, str]:
+    """The provenance every trained checkpoint records: versions and the start time."""
+    return {"torch": torch.__version__, "python": platform.python_version(),
+            "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+
+
+def _checkpoint_meta(meta: dict[str, Any] | None, n_channels: int, positions: np.ndarray,
+                     target_stats: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
+    """The caller's checkpoint metadata, completed with what every trained model stores.
+
+    Channel names and positions the caller left out get defaults; ``provenance`` is laid
+    over the caller's own provenance.
+    """
     full = dict(meta or {})
-    full.setdefault("ch_names", [f"ch{i:03d}" for i in range(model.config.n_channels)])
+    full.setdefault("ch_names", [f"ch{i:03d}" for i in range(n_channels)])
     full.setdefault("positions", np.asarray(positions))
     full["target_stats"] = target_stats
-    full["provenance"] = {
-        **(full.get("provenance") or {}), "recipe": rc.to_dict(), "n_train": n_train,
-        "n_dropped_nonfinite": n_dropped, **fitted,
-        "torch": torch.__version__, "python": platform.python_version(),
-        "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    }
-    save_checkpoint(out_dir, model, full)
+    full["provenance"] = {**(full.get("provenance") or {}), **provenance}
+    return full
 
 
 def fit_riemann_checkpoint(
@@ -1207,19 +1439,19 @@ def fit_riemann_checkpoint(
     """
     from rtdecode.encoder.riemann import fit_riemann
 
-    rc, options, alphas, X, Y, ok, target_stats = _closed_form_inputs(recipe, X, Y)
+    fit = _ClosedFormFit.of(recipe, X, Y)
+    rc = fit.recipe
     if rc.window_sampling != "fixed":
         raise ValueError(
             f"The riemann preset fits one window per trial, the epoch, but the recipe has "
             f"window_sampling={rc.window_sampling!r}; set window_sampling = \"fixed\" with the "
             "epoch as window_start_s and window_s (e.g. 0.0 and 0.5)."
         )
-    labels = np.asarray(labels)[ok]
-    model, alpha = fit_riemann(X, standardize(Y, target_stats), labels, positions,
-                               get_preset(rc.preset).replace(**options), alphas, seed=rc.seed)
+    labels = np.asarray(labels)[fit.finite]
+    model, alpha = fit_riemann(fit.X, fit.targets, labels, positions,
+                               get_preset(rc.preset).replace(**fit.options), fit.alphas,
+                               seed=rc.seed)
     if out_dir is not None:
-        _save_fitted(out_dir, model, meta, rc, positions, target_stats, n_train=int(len(X)),
-                     n_dropped=int((~ok).sum()), ridge_alpha=alpha,
-                     classes=sorted({str(v) for v in labels}))
+        fit.save(out_dir, model, meta, positions, ridge_alpha=alpha,
+                 classes=sorted({str(v) for v in labels}))
     return model
-
