@@ -45,8 +45,9 @@ __all__ = ["Capture", "DATA", "MARKERS"]
 DATA, MARKERS = "data", "markers"
 #: Longest a stopped reader keeps taking what its inlet holds.
 DRAIN_S = 0.5
-#: Chunks the queue holds (each about 0.1 s of data) before the readers wait.
-QUEUE_CHUNKS = 256
+#: Chunks the queue holds (each at most 0.1 s of data) before the readers wait; the
+#: inlets' own buffers (60 s of data, 360 s of markers) hold the stream meanwhile.
+QUEUE_CHUNKS = 64
 #: Longest wait on the queue between looks at the stop rules.
 _TICK_S = 0.1
 
