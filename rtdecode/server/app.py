@@ -25,12 +25,13 @@ import asyncio
 import hmac
 import logging
 import re
+import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket
@@ -40,7 +41,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect
 
 from rtdecode import __version__
-from rtdecode.server.broadcast import Broadcaster, Client, CloseRequest, Probe, TooManyClients
+from rtdecode.contracts import Frame
+from rtdecode.server.broadcast import (
+    Broadcaster,
+    BroadcastSettings,
+    Client,
+    CloseRequest,
+    Probe,
+    TooManyClients,
+)
 from rtdecode.server.hosts import HostAllowlist, allowed_host_names
 from rtdecode.server.metrics import CONTENT_TYPE_LATEST, ServerMetrics
 from rtdecode.server.protocol import (
@@ -59,6 +68,9 @@ from rtdecode.server.protocol import (
     parse_client_message,
     text_message,
 )
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import uvicorn
 
 log = logging.getLogger(__name__)
 
@@ -99,23 +111,46 @@ class FrameSource(Protocol):
         ...
 
 
+class ServerSettings(BroadcastSettings, Protocol):
+    """The options the app is built from (``rtdecode.config.Settings`` has them)."""
+
+    @property
+    def token(self) -> str | None:
+        """Shared secret required by /ws and /api/*, or None for none."""
+        ...
+
+    @property
+    def host(self) -> str:
+        """The address the server binds (a name the Host allowlist accepts)."""
+        ...
+
+    @property
+    def allowed_hosts(self) -> Sequence[str]:
+        """More names the Host allowlist accepts."""
+        ...
+
+
 class _AppState:
     """Per-app server state: the Broadcaster, metrics, security checks, shutdown."""
 
-    def __init__(self, settings: Any, source: FrameSource, status_interval_s: float) -> None:
+    def __init__(
+        self, settings: ServerSettings, source: FrameSource, status_interval_s: float
+    ) -> None:
         self.settings = settings
         self.source = source
         self.status_interval_s = float(status_interval_s)
-        self.token: str | None = getattr(settings, "token", None) or None
+        self.token: str | None = settings.token or None
         self.metrics: ServerMetrics | None = None
         self.broadcaster = Broadcaster.from_settings(settings, on_frame=self._observe)
-        self.metrics = ServerMetrics(self._broadcaster_stats, self.source_status, self.health)
+        self.metrics = ServerMetrics(
+            lambda: self.broadcaster.stats, self.source_status, self.health
+        )
         self.loop: asyncio.AbstractEventLoop | None = None
         self.accepting = False
         self._ticker: asyncio.Task[None] | None = None
         self._shutdown: asyncio.Task[None] | None = None
 
-    def _observe(self, frame: Any) -> None:
+    def _observe(self, frame: Frame) -> None:
         if self.metrics is not None:
             self.metrics.observe_frame(frame)
 
@@ -171,7 +206,7 @@ class _AppState:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
 
-    def tell_viewers(self, type_: str, **fields: Any) -> None:
+    def tell_viewers(self, type_: str, **fields: object) -> None:
         """Queue one JSON text message to every viewer.
 
         Safe from any thread; a no-op before the loop started or once it closed.
@@ -206,16 +241,12 @@ class _AppState:
             log.exception("source.status() failed")
             return {"error": f"status failed: {exc!r}"}
 
-    def _broadcaster_stats(self) -> dict[str, Any]:
-        """``Broadcaster.stats`` as a dict (for /api/status and /metrics)."""
-        return self.broadcaster.stats.as_dict()
-
     def status_payload(self) -> dict[str, Any]:
         state, reasons = self.health()
         return {
             "v": PROTOCOL_VERSION,
             "health": {"state": state, "reasons": reasons},
-            "server": self._broadcaster_stats(),
+            "server": self.broadcaster.stats.as_dict(),
             "source": self.source_status(),
         }
 
@@ -370,7 +401,7 @@ async def _receive_loop(websocket: WebSocket, client: Client) -> None:
 
 
 def create_app(
-    settings: Any, source: FrameSource, *, status_interval_s: float = STATUS_INTERVAL_S
+    settings: ServerSettings, source: FrameSource, *, status_interval_s: float = STATUS_INTERVAL_S
 ) -> FastAPI:
     """Build the server app.
 
@@ -471,9 +502,7 @@ def create_app(
     # Around everything, websockets included: a foreign Host is refused (DNS rebinding).
     app.add_middleware(
         HostAllowlist,
-        allowed=allowed_host_names(
-            getattr(settings, "host", None), getattr(settings, "allowed_hosts", None) or ()
-        ),
+        allowed=allowed_host_names(settings.host, settings.allowed_hosts or ()),
     )
     return app
 
@@ -490,7 +519,9 @@ class ServerHandle:
         ``http://host:port/`` and ``ws://host:port/ws``.
     """
 
-    def __init__(self, app: FastAPI, server: Any, thread: threading.Thread, host: str, port: int):
+    def __init__(
+        self, app: FastAPI, server: uvicorn.Server, thread: threading.Thread, host: str, port: int
+    ) -> None:
         self.app = app
         self.server = server
         self.thread = thread
@@ -508,7 +539,7 @@ class ServerHandle:
         """The websocket address viewers connect to."""
         return f"ws://{_url_host(self.host)}:{self.port}/ws"
 
-    def tell_viewers(self, type_: str, **fields: Any) -> None:
+    def tell_viewers(self, type_: str, **fields: object) -> None:
         """Send one JSON text message (``{"v", "type", **fields}``) to every viewer.
 
         Safe from any thread; does nothing before the server started or once it stopped.
@@ -657,7 +688,7 @@ def run_server_in_thread(
     failure: list[BaseException] = []
 
     class _Server(uvicorn.Server):
-        async def startup(self, sockets: Any = None) -> None:
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             try:
                 await super().startup(sockets)
             finally:

@@ -39,8 +39,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Protocol
 
 from rtdecode.contracts import Frame
 from rtdecode.server.protocol import CLOSE_STALLED, encode_frame, text_message
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "Broadcaster",
+    "BroadcastSettings",
     "BroadcasterStats",
     "Client",
     "ClientStats",
@@ -125,8 +126,8 @@ class ClientStats:
 
     Attributes
     ----------
-    id : int
-        The connection's number on this server.
+    id : str
+        The connection's name on this server (``c1``, ``c2``...).
     peer : str
         The client's address.
     connected_s : float
@@ -153,7 +154,7 @@ class ClientStats:
         The last probe's round trip: how long it took the client to read past a message.
     """
 
-    id: int
+    id: str
     peer: str
     connected_s: float
     max_fps: float | None
@@ -172,6 +173,21 @@ class ClientStats:
     def as_dict(self) -> dict[str, Any]:
         """The counters as a JSON-able dict (for /api/status and the status message)."""
         return asdict(self)
+
+
+@dataclass(slots=True)
+class _FrameCounts:
+    """Frames sent, dropped and skipped: the totals of clients that have left, or of all."""
+
+    sent: int = 0
+    dropped: int = 0
+    skipped: int = 0
+
+    def add(self, sent: int, dropped: int, skipped: int) -> None:
+        """Count one client's frames in."""
+        self.sent += sent
+        self.dropped += dropped
+        self.skipped += skipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,6 +472,20 @@ class Client:
         )
 
 
+class BroadcastSettings(Protocol):
+    """The options a Broadcaster is built from (``rtdecode.config.Settings`` has them)."""
+
+    @property
+    def client_queue(self) -> int:
+        """Frames buffered per client before its oldest is dropped."""
+        ...
+
+    @property
+    def max_clients(self) -> int:
+        """Most clients connected at once."""
+        ...
+
+
 class Broadcaster:
     """Fan frames out to clients, each with its own bounded queue.
 
@@ -509,12 +539,15 @@ class Broadcaster:
         # Loop-side counters, including clients that have left.
         self.connections = 0
         self.rejected = 0
-        self._gone = {"sent": 0, "dropped": 0, "skipped": 0}
+        self._gone = _FrameCounts()
 
     @classmethod
-    def from_settings(cls, settings: Any, **kwargs: Any) -> Broadcaster:
+    def from_settings(
+        cls, settings: BroadcastSettings, *, on_frame: Callable[[Frame], None] | None = None
+    ) -> Broadcaster:
         """Build from ``rtdecode.config.Settings`` (``client_queue``, ``max_clients``)."""
-        return cls(client_queue=settings.client_queue, max_clients=settings.max_clients, **kwargs)
+        return cls(client_queue=settings.client_queue, max_clients=settings.max_clients,
+                   on_frame=on_frame)
 
     # -- lifecycle (loop) ---------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -621,9 +654,7 @@ class Broadcaster:
     def remove_client(self, client: Client) -> None:
         """Forget a client, keeping its counters in the totals."""
         if self._clients.pop(client.id, None) is not None:
-            self._gone["sent"] += client.sent
-            self._gone["dropped"] += client.dropped
-            self._gone["skipped"] += client.skipped
+            self._gone.add(client.sent, client.dropped, client.skipped)
         if not self._clients:
             self._all_gone.set()
 
@@ -654,7 +685,9 @@ class Broadcaster:
     def stats(self) -> BroadcasterStats:
         """Totals and per-client counters (a snapshot; safe to read from any thread)."""
         clients = [c.stats for c in list(self._clients.values())]
-        totals = {k: v + sum(getattr(c, k) for c in clients) for k, v in self._gone.items()}
+        totals = replace(self._gone)
+        for c in clients:
+            totals.add(c.sent, c.dropped, c.skipped)
         with self._lock:
             published, handoff_dropped, unserved = (
                 self.published,
@@ -671,8 +704,8 @@ class Broadcaster:
             client_queue=self.client_queue,
             connections=self.connections,
             rejected=self.rejected,
-            sent=totals["sent"],
-            dropped=totals["dropped"],
-            skipped=totals["skipped"],
+            sent=totals.sent,
+            dropped=totals.dropped,
+            skipped=totals.skipped,
             clients=clients,
         )

@@ -33,6 +33,7 @@ _WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def host_name(host_header: str | None) -> str | None:
@@ -104,7 +105,7 @@ class HostAllowlist:
         From :func:`allowed_host_names`; ``"*"`` in it lets every request through.
     """
 
-    def __init__(self, app: Any, allowed: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, allowed: frozenset[str]) -> None:
         self.app = app
         self.allowed = allowed
 

@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from rtdecode.contracts import Frame
+from rtdecode.server.broadcast import BroadcasterStats
 from rtdecode.server.protocol import HEALTH_STATES
 
 __all__ = ["ServerMetrics", "CONTENT_TYPE_LATEST", "KNOWN_COUNTERS"]
@@ -66,7 +67,7 @@ def _metric_name(parts: list[str]) -> str:
     return _NAME_BAD.sub("_", "_".join(["rtdecode", *parts])).strip("_").lower()
 
 
-def _number(value: Any) -> float | None:
+def _number(value: object) -> float | None:
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, (int, float)) or callable(getattr(value, "item", None)):
@@ -84,7 +85,7 @@ class ServerMetrics:
     Parameters
     ----------
     broadcaster_stats : callable
-        Returns ``Broadcaster.stats.as_dict()``.
+        Returns ``Broadcaster.stats``.
     status : callable
         Returns the source's status dict; must not raise.
     health : callable
@@ -93,7 +94,7 @@ class ServerMetrics:
 
     def __init__(
         self,
-        broadcaster_stats: Callable[[], dict[str, Any]],
+        broadcaster_stats: Callable[[], BroadcasterStats],
         status: Callable[[], dict[str, Any]],
         health: Callable[[], tuple[str, list[str]]],
     ) -> None:
@@ -131,7 +132,7 @@ class _StateCollector:
 
     def __init__(
         self,
-        broadcaster_stats: Callable[[], dict[str, Any]],
+        broadcaster_stats: Callable[[], BroadcasterStats],
         status: Callable[[], dict[str, Any]],
         health: Callable[[], tuple[str, list[str]]],
     ) -> None:
@@ -151,7 +152,7 @@ class _StateCollector:
         yield g
 
     @staticmethod
-    def _websocket_metrics(stats: dict[str, Any]) -> Iterator[Metric]:
+    def _websocket_metrics(stats: BroadcasterStats) -> Iterator[Metric]:
         totals = {
             "published": "Frames handed to the broadcaster by the producer.",
             "sent": "Frames sent to viewers (all clients, including those gone).",
@@ -162,17 +163,17 @@ class _StateCollector:
         }
         for key, doc in totals.items():
             c = CounterMetricFamily(f"rtdecode_ws_frames_{key}", doc)
-            c.add_metric([], stats[key])
+            c.add_metric([], getattr(stats, key))
             yield c
         for key, doc in {
             "connections": "Websocket viewers accepted (reconnects included).",
             "rejected": "Websocket viewers refused because max_clients were connected.",
         }.items():
             c = CounterMetricFamily(f"rtdecode_ws_{key}", doc)
-            c.add_metric([], stats[key])
+            c.add_metric([], getattr(stats, key))
             yield c
         g = GaugeMetricFamily("rtdecode_ws_clients", "Websocket viewers connected now.")
-        g.add_metric([], stats["n_clients"])
+        g.add_metric([], stats.n_clients)
         yield g
         per_client = {
             "sent": CounterMetricFamily(
@@ -192,10 +193,10 @@ class _StateCollector:
         queued = GaugeMetricFamily(
             "rtdecode_ws_client_queued", "Frames waiting in this viewer's queue.", labels=["client"]
         )
-        for client in stats["clients"]:
+        for client in stats.clients:
             for key, family in per_client.items():
-                family.add_metric([client["id"]], client[key])
-            queued.add_metric([client["id"]], client["queued"])
+                family.add_metric([client.id], getattr(client, key))
+            queued.add_metric([client.id], client.queued)
         yield from per_client.values()
         yield queued
 

@@ -22,11 +22,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from rtdecode.server.protocol import PROBE_EXTENSION
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+    from websockets.frames import Frame
+    from websockets.http11 import Request
 
 __all__ = ["PROBE_EXTENSION", "ProbingWebSocketProtocol"]
 #: Our ping payloads: this prefix and a counter (8 bytes), never the 4 random bytes of
@@ -38,12 +44,18 @@ _COUNTER = struct.Struct(">I")
 class ProbingWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websockets protocol, plus pings whose pongs the app can await."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
         self._probe_ids = itertools.count(1)
         self._probes: dict[bytes, asyncio.Future[float]] = {}
 
-    def handle_connect(self, event: Any) -> None:  # noqa: D102 (uvicorn's hook)
+    def handle_connect(self, event: Request) -> None:  # noqa: D102 (uvicorn's hook)
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         if scope is not None:  # a websocket upgrade (not a refused handshake)
@@ -68,7 +80,7 @@ class ProbingWebSocketProtocol(WebSocketsSansIOProtocol):
         self.transport.write(b"".join(self.conn.data_to_send()))
         return future
 
-    def handle_pong(self, event: Any) -> None:  # noqa: D102 (uvicorn's hook)
+    def handle_pong(self, event: Frame) -> None:  # noqa: D102 (uvicorn's hook)
         future = self._probes.pop(bytes(event.data), None)
         if future is None:
             super().handle_pong(event)  # uvicorn's keepalive

@@ -259,12 +259,12 @@ def decode_frame(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], 
     return header, image
 
 
-def text_message(type_: str, **fields: Any) -> str:
+def text_message(type_: str, **fields: object) -> str:
     """A server-to-client JSON text message ``{"v": 1, "type": type_, **fields}``."""
     return _dumps({"v": PROTOCOL_VERSION, "type": type_, **fields})
 
 
-def error_message(code: str, message: str, **fields: Any) -> str:
+def error_message(code: str, message: str, **fields: object) -> str:
     """An ``error`` text message; ``message`` is a sentence for people, ``code`` for code."""
     return text_message("error", code=code, message=message, **fields)
 
