@@ -187,12 +187,12 @@ def main(argv: list[str] | None = None) -> dict:
         for k, g in enumerate(scales):
             decoder.guidance_scale = g
             t0 = time.perf_counter()
-            fid = embedding_fidelity(
+            fidelity = embedding_fidelity(
                 decoder, gallery, encoder, ids=fid_ids, candidates=fid_ids, steps=args.steps,
                 progress=True,
             )
-            images = fid.pop("images")
-            ranks = fid.pop("ranks")
+            images, ranks = fidelity.images, fidelity.ranks
+            fid = fidelity.as_dict()
             fid["guidance_scale"] = g
             fid["seconds"] = round(time.perf_counter() - t0, 1)
             fid["worst"] = sorted(ranks.items(), key=lambda kv: -kv[1])[:5]

@@ -26,7 +26,7 @@ Threads: a decoder belongs to the thread that owns the models (the DecodeWorker)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,8 +42,17 @@ from rtdecode.decoder.base import (
 )
 from rtdecode.decoder.normalize import EmbeddingNormalizer
 
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from diffusers import (
+        DDIMScheduler,
+        DiffusionPipeline,
+        KandinskyV22Pipeline,
+        SchedulerMixin,
+        StableUnCLIPImg2ImgPipeline,
+    )
 
-def _few_step(scheduler: Any) -> Any:
+
+def _few_step(scheduler: SchedulerMixin) -> DDIMScheduler:
     """A DDIMScheduler with trailing timesteps built from ``scheduler``'s config."""
     from diffusers import DDIMScheduler
 
@@ -59,7 +68,9 @@ def _dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
     return {"dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype": dtype}
 
 
-def _prepare(pipe: Any, device: torch.device, denoiser: str, compile: bool) -> Any:
+def _prepare(
+    pipe: DiffusionPipeline, device: torch.device, denoiser: str, compile: bool
+) -> DiffusionPipeline:
     """Move a pipeline, silence its progress bar, and tune its denoiser for CUDA."""
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
@@ -80,7 +91,7 @@ class _PipelineDecoder(BaseDecoder):
 
     def __init__(
         self,
-        pipe: Any,
+        pipe: DiffusionPipeline,
         *,
         name: str,
         embed_dim: int,
@@ -155,7 +166,7 @@ class UnCLIPDecoder(_PipelineDecoder):
 
     def __init__(
         self,
-        pipe: Any,
+        pipe: StableUnCLIPImg2ImgPipeline,
         *,
         name: str = "unclip",
         device: torch.device | str = "cpu",
@@ -290,7 +301,7 @@ class Kandinsky22Decoder(_PipelineDecoder):
 
     def __init__(
         self,
-        pipe: Any,
+        pipe: KandinskyV22Pipeline,
         *,
         name: str = "kandinsky22",
         device: torch.device | str = "cpu",

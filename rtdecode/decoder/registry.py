@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rtdecode._utils.paths import bundled_models_dir
 from rtdecode.decoder.kinds import (
@@ -22,6 +22,11 @@ from rtdecode.decoder.kinds import (
     TURBO_CLASS_NAMES,
     UNCLIP_CLASS_NAMES,
 )
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+
+    from rtdecode.decoder.base import ImageDecoder
 
 #: Decoder kinds and the class that loads each (``Class.from_folder(folder, ...)``).
 DECODERS: dict[str, str] = {
@@ -104,12 +109,12 @@ def decoder_kind(folder: str | Path) -> str:
 
 def load_decoder(
     name_or_path: str | Path,
-    device: Any = "cpu",
+    device: str | torch.device = "cpu",
     *,
-    dtype: Any = None,
+    dtype: torch.dtype | None = None,
     compile: bool = False,
     **options: Any,
-) -> Any:
+) -> ImageDecoder:
     """Load a decoder from a local folder (or a bundled name such as ``"demo"``).
 
     Parameters

@@ -13,11 +13,14 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from rtdecode.decoder.turbo import IP_ADAPTER_TOKENS
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from diffusers import UNet2DConditionModel
 
 # ------------------------------------------------------ full-size, random weights
 #: Shapes of stabilityai/stable-diffusion-2-1-unclip (the "-h" variant, CLIP ViT-H/14
@@ -424,7 +427,7 @@ def tiny_turbo_configs(embed_dim: int = 16) -> dict[str, dict[str, Any]]:
 
 
 def random_ip_adapter_state_dict(
-    unet: Any, embed_dim: int, *, seed: int = 0, num_tokens: int = IP_ADAPTER_TOKENS
+    unet: UNet2DConditionModel, embed_dim: int, *, seed: int = 0, num_tokens: int = IP_ADAPTER_TOKENS
 ) -> dict[str, dict[str, torch.Tensor]]:
     """A random IP-Adapter for ``unet`` in the layout ``load_ip_adapter`` reads.
 

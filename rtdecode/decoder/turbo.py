@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,6 +42,9 @@ from rtdecode.decoder.base import BaseDecoder, fit_image, load_normalizer
 from rtdecode.decoder.kinds import TURBO_CLASS_NAMES
 from rtdecode.decoder.normalize import EmbeddingNormalizer
 from rtdecode.decoder.pipelines import _dtype_kwargs, _prepare
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from diffusers import AutoencoderTiny, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 #: Pipeline classes (``model_index.json``'s ``_class_name``) this decoder wraps.
 SDXL_CLASS_NAMES = TURBO_CLASS_NAMES[:1]
@@ -95,7 +98,7 @@ def _ip_adapter_file(path: Path) -> Path:
     return weights
 
 
-def _tiny_vae_scale(vae: Any) -> int:
+def _tiny_vae_scale(vae: AutoencoderTiny) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
@@ -131,7 +134,7 @@ class TurboDecoder(BaseDecoder):
 
     def __init__(
         self,
-        pipe: Any,
+        pipe: StableDiffusionXLPipeline | StableDiffusionPipeline,
         *,
         name: str = "sdxl-turbo",
         device: torch.device | str = "cpu",
@@ -139,7 +142,7 @@ class TurboDecoder(BaseDecoder):
         ip_adapter_scale: float = 1.0,
         image_size: int | None = None,
         normalizer: EmbeddingNormalizer | None = None,
-        tiny_vae: Any | None = None,
+        tiny_vae: AutoencoderTiny | None = None,
         compile: bool = False,
     ) -> None:
         from diffusers import (

@@ -23,9 +23,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+    from torch import nn
 
 __all__ = ["PRECISIONS", "EncoderRunner", "autocast"]
 
@@ -35,7 +40,9 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def autocast(device: Any, precision: str, *, cache_enabled: bool = True):
+def autocast(
+    device: str | torch.device, precision: str, *, cache_enabled: bool = True
+) -> AbstractContextManager[object]:
     """The autocast context of ``precision`` on ``device`` (``fp32``: none).
 
     Parameters
@@ -81,8 +88,8 @@ class EncoderRunner:
 
     def __init__(
         self,
-        model: Any,
-        device: Any,
+        model: nn.Module,
+        device: str | torch.device,
         n_channels: int,
         n_times: int,
         subject: int = 0,

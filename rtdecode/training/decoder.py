@@ -14,9 +14,9 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,6 +43,11 @@ from rtdecode.training.state import (
     load_training_state,
     save_training_state,
 )
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from rtdecode.images.categories import CategoryGallery
+    from rtdecode.images.encoders import ImageEncoder
+    from rtdecode.images.gallery import Gallery
 
 #: Where versions before the one resume format kept a decoder run's state.
 LEGACY_STATE_DIR = "training_state"
@@ -333,17 +338,58 @@ def train_decoder(
     return out
 
 
+@dataclass(frozen=True)
+class Fidelity:
+    """What :func:`embedding_fidelity` measured.
+
+    Attributes
+    ----------
+    n_images, n_gallery : int
+        Images generated from, and candidates ranked among.
+    steps, seed : int
+        How each image was generated.
+    mean_percentile, median_percentile : float
+        Share of the other candidates the true image beats (1.0: ranked first).
+    median_rank : float
+    share_at_least_90 : float
+        Share of images whose percentile is >= 0.9.
+    top1, top5 : float
+    ranks : dict
+        ``{id: rank}`` of each image generated from.
+    images : dict
+        ``{id: generated PIL image}``.
+    """
+
+    n_images: int
+    n_gallery: int
+    steps: int
+    seed: int
+    mean_percentile: float
+    median_percentile: float
+    median_rank: float
+    share_at_least_90: float
+    top1: float
+    top5: float
+    ranks: dict[str, int] = field(repr=False)
+    images: dict[str, Image.Image] = field(repr=False)
+
+    def as_dict(self) -> dict[str, int | float]:
+        """The summary numbers (neither ``ranks`` nor ``images``), for JSON."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("ranks", "images")}
+
+
 def embedding_fidelity(
     decoder: ImageDecoder,
-    gallery: Any,
-    encoder: Any,
+    gallery: Gallery | CategoryGallery,
+    encoder: ImageEncoder,
     *,
     ids: Sequence[str] | None = None,
     candidates: Sequence[str] | None = None,
     seed: int = 0,
     steps: int = 4,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> Fidelity:
     """How well generated images keep the embedding they were generated from.
 
     For each gallery image: generate from its true embedding, embed the generated image
@@ -356,7 +402,7 @@ def embedding_fidelity(
     Parameters
     ----------
     decoder : ImageDecoder
-    gallery : rtdecode.images.Gallery
+    gallery : rtdecode.images.Gallery or CategoryGallery
     encoder : rtdecode.images.ImageEncoder
         The encoder the decoder was trained with.
     ids : sequence of str, optional
@@ -366,11 +412,7 @@ def embedding_fidelity(
 
     Returns
     -------
-    dict
-        ``n_images``, ``n_gallery`` (the candidates), ``mean_percentile``,
-        ``median_percentile``, ``median_rank``, ``share_at_least_90`` (share of images
-        whose percentile is >= 0.9), ``top1``, ``top5``, ``ranks`` {id: rank},
-        ``images`` {id: generated PIL image}.
+    Fidelity
     """
     from tqdm.auto import tqdm
 
@@ -397,20 +439,20 @@ def embedding_fidelity(
         images[image_id] = img
     r = np.array(list(ranks.values()), dtype=np.float64)
     pct = (n - r) / max(1, n - 1)
-    return {
-        "n_images": len(ids),
-        "n_gallery": n,
-        "steps": steps,
-        "seed": seed,
-        "mean_percentile": float(pct.mean()),
-        "median_percentile": float(np.median(pct)),
-        "median_rank": float(np.median(r)),
-        "share_at_least_90": float((pct >= 0.9).mean()),
-        "top1": float((r == 1).mean()),
-        "top5": float((r <= 5).mean()),
-        "ranks": ranks,
-        "images": images,
-    }
+    return Fidelity(
+        n_images=len(ids),
+        n_gallery=n,
+        steps=steps,
+        seed=seed,
+        mean_percentile=float(pct.mean()),
+        median_percentile=float(np.median(pct)),
+        median_rank=float(np.median(r)),
+        share_at_least_90=float((pct >= 0.9).mean()),
+        top1=float((r == 1).mean()),
+        top5=float((r <= 5).mean()),
+        ranks=ranks,
+        images=images,
+    )
 
 
 def save_comparison_grid(

@@ -507,9 +507,13 @@ def test_fidelity_ranks_each_image_among_the_given_candidates(tiny_dir, gallery_
     fid = embedding_fidelity(
         load_decoder(tiny_dir), gallery, encoder, ids=pool[:2], candidates=pool, progress=False
     )
-    assert fid["n_gallery"] == 4 and fid["n_images"] == 2 and set(fid["ranks"]) == set(pool[:2])
-    assert all(1 <= r <= 4 for r in fid["ranks"].values())
-    assert fid["median_rank"] == float(np.median(list(fid["ranks"].values())))
+    assert fid.n_gallery == 4 and fid.n_images == 2 and set(fid.ranks) == set(pool[:2])
+    assert set(fid.images) == set(pool[:2])
+    assert all(1 <= r <= 4 for r in fid.ranks.values())
+    assert fid.median_rank == float(np.median(list(fid.ranks.values())))
+    summary = fid.as_dict()  # what bench/decoder.py writes: the numbers, no images
+    assert "images" not in summary and "ranks" not in summary
+    assert summary["top5"] == fid.top5 and summary["n_gallery"] == 4
     with pytest.raises(ValueError, match="not among the candidates"):
         embedding_fidelity(load_decoder(tiny_dir), gallery, encoder, ids=[gallery.ids[5]],
                            candidates=pool, progress=False)
