@@ -30,6 +30,7 @@ LAYERS = {
     "decoder": 4,
     "worker": 5,
     "decoding": 5,
+    "lanes": 5,
     "training": 5,
     "server": 6,
     "service": 7,

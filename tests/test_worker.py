@@ -1,14 +1,16 @@
 """The DecodeWorker's two lanes with real toy models (tests/helpers/worker.py): lane 1
 publishes a retrieval frame every hop while a deliberately slow decoder generates, image
 frames name their window, the image lane takes the newest prediction, ``lanes=1`` keeps
-the single-lane behaviour, and the thread budget is applied per lane."""
+the single-lane behaviour, and the thread budget is applied per lane. Lane 1's steps
+(encode, retrieve, score, emit) are tested one by one."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from tests.helpers.lsl_source import poll
-from tests.helpers.worker import SlowDecoder, build_worker
+from tests.helpers.worker import EMBED_DIM, SFREQ_HZ, SlowDecoder, build_worker
 
 DEADLINE_S = 60.0
 DELAY_S = 0.4  # one generation: eight hops of 50 ms
@@ -114,16 +116,94 @@ def test_image_lane_errors_are_counted_and_retrieval_goes_on(run_worker):
 
 def test_the_lag_is_the_one_rule_of_contracts():
     """A window's lag since the onset: its end (one sample past its last) minus the onset."""
-    import dataclasses
-
-    from rtdecode.contracts import Marker, lag_s
+    from rtdecode.contracts import lag_s
 
     assert lag_s(last_sample=249, onset_sample=0, sfreq_hz=1000.0) == 0.25
     worker, source, _ = build_worker(None)
     window = source.next_window(timeout_s=1.0)
     onset = window.first_sample + 10
-    marked = dataclasses.replace(
-        window, marker=Marker(window.t_first, {"image_id": "img03"}, sample=onset))
-    true_id, lag = worker._truth(marked)
+    true_id, lag = worker._truth(_marked(window))
     expected = round((window.last_sample + 1 - onset) / window.sfreq_hz, 6)
     assert true_id == "img03" and lag == lag_s(window.last_sample, onset, window.sfreq_hz) == expected
+
+
+# --------------------------------------------------------------------------- lane 1's steps
+def _marked(window, image_id="img03", after=10):
+    """The window with a located marker ``after`` samples past its first."""
+    import dataclasses
+
+    from rtdecode.contracts import Marker
+
+    onset = window.first_sample + after
+    return dataclasses.replace(window, marker=Marker(window.t_first, {"image_id": image_id},
+                                                     sample=onset))
+
+
+def test_encode_window_gives_the_clip_embedding_and_the_mse_vector():
+    worker, source, _ = build_worker(None)
+    window = source.next_window(timeout_s=1.0)
+    lat = {}
+    embedding, mse_vec = worker.encode_window(window, lat)
+    assert embedding.window is window and embedding.vector.shape == (EMBED_DIM,)
+    assert mse_vec.shape == (EMBED_DIM,) and set(lat) == {"preprocess", "encode"}
+    assert embedding.encode_ms == lat["encode"] >= 0
+    again, _ = worker.encode_window(window, {})  # the same window encodes to the same vector
+    np.testing.assert_allclose(again.vector, embedding.vector, rtol=1e-5, atol=1e-6)
+
+
+def _one_hot_retrieval():
+    """A retrieval set whose image ``imgNN`` is the unit vector of axis NN."""
+    from rtdecode.decoder.retrieval import Retrieval
+
+    return Retrieval(np.eye(EMBED_DIM, dtype=np.float32), [f"img{i:02d}" for i in range(EMBED_DIM)])
+
+
+def test_retrieve_is_the_retrieval_sets_top_k():
+    worker, _, _ = build_worker(None, topk=3)
+    worker.retrieval = _one_hot_retrieval()
+    query = np.eye(EMBED_DIM)[7] + 0.1
+    top = worker.retrieve(query)
+    assert len(top) == 3 and top[0][0] == "img07"
+    assert top == tuple((str(i), float(s)) for i, s in worker.retrieval.topk(query, k=3))
+
+
+def test_score_ranks_the_stimulus_on_screen_and_fills_the_curve():
+    worker, source, _ = build_worker(None)
+    worker.retrieval = _one_hot_retrieval()
+    window = source.next_window(timeout_s=1.0)
+    query = np.eye(EMBED_DIM)[3]
+    assert worker.score(window, query) == (None, None, None)  # no marker
+    true_id, rank, lag = worker.score(_marked(window), query)
+    assert (true_id, rank) == ("img03", 1)
+    assert lag == round((window.last_sample + 1 - window.first_sample - 10) / SFREQ_HZ, 6)
+    assert worker.score(_marked(window, "unknown"), query)[:2] == ("unknown", None)
+    (row,) = worker.lag_curve.as_dict()["per_lag"]  # only the ranked window
+    assert row["n"] == 1 and row["top1"] == 1.0
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_emit_publishes_the_frame_and_hands_lane_two_the_prediction(lanes):
+    from rtdecode.worker import ScoredWindow
+
+    decoder = SlowDecoder(0.0)
+    worker, source, collector = build_worker(decoder, lanes=lanes, max_fps=1000.0)
+    window = source.next_window(timeout_s=1.0)
+    embedding, mse_vec = worker.encode_window(window, lat := {"queue": 1.0})
+    lat["retrieve"] = 0.5
+    scored = ScoredWindow(window, embedding, mse_vec, (("img01", 0.5),), "img01", 4, 0.3)
+    assert worker.emit(scored, dict(lat)) == 0
+    assert worker.emit(scored, dict(lat)) == 1
+    (_, first), (_, second) = collector.frames()
+    assert (first.seq, second.seq) == (0, 1) and first.first_sample == window.first_sample
+    assert (first.topk, first.true_id, first.true_rank, first.lag_s) == (
+        (("img01", 0.5),), "img01", 4, 0.3)
+    assert first.embedding is embedding and "total" in first.latencies_ms
+    counters = worker.stats.counters
+    assert counters["windows"] == counters["frames"] == 2
+    if lanes == 1:  # generated inline, in the frame
+        assert first.lane is None and first.image is not None and counters["images"] == 2
+        assert {"generate", "encode_image"} <= set(first.latencies_ms)
+    else:  # the newest prediction waits in lane 2's slot; the older one was replaced
+        assert first.lane == "retrieval" and first.image is None and counters["images"] == 0
+        job = worker._slot.take(timeout_s=0.0)
+        assert job.window_seq == 1 and job.scored is scored and worker._slot.replaced == 1
