@@ -115,7 +115,7 @@ class Settings(BaseSettings):
 
     @field_validator("allowed_hosts", "ch_names", mode="before")
     @classmethod
-    def _split_list(cls, v: Any) -> Any:
+    def _split_list(cls, v: object) -> object:
         # One text form for list options in files, variables and flags: comma-separated
         # (a JSON list is accepted too, as pydantic-settings reads list variables).
         if isinstance(v, str):
@@ -220,7 +220,7 @@ class SettingsOption:
         return ",".join(map(str, self.default)) if self.is_list else str(self.default)
 
 
-def _option_type(annotation: Any) -> tuple[type, bool, tuple[Any, ...] | None]:
+def _option_type(annotation: object) -> tuple[type, bool, tuple[Any, ...] | None]:
     """(kind, is_list, choices) of a field's annotation, ``X | None`` unwrapped."""
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):

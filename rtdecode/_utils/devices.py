@@ -6,10 +6,13 @@ torch is imported on first use.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
 
 
-def resolve_device(device: Any = "auto") -> Any:
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``"auto"`` (or None) picks CUDA when torch sees it, else the CPU.
 
     Parameters
@@ -37,7 +40,7 @@ def resolve_device(device: Any = "auto") -> Any:
     return dev
 
 
-def device_name(device: Any = "auto") -> str:
+def device_name(device: str | torch.device | None = "auto") -> str:
     """:func:`resolve_device` as a string (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
 
     For settings, logs and libraries that take one.

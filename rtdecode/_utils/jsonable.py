@@ -11,7 +11,7 @@ from pathlib import PurePath
 from typing import Any
 
 
-def jsonable(value: Any) -> Any:
+def jsonable(value: object) -> Any:
     """Return ``value`` with only JSON types.
 
     numpy scalars and arrays become Python numbers and lists, tuples become lists, NaN and
@@ -20,8 +20,9 @@ def jsonable(value: Any) -> Any:
 
     Parameters
     ----------
-    value : Any
-        A dict, list, scalar or numpy value, nested as deep as needed.
+    value : object
+        A dict, list, scalar or numpy value, nested as deep as needed (anything else
+        becomes its ``str``).
 
     Returns
     -------

@@ -136,7 +136,7 @@ def _absolute_token(text: str) -> bool:
     return text.startswith("/") and text.count("/") >= 2 and " " not in text
 
 
-def portable_paths(value: Any, root: str | os.PathLike | None = None) -> Any:
+def portable_paths(value: object, root: str | os.PathLike | None = None) -> Any:
     """``value`` with every path in it made portable (:func:`portable_path`).
 
     Walks dicts, lists and tuples; path objects, and strings that are absolute paths
@@ -144,7 +144,7 @@ def portable_paths(value: Any, root: str | os.PathLike | None = None) -> Any:
 
     Parameters
     ----------
-    value : Any
+    value : object
         A results document about to be written as JSON.
     root : path-like, optional
         As in :func:`portable_path`.

@@ -49,6 +49,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
+    import mne
+
     from rtdecode.data.recordings import Event, Recording
 
 __all__ = ["CardError", "DatasetCard", "is_card", "read_card"]
@@ -78,7 +80,7 @@ def is_card(path: str | Path) -> bool:
     return p.suffix.lower() == ".toml" and p.is_file()
 
 
-def code_key(value: Any) -> str | None:
+def code_key(value: object) -> str | None:
     """The text of an event code: ``1``, ``1.0``, ``"1"`` and ``" 1 "`` are ``"1"``."""
     if value is None or isinstance(value, bool):
         return None
@@ -226,7 +228,7 @@ class DatasetCard:
             )
         return replace(rec, events=events, events_source=f"card ({rec.events_source})")
 
-    def data_channels(self, info: Any) -> list[str]:
+    def data_channels(self, info: mne.Info) -> list[str]:
         """The channels of the card's modality (``meg``: no reference sensors), bad ones out."""
         import mne
 
@@ -304,7 +306,7 @@ def _need(table: dict, section: str, key: str, path: Path, example: str) -> Any:
     return table[key]
 
 
-def _str_list(value: Any, section: str, key: str, path: Path) -> list[str]:
+def _str_list(value: object, section: str, key: str, path: Path) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
@@ -510,7 +512,8 @@ def read_card(path: str | Path) -> DatasetCard:
     )
 
 
-def _split_files(entries: Any, key: str, files: list[Path], root: Path, path: Path) -> list[Path]:
+def _split_files(entries: object, key: str, files: list[Path], root: Path, path: Path
+                 ) -> list[Path]:
     out: list[Path] = []
     for entry in _str_list(entries, "split", key, path) if entries else []:
         hits = [f for f in files

@@ -50,6 +50,9 @@ from rtdecode.data.things import (
 if TYPE_CHECKING:  # pragma: no cover
     import mne
 
+    from rtdecode.data.card import DatasetCard
+    from rtdecode.signal import Preprocessor
+
 __all__ = ["EpochSet", "cut_window", "load_epochs", "load_epochs_files"]
 
 DROP_REASONS = (
@@ -644,7 +647,7 @@ class _Streamer:
     the onset's phase on the model grid.
     """
 
-    def __init__(self, preprocessor: Any, tmin_s: float, tmax_s: float) -> None:
+    def __init__(self, preprocessor: Preprocessor, tmin_s: float, tmax_s: float) -> None:
         if not getattr(preprocessor.config, "streaming", False):
             raise ValueError(
                 "stream= needs a Preprocessor whose config has streaming=True; leave stream= "
@@ -682,7 +685,7 @@ def _epoch_set(
     paths: Sequence[Path],
     *,
     image_dirs: tuple,
-    card: Any = None,
+    card: DatasetCard | None = None,
 ) -> EpochSet:
     """Split, find the images and the sensor positions, and build the EpochSet.
 
@@ -729,7 +732,7 @@ def _epoch_set(
     )
 
 
-def _card_paths(card: Any, subjects: Iterable[str] | None) -> list[Path]:
+def _card_paths(card: DatasetCard, subjects: Iterable[str] | None) -> list[Path]:
     """The card's recordings, of ``subjects`` only when given."""
     paths = list(card.recordings)
     if subjects is None:

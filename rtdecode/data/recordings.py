@@ -290,7 +290,7 @@ def _check_readable(raw: mne.io.BaseRaw, path: Path, ext: str) -> None:
 # ---------------------------------------------------------------- BIDS
 
 
-def _is_bids_path(obj: Any) -> bool:
+def _is_bids_path(obj: object) -> bool:
     return type(obj).__name__ == "BIDSPath" and hasattr(obj, "fpath")
 
 

@@ -98,7 +98,7 @@ class Trial:
     category: str | None
 
 
-def _as_int(x: Any) -> int | None:
+def _as_int(x: object) -> int | None:
     """An image or category number from a cell (``24812``, ``24812.0``, ``"24812"``)."""
     if x is None or isinstance(x, bool):
         return None

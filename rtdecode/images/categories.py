@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from rtdecode.images.gallery import Gallery
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from rtdecode.images.encoders import ImageEncoder
 
 __all__ = ["CategoryGallery", "LABEL_KINDS", "open_gallery"]
 
@@ -63,9 +66,11 @@ class CategoryGallery:
         self._members = [np.flatnonzero(cats == c) for c in self.ids]
 
     @classmethod
-    def from_folder(cls, path: str | os.PathLike, **kwargs: Any) -> CategoryGallery:
-        """The categories of ``Gallery.from_folder(path)``."""
-        return cls(Gallery.from_folder(path, **kwargs))
+    def from_folder(
+        cls, path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None
+    ) -> CategoryGallery:
+        """The categories of ``Gallery.from_folder(path, cache_dir=cache_dir)``."""
+        return cls(Gallery.from_folder(path, cache_dir=cache_dir))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -105,7 +110,9 @@ class CategoryGallery:
         self.index(category)
         return category
 
-    def embeddings(self, encoder: Any, **kwargs: Any) -> np.ndarray:
+    def embeddings(
+        self, encoder: ImageEncoder | str, *, batch_size: int = 32, progress: bool = True
+    ) -> np.ndarray:
         """Mean image embedding per category.
 
         Returns
@@ -114,7 +121,7 @@ class CategoryGallery:
             Row ``i`` is the mean over the images of ``ids[i]`` (the gallery's cached
             embeddings).
         """
-        emb = self.pictures.embeddings(encoder, **kwargs)
+        emb = self.pictures.embeddings(encoder, batch_size=batch_size, progress=progress)
         out = np.stack([emb[rows].mean(axis=0) for rows in self._members]).astype(np.float32)
         out.setflags(write=False)
         return out

@@ -256,7 +256,10 @@ class HandcraftedEncoder(ImageEncoder):
     lbp_radius = 1
     lbp_grid = 2
 
-    def __init__(self, path: Any = None, readout: str = "cls", device: str = "cpu") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, readout: str = "cls",
+        device: str = "cpu",
+    ) -> None:
         _only_cls("handcrafted", readout)
         self.readout = readout
         cells = self.image_size // self.hog_cell_px
@@ -349,7 +352,10 @@ class EfficientNetLite0Encoder(ImageEncoder):
     #: Distinct images whose readouts are kept (about 7 kB each; see :meth:`readouts`).
     memo_size = 8192
 
-    def __init__(self, path: Any = None, readout: str = "cls", device: str = "cpu") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, readout: str = "cls",
+        device: str = "cpu",
+    ) -> None:
         _only_cls("efficientnet-lite0", readout, " (and .layers() for intermediate stages)")
         import torch
 
@@ -455,7 +461,8 @@ def _folder_identity(model_dir: Path) -> str:
     return f"{model_dir.name}@{h.hexdigest()[:10]}"
 
 
-def _missing_weights(kind: str, path: Any, example: str) -> FileNotFoundError:
+def _missing_weights(kind: str, path: str | os.PathLike[str] | None, example: str
+                     ) -> FileNotFoundError:
     where = "no folder was given" if path is None else f"{path} is not a model folder"
     return FileNotFoundError(
         f"The {kind!r} image encoder needs local weights and {where}. Weights cannot be "
@@ -477,7 +484,10 @@ class _TransformersEncoder(ImageEncoder):
     example = ""
     batch_size = 16
 
-    def __init__(self, path: Any = None, readout: str = "cls", device: str = "cpu") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, readout: str = "cls",
+        device: str = "cpu",
+    ) -> None:
         import torch  # noqa: F401  (fail here, not halfway through loading)
         from transformers import AutoImageProcessor
 
@@ -494,7 +504,7 @@ class _TransformersEncoder(ImageEncoder):
         self.output_shape = tuple(int(s) for s in probe.shape[1:])
         self.dim = self.output_shape[-1]
 
-    def _resolve_dirs(self, path: Any) -> tuple[Path, Path]:
+    def _resolve_dirs(self, path: str | os.PathLike[str] | None) -> tuple[Path, Path]:
         if path is None:
             raise _missing_weights(self.kind, path, self.example)
         root = Path(path).expanduser()

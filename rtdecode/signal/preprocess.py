@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, SupportsFloat, TypeVar
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from rtdecode.contracts import Window
 from rtdecode.signal import filters
@@ -194,7 +195,7 @@ class PreprocessConfig:
         return cls(**d)
 
 
-def _positive(value: Any, name: str) -> float:
+def _positive(value: SupportsFloat | str, name: str) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -508,7 +509,7 @@ class Preprocessor:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _set_stats(self, center: Any, scale: Any) -> None:
+    def _set_stats(self, center: ArrayLike | None, scale: ArrayLike | None) -> None:
         if (center is None) != (scale is None):
             raise ValueError("Give both center and scale (robust-scaling statistics) or neither.")
         if center is None:
@@ -589,7 +590,7 @@ class Preprocessor:
         return plan
 
     def _check_layout(self, shape: tuple[int, ...], sfreq_hz: float,
-                      n_pad: Any) -> tuple[float, int, int]:
+                      n_pad: int | np.integer) -> tuple[float, int, int]:
         """Validate (rate, history) for data of ``shape``; return (rate, skip, history)."""
         sfreq_hz = _positive(sfreq_hz, "sfreq_hz")
         if isinstance(n_pad, bool) or int(n_pad) != n_pad or n_pad < 0:
@@ -719,7 +720,11 @@ class Preprocessor:
         return slice(start, stop)
 
 
-def _remember(cache: OrderedDict, key: Any, value: Any) -> None:
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
+
+
+def _remember(cache: OrderedDict[_K, _V], key: _K, value: _V) -> None:
     cache[key] = value
     while len(cache) > _CACHE_SIZE:
         cache.popitem(last=False)

@@ -25,7 +25,7 @@ TRIGGER_S = 0.05  # width of a stim-channel pulse
 TASK = "main"
 
 
-def write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: object) -> None:
     """Write ``obj`` to ``path`` as indented JSON."""
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
