@@ -29,7 +29,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -411,7 +411,7 @@ def load_epochs(
     ch_names: Sequence[str] | None = None,
     image_root: str | Path | None = None,
     images_table: str | Path | ImagesTable | None = None,
-    stream: Callable[[Sequence[str]], Any] | None = None,
+    stream: Callable[[Sequence[str]], Preprocessor] | None = None,
 ) -> EpochSet:
     """Read every recording of a dataset and cut raw epochs around the images.
 

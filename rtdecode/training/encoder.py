@@ -38,7 +38,7 @@ import os
 import platform
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from tqdm.auto import tqdm
 
     from rtdecode.data.datasets import EpochSet
+    from rtdecode.data.things import ImagesTable
     from rtdecode.images.categories import CategoryGallery
     from rtdecode.images.encoders import ImageEncoder
     from rtdecode.images.gallery import Gallery
@@ -970,8 +971,18 @@ def fit_scaler(epochs: EpochSet, preprocessor: Preprocessor, window_start_s: flo
         preprocess_windows(epochs, preprocessor, window_start_s, window_s, scaled=False))
 
 
-def load_epochs_for(data_dir: str | Path, preprocessor_for: Callable[[Sequence[str]], Preprocessor],
-                    *, tmin_s: float, tmax_s: float, **kwargs: Any) -> EpochSet:
+def load_epochs_for(
+    data_dir: str | Path,
+    preprocessor_for: Callable[[Sequence[str]], Preprocessor],
+    *,
+    tmin_s: float,
+    tmax_s: float,
+    subjects: Iterable[str] | None = None,
+    progress: bool = True,
+    ch_names: Sequence[str] | None = None,
+    image_root: str | Path | None = None,
+    images_table: str | Path | ImagesTable | None = None,
+) -> EpochSet:
     """``load_epochs`` for a preprocessing: streamed spans or raw epochs with history.
 
     Parameters
@@ -982,8 +993,8 @@ def load_epochs_for(data_dir: str | Path, preprocessor_for: Callable[[Sequence[s
         (``streaming``) and the filter history (``pad_s``).
     tmin_s, tmax_s : float
         Span around each onset the windows must lie in.
-    **kwargs
-        Passed on (``subjects``, ``ch_names``, ``progress``, ``images_table``).
+    subjects, progress, ch_names, image_root, images_table
+        As ``rtdecode.data.datasets.load_epochs`` takes them.
 
     Returns
     -------
@@ -994,7 +1005,8 @@ def load_epochs_for(data_dir: str | Path, preprocessor_for: Callable[[Sequence[s
     config = preprocessor_for(("placeholder",)).config
     stream = preprocessor_for if config.streaming else None
     return load_epochs(data_dir, tmin_s=tmin_s, tmax_s=tmax_s, pad_s=config.pad_s,
-                       stream=stream, **kwargs)
+                       subjects=subjects, progress=progress, ch_names=ch_names,
+                       image_root=image_root, images_table=images_table, stream=stream)
 
 
 def lagged_windows(
