@@ -284,7 +284,7 @@ def _cmd_evaluate_online(args: argparse.Namespace) -> int:
         args.ckpt, args.recording, data=args.data, subject=args.subject,
         retrieval_set=args.retrieval_set,
         gallery=args.gallery, speed=args.speed, json_out=args.json, plots_dir=args.plots,
-        device=args.device,
+        device=args.device, smooth_s=args.smooth_s,
     )
     best, parity = report["best"], report["parity"]
     k = 1 if report["n_candidates"] <= 5 else 5  # categories: top-1
@@ -482,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'test' (default), 'all' or a folder of images")
     s.add_argument("--gallery", type=Path, default=None, help="gallery (default: the checkpoint's)")
     s.add_argument("--speed", type=float, default=4.0, help="replay pace (1 = real time)")
+    s.add_argument("--smooth-s", type=float, default=0.0,
+                   help="integrate consecutive windows' predictions with this time constant "
+                        "(s), as serve --smooth-s does (0: off)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--json", type=Path, default=None)
     s.add_argument("--plots", type=Path, default=None)

@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     cuda_graphs: bool = Field(
         True, description="On CUDA, replay the encoder as a captured CUDA graph (batch 1)."
     )
+    smooth_s: float = Field(
+        0.0, ge=0, le=10,
+        description="Time constant (s) over which consecutive windows' predictions are "
+        "integrated before retrieval and generation (0: each window alone).",
+    )
     seed: int = Field(0, description="Seed of the decoder's noise (one embedding, one image).")
     # server
     host: str = Field(

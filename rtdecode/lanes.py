@@ -82,6 +82,9 @@ class WorkerOptions:
         ``fp32``, ``bf16`` or ``fp16`` (:class:`rtdecode.encoder.runner.EncoderRunner`).
     cuda_graph : bool | None
         Replay the encoder as a captured CUDA graph (None: on CUDA).
+    smooth_s : float
+        Time constant (s) of the leaky integration of consecutive windows' predictions
+        before retrieval and generation (:mod:`rtdecode.decoder.smoothing`); 0 is off.
     """
 
     topk: int = 5
@@ -98,6 +101,7 @@ class WorkerOptions:
     thread_budget: int | None = None
     precision: str = "auto"
     cuda_graph: bool | None = None
+    smooth_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.lanes not in (1, 2):

@@ -169,6 +169,7 @@ class Service:
                 lanes=s.lanes,
                 precision=s.encoder_precision,
                 cuda_graph=s.cuda_graphs if decoding.device.startswith("cuda") else None,
+                smooth_s=s.smooth_s,
             ),
         )
         self.worker.start()

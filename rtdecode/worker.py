@@ -9,22 +9,20 @@ Lanes and threads
   window source (latest-wins: the source counts what it skipped) and runs
   :meth:`DecodeWorker._process`: encode (preprocess + encoder), retrieve (top-k),
   score (the true image's rank and the window's lag) and emit (publish a retrieval
-  frame). It never waits for generation: it only drops the window's prediction into a
-  one-item latest-wins slot.
+  frame). With ``smooth_s`` the query is the leaky integral of consecutive windows'
+  predictions (:mod:`rtdecode.decoder.smoothing`). It never waits for generation: it
+  only drops the window's prediction into a one-item latest-wins slot.
 * **Lane 2** (a second thread, "image", started by lane 1 after warm-up) owns the image
   decoder. At most ``max_fps`` times per second it takes the NEWEST prediction from the
   slot (an older one that was never taken is replaced and counted in
   ``embeddings_skipped``), generates, and publishes an image frame that names the window
   it came from (its ``first_sample``/``t_*`` and ``window_seq``, the seq of that window's
   retrieval frame). On a GPU lane 2 runs on its own CUDA stream.
-* The torch thread budget is split (:func:`~rtdecode.lanes.lane_threads`): each lane
-  sets its intra-op threads in its own thread (torch's OpenMP setting is per thread).
-* ``lanes=1`` keeps the single-lane behaviour: one thread, one frame per window, and the
-  image (when due) generated inline in that frame.
-* Frames of both lanes take their ``seq`` from one counter and are handed to ``publish``
-  in that order, under one lock; ``publish`` must not block (the server's Broadcaster
-  only schedules the hand-off onto the asyncio loop).
-* Counters and latency samples are written by the lane they belong to, in the worker's
+* Each lane sets its own torch intra-op threads (:func:`~rtdecode.lanes.lane_threads`).
+  ``lanes=1``: one thread, one frame per window, the image (when due) generated inline.
+* Frames of both lanes take their ``seq`` from one counter and reach ``publish`` in that
+  order, under one lock; ``publish`` must not block (the Broadcaster only schedules).
+* Each lane writes its own counters and latencies in the
   :class:`~rtdecode.lanes.WorkerMeter`; ``stats`` reads a snapshot from any thread.
 
 An exception while decoding one window (lane 1) or generating one image (lane 2) skips
@@ -47,6 +45,7 @@ import numpy as np
 
 from rtdecode.contracts import Embedding, Frame, Window, lag_s
 from rtdecode.decoder.normalize import rescale_prediction
+from rtdecode.decoder.smoothing import PredictionSmoother
 from rtdecode.encoder.metrics import LagCurve
 from rtdecode.images.codec import encode_image
 from rtdecode.lanes import (
@@ -114,7 +113,7 @@ class DecodeWorker(threading.Thread):
     target_stats : dict | None
         ``{"mean": (D,), "std": (D,)}`` of the training embeddings.
     gallery : object | None
-        With ``image(id) -> PIL.Image``, used for the img2img start.
+        With ``image(id) -> PIL.Image`` (the img2img start).
     subject : int
         Row of the encoder's subject layer.
     window_shape : (int, int), optional
@@ -155,6 +154,8 @@ class DecodeWorker(threading.Thread):
         self._image_thread: threading.Thread | None = None
         self._image_ready = threading.Event()
         self.meter = WorkerMeter(self.options.latency_history)
+        tau = self.options.smooth_s  # one integrator per head: the query and the MSE vector
+        self._smoothers = [PredictionSmoother(tau), PredictionSmoother(tau)] if tau else []
         self.lag_curve = LagCurve(max(len(retrieval), 1), bin_s=self.options.lag_bin_s,
                                   max_lag_s=self.options.stimulus_hold_s + 1e-6)
 
@@ -219,14 +220,10 @@ class DecodeWorker(threading.Thread):
                 continue
             try:
                 self._process(window)
-            except Exception as exc:
-                # A failure that repeats on every window (20 per second) is logged once and
-                # counted; the log must not fill the disk during a long session.
+            except Exception as exc:  # a repeating failure is logged once, then counted
                 if not meter.fail(meter.frames, "frame_errors", f"{type(exc).__name__}: {exc}"):
-                    log.exception(
-                        "Decoding one window failed; the frame is skipped (identical "
-                        "failures in a row are only counted, in frame_errors)."
-                    )
+                    log.exception("Decoding one window failed; the frame is skipped (identical "
+                                  "failures in a row are only counted, in frame_errors).")
             else:
                 if meter.frames.count:  # read by its only writer, this thread
                     log.info("Decoding works again after %d failed windows.",
@@ -292,6 +289,9 @@ class DecodeWorker(threading.Thread):
         embedding, mse_vec = self.encode_window(window, lat)
         t0 = time.perf_counter()
         query = embedding.vector.reshape(-1)
+        if self._smoothers:
+            query, mse_vec = (sm.update(v, window.last_sample, window.sfreq_hz)
+                              for sm, v in zip(self._smoothers, (query, mse_vec), strict=True))
         topk = self.retrieve(query)
         true_id, true_rank, lag = self.score(window, query)
         lat["retrieve"] = (time.perf_counter() - t0) * 1e3

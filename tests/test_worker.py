@@ -207,3 +207,23 @@ def test_emit_publishes_the_frame_and_hands_lane_two_the_prediction(lanes):
         assert first.lane == "retrieval" and first.image is None and counters["images"] == 0
         job = worker._slot.take(timeout_s=0.0)
         assert job.window_seq == 1 and job.scored is scored and worker._slot.replaced == 1
+
+
+def test_smoothing_integrates_consecutive_predictions_before_retrieval():
+    # serve --smooth-s: the query of each frame is the leaky integral of the windows'
+    # predictions so far (decoder/smoothing.py), while the frame keeps the raw embedding.
+    from rtdecode.decoder.smoothing import smooth_sequence
+
+    worker, source, collector = build_worker(None, smooth_s=0.2, topk=20)
+    windows = [source.next_window(timeout_s=1.0) for _ in range(6)]
+    for window in windows:
+        worker._process(window)
+    frames = [f for _, f in collector.frames()]
+    raw = np.stack([f.embedding.vector.reshape(-1) for f in frames])
+    lasts = np.array([w.last_sample for w in windows])
+    expected = smooth_sequence(raw, lasts, windows[0].sfreq_hz, 0.2)
+    assert not np.allclose(expected[-1], raw[-1])  # the integral differs from the last window
+    for frame, query in zip(frames, expected, strict=True):
+        want = worker.retrieval.topk(query, k=20)
+        assert [i for i, _ in frame.topk] == [str(i) for i, _ in want]
+        np.testing.assert_allclose([s for _, s in frame.topk], [s for _, s in want], rtol=1e-5)

@@ -30,6 +30,7 @@ import numpy as np
 
 from rtdecode._utils.paths import portable_paths
 from rtdecode.contracts import ParameterError, lag_s
+from rtdecode.decoder.smoothing import smooth_sequence
 from rtdecode.encoder.metrics import LagCurve
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ def evaluate_online(
     device: str = "cpu",
     resolve_timeout_s: float = 30.0,
     progress: bool = True,
+    smooth_s: float = 0.0,
 ) -> dict[str, Any]:
     """Replay ``recording`` through the live path and score every window it decodes.
 
@@ -87,6 +89,10 @@ def evaluate_online(
         How long to wait for the replay's streams.
     progress : bool
         Show progress.
+    smooth_s : float
+        Time constant of the integration of consecutive windows' predictions
+        (``serve --smooth-s``; 0: off). Offline, the same integrator runs over the
+        offline predictions of the same windows in the same order, so the ranks compare.
 
     Returns
     -------
@@ -129,7 +135,7 @@ def evaluate_online(
 
     # Scored as the service scores: windows ending up to the worker's stimulus hold after
     # an onset, in its lag bins.
-    options = WorkerOptions(topk=5)
+    options = WorkerOptions(topk=5, smooth_s=smooth_s)
     frames, live_curve = _decode_live(
         rec, decoding, hop_s, speed, n_file / sfreq_hz, resolve_timeout_s, progress, options,
     )
@@ -171,6 +177,11 @@ def evaluate_online(
     off = predict(model, X_off, np.full(len(X_off), subj, np.int64))["clip"]
     on = np.stack([f.embedding.vector for f in kept]).reshape(off.shape)
     rel_err = float(np.max(np.abs(on - off)) / max(float(np.max(np.abs(off))), 1e-12))
+    # The queries: each window's prediction, or its leaky integral as lane 1 computes it.
+    queries = smooth_sequence(
+        off.reshape(len(off), -1), np.array([f.embedding.window.last_sample for f in kept]),
+        kept[0].embedding.window.sfreq_hz, smooth_s,
+    )
 
     online, offline = live_curve.empty_like(), live_curve.empty_like()
     # The same two curves without the late windows: they must be equal.
@@ -181,7 +192,7 @@ def evaluate_online(
     # that starts at its onset leaves that window with the previous stimulus (late; each
     # one is listed by its first sample in the file and its two lags).
     n_ranked, ranks_equal, late = 0, True, []
-    for f, first, vec in zip(kept, file_firsts, off, strict=True):
+    for f, first, vec in zip(kept, file_firsts, queries, strict=True):
         last = first + f.embedding.window.data.shape[1] - 1
         k = int(np.searchsorted(onsets, last, side="right")) - 1
         lag_off = None if k < 0 else lag_s(last, int(onsets[k]), sfreq_hz)
@@ -217,6 +228,7 @@ def evaluate_online(
         "speed": speed,
         "window_s": window_s,
         "hop_s": hop_s,
+        "smooth_s": smooth_s,
         "per_lag": curve["per_lag"],
         "chance_top1": curve["chance_top1"],
         "chance_top5": curve["chance_top5"],

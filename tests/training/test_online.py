@@ -65,3 +65,15 @@ def test_evaluate_online_cli(tiny_model, tmp_path, capsys):
     assert "online = offline on" in out and "ranks equal: True" in out
     with pytest.raises(ValueError, match="speed=0"):
         evaluate_online(ckpt, data / "replay_raw.fif", speed=0)
+
+
+def test_online_equals_offline_with_smoothing(tiny_model, tmp_path):
+    # evaluate-online --smooth-s: the offline side integrates the offline predictions of
+    # the same windows in the same order, so every rank still compares.
+    data, ckpt = tiny_model
+    report = evaluate_online(ckpt, data / "replay_raw.fif", retrieval_set="all", speed=4.0,
+                             progress=False, smooth_s=0.2)
+    parity = report["parity"]
+    assert report["smooth_s"] == 0.2 and parity["n_windows"] >= 100
+    assert parity["max_rel_err"] < 1e-5 and parity["ranks_equal"]
+    assert parity["per_lag_on_time"] == parity["offline_per_lag_on_time"]
