@@ -25,12 +25,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rtdecode.contracts import Frame, ParameterError
 from rtdecode.encoder.card import CheckpointCard, SensorSystem
+from rtdecode.lanes import WindowSource, WorkerOptions
+
+if TYPE_CHECKING:
+    from rtdecode.decoder.base import ImageDecoder
+    from rtdecode.decoder.retrieval import Retrieval
+    from rtdecode.encoder.model import BrainModule
+    from rtdecode.images.categories import CategoryGallery
+    from rtdecode.images.encoders import ImageEncoder
+    from rtdecode.images.gallery import Gallery
+    from rtdecode.signal.preprocess import Preprocessor
+    from rtdecode.worker import DecodeWorker
 
 __all__ = [
     "RETRIEVAL_SETS",
@@ -72,15 +83,15 @@ class Decoding:
     device : str
     """
 
-    model: Any
+    model: BrainModule
     card: CheckpointCard
     subject: int
     system: SensorSystem
-    preprocessor: Any
+    preprocessor: Preprocessor
     window_s: float
-    gallery: Any
-    retrieval: Any
-    image_decoder: Any
+    gallery: Gallery | CategoryGallery
+    retrieval: Retrieval
+    image_decoder: ImageDecoder | None
     device: str
 
     @property
@@ -89,7 +100,8 @@ class Decoding:
         pre = self.preprocessor
         return len(pre.config.ch_names), pre.n_times_out(self.window_s)
 
-    def worker(self, windows: Any, publish: Callable[[Frame], None], options: Any = None) -> Any:
+    def worker(self, windows: WindowSource, publish: Callable[[Frame], None],
+               options: WorkerOptions | None = None) -> DecodeWorker:
         """The :class:`~rtdecode.worker.DecodeWorker` that decodes ``windows`` with this."""
         from rtdecode.worker import DecodeWorker
 
@@ -250,8 +262,8 @@ class GallerySpace:
         is ``gallery.ids[i]``).
     """
 
-    gallery: Any
-    image_encoder: Any
+    gallery: Gallery | CategoryGallery
+    image_encoder: ImageEncoder
     embeddings: np.ndarray
 
 
@@ -287,7 +299,7 @@ def load_retrieval(
     *,
     device: str = "cpu",
     progress: bool = True,
-) -> tuple[Any, Any]:
+) -> tuple[Gallery | CategoryGallery, Retrieval]:
     """The gallery and the retrieval index a checkpoint decodes into.
 
     Parameters
@@ -326,7 +338,8 @@ def load_retrieval(
     return space.gallery, Retrieval(space.embeddings[rows], ids)
 
 
-def retrieval_ids(retrieval_set: str, card: CheckpointCard, gallery: Any) -> list[str]:
+def retrieval_ids(retrieval_set: str, card: CheckpointCard,
+                  gallery: Gallery | CategoryGallery) -> list[str]:
     """Ids of the images to retrieve among.
 
     ``test``: the checkpoint's held-out (zero-shot) test images, the paper's "small test

@@ -2,7 +2,9 @@
 
 * :class:`WorkerOptions`: how the worker paces itself, and :func:`lane_threads`, the
   torch thread budget of each lane;
-* :class:`LatestSlot`: the one-item latest-wins hand-off from lane 1 to lane 2;
+* :class:`WindowSource`: where lane 1 takes its windows;
+* :class:`ScoredWindow`, what lane 1 knows of a window, and :class:`ImageJob`, what it hands
+  to lane 2 through :class:`LatestSlot`, the one-item latest-wins hand-off;
 * :class:`WorkerMeter`: counters, latency samples per stage and per lane, threads and
   runs of failures, written by the lane they belong to under one lock, read as a
   :class:`WorkerStats` snapshot from any thread (/api/status, /metrics, /health).
@@ -17,16 +19,21 @@ import threading
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+
+from rtdecode.contracts import Embedding, Window
 
 __all__ = [
     "COUNTERS",
     "LANE_STAGES",
     "STAGES",
     "FailureRun",
+    "ImageJob",
     "LatestSlot",
+    "ScoredWindow",
+    "WindowSource",
     "WorkerMeter",
     "WorkerOptions",
     "WorkerStats",
@@ -125,15 +132,46 @@ def lane_threads(options: WorkerOptions) -> tuple[int | None, int | None]:
     return first, second
 
 
+class WindowSource(Protocol):
+    """Where lane 1 takes its windows (a :class:`~rtdecode.stream.windows.Windower`)."""
+
+    def next_window(self, timeout_s: float) -> Window | None:
+        """The newest window, or None when none came within ``timeout_s``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredWindow:
+    """What lane 1 knows of one window after encode, retrieve and score (``emit`` sends it)."""
+
+    window: Window
+    embedding: Embedding
+    mse_vec: np.ndarray
+    topk: tuple[tuple[str, float], ...]
+    true_id: str | None
+    true_rank: int | None
+    lag_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageJob:
+    """What lane 1 hands to lane 2: a scored window, its frame's seq and lane-1 stages."""
+
+    scored: ScoredWindow
+    window_seq: int
+    lane1_ms: dict[str, float]
+    t_ready: float  # perf_counter when it entered the slot
+
+
 class LatestSlot:
     """One-item latest-wins hand-off from lane 1 to lane 2; replaced items are counted."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._item: Any = None
+        self._item: ImageJob | None = None
         self.replaced = 0
 
-    def put(self, item: Any) -> None:
+    def put(self, item: ImageJob) -> None:
         """Leave ``item`` for the taker, replacing (and counting) one it never took."""
         with self._cond:
             if self._item is not None:
@@ -141,7 +179,7 @@ class LatestSlot:
             self._item = item
             self._cond.notify()
 
-    def take(self, timeout_s: float) -> Any:
+    def take(self, timeout_s: float) -> ImageJob | None:
         """The item, waiting up to ``timeout_s`` for one; None when none came."""
         with self._cond:
             if self._item is None:

@@ -38,8 +38,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,43 +50,29 @@ from rtdecode.images.codec import encode_image
 from rtdecode.lanes import (
     LANE_STAGES,
     STAGES,
+    ImageJob,
     LatestSlot,
+    ScoredWindow,
+    WindowSource,
     WorkerMeter,
     WorkerOptions,
     WorkerStats,
     lane_threads,
 )
 
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from rtdecode.decoder.base import ImageDecoder
+    from rtdecode.decoder.retrieval import Retrieval
+    from rtdecode.encoder.model import BrainModule
+    from rtdecode.images.categories import CategoryGallery
+    from rtdecode.images.gallery import Gallery
+    from rtdecode.signal.preprocess import Preprocessor
+
 log = logging.getLogger(__name__)
 
 __all__ = ["DecodeWorker", "WorkerOptions", "WorkerStats", "lane_threads", "LANE_STAGES", "STAGES"]
-
-
-class WindowSource(Protocol):
-    def next_window(self, timeout_s: float) -> Window | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ScoredWindow:
-    """What lane 1 knows of one window after encode, retrieve and score (``emit`` sends it)."""
-
-    window: Window
-    embedding: Embedding
-    mse_vec: np.ndarray
-    topk: tuple[tuple[str, float], ...]
-    true_id: str | None
-    true_rank: int | None
-    lag_s: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Job:
-    """What lane 1 hands to lane 2: a scored window, its frame's seq and lane-1 stages."""
-
-    scored: ScoredWindow
-    window_seq: int
-    lane1_ms: dict[str, float]
-    t_ready: float  # perf_counter when it entered the slot
 
 
 class DecodeWorker(threading.Thread):
@@ -98,8 +83,8 @@ class DecodeWorker(threading.Thread):
     windows : WindowSource
         Gives the newest Window (``next_window(timeout_s)``).
     preprocessor : rtdecode.signal.preprocess.Preprocessor
-    encoder : torch.nn.Module
-        A BrainModule in eval mode; its output dict has ``clip`` and ``mse`` heads.
+    encoder : BrainModule
+        In eval mode; its output dict has ``clip`` and ``mse`` heads.
     retrieval : rtdecode.decoder.retrieval.Retrieval
         Searched with the CLIP head's output.
     decoder : ImageDecoder | None
@@ -112,8 +97,8 @@ class DecodeWorker(threading.Thread):
     options : WorkerOptions, optional
     target_stats : dict | None
         ``{"mean": (D,), "std": (D,)}`` of the training embeddings.
-    gallery : object | None
-        With ``image(id) -> PIL.Image`` (the img2img start).
+    gallery : Gallery | CategoryGallery | None
+        Its ``image(id)`` is the img2img start.
     subject : int
         Row of the encoder's subject layer.
     window_shape : (int, int), optional
@@ -121,10 +106,11 @@ class DecodeWorker(threading.Thread):
     """
 
     def __init__(
-        self, windows: WindowSource, preprocessor: Any, encoder: Any, retrieval: Any,
-        decoder: Any | None, publish: Callable[[Frame], None], *, device: str = "cpu",
-        options: WorkerOptions | None = None, target_stats: dict | None = None,
-        gallery: Any | None = None, subject: int = 0, window_shape: tuple[int, int] | None = None,
+        self, windows: WindowSource, preprocessor: Preprocessor, encoder: BrainModule,
+        retrieval: Retrieval, decoder: ImageDecoder | None, publish: Callable[[Frame], None], *,
+        device: str = "cpu", options: WorkerOptions | None = None, target_stats: dict | None = None,
+        gallery: Gallery | CategoryGallery | None = None, subject: int = 0,
+        window_shape: tuple[int, int] | None = None,
     ) -> None:
         from rtdecode.lsl.streams import local_clock
 
@@ -274,7 +260,7 @@ class DecodeWorker(threading.Thread):
             log.info("Encoder at batch 1: %s.", self._runner.describe())
         return self._runner(x)
 
-    def _generate(self, mse_vec: np.ndarray, topk: Any) -> Any:
+    def _generate(self, mse_vec: np.ndarray, topk: tuple[tuple[str, float], ...]) -> Image.Image:
         """One image from the MSE head's prediction (rescaled by the one rescale path)."""
         init = None
         if self.options.img2img_strength is not None and self.gallery is not None and topk:
@@ -360,14 +346,15 @@ class DecodeWorker(threading.Thread):
         lane = "retrieval" if self._two_lanes else None
         seq = self._emit(scored, lat, image_bytes, lane, embedding=scored.embedding)
         if self._two_lanes:
-            self._slot.put(_Job(scored, seq, dict(lat), time.perf_counter()))
+            self._slot.put(ImageJob(scored, seq, dict(lat), time.perf_counter()))
         counts = {"windows": 1, "frames": 1, "flagged_windows": int(scored.window.flagged),
                   "images": int(image_bytes is not None),
                   "images_skipped": int(inline and image_bytes is None)}
         self.meter.add(counts, lat, lane)
         return seq
 
-    def _image_bytes(self, mse_vec: np.ndarray, topk: Any, lat: dict[str, float]) -> bytes:
+    def _image_bytes(self, mse_vec: np.ndarray, topk: tuple[tuple[str, float], ...],
+                     lat: dict[str, float]) -> bytes:
         """Generate and encode one image; ``generate`` and ``encode_image`` (ms) go to ``lat``."""
         t0 = time.perf_counter()
         img = self._generate(mse_vec, topk)
@@ -378,7 +365,8 @@ class DecodeWorker(threading.Thread):
         return image_bytes
 
     def _emit(self, scored: ScoredWindow, lat: dict[str, float], image: bytes | None,
-              lane: str | None, **fields: Any) -> int:
+              lane: str | None, embedding: Embedding | None = None,
+              window_seq: int | None = None) -> int:
         """Give the window's frame the next seq and publish it (either lane); returns the seq."""
         window = scored.window
         with self._publish_lock:
@@ -390,7 +378,8 @@ class DecodeWorker(threading.Thread):
                 latencies_ms={k: round(v, 3) for k, v in lat.items()}, topk=scored.topk,
                 true_id=scored.true_id, true_rank=scored.true_rank, lag_s=scored.lag_s,
                 image=image, mime=f"image/{self.options.image_format}", lane=lane,
-                extra={"flagged": window.flagged, "n_gaps": window.n_gaps}, **fields,
+                extra={"flagged": window.flagged, "n_gaps": window.n_gaps},
+                embedding=embedding, window_seq=window_seq,
             ))
         return seq
 
@@ -439,7 +428,7 @@ class DecodeWorker(threading.Thread):
             else:
                 meter.succeed(meter.images)
 
-    def _generate_frame(self, job: _Job, t_start: float) -> None:
+    def _generate_frame(self, job: ImageJob, t_start: float) -> None:
         """Lane 2's frame of one job: the window's lane-1 stages, ``wait`` and generation."""
         lat = {k: v for k, v in job.lane1_ms.items() if k != "total"}
         lat["wait"] = (t_start - job.t_ready) * 1e3

@@ -7,7 +7,10 @@ it serves. Threads: stateless; any thread may call it.
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 #: The formats a frame's image may have, and PIL's name of each.
 IMAGE_FORMATS = {"jpeg": "JPEG", "webp": "WEBP", "png": "PNG"}
@@ -15,7 +18,7 @@ IMAGE_FORMATS = {"jpeg": "JPEG", "webp": "WEBP", "png": "PNG"}
 __all__ = ["IMAGE_FORMATS", "encode_image"]
 
 
-def encode_image(img: Any, fmt: str = "jpeg", quality: int = 85) -> bytes:
+def encode_image(img: Image.Image, fmt: str = "jpeg", quality: int = 85) -> bytes:
     """Encode a PIL image to bytes in ``fmt``.
 
     Parameters

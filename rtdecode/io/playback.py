@@ -11,7 +11,7 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 
@@ -129,7 +129,13 @@ class ReplayStats:
             self.wall_s = local_clock() - t_start
 
 
-def wait_for_consumer(outlet: Any, timeout_s: float, stop: threading.Event, name: str) -> None:
+class Outlet(Protocol):
+    """What :func:`wait_for_consumer` asks of an outlet (``pylsl.StreamOutlet`` has it)."""
+
+    def wait_for_consumers(self, timeout: float) -> bool: ...
+
+
+def wait_for_consumer(outlet: Outlet, timeout_s: float, stop: threading.Event, name: str) -> None:
     """Wait until ``outlet`` has a consumer (RuntimeError after ``timeout_s``), or ``stop``."""
     deadline = local_clock() + timeout_s
     while not outlet.wait_for_consumers(0.05):

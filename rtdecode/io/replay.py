@@ -207,7 +207,7 @@ class Player:
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | Path | Recording,
         *,
         name: str | None = None,
         source_id: str | None = None,

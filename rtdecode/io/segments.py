@@ -71,7 +71,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -86,6 +86,10 @@ from rtdecode._utils.files import (
 from rtdecode.contracts import format_marker
 from rtdecode.lsl.streams import local_clock
 from rtdecode.stream.ring import OverwrittenError, nearest_index
+
+if TYPE_CHECKING:
+    from rtdecode.stream.markers import MarkerReader
+    from rtdecode.stream.reader import StreamReader
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +171,10 @@ class SegmentRecorder:
 
     def __init__(
         self,
-        reader: Any,
+        reader: StreamReader,
         out_dir: str | Path,
         *,
-        markers: Any | None = None,
+        markers: MarkerReader | None = None,
         segment_s: float = 1.8,
         marker_margin_s: float = 0.2,
     ) -> None:
@@ -185,7 +189,7 @@ class SegmentRecorder:
         self.error: BaseException | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._next_source: tuple[Any, Any] | None = None
+        self._next_source: tuple[StreamReader, MarkerReader | None] | None = None
         self._reader, self._markers = reader, markers
         self._thread = threading.Thread(target=self._run, name="rtdecode-recorder", daemon=True)
         self._counts = {
@@ -226,7 +230,7 @@ class SegmentRecorder:
         """True while the writer thread runs."""
         return self._thread.is_alive()
 
-    def follow(self, reader: Any, markers: Any | None = None) -> None:
+    def follow(self, reader: StreamReader, markers: MarkerReader | None = None) -> None:
         """Record ``reader`` (a new run) once the current reader's samples are written."""
         with self._lock:
             self._next_source = (reader, markers)
@@ -373,7 +377,8 @@ class _Run:
     Used by the recorder thread only.
     """
 
-    def __init__(self, rec: SegmentRecorder, reader, markers, number: int, previous=None):
+    def __init__(self, rec: SegmentRecorder, reader: StreamReader, markers: MarkerReader | None,
+                 number: int, previous: _Run | None = None):
         self.rec = rec
         self.reader = reader
         self.markers = markers

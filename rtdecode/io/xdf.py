@@ -33,6 +33,7 @@ from typing import IO, Any
 from xml.sax.saxutils import escape
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["XdfStream", "XdfWriter", "read_xdf", "write_xdf"]
 
@@ -202,7 +203,7 @@ def _varlen(n: int) -> bytes:
     return b"\x08" + struct.pack("<Q", n)
 
 
-def _xml_text(tag: str, value: Any) -> str:
+def _xml_text(tag: str, value: object) -> str:
     return f"<{tag}>{escape(str(value))}</{tag}>"
 
 
@@ -308,7 +309,7 @@ class XdfWriter:
         }
         return stream_id
 
-    def write_samples(self, stream_id: int, timestamps: Sequence[float], samples: Any) -> None:
+    def write_samples(self, stream_id: int, timestamps: Sequence[float], samples: npt.ArrayLike) -> None:
         """Write one Samples chunk.
 
         Parameters

@@ -11,12 +11,15 @@ import contextlib
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pylsl
 from pylsl.util import LostError
 from pylsl.util import TimeoutError as LslTimeoutError
+
+if TYPE_CHECKING:
+    import mne
 
 local_clock = pylsl.local_clock
 """Local LSL clock in seconds (monotonic); the clock that corrected timestamps use."""
@@ -528,7 +531,7 @@ LOC_NAMES = ("R0x", "R0y", "R0z", "Exx", "Exy", "Exz", "Eyx", "Eyy", "Eyz", "Ezx
 FIFF_INT_KEYS = ("kind", "coil_type", "coord_frame")
 
 
-def write_fiff_details(lsl_info: Any, raw_info: Any) -> None:
+def write_fiff_details(lsl_info: pylsl.StreamInfo, raw_info: mne.Info) -> None:
     """Add mne-lsl's per-channel FIFF fields and the filter band to a StreamInfo.
 
     The fields are kind, coil_type, coord_frame and loc from ``raw_info`` (an ``mne.Info``),
@@ -549,7 +552,7 @@ def write_fiff_details(lsl_info: Any, raw_info: Any) -> None:
     filters.append_child_value("lowpass", repr(float(raw_info["lowpass"])))
 
 
-def read_fiff_details(lsl_info: Any) -> tuple[list[dict[str, Any]], dict[str, float]]:
+def read_fiff_details(lsl_info: pylsl.StreamInfo) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Per-channel FIFF fields and the filter band from a stream description.
 
     Returns

@@ -20,12 +20,16 @@ import collections
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rtdecode.contracts import Marker
 from rtdecode.stream.ring import OverwrittenError
+
+if TYPE_CHECKING:
+    from rtdecode.stream.markers import MarkerReader
+    from rtdecode.stream.reader import StreamReader
 
 __all__ = ["TRIGGER_CHANNEL_NAMES", "CombinedMarkers", "TriggerMarkers", "find_trigger_channel"]
 
@@ -70,7 +74,7 @@ class TriggerMarkers:
 
     def __init__(
         self,
-        reader: Any,
+        reader: StreamReader,
         channel: str | None = None,
         *,
         interpret: Callable[[dict], dict] | None = None,
@@ -205,7 +209,7 @@ class CombinedMarkers:
     image. ``error`` is the marker stream's (a trigger channel never fails the windows).
     """
 
-    def __init__(self, stream: Any, triggers: TriggerMarkers) -> None:
+    def __init__(self, stream: MarkerReader, triggers: TriggerMarkers) -> None:
         self.stream, self.triggers = stream, triggers
 
     @property

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from rtdecode.encoder.metrics import (
     standardize,
 )
 from rtdecode.encoder.presets import RIDGE_ALPHAS
+
+if TYPE_CHECKING:
+    from rtdecode.data.datasets import EpochSet
 
 __all__ = ["evaluate", "retrieval_scores", "ridge_baseline"]
 
@@ -103,7 +106,7 @@ def ridge_baseline(X_train: np.ndarray, Y_train: np.ndarray, X_test: np.ndarray,
     return pred.astype(np.float32).reshape((len(X_test),) + Y_train.shape[1:]), alpha
 
 
-def _subject_indices(card: CheckpointCard, epochs: Any) -> np.ndarray:
+def _subject_indices(card: CheckpointCard, epochs: EpochSet) -> np.ndarray:
     """Map the data's subjects onto the model's subject layers."""
     known = list(card.subjects)
     names = [epochs.subjects[i] for i in epochs.subject_index]

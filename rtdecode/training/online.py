@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rtdecode._utils.paths import portable_paths
-from rtdecode.contracts import ParameterError, lag_s
+from rtdecode.contracts import Frame, ParameterError, lag_s
 from rtdecode.decoder.smoothing import smooth_sequence
 from rtdecode.encoder.metrics import LagCurve
 
 if TYPE_CHECKING:
+    from rtdecode.data.recordings import Recording
     from rtdecode.decoding import Decoding
     from rtdecode.worker import WorkerOptions
 
@@ -259,9 +260,9 @@ def evaluate_online(
     return report
 
 
-def _decode_live(recording: Any, decoding: Decoding, hop_s: float, speed: float,
+def _decode_live(recording: Recording, decoding: Decoding, hop_s: float, speed: float,
                  duration_s: float, resolve_timeout_s: float, progress: bool,
-                 options: WorkerOptions) -> tuple[list[Any], LagCurve]:
+                 options: WorkerOptions) -> tuple[list[Frame], LagCurve]:
     """Replay the file on loopback LSL and decode every window of it, in order.
 
     The input is opened by the service's own ``StreamSupervisor`` (reader, marker reader
@@ -274,7 +275,7 @@ def _decode_live(recording: Any, decoding: Decoding, hop_s: float, speed: float,
     from rtdecode.stream import StreamSupervisor
 
     name = f"rtdecode-eval-{uuid.uuid4().hex[:8]}"
-    frames: list[Any] = []
+    frames: list[Frame] = []
     # Waits for the reader below before sending, so that no sample is missed.
     replay = Player(recording, name=name, source_id=name, speed=speed, counter=True,
                     wait_for_consumer_s=resolve_timeout_s).start()

@@ -55,7 +55,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -75,6 +75,9 @@ from rtdecode.training.encoder import (
     train_arrays,
 )
 from rtdecode.training.evaluate import retrieval_scores, ridge_baseline
+
+if TYPE_CHECKING:
+    import submitit
 
 __all__ = [
     "EXECUTORS",
@@ -228,7 +231,7 @@ def _sweep_recipe(recipe: str | Path | dict | Recipe | None, max_epochs: int | N
 
 
 # --------------------------------------------------------------------------- files
-def _write_json(path: Path, doc: Any) -> None:
+def _write_json(path: Path, doc: object) -> None:
     atomic_write(path, json.dumps(jsonable(doc), indent=1) + "\n")
 
 
@@ -499,7 +502,7 @@ def run_position(out_dir: str | Path, index: int, threads: int = 1, device: str 
 def make_executor(kind: str, folder: str | Path, *, timeout_min: int = 120, cpus_per_task: int = 1,
                   slurm_partition: str | None = None, slurm_gpus: int | None = None,
                   slurm_array_parallelism: int | None = None, slurm_mem_gb: float | None = None,
-                  slurm_extra: dict[str, Any] | None = None):
+                  slurm_extra: dict[str, Any] | None = None) -> submitit.Executor | None:
     """A submitit executor for the sweep's jobs (None for ``debug``).
 
     Parameters
@@ -546,7 +549,7 @@ def make_executor(kind: str, folder: str | Path, *, timeout_min: int = 120, cpus
     return ex
 
 
-def _run_jobs(executor: Any, kind: str, out: Path, todo: Sequence[int], *, threads: int,
+def _run_jobs(executor: submitit.Executor | None, kind: str, out: Path, todo: Sequence[int], *, threads: int,
               device: str, max_parallel: int, poll_s: float,
               on_done: Callable[[int, dict[str, Any]], None]) -> dict[int, str]:
     """Run the positions ``todo``; call ``on_done`` as each finishes. Returns failures."""
@@ -559,7 +562,7 @@ def _run_jobs(executor: Any, kind: str, out: Path, todo: Sequence[int], *, threa
                 failures[i] = f"{type(exc).__name__}: {exc}"
         return failures
     queue = list(todo)
-    running: dict[Any, int] = {}
+    running: dict[submitit.Job, int] = {}
     if kind == "slurm":  # one job array; the cluster schedules it
         with executor.batch():
             jobs = [executor.submit(run_position, str(out), i, threads, device) for i in queue]
