@@ -140,6 +140,21 @@ class RecorderStats:
         return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass(slots=True)
+class _RecorderCounts:
+    """A recorder's monotonic counters (``RecorderStats.counters``), written under its lock."""
+
+    segments: int = 0
+    samples: int = 0
+    bytes: int = 0
+    markers: int = 0
+    late_markers: int = 0
+    markers_missed: int = 0
+    lost_samples: int = 0
+    write_errors: int = 0
+    runs: int = 0
+
+
 class SegmentRecorder:
     """Write every sample a StreamReader receives to small FIF files, in one thread.
 
@@ -192,17 +207,7 @@ class SegmentRecorder:
         self._next_source: tuple[StreamReader, MarkerReader | None] | None = None
         self._reader, self._markers = reader, markers
         self._thread = threading.Thread(target=self._run, name="rtdecode-recorder", daemon=True)
-        self._counts = {
-            "segments": 0,
-            "samples": 0,
-            "bytes": 0,
-            "markers": 0,
-            "late_markers": 0,
-            "markers_missed": 0,
-            "lost_samples": 0,
-            "write_errors": 0,
-            "runs": 0,
-        }
+        self._counts = _RecorderCounts()
         self._lag_s = 0.0
         self._last_write_ms = 0.0
         self._lost_s = 0.0
@@ -248,7 +253,7 @@ class SegmentRecorder:
         if error is None:
             return None
         with self._lock:
-            lost_n, lost_s = self._counts["lost_samples"], self._lost_s
+            lost_n, lost_s = self._counts.lost_samples, self._lost_s
         lost = f"{lost_n} samples ({lost_s:.1f} s) lost so far"
         if is_disk_full(error):
             free = free_bytes(self.session_dir)
@@ -267,7 +272,7 @@ class SegmentRecorder:
     def stats(self) -> RecorderStats:
         """Counters, seconds lost, the lag behind the stream, the folder and what is wrong."""
         with self._lock:
-            counts = dict(self._counts)
+            counts = dataclasses.asdict(self._counts)
             lag_s, last_ms, lost_s = self._lag_s, self._last_write_ms, self._lost_s
         return RecorderStats(
             dir=str(self.session_dir),
@@ -283,8 +288,8 @@ class SegmentRecorder:
     # ------------------------------------------------------------------ thread
     def _count(self, **inc: int) -> None:
         with self._lock:
-            for k, v in inc.items():
-                self._counts[k] += v
+            for name, n in inc.items():
+                setattr(self._counts, name, getattr(self._counts, name) + n)
 
     def _run(self) -> None:
         run = _Run(self, self._reader, self._markers, 1)
@@ -344,7 +349,7 @@ class SegmentRecorder:
         if self._full_since is None and is_disk_full(exc):
             with self._lock:
                 self._full_since = time.monotonic()
-                self._lost_at_full = (self._counts["lost_samples"], self._lost_s)
+                self._lost_at_full = (self._counts.lost_samples, self._lost_s)
         self.error = exc
         self._count(write_errors=1)
 
@@ -354,7 +359,7 @@ class SegmentRecorder:
             return
         with self._lock:
             since, (n0, s0) = self._full_since, self._lost_at_full
-            lost_n, lost_s = self._counts["lost_samples"] - n0, self._lost_s - s0
+            lost_n, lost_s = self._counts.lost_samples - n0, self._lost_s - s0
             self._full_since = None
         if since is not None:
             log.warning(

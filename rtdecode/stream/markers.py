@@ -127,8 +127,8 @@ class MarkerReader(_InletThread):
         with self._cond:
             self._history.extend(new)
             self._n_received += len(new)
-            self._counts["samples"] += len(new)
-            self._counts["chunks"] += 1
+            self._counts.samples += len(new)
+            self._counts.chunks += 1
             self._cond.notify_all()
 
     def _finish(self) -> None:

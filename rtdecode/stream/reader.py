@@ -38,7 +38,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, make_dataclass
 from typing import Any
 
 import numpy as np
@@ -143,7 +143,12 @@ class StreamStats:
         return d
 
 
-_NO_STATS = StreamStats()
+#: The counters a reader thread writes under its lock: StreamStats' fields (one list of
+#: them), in a mutable class with slots (a misspelt counter raises where it is written).
+_StreamCounts = make_dataclass(
+    "_StreamCounts", [(f.name, f.type, f.default) for f in fields(StreamStats)], slots=True
+)
+_STATS_FIELDS = tuple(f.name for f in fields(StreamStats))
 _NO_INDEX = np.empty(0, dtype=np.intp)
 
 
@@ -260,7 +265,7 @@ class _InletThread:
         self._lock = threading.Lock()
         # Mutable counters, written by the thread under the lock; ``stats`` copies them
         # into a frozen StreamStats (cheaper per chunk than rebuilding a dataclass).
-        self._counts = {f: getattr(_NO_STATS, f) for f in StreamStats.__dataclass_fields__}
+        self._counts = _StreamCounts()
         # Reader-thread state: the pull buffer, the clock correction, samples received.
         self._dest: np.ndarray | None = None
         self._max_chunk = 0
@@ -324,7 +329,7 @@ class _InletThread:
     def connected(self) -> bool:
         """Connected to a source now (False before, while reconnecting, after the end)."""
         with self._lock:
-            return bool(self._counts["connected"])
+            return bool(self._counts.connected)
 
     @property
     def error(self) -> BaseException | None:
@@ -340,7 +345,8 @@ class _InletThread:
     def stats(self) -> StreamStats:
         """A consistent snapshot of the counters."""
         with self._lock:
-            return StreamStats(**self._counts)
+            c = self._counts
+            return StreamStats(**{f: getattr(c, f) for f in _STATS_FIELDS})
 
     @property
     def clock_offset(self) -> tuple[float, float]:
@@ -400,9 +406,10 @@ class _InletThread:
         ]
         return ", ".join(parts)
 
-    def _update(self, **changes) -> None:
+    def _update(self, **changes: bool) -> None:
         with self._lock:
-            self._counts.update(changes)
+            for name, value in changes.items():
+                setattr(self._counts, name, value)
 
     def _find(self, timeout_s: float | None, source_id: str | None, exclude_uids=()):
         """Resolve until found, ``timeout_s`` passes (None: no limit) or stop().
@@ -443,8 +450,9 @@ class _InletThread:
         t_offset = lsl.local_clock()
         with self._lock:
             self._offset_s, self._t_offset = offset, t_offset
-            self._counts.update(connected=True, stalled=False, clock_offset_s=offset)
-            self._counts["reconnects"] += 0 if first else 1
+            c = self._counts
+            c.connected, c.stalled, c.clock_offset_s = True, False, offset
+            c.reconnects += 0 if first else 1
         return inlet
 
     def _setup_pull(self, desc: lsl.StreamDescription) -> None:
@@ -484,7 +492,7 @@ class _InletThread:
             return  # no new estimate yet (liblsl re-measures after a clock reset)
         with self._lock:
             self._offset_s, self._t_offset = offset, t_now
-            self._counts["clock_offset_s"] = offset
+            self._counts.clock_offset_s = offset
 
     def _emit(self, values, t_source: np.ndarray, t_arrived: float, gaps=()) -> None:
         """Hand one chunk to every sink (reader thread)."""
@@ -620,9 +628,10 @@ class StreamTap(_InletThread):
     def _handle(self, values, t_source, t_arrived, backlog) -> None:
         self._emit(values, t_source, t_arrived)
         with self._lock:
-            self._counts["samples"] += int(t_source.size)
-            self._counts["chunks"] += 1
-            self._counts["t_last_pull"] = t_arrived
+            c = self._counts
+            c.samples += int(t_source.size)
+            c.chunks += 1
+            c.t_last_pull = t_arrived
 
 
 class StreamReader(_InletThread):
@@ -821,7 +830,7 @@ class StreamReader(_InletThread):
         if (
             self._t_last_data
             and t_arrived - self._t_last_data > self.stall_s
-            and not self._counts["stalled"]
+            and not self._counts.stalled
         ):
             self._update(stalled=True)
 
@@ -959,22 +968,22 @@ class StreamReader(_InletThread):
         cpu_s = time.thread_time()
         with self._lock:
             c = self._counts
-            c["samples"] += n
-            c["chunks"] += 1
-            c["backwards_timestamps"] += n_back
-            c["timestamp_jumps"] += n_jumps_ok
-            c["repeated_samples"] += n_repeated
-            c["nonfinite_values"] += n_bad_values
-            c["nonfinite_samples"] += n_bad_samples
-            c["overflow"] += int(new_overflow)
-            c["stalled"] = False
-            c["cpu_s"] = cpu_s
-            c["t_last_pull"] = t_arrived
+            c.samples += n
+            c.chunks += 1
+            c.backwards_timestamps += n_back
+            c.timestamp_jumps += n_jumps_ok
+            c.repeated_samples += n_repeated
+            c.nonfinite_values += n_bad_values
+            c.nonfinite_samples += n_bad_samples
+            c.overflow += int(new_overflow)
+            c.stalled = False
+            c.cpu_s = cpu_s
+            c.t_last_pull = t_arrived
             if new_gaps:
                 self._gaps.extend(new_gaps)
-                c["gaps"] += len(new_gaps)
-                c["lost_samples"] += sum(g.n_lost for g in new_gaps)
-                c["last_gap"] = new_gaps[-1]
+                c.gaps += len(new_gaps)
+                c.lost_samples += sum(g.n_lost for g in new_gaps)
+                c.last_gap = new_gaps[-1]
 
     def _gap(self, sample: int, n_lost: int, ts: np.ndarray, i: int, how: str) -> Gap:
         t_after = float(ts[i])
