@@ -755,6 +755,32 @@ def _sweep() -> str:
     ])
 
 
+@renders("smoothing", ".venv/bin/python bench/smoothing.py")
+def _smoothing() -> str:
+    src = "docs/results/smoothing.json"
+    d = load(src)
+    rows = []
+    for r in get(d, "runs", src=src):
+        best, per_lag = r["best"], r["per_lag"]
+        mid = [x["top5"] for x in per_lag if 0.2 <= x["lag_s"] <= 1.0]
+        rows.append([
+            "off" if not r["smooth_s"] else f"{r['smooth_s']:g} s",
+            num(best["lag_s"] * 1e3, 0), pct(best["top5"]), num(best["median_rank"]),
+            sum(x["top5"] >= 0.5 for x in per_lag), pct(sum(mid) / len(mid)),
+            r["parity"]["ranks_equal"],
+        ])
+    first = get(d, "runs", src=src)[0]
+    return "\n".join([
+        f"sub-{d['subject']}'s held-out recording replayed at {d['speed']:g}x, the same windows "
+        f"in every run, retrieval among {first['n_candidates']} images (chance top-5 "
+        f"{pct(first['chance_top5'])}), 50 ms lag bins (`{src}`):",
+        "",
+        table(["integration (`--smooth-s`)", "best bin (ms)", "top-5 there", "median rank there",
+               "bins at >= 50 % top-5", "mean top-5, windows ending 200-1000 ms",
+               "online = offline ranks"], rows),
+    ])
+
+
 # --------------------------------------------------------------------------- documents
 def render_table(name: str) -> str:
     """The body of table ``name`` (ends with a newline)."""
