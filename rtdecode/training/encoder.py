@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import inspect
-import json
 import math
 import os
 import platform
@@ -1148,11 +1147,15 @@ def train(
     if resume and (out / CONFIG_FILE).is_file():
         # A run continues on the preprocessing it started with (a run begun before
         # streaming became the default has no streaming key: the block path).
-        saved = json.loads((out / CONFIG_FILE).read_text())["preprocess"]["config"]
+        from rtdecode.encoder.card import CheckpointCard
+        from rtdecode.encoder.checkpoint import read_config
+
+        card = CheckpointCard.from_config(read_config(out), out)
+        started = card.system.preprocessor().config.streaming
         now = _preprocessor(rc, ("placeholder",)).config.streaming
-        if bool(saved.get("streaming", False)) != now:
+        if started != now:
             raise ValueError(
-                f"The run in {out} was started with streaming={bool(saved.get('streaming'))} "
+                f"The run in {out} was started with streaming={started} "
                 f"preprocessing; resume it with `[preprocess] streaming = "
                 f"{str(not now).lower()}` in the recipe."
             )

@@ -246,3 +246,23 @@ def test_cli_train_and_info(tiny_subject, tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["source"] == "checkpoint" and info["offsets"] == {"window_start_s": 0.0, "sampling": "fixed"}
     assert info["n_parameters"] > 0
+
+
+def test_resume_refuses_a_recipe_that_changes_the_preprocessing_path(tmp_path_factory, tmp_path):
+    # The run's own checkpoint card says which preprocessing it started with; a resume
+    # with the other path is refused with the recipe line to use.
+    import shutil
+
+    from rtdecode.encoder.checkpoint import open_checkpoint
+    from rtdecode.training.encoder import train
+    from tests.helpers.service import build_tiny_model
+
+    data, ckpt = build_tiny_model(tmp_path_factory)
+    run = tmp_path / "run"
+    shutil.copytree(ckpt, run)
+    _, card = open_checkpoint(run)
+    started = card.system.preprocessor().config.streaming
+    (run / "training").mkdir(exist_ok=True)
+    with pytest.raises(ValueError, match=f"started with streaming={started}"):
+        train(data, run, preset="test", max_epochs=2, device="cpu", progress=False, resume=True,
+              recipe={"preprocess": {"streaming": not started}})
