@@ -78,6 +78,18 @@ def write_json(path: str | Path, obj: dict[str, Any]) -> Path:
     return path
 
 
+def save_figure(fig: Any, path: str | Path, **savefig: Any) -> Path:
+    """Lay out a matplotlib figure, write it to ``path`` (folders created) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, **savefig)
+    plt.close(fig)
+    return path
+
+
 def format_table(header: Sequence[str], rows: Iterable[Sequence[Any]], floatfmt: str = ".2f") -> str:
     """A plain-text table: first column left-aligned, the others right-aligned.
 
