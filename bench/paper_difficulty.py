@@ -45,7 +45,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import format_table, machine_info, save_figure, write_json  # bench/common.py, beside this script
+from common import (  # bench/common.py, beside this script
+    format_table,
+    machine_info,
+    save_figure,
+    write_json,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = REPO / "models" / "recipes" / "paper-difficulty.toml"
@@ -84,6 +89,24 @@ def difficulty_with(base: Any, knob: str, value: float) -> Any:
     field = next(f for f in dataclasses.fields(base) if f.name == knob)
     cast = int if field.type in ("int", int) else float
     return dataclasses.replace(base, **{knob: cast(value)})
+
+
+def _repo_path(path: Path) -> str:
+    """``path`` relative to the repository when inside it (as results are written)."""
+    path = path if path.is_absolute() else REPO / path
+    try:
+        return path.resolve().relative_to(REPO).as_posix()
+    except ValueError:
+        return path.resolve().as_posix()
+
+
+def held_fixed(difficulty: dict[str, Any], knob: str | None) -> dict[str, Any]:
+    """A difficulty (as a dict) with the varied knob's field set to None: what a curve holds fixed."""
+    out = json.loads(json.dumps(difficulty))
+    for table in (out, out.get("sources") or {}):
+        if knob in table:
+            table[knob] = None
+    return out
 
 
 @contextlib.contextmanager
@@ -282,8 +305,8 @@ def run(values: Sequence[float], *, knob: str = "modulation_nam", base: str = "p
         raise ValueError("Give at least one knob value (--values).")
     difficulty_with(DIFFICULTIES[base], knob, float(values[0]))  # names a bad knob early
     settings = {"knob": knob, "base": base, "seed": int(seed), "size": size,
-                "recipe": str(Path(recipe)), "n_subjects": 1,
-                "base_difficulty": dataclasses.asdict(DIFFICULTIES[base])}
+                "recipe": _repo_path(Path(recipe).resolve()), "n_subjects": 1,
+                "base_difficulty": held_fixed(dataclasses.asdict(DIFFICULTIES[base]), knob)}
     result: dict[str, Any] = {
         **settings,
         "command": command,
@@ -299,10 +322,15 @@ def run(values: Sequence[float], *, knob: str = "modulation_nam", base: str = "p
     path = None if json_out is None else Path(json_out)
     if resume and path is not None and path.is_file():
         old = json.loads(path.read_text())
-        same = all(old.get(k) == json.loads(json.dumps(v)) for k, v in settings.items()
-                   if k != "recipe") and Path(old.get("recipe", "")).name == Path(recipe).name
-        if same:
-            result["rows"] = [r for r in old.get("rows", [])]
+        old["base_difficulty"] = held_fixed(old.get("base_difficulty") or {}, old.get("knob"))
+        old["recipe"] = _repo_path(Path(old.get("recipe", "")))  # written relative to the repo
+        differ = sorted(k for k, v in settings.items() if old.get(k) != json.loads(json.dumps(v)))
+        if differ:
+            raise ValueError(
+                f"{path} was measured with other settings ({', '.join(differ)}); run without "
+                "--resume to start a new curve, or write it to another --json."
+            )
+        result["rows"] = list(old.get("rows", []))
     done = {r["value"] for r in result["rows"]}
     todo = [float(v) for v in values if float(v) not in done]
     own_work = work is None

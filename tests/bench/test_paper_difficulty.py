@@ -97,6 +97,12 @@ def test_resume_keeps_earlier_rows(tuned, monkeypatch):
     monkeypatch.setattr(pd, "measure", no_simulation)
     again = pd.run([20.0], size="tiny", json_out=out, resume=True, progress=False)
     assert [r["value"] for r in again["rows"]] == [20.0]
+    # the knob's own value in the base difficulty does not matter; another seed does
+    paper = DIFFICULTIES["paper"]
+    monkeypatch.setitem(DIFFICULTIES, "paper", pd.difficulty_with(paper, "modulation_nam", 99))
+    assert len(pd.run([20.0], size="tiny", json_out=out, resume=True, progress=False)["rows"]) == 1
+    with pytest.raises(ValueError, match=r"other settings \(seed\)"):
+        pd.run([20.0], size="tiny", seed=12, json_out=out, resume=True, progress=False)
 
 
 def test_value_at_target_from_a_rising_curve():
