@@ -132,6 +132,7 @@ def evaluate(
     hop_s: float = 0.05,
     curve_range_s: tuple[float, float] = CURVE_RANGE_S,
     n_examples: int = 6,
+    subjects: Sequence[str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a dataset's test trials.
@@ -156,6 +157,9 @@ def evaluate(
         Epoch span the sliding windows cover, relative to image onset.
     n_examples : int
         Test images shown in ``examples.png``.
+    subjects : sequence of str, optional
+        Score these of the checkpoint's subjects only (``"04"`` or ``"sub-04"``; default:
+        all of them), e.g. a subject added by ``rtdecode calibrate``.
     progress : bool
 
     Returns
@@ -184,13 +188,16 @@ def evaluate(
     # The checkpoint's subjects (a cohort may hold others), one part per sensor system, each
     # read with its system's channels and preprocessing; the parts' predictions are pooled.
     # Streaming checkpoints: windows cut from each recording's streamed output, by sample.
+    wanted = None if subjects is None else {card.subjects[card.subject_position(s)] for s in subjects}
     parts = []
     for system in card.systems:
+        chosen = [n for n in system.subjects or card.subjects if wanted is None or n in wanted]
+        if wanted is not None and not chosen:
+            continue  # none of the subjects asked for reads this system
         pre = system.preprocessor()
         parts.append((load_epochs_for(
             data_dir, lambda names, pre=pre: pre, tmin_s=tmin, tmax_s=tmax,
-            ch_names=list(system.ch_names), subjects=list(system.subjects or card.subjects) or None,
-            progress=progress), pre))
+            ch_names=list(system.ch_names), subjects=chosen or None, progress=progress), pre))
     es = parts[0][0]
     tests = [part.test for part, _ in parts]
     trains = [part.train for part, _ in parts]
@@ -240,7 +247,7 @@ def evaluate(
     curve = None
     if time_resolved:
         offsets = np.round(np.arange(tmin, tmax - window_s + 1e-9, hop_s), 6) + 0.0  # no -0.0
-        tracks = ("single_top1", "single_top5", "average_top5") + (
+        tracks = ("single_top1", "single_top5", "single_median_rank", "average_top5") + (
             ("single_auc",) if len(test_images) == 2 else ())
         curve = {"window_s": window_s, "hop_s": hop_s, "offsets_s": offsets.tolist(),
                  "chance_top1": 1 / len(test_images),
@@ -254,7 +261,7 @@ def evaluate(
             for name, p in preds.items():
                 r = retrieval_scores(p, test_ids, *sets["test"])
                 for t in tracks:
-                    mode, metric = t.split("_")
+                    mode, metric = t.split("_", 1)
                     curve[name][t].append(r[mode][metric])
         if not have_ridge:
             del curve["ridge"]

@@ -52,6 +52,17 @@ def test_first_minutes_follow_recording_time():
     assert keep.tolist() == [True, True, True, False]
 
 
+def test_bad_calibration_options_are_named(tmp_path):
+    from rtdecode.contracts import ParameterError
+    from rtdecode.training.calibrate import calibrate
+
+    for option, value in (("minutes", 0.0), ("max_epochs", 0), ("samples_per_epoch", 1),
+                          ("head_lr_scale", -1.0)):
+        kwargs = {"minutes": 1.0, option: value}
+        with pytest.raises(ParameterError, match=option):
+            calibrate(tmp_path / "ckpt", tmp_path, "02", out_dir=tmp_path / "out", **kwargs)
+
+
 def test_calibration_uses_only_the_first_minutes(cohort, calibrated):
     from rtdecode.encoder import load_checkpoint
 
@@ -62,6 +73,8 @@ def test_calibration_uses_only_the_first_minutes(cohort, calibrated):
     assert [p.split("/")[-3] for p in info["recordings"]] == ["ses-01", "ses-02"]
     assert all("sub-02" in p for p in info["recordings"])
     assert info["n_trials"] > 10
+    assert info["samples_per_epoch"] == min(info["n_windows"], 2048)
+    assert len(info["history"]) == info["max_epochs"]
     assert meta["subjects"] == ["sub-01", "sub-02"]
     assert model.config.n_systems == 2 and model.config.subject_system == (0, 1)
     assert len(meta["systems"][1]["ch_names"]) < 306
@@ -71,20 +84,27 @@ def test_calibration_uses_only_the_first_minutes(cohort, calibrated):
         calibrate(out, cohort, "02", 1.0, out.parent / "again", progress=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "On the tiny cohort of the current image world the calibrated CTF subject decodes "
-        "its held-out session at chance (2 of 16 top-1, threshold 4.6 of 16); it passed "
-        "(9 of 16) on the world before the last revert. Calibration's accuracy is open "
-        "work (issue: the paper's model at its best)."
-    ),
-)
 def test_calibrated_subject_decodes_its_held_out_session(cohort, calibrated):
     # Session 3 is after the calibration minutes; one decision per trial.
     r = held_out_top1(cohort, calibrated[0], "02")
     assert r["n"] >= 12 and r["n_candidates"] >= 4
     assert r["top1"] >= r["threshold"], (r["top1"], r["threshold"], r["n"])
+
+
+def test_evaluate_scores_only_the_subjects_asked_for(cohort, calibrated):
+    from rtdecode.training.evaluate import evaluate
+
+    out, _ = calibrated
+    both = evaluate(out, cohort, time_resolved=False, progress=False)
+    new = evaluate(out, cohort, subjects=["02"], curve_range_s=(0.1, 0.5), progress=False)
+    assert both["n_test_trials"] == 2 * 3 * 4 and new["n_test_trials"] == 3 * 4  # sub-02's
+    assert new["n_train_trials"] == 3 * 16
+    curve = new["time_resolved"]
+    ranks = curve["model"]["single_median_rank"]
+    assert len(ranks) == len(curve["offsets_s"]) == len(curve["model"]["single_top5"])
+    assert all(1.0 <= r <= new["n_test_images"] for r in ranks)
+    with pytest.raises(ValueError, match="calibrate"):
+        evaluate(out, cohort, subjects=["05"], time_resolved=False, progress=False)
 
 
 def test_known_subject_is_unchanged(cohort, base, calibrated):
