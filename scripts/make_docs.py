@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: The documents whose tables this script writes (paths relative to the repository).
 DOCUMENTS = ("docs/benchmarks.md", "docs/results/README.md", "docs/reliability.md",
-             "docs/latency.md")
+             "docs/latency.md", "docs/results/calibration.md")
 
 MARKERS = re.compile(
     r"(?P<begin><!-- table:(?P<name>[\w.-]+) begin -->\n)(?P<body>.*?)"
@@ -779,6 +779,47 @@ def _smoothing() -> str:
                "bins at >= 50 % top-5", "mean top-5, windows ending 200-1000 ms",
                "online = offline ranks"], rows),
     ])
+
+
+@renders("calibration", "PYTHONPATH=. LSLAPICFG=rtdecode/lsl/lsl_local.cfg nice -n 10 "
+         ".venv/bin/python bench/calibration_curve.py --scratch-samples-per-epoch 2048 "
+         "--json docs/results/calibration.json")
+def _calibration() -> str:
+    src = "docs/results/calibration.json"
+    d = load(src)
+    rows, first = [], get(d, "rows", 0, src=src)
+
+    def cells(m: dict[str, Any] | None) -> list[str]:
+        if m is None:
+            return ["–", "–", "–"]
+        return [f"{pct(m['top5'])} ({num(m['lag_s'] * 1e3, 0)} ms)", pct(m["top1"]),
+                num(m["median_rank"])]
+
+    for r in get(d, "rows", src=src):
+        rows.append([
+            r["label"] if r["label"] != "all" else f"all ({num(r['minutes'])})",
+            r["n_training_trials"], *cells(r["calibration"]), *cells(r["scratch"]),
+            pct(r["ridge"]["top5"]) if "ridge" in r else "–",
+            num(r["calibration"]["seconds"], 0), num(r["scratch"]["seconds"], 0),
+        ])
+    lines = [
+        f"{d['subject']}, new to the base checkpoint (trained on {', '.join(d['base_subjects'])}); "
+        f"{first['n_test_trials']} test trials of {first['n_test_images']} test images, single "
+        f"trials, chance top-5 {pct(first['chance_top5'])}; each model at its best window "
+        f"position (window end after onset in brackets) (`{src}`):",
+        "",
+        table(["minutes", "training trials", "calibration: top-5", "top-1", "median rank",
+               "scratch: top-5", "top-1", "median rank", "ridge: top-5", "calibration (s)",
+               "scratch (s)"], rows),
+    ]
+    ratio = d.get("ratios") or {}
+    if ratio:
+        lines += ["", f"Calibration at {ratio['minutes']:g} minutes reaches "
+                  f"{ratio['calibration_over_calibration_all']:.2f} of the calibration on all the "
+                  f"subject's data (target >= {d['target_ratio']:g}: {verdict(ratio['target'])}) "
+                  f"and {ratio['calibration_over_scratch_all']:.2f} of the model trained from "
+                  "scratch on all of it."]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- documents
