@@ -262,9 +262,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from rtdecode.training.calibrate import calibrate
 
+    epochs = {} if args.max_epochs is None else {"max_epochs": args.max_epochs}
     out = calibrate(args.ckpt, args.data, args.subject, args.minutes, args.out,
-                    max_epochs=args.max_epochs, head_lr_scale=args.head_lr_scale,
-                    device=args.device, seed=args.seed)
+                    head_lr_scale=args.head_lr_scale, device=args.device, seed=args.seed,
+                    **epochs)
     print(f"Calibrated checkpoint written to {out}", flush=True)
     return 0
 
@@ -453,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--minutes", required=True, type=float,
                    help="use the first M minutes of the subject's recordings")
     s.add_argument("--out", required=True, type=Path, help="the new checkpoint folder")
-    s.add_argument("--max-epochs", type=int, default=20)
+    s.add_argument("--max-epochs", type=int, default=None,
+                   help="passes over the calibration minutes (default: the library's, 30)")
     s.add_argument("--head-lr-scale", type=float, default=0.0,
                    help="fine-tune the shared heads at this fraction of the learning rate "
                         "(default 0: frozen, the known subjects' outputs unchanged)")
