@@ -59,9 +59,11 @@ class PredictionSmoother:
 
     @property
     def enabled(self) -> bool:
+        """Whether predictions are integrated (a time constant above 0)."""
         return self.tau_s > 0
 
     def reset(self) -> None:
+        """Forget the state: the next prediction passes through unchanged."""
         self._state = None
         self._last_sample = None
 
