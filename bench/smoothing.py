@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from common import format_table, machine_info, write_json
+from common import format_table, machine_info, save_figure, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -97,10 +97,7 @@ def _plot(runs: list[dict], path: Path) -> None:
     ax.set_ylabel(f"top-5 among {runs[0]['n_candidates']} (%)")
     ax.set_title("Live decoding curve, integrating consecutive windows")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 if __name__ == "__main__":
