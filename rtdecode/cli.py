@@ -263,9 +263,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from rtdecode.training.calibrate import calibrate
 
     epochs = {} if args.max_epochs is None else {"max_epochs": args.max_epochs}
+    if args.trunk_lr_scale is not None:
+        epochs["trunk_lr_scale"] = args.trunk_lr_scale
     out = calibrate(args.ckpt, args.data, args.subject, args.minutes, args.out,
-                    head_lr_scale=args.head_lr_scale, device=args.device, seed=args.seed,
-                    **epochs)
+                    lr=args.lr, head_lr_scale=args.head_lr_scale, device=args.device,
+                    seed=args.seed, **epochs)
     print(f"Calibrated checkpoint written to {out}", flush=True)
     return 0
 
@@ -273,7 +275,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from rtdecode.training.evaluate import evaluate
 
-    metrics = evaluate(args.ckpt, args.data, json_out=args.json, plots_dir=args.plots)
+    subjects = None if args.subjects is None else [v for v in args.subjects.split(",") if v]
+    metrics = evaluate(args.ckpt, args.data, json_out=args.json, plots_dir=args.plots,
+                       subjects=subjects)
     print(json.dumps(metrics, indent=2, default=float))
     return 0
 
@@ -456,9 +460,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, type=Path, help="the new checkpoint folder")
     s.add_argument("--max-epochs", type=int, default=None,
                    help="passes over the calibration minutes (default: the library's, 30)")
+    s.add_argument("--lr", type=float, default=None,
+                   help="learning rate of the new subject layer (default: the library's "
+                        "CALIBRATION_LR, 3e-3)")
+    s.add_argument("--trunk-lr-scale", type=float, default=None,
+                   help="fine-tune the shared trunk at this fraction of the learning rate "
+                        "(default: the library's, 0.1; the result then holds the new subject "
+                        "alone); 0 keeps the trunk and every known subject as they were")
     s.add_argument("--head-lr-scale", type=float, default=0.0,
                    help="fine-tune the shared heads at this fraction of the learning rate "
-                        "(default 0: frozen, the known subjects' outputs unchanged)")
+                        "(default 0: frozen; above 0 the result holds the new subject alone)")
     s.add_argument("--device", default="auto")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_cmd_calibrate)
@@ -468,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, type=Path)
     s.add_argument("--json", type=Path, default=None)
     s.add_argument("--plots", type=Path, default=None)
+    s.add_argument("--subjects", default=None,
+                   help="score these of the checkpoint's subjects only, comma-separated "
+                        "(e.g. 01; default: all of them)")
     s.set_defaults(func=_cmd_evaluate)
 
     s = sub.add_parser(

@@ -2,9 +2,11 @@
 
 The tiny two-subject cohort: an encoder trained on sub-01 (Neuromag) only is calibrated to
 sub-02 (CTF, a sensor system it has never read) from the first two sessions' minutes.
-The calibrated subject decodes its held-out third session above chance, the subject the
-encoder already knew decodes exactly as before, and the checkpoint loads in the
-service's load path and runs live.
+With the trunk frozen (``--trunk-lr-scale 0``) the calibrated subject decodes its
+held-out third session above chance, the subject the encoder already knew decodes
+exactly as before, and the checkpoint loads in the service's load path and runs live.
+With the trunk fine-tuned too (the default), the checkpoint holds the new subject alone,
+and it decodes too.
 """
 
 from __future__ import annotations
@@ -39,8 +41,17 @@ def calibrated(cohort, base, tmp_path_factory):
                   for p in first_two) / 60.0
     out = tmp_path_factory.mktemp("calibrated") / "ckpt"
     assert main(["calibrate", str(base), "--data", str(cohort), "--subject", "02",
-                 "--minutes", f"{minutes:.4f}", "--out", str(out), "--device", "cpu"]) == 0
+                 "--minutes", f"{minutes:.4f}", "--out", str(out), "--device", "cpu",
+                 "--lr", "3e-3", "--trunk-lr-scale", "0"]) == 0
     return out, minutes
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(cohort, base, calibrated, tmp_path_factory):
+    from rtdecode.training.calibrate import calibrate
+
+    out = tmp_path_factory.mktemp("fine_tuned") / "ckpt"
+    return calibrate(base, cohort, "02", calibrated[1], out, device="cpu", progress=False)
 
 
 def test_first_minutes_follow_recording_time():
@@ -91,7 +102,7 @@ def test_calibrated_subject_decodes_its_held_out_session(cohort, calibrated):
     assert r["top1"] >= r["threshold"], (r["top1"], r["threshold"], r["n"])
 
 
-def test_evaluate_scores_only_the_subjects_asked_for(cohort, calibrated):
+def test_evaluate_scores_only_the_subjects_asked_for(cohort, calibrated, capsys):
     from rtdecode.training.evaluate import evaluate
 
     out, _ = calibrated
@@ -105,6 +116,28 @@ def test_evaluate_scores_only_the_subjects_asked_for(cohort, calibrated):
     assert all(1.0 <= r <= new["n_test_images"] for r in ranks)
     with pytest.raises(ValueError, match="calibrate"):
         evaluate(out, cohort, subjects=["05"], time_resolved=False, progress=False)
+    from rtdecode.cli import main
+
+    # the flag reaches the library, whose error the command line prints
+    assert main(["evaluate", str(out), "--data", str(cohort), "--subjects", "05"]) == 2
+    assert "calibrate" in capsys.readouterr().err
+
+
+def test_a_fine_tuned_trunk_gives_a_checkpoint_of_the_new_subject_alone(cohort, fine_tuned):
+    from rtdecode.encoder.checkpoint import open_checkpoint
+    from rtdecode.training.calibrate import CALIBRATION_TRUNK_LR_SCALE
+
+    model, card = open_checkpoint(fine_tuned)
+    assert card.subjects == ("sub-02",) and model.config.n_subjects == 1
+    assert len(card.systems) == 1 and card.systems[0].subjects == ("sub-02",)
+    assert model.config.n_systems == 1 and len(card.systems[0].ch_names) < 306  # CTF's own
+    info = card.provenance["calibration"]
+    assert info["trunk_lr_scale"] == CALIBRATION_TRUNK_LR_SCALE > 0  # the default
+    assert info["subjects_left_out"] == ["sub-01"]
+    r = held_out_top1(cohort, fine_tuned, "02")
+    assert r["top1"] >= r["threshold"], (r["top1"], r["threshold"], r["n"])
+    with pytest.raises(ValueError, match="calibrate"):  # sub-01 would be served changed
+        held_out_top1(cohort, fine_tuned, "01")
 
 
 def test_known_subject_is_unchanged(cohort, base, calibrated):
