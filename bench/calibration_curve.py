@@ -5,7 +5,10 @@ recordings) two encoders of the new subject are made and scored the same way:
 
 * **calibration**: ``rtdecode.training.calibrate`` adds the subject to a trained
   multi-subject checkpoint from the first M minutes of its recordings (the library call
-  behind ``rtdecode calibrate``);
+  behind ``rtdecode calibrate``, with its defaults: the subject layer and the fine-tuned
+  trunk); unless ``--no-frozen``, also with the trunk frozen
+  (``trunk_lr_scale=0``: only the subject's layer learns and the known subjects stay as
+  they were), a third model;
 * **scratch**: ``rtdecode.training.train`` fits the same recipe as the base (by default
   ``models/recipes/demo.toml``) on the subject alone, from the same first M minutes.
 
@@ -65,6 +68,8 @@ TARGET_MINUTES = 10.0
 #: ``curve_range_s``): window ends from 200 to 700 ms, where the responses are.
 CURVE_RANGE_S = (-0.05, 0.7)
 METHODS = ("calibration", "scratch")
+#: calibrate's options for the frozen-trunk arm: only the new subject's layer learns.
+FROZEN = {"trunk_lr_scale": 0.0, "head_lr_scale": 0.0}
 
 
 def label_of(minutes: float | None) -> str:
@@ -118,6 +123,34 @@ def _is_training(row: dict[str, str]) -> bool:
     return (row.get("trial_type") or "exp").strip().lower() == "exp"
 
 
+def _new_view(root: Path, view: Path) -> None:
+    """An empty view folder (replaced if it exists) linking the dataset's shared files."""
+    import shutil
+
+    if view.exists():
+        shutil.rmtree(view)
+    view.mkdir(parents=True)
+    for name in ("images", "dataset_description.json", "participants.tsv"):
+        if (root / name).exists():
+            (view / name).symlink_to(root / name)
+
+
+def resume_rows(result: dict[str, Any], path: Path | None, settings: dict[str, Any],
+                resume: bool) -> None:
+    """With ``resume``, take the rows (and machine) of an earlier run at ``path`` made with
+    the same ``settings`` into ``result``."""
+    if not resume or path is None or not path.is_file():
+        return
+    from rtdecode._utils.jsonable import jsonable
+    from rtdecode._utils.paths import portable_paths
+
+    old = json.loads(path.read_text())
+    mine = json.loads(json.dumps(jsonable(portable_paths(settings, root=REPO))))
+    if all(old.get(k) == v for k, v in mine.items()):
+        result["rows"] = list(old.get("rows", []))
+        result["machine"] = old.get("machine", result["machine"])  # where they ran
+
+
 def minutes_view(data_dir: str | Path, subject: str, out: str | Path, minutes: float | None,
                  *, end_s: float) -> tuple[Path, int]:
     """A dataset folder holding the subject's recordings with only its first training minutes.
@@ -151,7 +184,6 @@ def minutes_view(data_dir: str | Path, subject: str, out: str | Path, minutes: f
     ValueError
         A recording without an events table (the view cannot leave trials out of it).
     """
-    import shutil
 
     from rtdecode.data.recordings import events_tsv_for
     from rtdecode.training.calibrate import first_minutes
@@ -173,12 +205,7 @@ def minutes_view(data_dir: str | Path, subject: str, out: str | Path, minutes: f
     if minutes is not None and onsets:
         keep_train = first_minutes(np.array([k for k, _ in onsets]), np.array([t for _, t in onsets]),
                                    durations, minutes, end_s=end_s)
-    if view.exists():
-        shutil.rmtree(view)
-    view.mkdir(parents=True)
-    for name in ("images", "dataset_description.json", "participants.tsv"):
-        if (root / name).exists():
-            (view / name).symlink_to(root / name)
+    _new_view(root, view)
     flags = iter(keep_train)
     for path, tsv, header, rows in tables:
         kept = [row for row in rows if not _is_training(row) or next(flags)]
@@ -193,6 +220,46 @@ def minutes_view(data_dir: str | Path, subject: str, out: str | Path, minutes: f
             writer.writeheader()
             writer.writerows(kept)
     return view, int(keep_train.sum())
+
+
+def validation_view(data_dir: str | Path, subject: str, out: str | Path) -> tuple[Path, int]:
+    """A dataset folder to *select* calibration settings on, without the test images.
+
+    It holds the subject's last recording only, with its training trials relabelled as
+    test trials (``trial_type`` ``test``) and its real test trials left out: ``evaluate``
+    on it scores retrieval among training images, which calibration from earlier minutes
+    has not seen from this subject, and never touches a test image.
+
+    Returns
+    -------
+    view : Path
+    n_trials : int
+        Training trials relabelled.
+    """
+
+    from rtdecode.data.recordings import events_tsv_for
+
+    root, view = Path(data_dir).resolve(), Path(out)
+    paths, _ = subject_recordings(root, subject)
+    last = paths[-1]
+    tsv = events_tsv_for(last)
+    if tsv is None:
+        raise ValueError(f"{last} has no events table next to it; a validation view needs a "
+                         "BIDS-like dataset with *_events.tsv files.")
+    header, rows = _read_tsv(tsv)
+    kept = [({**row, "trial_type": "test"} if _is_training(row) else row) for row in rows
+            if _is_training(row) or row.get("trial_type", "").strip().lower() != "test"]
+    _new_view(root, view)
+    folder = view / last.parent.relative_to(root)
+    folder.mkdir(parents=True)
+    for item in last.parent.iterdir():
+        if item.is_file() and not item.name.endswith("_events.tsv"):
+            (folder / item.name).symlink_to(item.resolve())
+    with (folder / tsv.name).open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=header, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(kept)
+    return view, sum(_is_training(row) for row in rows)
 
 
 def best_position(report: dict[str, Any], method: str = "model") -> dict[str, Any]:
@@ -249,7 +316,8 @@ def _calibration_settings(options: dict[str, Any]) -> dict[str, Any]:
     from rtdecode.training.calibrate import CALIBRATION_LR, calibrate
 
     defaults = {name: p.default for name, p in inspect.signature(calibrate).parameters.items()
-                if name in ("max_epochs", "samples_per_epoch", "head_lr_scale", "seed")}
+                if name in ("max_epochs", "samples_per_epoch", "head_lr_scale",
+                            "trunk_lr_scale", "seed")}
     return {"lr": CALIBRATION_LR, **defaults, **options}
 
 
@@ -277,8 +345,11 @@ def _scratch(view: Path, subject: str, out: Path, recipe: Any, device: str,
 def measure(minutes: float | None, *, base: Path, data_dir: Path, subject: str, work: Path,
             recipe: Any, calibration_options: dict[str, Any],
             curve_range_s: tuple[float, float], total_minutes: float, device: str,
-            progress: bool) -> dict[str, Any]:
-    """One row: calibration and scratch from the first ``minutes``, both scored."""
+            progress: bool, frozen: bool = False) -> dict[str, Any]:
+    """One row: calibration and scratch from the first ``minutes``, all scored.
+
+    ``frozen``: also calibration with the trunk frozen (``row["calibration_frozen"]``).
+    """
     tag = label_of(minutes)
     end_s = float(recipe.lags_s[-1])
     view, n_trials = minutes_view(data_dir, subject, work / f"view-{tag}", minutes, end_s=end_s)
@@ -289,6 +360,11 @@ def measure(minutes: float | None, *, base: Path, data_dir: Path, subject: str, 
                        calibration_options, device)
     best, _ = score(cal["checkpoint"], tests, subject, curve_range_s, device)
     row["calibration"] = {**best, **cal}
+    if frozen:
+        cal = _calibration(base, data_dir, subject, used, work / f"calibrated-frozen-{tag}",
+                           {**calibration_options, **FROZEN}, device)
+        best, _ = score(cal["checkpoint"], tests, subject, curve_range_s, device)
+        row["calibration_frozen"] = {**best, **cal}
     scratch = _scratch(view, subject, work / f"scratch-{tag}", recipe, device, progress)
     best, report = score(scratch["checkpoint"], view, subject, curve_range_s, device)
     row["scratch"] = {**best, **scratch}
@@ -310,6 +386,9 @@ def ratios(rows: Sequence[dict[str, Any]], at: float = TARGET_MINUTES) -> dict[s
     out = {"minutes": at,
            "calibration_over_calibration_all": cal / full["calibration"]["top5"],
            "calibration_over_scratch_all": cal / full["scratch"]["top5"]}
+    if "calibration_frozen" in part and "calibration_frozen" in full:
+        out["frozen_over_frozen_all"] = (part["calibration_frozen"]["top5"]
+                                         / full["calibration_frozen"]["top5"])
     measured = out["calibration_over_calibration_all"]
     out["target"] = {"target": TARGET_RATIO, "op": ">=", "measured": measured,
                      "met": bool(measured >= TARGET_RATIO),
@@ -332,7 +411,10 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     others = f"{n_base} other subject{'s' if n_base != 1 else ''}"
     recipe = result["recipe"]
     recipe_name = Path(recipe).stem if isinstance(recipe, str) else "given"
-    styles = (("calibration", f"calibrated (base: {others})", "tab:blue", "o", "-"),
+    styles = (("calibration", f"calibrated (base: {others}; trunk fine-tuned)", "tab:blue", "o",
+               "-"),
+              ("calibration_frozen", "calibrated, trunk frozen (known subjects kept)",
+               "tab:purple", "D", "-."),
               ("scratch", f"trained from scratch ({recipe_name} recipe, "
                           f"{result['scratch_recipe']['samples_per_epoch'] or 'all'} windows an epoch)",
                "tab:orange", "s", "-"),
@@ -370,7 +452,7 @@ def run(base: str | Path, data_dir: str | Path, subject: str, *,
         curve_range_s: tuple[float, float] = CURVE_RANGE_S, target_minutes: float = TARGET_MINUTES,
         work: str | Path = "runs/calibration", json_out: str | Path | None = None, png_out: str | Path | None = None,
         resume: bool = False, device: str = "auto", command: str | None = None,
-        progress: bool = True) -> dict[str, Any]:
+        frozen: bool = True, progress: bool = True) -> dict[str, Any]:
     """Measure every row; write the JSON (row by row) and the PNG.
 
     Parameters
@@ -394,6 +476,8 @@ def run(base: str | Path, data_dir: str | Path, subject: str, *,
         The amount whose calibration is compared with the full-data models (``ratios``).
     work : path
         Views and checkpoints.
+    frozen : bool
+        Also calibrate with the trunk frozen (``FROZEN``), in each row.
 
     Returns
     -------
@@ -423,7 +507,7 @@ def run(base: str | Path, data_dir: str | Path, subject: str, *,
     settings = {"base": str(base), "data": str(data_dir), "subject": name,
                 "recipe": str(recipe) if not isinstance(recipe, dict) else recipe,
                 "recipe_overrides": overrides, "calibration_options": options,
-                "curve_range_s": list(curve_range_s)}
+                "curve_range_s": list(curve_range_s), "frozen": bool(frozen)}
     result: dict[str, Any] = {
         **settings,
         "command": command,
@@ -439,15 +523,7 @@ def run(base: str | Path, data_dir: str | Path, subject: str, *,
         "rows": [],
     }
     path = None if json_out is None else Path(json_out)
-    if resume and path is not None and path.is_file():
-        old = json.loads(path.read_text())
-        from rtdecode._utils.jsonable import jsonable
-        from rtdecode._utils.paths import portable_paths
-
-        mine = json.loads(json.dumps(jsonable(portable_paths(settings, root=REPO))))
-        if all(old.get(k) == v for k, v in mine.items()):
-            result["rows"] = list(old.get("rows", []))
-            result["machine"] = old.get("machine", result["machine"])  # where they ran
+    resume_rows(result, path, settings, resume)
     done = {r["label"] for r in result["rows"]}
     # the rows the target compares first (a long run stopped early still answers it)
     todo = sorted((m for m in minutes if label_of(m) not in done),
@@ -456,7 +532,7 @@ def run(base: str | Path, data_dir: str | Path, subject: str, *,
         t0 = time.perf_counter()
         row = measure(m, base=base, data_dir=data_dir, subject=name, work=work, recipe=rc,
                       calibration_options=options, curve_range_s=tuple(curve_range_s),
-                      total_minutes=total, device=device, progress=progress)
+                      total_minutes=total, device=device, progress=progress, frozen=frozen)
         row["seconds"] = round(time.perf_counter() - t0, 1)
         result["rows"] = sorted([*result["rows"], row], key=lambda r: r["minutes"])
         result["ratios"] = ratios(result["rows"], target_minutes)
@@ -472,15 +548,20 @@ def run(base: str | Path, data_dir: str | Path, subject: str, *,
     return result
 
 
+def subject_arguments(ap: argparse.ArgumentParser) -> None:
+    """``--base``, ``--data``, ``--subject``: the calibration benchmarks' common options."""
+    ap.add_argument("--base", default="models/demo/encoder",
+                    help="multi-subject checkpoint to calibrate (must not know --subject)")
+    ap.add_argument("--data", default="data/sim", help="dataset holding the subject")
+    ap.add_argument("--subject", default="04", help="the new subject")
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import shlex
     import sys
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--base", default="models/demo/encoder",
-                    help="multi-subject checkpoint to calibrate (must not know --subject)")
-    ap.add_argument("--data", default="data/sim", help="dataset holding the subject")
-    ap.add_argument("--subject", default="04", help="the new subject")
+    subject_arguments(ap)
     ap.add_argument("--minutes", nargs="+", default=[label_of(m) for m in MINUTES],
                     help="amounts of data in minutes ('all': every recording)")
     ap.add_argument("--recipe", default=str(DEFAULT_RECIPE.relative_to(REPO)),
@@ -493,6 +574,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--json", default="docs/results/calibration.json")
     ap.add_argument("--png", default=None, help="the curves (default: the JSON's path, .png)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--no-frozen", dest="frozen", action="store_false",
+                    help="leave out the frozen-trunk calibration arm")
     ap.add_argument("--resume", action="store_true",
                     help="keep the rows of an earlier run with the same settings")
     args = ap.parse_args(argv)
@@ -505,14 +588,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                  recipe=args.recipe, recipe_overrides=overrides, calibration_options=options,
                  work=args.work, json_out=args.json,
                  png_out=args.png or str(Path(args.json).with_suffix(".png")),
-                 resume=args.resume, device=args.device, command=command)
+                 resume=args.resume, device=args.device, command=command, frozen=args.frozen)
     table_rows = []
     for r in result["rows"]:
         table_rows.append([r["label"], r["n_training_trials"],
                            *(100 * r[k]["top5"] if k in r else None
-                             for k in ("calibration", "scratch", "ridge")),
+                             for k in ("calibration", "calibration_frozen", "scratch", "ridge")),
                            r["calibration"]["seconds"], r["scratch"]["seconds"]])
-    print(format_table(["minutes", "trials", "calibration top-5 %", "scratch top-5 %",
+    print(format_table(["minutes", "trials", "calibration top-5 %", "frozen trunk top-5 %",
+                        "scratch top-5 %",
                         "ridge top-5 %", "calibration s", "scratch s"], table_rows, floatfmt=".1f"))
     rat = result.get("ratios") or {}
     if rat:

@@ -795,10 +795,15 @@ def _calibration() -> str:
         return [f"{pct(m['top5'])} ({num(m['lag_s'] * 1e3, 0)} ms)", pct(m["top1"]),
                 num(m["median_rank"])]
 
+    frozen = any("calibration_frozen" in r for r in get(d, "rows", src=src))
     for r in get(d, "rows", src=src):
         rows.append([
             r["label"] if r["label"] != "all" else f"all ({num(r['minutes'])})",
-            r["n_training_trials"], *cells(r["calibration"]), *cells(r["scratch"]),
+            r["n_training_trials"], *cells(r["calibration"]),
+            *([f"{pct(r['calibration_frozen']['top5'])} "
+               f"({num(r['calibration_frozen']['lag_s'] * 1e3, 0)} ms)"
+               if "calibration_frozen" in r else "–"] if frozen else []),
+            *cells(r["scratch"]),
             pct(r["ridge"]["top5"]) if "ridge" in r else "–",
             num(r["calibration"]["seconds"], 0), num(r["scratch"]["seconds"], 0),
         ])
@@ -809,6 +814,7 @@ def _calibration() -> str:
         f"position (window end after onset in brackets) (`{src}`):",
         "",
         table(["minutes", "training trials", "calibration: top-5", "top-1", "median rank",
+               *(["trunk frozen: top-5"] if frozen else []),
                "scratch: top-5", "top-1", "median rank", "ridge: top-5", "calibration (s)",
                "scratch (s)"], rows),
     ]
@@ -818,8 +824,68 @@ def _calibration() -> str:
                   f"{ratio['calibration_over_calibration_all']:.2f} of the calibration on all the "
                   f"subject's data (target >= {d['target_ratio']:g}: {verdict(ratio['target'])}) "
                   f"and {ratio['calibration_over_scratch_all']:.2f} of the model trained from "
-                  "scratch on all of it."]
+                  "scratch on all of it"
+                  + (f"; with the trunk frozen, {ratio['frozen_over_frozen_all']:.2f} of its own "
+                     "calibration on all." if "frozen_over_frozen_all" in ratio else ".")]
     return "\n".join(lines)
+
+
+@renders("calibration-trunk", "PYTHONPATH=. LSLAPICFG=rtdecode/lsl/lsl_local.cfg nice -n 10 "
+         ".venv/bin/python bench/calibration_trunk.py --json docs/results/calibration_trunk.json")
+def _calibration_trunk() -> str:
+    src = "docs/results/calibration_trunk.json"
+    d = load(src)
+    first = get(d, "rows", 0, src=src)
+    rows = [[num(r["trunk_lr_scale"]) + (" (selected)" if r["trunk_lr_scale"] == d.get("best")
+                                         else ""),
+             pct(r["top5"]), pct(r["top1"]), num(r["median_rank"]), num(r["lag_s"] * 1e3, 0),
+             num(r["calibration_seconds"], 0)] for r in get(d, "rows", src=src)]
+    return "\n".join([
+        f"{d['subject']} calibrated from its first {d['minutes']:g} minutes; scored on its last "
+        f"recording's {first['n_trials']} training trials relabelled as test trials (retrieval "
+        f"among their {first['n_images']} images, chance top-5 {pct(first['chance_top5'])}; "
+        f"no test image is scored), single trials, best window position (`{src}`):",
+        "",
+        table(["trunk_lr_scale", "top-5", "top-1", "median rank", "window end (ms)",
+               "calibration (s)"], rows),
+    ])
+
+
+@renders("deep-vs-ridge", "rtdecode evaluate models/demo/encoder --data data/sim --json "
+         "docs/results/demo_encoder_eval.json; the same for the three-subject retraining "
+         "(docs/results/README.md)")
+def _deep_vs_ridge() -> str:
+    runs = (("demo encoder (sub-01, sub-03)", "docs/results/demo_encoder_eval.json"),
+            ("retrained on sub-01, sub-02, sub-03", "docs/results/ablation_three_subjects_eval.json"))
+    curves = [(label, src, get(load(src), "time_resolved", src=src)) for label, src in runs]
+    ends = [round(o + curves[0][2]["window_s"], 6) for o in curves[0][2]["offsets_s"]]
+    rows, behind = [], {label: 0 for label, _, _ in curves}
+    for k, end in enumerate(ends):
+        if not 0.1 - 1e-9 <= end <= 0.8 + 1e-9:
+            continue  # the range: windows ending 100-800 ms after onset
+        cells = []
+        for label, _, c in curves:
+            deep, ridge = c["model"]["single_top5"][k], c["ridge"]["single_top5"][k]
+            behind[label] += deep < ridge
+            cells += [pct(deep), pct(ridge), ("**" if deep < ridge else "") + num(
+                100 * (deep - ridge), 1) + ("**" if deep < ridge else "")]
+        rows.append([num(end * 1e3, 0), *cells])
+    header = ["window end (ms)"]
+    for label, _, _ in curves:
+        header += [f"{label}: deep", "ridge", "deep - ridge (points)"]
+    n = len(rows)
+    return "\n".join([
+        "Single-trial top-5 among the 200 test images, time-resolved (250 ms windows every "
+        "50 ms; the ridge refitted at each position, the deep model one set of weights); "
+        "bold: deep behind (" + "; ".join(f"`{src}`" for _, src in runs) + "):",
+        "",
+        table(header, rows),
+        "",
+        "Deep >= ridge at every position ending 100-800 ms: " + "; ".join(
+            f"{label}: {n - behind[label]} of {n} positions"
+            + (" (met)" if not behind[label] else " (**not met**)") for label, _, _ in curves)
+        + ".",
+    ])
 
 
 # --------------------------------------------------------------------------- documents

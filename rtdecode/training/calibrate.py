@@ -16,8 +16,8 @@ are listed in the provenance): serve the known subjects from the original checkp
 every known subject, decoding exactly as before (tested), at a cost in the new
 subject's accuracy. On the demo cohort (sub-04, CTF, new to the demo encoder; selected
 on sub-04's last-session *training* trials, never on test images) 10 minutes gave 47 %
-top-5 on those trials with the trunk at 0.1, 41 % at 0.3 and 32 % with the trunk frozen
-(docs/results/calibration.md).
+top-5 on those trials with the trunk at 0.1, 42 % at 0.3, 40 % at 0.03 and 32 % with the
+trunk frozen (docs/results/calibration.md).
 
 The new layer is fitted with the whole model in eval mode: the BatchNorm statistics
 serve every subject, and the spatial attention's sensor dropout, an augmentation of the

@@ -77,6 +77,20 @@ def test_minutes_view_keeps_the_first_training_trials_and_every_test_trial(cohor
     assert cc.minutes_view(cohort, "02", tmp_path / "all", None, end_s=0.5)[1] == len(train)
 
 
+def test_validation_view_holds_the_last_recordings_training_trials_as_tests(cohort, tmp_path):
+    view, n = cc.validation_view(cohort, "02", tmp_path / "val")
+    tables = sorted(view.glob("sub-*/ses-*/meg/*_events.tsv"))
+    assert [t.parent.parent.name for t in tables] == ["ses-03"]  # the last recording only
+    orig = _rows(next(cohort.glob("sub-02/ses-03/meg/*_events.tsv")))
+    kept = _rows(tables[0])
+    assert n == sum(r["trial_type"] == "exp" for r in orig) > 0
+    tests = [r for r in kept if r["trial_type"] == "test"]
+    # no test image: the "test" rows are the training rows, relabelled, in order
+    assert [{**r, "trial_type": "exp"} for r in tests] == [r for r in orig if r["trial_type"] == "exp"]
+    assert [r for r in kept if r["trial_type"] not in ("test",)] == \
+        [r for r in orig if r["trial_type"] not in ("exp", "test")]
+
+
 def test_rows_follow_the_minutes_and_score_both_models(curve):
     _, _, _, result = curve
     rows = result["rows"]
@@ -97,14 +111,22 @@ def test_rows_follow_the_minutes_and_score_both_models(curve):
         assert 1 <= r["scratch"]["best_epoch"] <= r["scratch"]["epochs_run"] <= RECIPE["max_epochs"]
         assert r["scratch"]["n_train_windows"] + r["scratch"]["n_val_windows"] == \
             r["n_training_trials"] * n_lags
-        for method in ("calibration", "scratch", "ridge"):
+        for method in ("calibration", "calibration_frozen", "scratch", "ridge"):
             m = r[method]
             assert 0.0 <= m["top1"] <= m["top5"] <= 1.0
             assert m["top5"] == max(m["curve"]["top5"])
             assert m["lag_s"] in m["curve"]["lag_s"]
             assert cc.CURVE_RANGE_S[0] + 0.25 - 1e-9 <= m["lag_s"] <= cc.CURVE_RANGE_S[1] + 1e-9
             assert 1.0 <= m["median_rank"] <= 4.0
+    from rtdecode.encoder.checkpoint import open_checkpoint
+
+    # the default calibration fine-tunes the trunk: the new subject alone; frozen: both
+    assert open_checkpoint(rows[0]["calibration"]["checkpoint"])[1].subjects == ("sub-02",)
+    assert open_checkpoint(rows[0]["calibration_frozen"]["checkpoint"])[1].subjects == \
+        ("sub-01", "sub-02")
     ratio = result["ratios"]
+    assert ratio["frozen_over_frozen_all"] == pytest.approx(
+        rows[1]["calibration_frozen"]["top5"] / rows[2]["calibration_frozen"]["top5"])
     assert ratio["minutes"] == 1.0
     assert ratio["calibration_over_calibration_all"] == pytest.approx(
         rows[1]["calibration"]["top5"] / rows[2]["calibration"]["top5"])
