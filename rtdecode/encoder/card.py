@@ -445,6 +445,16 @@ class CheckpointCard:
         for i, name in enumerate(self.subjects):
             if name.removeprefix("sub-") == wanted:
                 return i
+        calibration = self.provenance.get("calibration") or {}
+        left_out = [str(n).removeprefix("sub-") for n in calibration.get("subjects_left_out", ())]
+        if wanted in left_out:
+            raise ValueError(
+                f"Subject {subject!r} was left out of this checkpoint: it was calibrated to "
+                f"{calibration.get('subject')} alone, with the shared trunk fine-tuned, which "
+                f"changes every other subject's outputs. Decode {subject!r} with the checkpoint "
+                f"it was calibrated from ({calibration.get('from')}), or calibrate with "
+                "`--trunk-lr-scale 0` to keep every known subject."
+            )
         raise ValueError(
             f"Subject {subject!r} is not one of the encoder's subjects "
             f"({', '.join(self.subjects) or 'none'}). Decode one of those, or calibrate the "
