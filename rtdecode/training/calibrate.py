@@ -198,9 +198,10 @@ def calibrate(
     trunk_lr_scale : float
         The shared trunk (the spatial attention, the merge, the convolution blocks and the
         temporal aggregation) learns at ``lr * trunk_lr_scale`` (default
-        :data:`CALIBRATION_TRUNK_LR_SCALE`); 0 keeps it as trained. Above 0 it changes every known subject's outputs, so the result is a
-        checkpoint of the new subject alone (its sensor system only; the subjects left
-        out are listed in ``provenance.calibration.subjects_left_out``).
+        :data:`CALIBRATION_TRUNK_LR_SCALE`); 0 keeps it as trained. Above 0 it changes
+        every known subject's outputs, so the result is a checkpoint of the new subject
+        alone (its sensor system only; the subjects left out are listed in
+        ``provenance.calibration.subjects_left_out``).
     batch_size : int, optional
         Default: the checkpoint's recipe's.
     device : str
