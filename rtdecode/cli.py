@@ -262,12 +262,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from rtdecode.training.calibrate import calibrate
 
-    epochs = {} if args.max_epochs is None else {"max_epochs": args.max_epochs}
-    if args.trunk_lr_scale is not None:
-        epochs["trunk_lr_scale"] = args.trunk_lr_scale
+    # flags left out keep the library's defaults
+    defaults = {k: v for k, v in (("max_epochs", args.max_epochs),
+                                  ("trunk_lr_scale", args.trunk_lr_scale)) if v is not None}
     out = calibrate(args.ckpt, args.data, args.subject, args.minutes, args.out,
                     lr=args.lr, head_lr_scale=args.head_lr_scale, device=args.device,
-                    seed=args.seed, **epochs)
+                    seed=args.seed, **defaults)
     print(f"Calibrated checkpoint written to {out}", flush=True)
     return 0
 

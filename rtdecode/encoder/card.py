@@ -450,10 +450,10 @@ class CheckpointCard:
         if wanted in left_out:
             raise ValueError(
                 f"Subject {subject!r} was left out of this checkpoint: it was calibrated to "
-                f"{calibration.get('subject')} alone, with the shared trunk fine-tuned, which "
+                f"{calibration.get('subject')} alone, with shared layers fine-tuned, which "
                 f"changes every other subject's outputs. Decode {subject!r} with the checkpoint "
                 f"it was calibrated from ({calibration.get('from')}), or calibrate with "
-                "`--trunk-lr-scale 0` to keep every known subject."
+                "`--trunk-lr-scale 0` (and `--head-lr-scale 0`) to keep every known subject."
             )
         raise ValueError(
             f"Subject {subject!r} is not one of the encoder's subjects "
